@@ -1,0 +1,97 @@
+"""The HTTP app: `create_app(settings)` builds it; routes are thin (parse -> service ->
+serialize); every error is `{"error_code", "error_msg"}`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from exportd import __version__
+from exportd.errors import ExportdError
+from exportd.runtime import Runtime
+from exportd.service import ExportService
+from exportd.settings import Settings
+from exportd.worker import WorkerPool
+
+log = logging.getLogger(__name__)
+
+
+def error_body(code: str, msg: str) -> dict[str, str]:
+    return {"error_code": code, "error_msg": msg}
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path"))
+        parts.append(f"{loc or 'request'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)[:1000] or "invalid request"
+
+
+def create_app(settings: Settings | None = None, *, workers: int | None = None) -> FastAPI:
+    """The app; its lifespan opens the runtime and, in the embedded deployment, starts
+    `workers` in-process workers (default: settings.workers)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rt = Runtime(settings)
+        app.state.runtime = rt
+        app.state.service = ExportService(rt)
+        pool = WorkerPool(rt, settings.workers if workers is None else workers)
+        pool.start()
+        try:
+            yield
+        finally:
+            pool.stop()
+            rt.close()
+
+    app = FastAPI(
+        title="exportd",
+        version=__version__,
+        description="Asynchronous data exports: ask for an export, get a task at once, "
+        "watch it run in partitions, download the files.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(ExportdError)
+    async def on_exportd_error(_: Request, exc: ExportdError) -> JSONResponse:
+        return JSONResponse(error_body(exc.error_code, exc.error_msg), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(
+            error_body("INVALID_REQUEST", _validation_message(exc)), status_code=400
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 401: "UNAUTHORIZED"}
+        code = codes.get(exc.status_code, "HTTP_ERROR")
+        return JSONResponse(
+            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def on_crash(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
+        return JSONResponse(
+            error_body("INTERNAL_ERROR", "internal error; see the server log"), status_code=500
+        )
+
+    from exportd.api.routes import router
+
+    app.include_router(router)
+
+    @app.get("/healthz", tags=["meta"])
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    return app

@@ -1,0 +1,234 @@
+"""Native API routes (`/v1`). Each handler parses, calls the service and serializes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import BaseModel
+
+from exportd.api.views import dataset_json, retry_after_seconds, task_json
+from exportd.domain import Role, TaskStatus
+from exportd.errors import BadRequest, Forbidden
+from exportd.requests import DatasetRequest, ExportRequest, ProjectRequest, TokenRequest
+from exportd.service import ExportService, Principal
+from exportd.store.sql import SORT_FIELDS, TaskQuery
+
+
+class ErrorBody(BaseModel):
+    error_code: str
+    error_msg: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (400, "bad input"),
+        (401, "no or bad token"),
+        (403, "the token lacks the right"),
+        (404, "not found (also another project's objects)"),
+        (409, "conflict"),
+        (500, "internal error"),
+    )
+}
+
+router = APIRouter(prefix="/v1", responses=ERRORS)
+
+
+def service(request: Request) -> ExportService:
+    svc: ExportService = request.app.state.service
+    return svc
+
+
+def principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    token = None
+    if authorization and authorization[:7].lower() == "bearer ":
+        token = authorization[7:].strip()
+    return service(request).authenticate(token)
+
+
+Svc = Annotated[ExportService, Depends(service)]
+Who = Annotated[Principal, Depends(principal)]
+
+
+def base_url(request: Request) -> str:
+    configured = request.app.state.runtime.settings.public_url
+    return (configured or str(request.base_url)).rstrip("/")
+
+
+def _task_response(request: Request, response: Response, task: Any) -> dict[str, Any]:
+    wait = retry_after_seconds(task)
+    if wait is not None:
+        response.headers["Retry-After"] = str(wait)
+    return task_json(task, base_url(request))
+
+
+# ---- administration ----------------------------------------------------------------------
+
+
+@router.post("/projects", status_code=201, tags=["admin"])
+def create_project(body: ProjectRequest, svc: Svc, who: Who) -> dict[str, Any]:
+    if not who.is_admin:
+        raise Forbidden("only the administrator can create projects", "FORBIDDEN")
+    return svc.create_project(body.project_id)
+
+
+@router.post("/projects/{project_id}/tokens", status_code=201, tags=["admin"])
+def create_token(project_id: str, body: TokenRequest, svc: Svc, who: Who) -> dict[str, Any]:
+    svc.authorize(who, project_id, Role.ADMIN)
+    return svc.create_token(project_id, body)
+
+
+@router.post("/projects/{project_id}/datasets", status_code=201, tags=["datasets"])
+def register_dataset(project_id: str, body: DatasetRequest, svc: Svc, who: Who) -> dict[str, Any]:
+    svc.authorize(who, project_id, Role.ADMIN)
+    return dataset_json(svc.register_dataset(project_id, body))
+
+
+@router.get("/projects/{project_id}/datasets", tags=["datasets"])
+def list_datasets(project_id: str, svc: Svc, who: Who) -> dict[str, Any]:
+    svc.authorize(who, project_id, Role.READER)
+    items = [dataset_json(d) for d in svc.list_datasets(project_id)]
+    return {"datasets": items, "count": len(items)}
+
+
+@router.get("/projects/{project_id}/datasets/{dataset_id}", tags=["datasets"])
+def describe_dataset(project_id: str, dataset_id: str, svc: Svc, who: Who) -> dict[str, Any]:
+    svc.authorize(who, project_id, Role.READER)
+    return dataset_json(svc.get_dataset(project_id, dataset_id))
+
+
+@router.delete("/projects/{project_id}/datasets/{dataset_id}", status_code=204, tags=["datasets"])
+def delete_dataset(project_id: str, dataset_id: str, svc: Svc, who: Who) -> Response:
+    svc.authorize(who, project_id, Role.ADMIN)
+    svc.delete_dataset(project_id, dataset_id)
+    return Response(status_code=204)
+
+
+# ---- exports -------------------------------------------------------------------------------
+
+
+@router.post("/projects/{project_id}/exports", status_code=202, tags=["exports"])
+def create_export(
+    project_id: str,
+    body: ExportRequest,
+    request: Request,
+    response: Response,
+    svc: Svc,
+    who: Who,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> dict[str, Any]:
+    """Start an export; answers at once (202) with the task. A repeated `Idempotency-Key`
+    returns the task it created first."""
+    svc.authorize(who, project_id, Role.WRITER)
+    task, created = svc.submit(project_id, body, idempotency_key)
+    if not created:
+        response.status_code = 200
+    response.headers["Location"] = f"/v1/projects/{project_id}/exports/{task.task_id}"
+    return _task_response(request, response, task)
+
+
+SortField = Literal["create_time", "update_time", "end_time", "file_name", "status", "task_id"]
+assert set(SortField.__args__) == set(SORT_FIELDS)  # type: ignore[attr-defined]
+
+
+@router.get("/projects/{project_id}/exports", tags=["exports"])
+def list_exports(
+    project_id: str,
+    request: Request,
+    svc: Svc,
+    who: Who,
+    status: Annotated[list[TaskStatus] | None, Query()] = None,
+    file_name: Annotated[str | None, Query(max_length=255)] = None,
+    file_name_prefix: Annotated[str | None, Query(max_length=255)] = None,
+    task_id: Annotated[str | None, Query(max_length=64)] = None,
+    dataset_id: Annotated[str | None, Query(max_length=200)] = None,
+    is_download: bool | None = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+    sort_field: SortField | None = None,
+    sort_type: Literal["asc", "desc"] | None = None,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict[str, Any]:
+    """List a project's exports, newest first unless `sort_field` (+ `sort_type`) says."""
+    svc.authorize(who, project_id, Role.READER)
+    if sort_type is not None and sort_field is None:
+        raise BadRequest("sort_type must be used together with sort_field", "INVALID_SORT")
+    q = TaskQuery(
+        statuses=tuple(status or ()),
+        file_name=file_name,
+        file_name_prefix=file_name_prefix,
+        task_id=task_id,
+        dataset_id=dataset_id,
+        is_download=is_download,
+        created_from=created_from,
+        created_to=created_to,
+        sort_field=sort_field or "create_time",
+        descending=(sort_type == "desc") if sort_field else True,
+        offset=offset,
+        limit=limit,
+    )
+    tasks, count = svc.list(project_id, q)
+    base = base_url(request)
+    return {"export_tasks": [task_json(t, base) for t in tasks], "count": count}
+
+
+@router.get("/projects/{project_id}/exports/{task_id}", tags=["exports"])
+def get_export(
+    project_id: str, task_id: str, request: Request, response: Response, svc: Svc, who: Who
+) -> dict[str, Any]:
+    """The full status; unfinished tasks carry `Retry-After` (1 s growing to 30 s)."""
+    svc.authorize(who, project_id, Role.READER)
+    return _task_response(request, response, svc.get(project_id, task_id))
+
+
+@router.post("/projects/{project_id}/exports/{task_id}/cancel", status_code=202, tags=["exports"])
+def cancel_export(
+    project_id: str, task_id: str, request: Request, response: Response, svc: Svc, who: Who
+) -> dict[str, Any]:
+    svc.authorize(who, project_id, Role.WRITER)
+    return _task_response(request, response, svc.cancel(project_id, task_id))
+
+
+@router.delete("/projects/{project_id}/exports/{task_id}", status_code=204, tags=["exports"])
+def delete_export(project_id: str, task_id: str, svc: Svc, who: Who) -> Response:
+    svc.authorize(who, project_id, Role.WRITER)
+    svc.delete(project_id, task_id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/projects/{project_id}/exports/{task_id}/download",
+    tags=["exports"],
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "the file"}},
+)
+def download_export(
+    project_id: str,
+    task_id: str,
+    request: Request,
+    svc: Svc,
+    who: Who,
+    name: Annotated[str | None, Query(max_length=255)] = None,
+) -> Response:
+    svc.authorize(who, project_id, Role.READER)
+    record = svc.file_for_download(project_id, task_id, name)
+    storage = request.app.state.runtime.storage
+    path = storage.local_path(record.key)
+    if path is not None:
+        return FileResponse(path, media_type=record.media_type, filename=record.name)
+    fh = storage.open_read(record.key)
+    return StreamingResponse(
+        iter(lambda: fh.read(1 << 20), b""),
+        media_type=record.media_type,
+        headers={"Content-Disposition": f'attachment; filename="{record.name}"'},
+    )
+
+
+@router.get("/projects/{project_id}/exports/{task_id}/manifest", tags=["exports"])
+def export_manifest(project_id: str, task_id: str, svc: Svc, who: Who) -> Response:
+    svc.authorize(who, project_id, Role.READER)
+    return Response(svc.manifest(project_id, task_id), media_type="application/json")

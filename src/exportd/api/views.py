@@ -1,0 +1,136 @@
+"""How tasks, partitions, files and datasets are shown by the native API (JSON)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from exportd.domain import Dataset, FileRecord, Partition, PartitionStatus, Task
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+def retry_after_seconds(task: Task, now: datetime | None = None) -> int | None:
+    """How long a poller should wait: 1 s for a young task, growing to 30 s with its age."""
+    if task.status.is_terminal:
+        return None
+    age = ((now or datetime.now(UTC)) - task.create_time).total_seconds()
+    return int(min(30, max(1, age // 10 + 1)))
+
+
+def partition_json(p: Partition) -> dict[str, Any]:
+    return {
+        "index": p.index,
+        "status": p.status.value,
+        "current_state": p.stage.as_json(),
+        "finished_count": p.finished_count,
+        "bytes_written": p.bytes_written,
+        "attempts": p.attempts,
+        "error_code": p.error_code,
+        "error_msg": p.error_msg,
+        "start_time": iso(p.start_time),
+        "end_time": iso(p.end_time),
+        "update_time": iso(p.update_time),
+    }
+
+
+def file_json(task: Task, f: FileRecord, base: str) -> dict[str, Any]:
+    url = f"{base}/v1/projects/{task.project_id}/exports/{task.task_id}"
+    return {
+        "name": f.name,
+        "kind": f.kind,
+        "rows": f.rows,
+        "bytes": f.bytes,
+        "sha256": f.sha256,
+        "media_type": f.media_type,
+        "download_url": f"{url}/download" if f.kind == "data" else f"{url}/manifest",
+        "file_expires_at": iso(task.file_expires_at),
+    }
+
+
+def _rates(task: Task, now: datetime) -> tuple[float | None, float | None]:
+    """Rows per second so far and the seconds left, where they can be known."""
+    if task.start_time is None or task.finished_count <= 0:
+        return None, None
+    end = task.end_time or now
+    elapsed = (end - task.start_time).total_seconds()
+    if elapsed <= 0:
+        return None, None
+    rate = task.finished_count / elapsed
+    if task.status.is_terminal or not task.total_count:
+        return round(rate, 1), None
+    left = max(task.total_count - task.finished_count, 0)
+    return round(rate, 1), round(left / rate, 1) if rate > 0 else None
+
+
+def task_json(task: Task, base: str = "") -> dict[str, Any]:
+    now = datetime.now(UTC)
+    rate, eta = _rates(task, now)
+    done = sum(1 for p in task.partitions if p.status is PartitionStatus.DONE)
+    failed = [p for p in task.partitions if p.status is PartitionStatus.FAILED]
+    stopped = sum(1 for p in task.partitions if p.status.is_terminal)
+    request = {k: v for k, v in task.request.items() if not k.startswith("_")}
+    state = task.stage.as_json()
+    body: dict[str, Any] = {
+        "task_id": task.task_id,
+        "project_id": task.project_id,
+        "dataset_id": task.dataset_id,
+        "status": task.status.value,
+        "is_terminal": task.status.is_terminal,
+        "file_status": task.file_status.value,
+        "current_state": state,
+        "currentState": {"statusId": state["status_id"], "status": state["status"]},
+        "format": task.format,
+        "file_name": task.file_name,
+        "columns": task.columns,
+        "total_count": task.total_count,
+        "total_is_estimate": task.total_is_estimate,
+        "finished_count": task.finished_count,
+        "failed_count": task.failed_count,
+        "progress": round(task.progress, 2),
+        "bytes_written": task.bytes_written,
+        "rows_per_second": rate,
+        "eta_seconds": eta,
+        "parallelism": task.parallelism,
+        "allow_partial": task.allow_partial,
+        "timeout_seconds": task.timeout_seconds,
+        "expires_in": task.expires_in,
+        "create_time": iso(task.create_time),
+        "start_time": iso(task.start_time),
+        "update_time": iso(task.update_time),
+        "end_time": iso(task.end_time),
+        "file_expires_at": iso(task.file_expires_at),
+        "error_code": task.error_code,
+        "error_msg": task.error_msg,
+        "is_download": task.is_download,
+        "download_count": task.download_count,
+        "retry_after": retry_after_seconds(task, now),
+        "success_rate": round(100.0 * done / stopped, 2) if stopped else None,
+        "failed_items": [
+            {"partition": p.index, "error_code": p.error_code, "error_msg": p.error_msg}
+            for p in failed
+        ],
+        "files": [file_json(task, f, base) for f in task.files],
+        "partitions": [partition_json(p) for p in task.partitions],
+        "request": request,
+    }
+    return body
+
+
+def dataset_json(ds: Dataset) -> dict[str, Any]:
+    """A dataset as callers see it: never its connection URL."""
+    return {
+        "dataset_id": ds.dataset_id,
+        "project_id": ds.project_id,
+        "name": ds.name,
+        "kind": ds.kind,
+        "table": ds.table,
+        "has_query": ds.query is not None,
+        "key": ds.key,
+        "fields": [
+            {"name": f["name"], "type": f.get("type"), "kind": f.get("kind")} for f in ds.fields
+        ],
+        "create_time": iso(ds.create_time),
+    }

@@ -1,0 +1,223 @@
+"""Coordinator work (the seed's "master task"): plan a task into partitions (stage 10),
+assemble the committed parts into the output (70), write the manifest (80) and end the
+task (90); or clean up after a cancel, a timeout or a failure. Runs under the task's own
+lease, so any worker may do it and a crashed coordinator is simply taken over."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import timedelta
+from typing import Any
+
+import orjson
+
+from exportd.domain import FileRecord, Lease, PartitionStatus, Stage, Task, TaskStatus
+from exportd.errors import ExportdError, LeaseLost, SourceError
+from exportd.heartbeat import Heartbeat
+from exportd.runtime import Runtime, selection_for
+from exportd.store.base import utcnow
+from exportd.store.sql import PlannedPartition
+from exportd.transitions import Outcome, finish_outcome
+
+log = logging.getLogger(__name__)
+
+CLEANUP_RETRY_SECONDS = 0.5
+
+
+def parts_prefix(task: Task) -> str:
+    return f"parts/{task.task_id}/"
+
+
+def output_prefix(task: Task) -> str:
+    return f"exports/{task.project_id}/{task.task_id}/"
+
+
+def run(rt: Runtime, task: Task, lease: Lease) -> None:
+    store = rt.store
+
+    def beat(_rows: int, _bytes: int) -> TaskStatus | None:
+        ok = store.renew_coordinator(task.task_id, lease.token, rt.settings.lease_seconds)
+        return TaskStatus.RUNNING if ok else None
+
+    try:
+        with Heartbeat(beat, rt.settings.heartbeat_interval, None) as hb:
+            _dispatch(rt, task, lease, hb)
+    except LeaseLost:
+        log.warning("coordinator of %s lost its lease", task.task_id)
+    except Exception:
+        log.exception("coordinator of %s failed; it will be retried", task.task_id)
+        store.release_coordinator(task.task_id, lease.token, due=True, retry_after=2.0)
+
+
+def _dispatch(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
+    if task.status is TaskStatus.PENDING or (
+        task.status is TaskStatus.RUNNING and not task.partitions
+    ):
+        _plan(rt, task, lease)
+    elif task.status is TaskStatus.RUNNING:
+        _finish(rt, task, lease, hb)
+    else:  # CANCELING, or a terminal task whose parts still need cleaning up
+        _cleanup(rt, task, lease)
+
+
+def _plan(rt: Runtime, task: Task, lease: Lease) -> None:
+    store = rt.store
+    if task.status is TaskStatus.PENDING:
+        deadline = (
+            utcnow() + timedelta(seconds=task.timeout_seconds) if task.timeout_seconds else None
+        )
+        if not store.start_task(task.task_id, lease.token, deadline):
+            store.release_coordinator(task.task_id, lease.token, due=False)
+            return
+    try:
+        dataset = store.get_dataset(task.project_id, task.dataset_id)
+        source = rt.source(dataset)
+        sel = selection_for(task, dataset)
+        estimate = source.estimate(sel)
+        store.set_task_stage(
+            task.task_id, lease.token, Stage.GETTING_TOTAL,
+            total_count=estimate.count, total_is_estimate=estimate.is_estimate,
+        )  # fmt: skip
+        bounds = source.plan(sel, task.parallelism)
+    except (SourceError, ExportdError) as exc:
+        if lease.attempt < rt.settings.max_attempts and isinstance(exc, SourceError):
+            delay = rt.settings.retry_base_seconds * 2 ** (lease.attempt - 1)
+            store.release_coordinator(task.task_id, lease.token, due=True, retry_after=delay)
+        else:
+            store.fail_task(task.task_id, lease.token, exc.error_code, exc.error_msg)
+        return
+    planned = [PlannedPartition(b) for b in bounds]
+    if not store.plan_task(
+        task.task_id, lease.token, planned, estimate.count, estimate.is_estimate, task.columns
+    ):  # canceled or timed out while planning: the cleanup is due
+        store.release_coordinator(task.task_id, lease.token, due=True)
+
+
+def _finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
+    store, storage = rt.store, rt.storage
+    if any(not p.status.is_terminal for p in task.partitions):
+        store.release_coordinator(task.task_id, lease.token, due=False)
+        return
+    by = {s: [p for p in task.partitions if p.status is s] for s in PartitionStatus}
+    outcome = finish_outcome(
+        len(by[PartitionStatus.DONE]),
+        len(by[PartitionStatus.FAILED]),
+        len(by[PartitionStatus.CANCELED]),
+        task.allow_partial,
+        task.max_error_rate,
+    )
+    finished = sum(p.finished_count for p in by[PartitionStatus.DONE])
+    failed_rows = _failed_rows(rt, task, by[PartitionStatus.FAILED])
+    if outcome.status is TaskStatus.FAILED:
+        storage.delete_prefix(parts_prefix(task))
+        store.finish_task(task.task_id, lease.token, outcome, [], None, finished, failed_rows, 0)
+        return
+
+    fmt = rt.format(task)
+    data_key = output_prefix(task) + task.file_name
+    manifest_key = output_prefix(task) + "manifest.json"
+    store.set_task_stage(task.task_id, lease.token, Stage.COMPLETING_UPLOAD)
+    composed = fmt.assemble(
+        storage,
+        data_key,
+        [p.part_key for p in by[PartitionStatus.DONE] if p.part_key],
+        task.columns,
+    )
+    hb.check()
+    store.set_task_stage(task.task_id, lease.token, Stage.WRITING_MANIFEST)
+    data = FileRecord(
+        task.task_id, task.file_name, data_key, finished, composed.bytes, composed.sha256,
+        fmt.media_type,
+    )  # fmt: skip
+    expires = utcnow() + timedelta(seconds=task.expires_in)
+    manifest = _manifest(task, outcome, data, by, failed_rows, expires.isoformat())
+    with storage.open_write(manifest_key) as out:
+        out.write(manifest)
+    mrec = FileRecord(
+        task.task_id, "manifest.json", manifest_key, 0, len(manifest),
+        hashlib.sha256(manifest).hexdigest(), "application/json", kind="manifest",
+    )  # fmt: skip
+    hb.check()
+    ok = store.finish_task(
+        task.task_id, lease.token, outcome, [data, mrec], expires, finished, failed_rows,
+        composed.bytes,
+    )  # fmt: skip
+    if ok:
+        storage.delete_prefix(parts_prefix(task))
+    else:  # canceled or timed out meanwhile: this output must never be seen
+        storage.delete(data_key)
+        storage.delete(manifest_key)
+        store.release_coordinator(task.task_id, lease.token, due=True)
+
+
+def _failed_rows(rt: Runtime, task: Task, failed: list[Any]) -> int:
+    """How many selected rows lie in partitions that failed (best effort: 0 if unknown)."""
+    if not failed:
+        return 0
+    try:
+        dataset = rt.store.get_dataset(task.project_id, task.dataset_id)
+        source, sel = rt.source(dataset), selection_for(task, dataset)
+        return sum(source.count(sel, p.bounds) for p in failed)
+    except Exception:
+        return 0
+
+
+def _manifest(
+    task: Task,
+    outcome: Outcome,
+    data: FileRecord,
+    by: dict[PartitionStatus, list[Any]],
+    failed_rows: int,
+    expires_at: str,
+) -> bytes:
+    request = {k: v for k, v in task.request.items() if not k.startswith("_")}
+    body = {
+        "task_id": task.task_id,
+        "project_id": task.project_id,
+        "dataset_id": task.dataset_id,
+        "status": outcome.status.value,
+        "format": task.format,
+        "columns": task.columns,
+        "created_at": task.create_time.isoformat(),
+        "completed_at": utcnow().isoformat(),
+        "expires_at": expires_at,
+        "total_rows": data.rows,
+        "failed_rows": failed_rows,
+        "success_rate": round(outcome.success_rate, 2),
+        "files": [
+            {"name": data.name, "rows": data.rows, "bytes": data.bytes, "sha256": data.sha256}
+        ],
+        "partitions": [
+            {
+                "index": p.index,
+                "status": p.status.value,
+                "rows": p.finished_count if p.status is PartitionStatus.DONE else 0,
+                "attempts": p.attempts,
+                "error_code": p.error_code if p.status is not PartitionStatus.DONE else None,
+                "error_msg": p.error_msg if p.status is not PartitionStatus.DONE else None,
+            }
+            for s in PartitionStatus
+            for p in by.get(s, [])
+        ],
+        "request": request,
+    }
+    body["partitions"].sort(key=lambda p: p["index"])
+    return orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def _cleanup(rt: Runtime, task: Task, lease: Lease) -> None:
+    """After a cancel, timeout or failure: wait until no worker holds a live partition
+    lease, then delete every part; a CANCELING task then ends CANCELED."""
+    store = rt.store
+    if store.live_partition_leases(task.task_id):
+        store.release_coordinator(
+            task.task_id, lease.token, due=True, retry_after=CLEANUP_RETRY_SECONDS
+        )
+        return
+    store.stop_abandoned_partitions(task.task_id)
+    rt.storage.delete_prefix(parts_prefix(task))
+    if task.status is TaskStatus.CANCELING:
+        store.finish_cancel(task.task_id, lease.token)
+    else:
+        store.release_coordinator(task.task_id, lease.token, due=False)

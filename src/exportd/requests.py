@@ -1,0 +1,71 @@
+"""What callers send: export requests and dataset registrations (validated shapes only;
+the checks against a dataset's fields happen in the service)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class FieldSpec(BaseModel):
+    """A projected field, optionally renamed in the output: `{"name": "dep_delay", "as": "delay"}`."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: Name
+    as_: Name | None = Field(default=None, alias="as")
+
+
+class ExportRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: Name = Field(description="id (or name) of a dataset of the project")
+    fields: list[Name | FieldSpec] | None = Field(
+        default=None, max_length=2000, description="projection, order and renames; default all"
+    )
+    filter: list[dict[str, Any]] | dict[str, Any] | None = Field(
+        default=None,
+        description="conditions combined with OR; each maps fields to operators combined "
+        "with AND: eq, ne, in, nin, lt, lte, gt, gte, between, like, is_null",
+    )
+    format: str = Field(default="csv", max_length=20, description="csv or jsonl")
+    format_options: dict[str, Any] | None = Field(default=None, description="format options")
+    file_name: str | None = Field(default=None, max_length=255, description="output file name")
+    parallelism: int | None = Field(default=None, ge=1, le=1024, description="partitions")
+    allow_partial: bool = Field(default=False, description="accept COMPLETED_WITH_ERRORS")
+    max_error_rate: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="with allow_partial: highest failed share"
+    )
+    timeout_seconds: int | None = Field(
+        default=None, ge=1, le=7 * 24 * 3600, description="time limit once started"
+    )
+    expires_in: int | None = Field(
+        default=None, ge=60, le=366 * 24 * 3600, description="seconds the files are kept"
+    )
+
+
+class DatasetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
+    kind: Literal["sql"] = "sql"
+    url: str = Field(min_length=1, max_length=4000, description="SQLAlchemy URL (kept secret)")
+    table: str | None = Field(default=None, max_length=400)
+    query: str | None = Field(default=None, max_length=100_000)
+    key: Name = Field(description="column used to split the dataset into partitions")
+
+
+class ProjectRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    project_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["reader", "writer", "admin"] = "writer"
+    name: str | None = Field(default=None, max_length=200)

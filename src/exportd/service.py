@@ -1,0 +1,250 @@
+"""The service: submit, get, list, cancel, delete and download exports, and the catalog
+operations; used by the HTTP API and, through it, by the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from exportd.domain import Dataset, FileRecord, FileStatus, Role, Stage, Task, TaskStatus
+from exportd.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from exportd.filters import validate_filter
+from exportd.formats import FORMAT_NAMES, get_format
+from exportd.requests import DatasetRequest, ExportRequest, FieldSpec, TokenRequest
+from exportd.runtime import Runtime
+from exportd.sources.sql import check_query, describe_sql
+from exportd.store.sql import TaskQuery
+
+_FILE_NAME = re.compile(r"^[\w][\w .()+,=@-]{0,254}$", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the administrator (every project) or a project token with a role."""
+
+    project_id: str | None
+    role: Role
+
+    @property
+    def is_admin(self) -> bool:
+        return self.project_id is None
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def check_file_name(name: str) -> str:
+    if (
+        not _FILE_NAME.match(name)
+        or ".." in name
+        or name.strip() != name
+        or name in ("manifest.json",)
+    ):
+        raise BadRequest(
+            "file_name must be 1-255 letters, digits, spaces or ._-()+,=@ "
+            "with no path separators, no '..' and not 'manifest.json'",
+            "INVALID_FILE_NAME",
+        )
+    return name
+
+
+class ExportService:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.store = rt.store
+
+    # ---- who is calling -------------------------------------------------------------------
+
+    def authenticate(self, token: str | None) -> Principal:
+        if not token:
+            raise Unauthorized("missing bearer token", "UNAUTHORIZED")
+        if secrets.compare_digest(token.encode(), self.rt.admin_token.encode()):
+            return Principal(None, Role.ADMIN)
+        found = self.store.find_token(hash_token(token))
+        if found is None:
+            raise Unauthorized("invalid token", "UNAUTHORIZED")
+        return Principal(found[0], found[1])
+
+    def authorize(self, who: Principal, project_id: str, needed: Role) -> None:
+        """Another project's objects are 404, as if they did not exist; too weak a role 403."""
+        if who.is_admin:
+            if not self.store.project_exists(project_id):
+                raise NotFound(f"project {project_id!r} not found", "PROJECT_NOT_FOUND")
+            return
+        if who.project_id != project_id:
+            raise NotFound(f"project {project_id!r} not found", "PROJECT_NOT_FOUND")
+        if not who.role.allows(needed):
+            raise Forbidden(f"this token's role ({who.role.value}) cannot do this", "FORBIDDEN")
+
+    # ---- catalog --------------------------------------------------------------------------
+
+    def create_project(self, project_id: str) -> dict[str, Any]:
+        self.store.create_project(project_id)
+        return {"project_id": project_id}
+
+    def create_token(self, project_id: str, req: TokenRequest) -> dict[str, Any]:
+        token = "ext_" + secrets.token_urlsafe(32)
+        token_id = uuid.uuid4().hex[:16]
+        self.store.add_token(hash_token(token), token_id, project_id, Role(req.role), req.name)
+        return {"token": token, "token_id": token_id, "project_id": project_id, "role": req.role}
+
+    def register_dataset(self, project_id: str, req: DatasetRequest) -> Dataset:
+        if bool(req.table) == bool(req.query):
+            raise BadRequest("give exactly one of table or query", "INVALID_DATASET")
+        if req.query:
+            check_query(req.query)
+        engine = self.rt.engines.get(req.url)
+        fields = describe_sql(engine, req.table, req.query)
+        if req.key not in {f["name"] for f in fields}:
+            raise BadRequest(f"key column {req.key!r} is not a field of the dataset", "INVALID_KEY")
+        ds = Dataset(
+            dataset_id="ds_" + uuid.uuid4().hex[:16],
+            project_id=project_id,
+            name=req.name,
+            kind=req.kind,
+            url=req.url,
+            table=req.table,
+            query=req.query,
+            key=req.key,
+            fields=fields,
+            options={},
+            create_time=datetime.now(UTC),
+        )
+        self.store.add_dataset(ds)
+        return ds
+
+    def get_dataset(self, project_id: str, dataset_id: str) -> Dataset:
+        return self.store.get_dataset(project_id, dataset_id)
+
+    def list_datasets(self, project_id: str) -> list[Dataset]:
+        return self.store.list_datasets(project_id)
+
+    def delete_dataset(self, project_id: str, dataset_id: str) -> None:
+        ds = self.store.get_dataset(project_id, dataset_id)
+        self.store.delete_dataset(project_id, ds.dataset_id)
+
+    # ---- exports --------------------------------------------------------------------------
+
+    def submit(
+        self, project_id: str, req: ExportRequest, idempotency_key: str | None = None
+    ) -> tuple[Task, bool]:
+        """Validate the request against the dataset, then create the task (202) or return
+        the task already created with the same idempotency key."""
+        settings = self.rt.settings
+        try:
+            ds = self.store.get_dataset(project_id, req.dataset_id)
+        except NotFound:
+            raise BadRequest(
+                f"unknown dataset {req.dataset_id[:100]!r}", "DATASET_NOT_FOUND"
+            ) from None
+        if req.format not in FORMAT_NAMES:
+            raise BadRequest(
+                f"unknown format {req.format[:20]!r}; use one of {', '.join(FORMAT_NAMES)}",
+                "INVALID_FORMAT",
+            )
+        fmt = get_format(req.format, req.format_options or {})
+        source_columns, columns = _projection(req.fields, ds)
+        kinds = {f["name"]: f.get("kind", "unknown") for f in ds.fields}
+        validate_filter(req.filter, kinds)
+        parallelism = req.parallelism or settings.default_parallelism
+        if parallelism > settings.max_parallelism:
+            raise BadRequest(
+                f"parallelism may be at most {settings.max_parallelism}", "INVALID_PARALLELISM"
+            )
+        task_id = uuid.uuid4().hex
+        file_name = check_file_name(req.file_name or f"{ds.name}-{task_id[:8]}{fmt.extension}")
+        request = req.model_dump(mode="json", by_alias=True, exclude_none=True)
+        request["dataset_id"] = ds.dataset_id
+        request["_source_columns"] = source_columns
+        fingerprint = hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        request["_fingerprint"] = fingerprint
+        now = datetime.now(UTC)
+        task = Task(
+            task_id=task_id,
+            project_id=project_id,
+            dataset_id=ds.dataset_id,
+            status=TaskStatus.PENDING,
+            stage=Stage.NOT_STARTED,
+            file_status=FileStatus.PREPARING,
+            request=request,
+            format=req.format,
+            file_name=file_name,
+            columns=columns,
+            parallelism=parallelism,
+            allow_partial=req.allow_partial,
+            max_error_rate=req.max_error_rate,
+            timeout_seconds=req.timeout_seconds,
+            expires_in=req.expires_in or settings.default_expires_in,
+            create_time=now,
+            update_time=now,
+            idempotency_key=idempotency_key,
+        )
+        stored, created = self.store.insert_task(task)
+        if not created and stored.request.get("_fingerprint") != fingerprint:
+            raise Conflict(
+                "this Idempotency-Key was already used with a different request",
+                "IDEMPOTENCY_KEY_REUSED",
+            )
+        return (self.store.get_task(project_id, stored.task_id), created)
+
+    def get(self, project_id: str, task_id: str) -> Task:
+        return self.store.get_task(project_id, task_id)
+
+    def list(self, project_id: str, query: TaskQuery) -> tuple[list[Task], int]:
+        return self.store.list_tasks(project_id, query)
+
+    def cancel(self, project_id: str, task_id: str) -> Task:
+        return self.store.request_cancel(project_id, task_id)
+
+    def delete(self, project_id: str, task_id: str) -> None:
+        task = self.store.delete_task(project_id, task_id)
+        self.rt.storage.delete_prefix(f"exports/{task.project_id}/{task.task_id}/")
+
+    def file_for_download(self, project_id: str, task_id: str, name: str | None) -> FileRecord:
+        """The file to hand out; the download is recorded (is_download, download_count)."""
+        task = self.store.get_task(project_id, task_id)
+        if task.file_status is FileStatus.DELETED:
+            raise NotFound("the export's files have expired or were deleted", "FILE_DELETED")
+        if task.file_status is not FileStatus.GENERATED:
+            raise Conflict(
+                f"the file is not ready (file_status {task.file_status.value})", "FILE_NOT_READY"
+            )
+        wanted = name or task.file_name
+        record = next((f for f in task.files if f.name == wanted), None)
+        if record is None:
+            raise NotFound(f"no file {wanted[:100]!r} in this export", "FILE_NOT_FOUND")
+        if record.kind == "data":
+            self.store.record_download(task_id)
+        return record
+
+    def manifest(self, project_id: str, task_id: str) -> bytes:
+        record = self.file_for_download(project_id, task_id, "manifest.json")
+        with self.rt.storage.open_read(record.key) as fh:
+            return fh.read()
+
+
+def _projection(fields: list[str | FieldSpec] | None, ds: Dataset) -> tuple[list[str], list[str]]:
+    """(source columns, output column names) of a request's `fields`."""
+    known = [f["name"] for f in ds.fields]
+    if not fields:
+        return known, list(known)
+    source, output = [], []
+    for item in fields:
+        name, alias = (item, item) if isinstance(item, str) else (item.name, item.as_ or item.name)
+        if name not in known:
+            raise BadRequest(f"unknown field {name[:100]!r}", "INVALID_FIELD")
+        if "\x00" in alias:
+            raise BadRequest("a column name cannot hold a NUL character", "INVALID_FIELD")
+        source.append(name)
+        output.append(alias)
+    if len(set(output)) != len(output):
+        raise BadRequest("output column names must be unique", "DUPLICATE_COLUMN")
+    return source, output

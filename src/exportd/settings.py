@@ -1,0 +1,46 @@
+"""Settings, read from `EXPORTD_*` environment variables and passed explicitly everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EXPORTD_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("exportd-data"), description="SQLite file, files, tokens")
+    database_url: str | None = Field(default=None, description="store URL; SQLite in data_dir")
+    storage_url: str | None = Field(default=None, description="file:// or s3:// for outputs")
+    admin_token: str | None = Field(default=None, description="administrator bearer token")
+    public_url: str | None = Field(default=None, description="base URL used in links")
+
+    workers: int = Field(default=2, ge=0, le=64, description="in-process workers of `serve`")
+    lease_seconds: float = Field(default=20.0, gt=0, description="a lease's length")
+    heartbeat_seconds: float | None = Field(default=None, description="default: lease/4")
+    poll_seconds: float = Field(default=1.0, gt=0, description="safety-net polling interval")
+    janitor_seconds: float = Field(default=2.0, gt=0, description="reaper interval")
+    max_attempts: int = Field(default=3, ge=1, le=20, description="attempts per partition")
+    retry_base_seconds: float = Field(default=1.0, ge=0, description="first retry delay")
+    batch_size: int = Field(default=5000, ge=1, le=1_000_000, description="rows per fetch")
+    default_parallelism: int = Field(default=4, ge=1, le=256)
+    max_parallelism: int = Field(default=64, ge=1, le=1024)
+    default_expires_in: int = Field(default=7 * 24 * 3600, ge=60)
+
+    @property
+    def store_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'exportd.db').resolve()}"
+
+    @property
+    def files_url(self) -> str:
+        if self.storage_url:
+            return self.storage_url
+        return (self.data_dir / "files").resolve().as_uri()
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.heartbeat_seconds or max(self.lease_seconds / 4, 0.05)

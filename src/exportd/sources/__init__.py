@@ -1,0 +1,44 @@
+"""Data sources. A source describes its fields, estimates how many objects a filter selects,
+splits the key space into partitions and streams one partition's rows in key order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from exportd.domain import Dataset
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What one export reads: source columns (in output order) and a validated filter."""
+
+    columns: list[str]
+    filter: list[dict[str, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    count: int | None
+    is_estimate: bool
+
+
+class Source(Protocol):
+    def estimate(self, sel: Selection) -> Estimate: ...
+
+    def plan(self, sel: Selection, parallelism: int) -> list[dict[str, Any]]:
+        """Partition bounds covering every selected object exactly once."""
+        ...
+
+    def read(
+        self, sel: Selection, bounds: dict[str, Any], batch_size: int
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """One partition's rows, in key order, in batches of at most `batch_size`."""
+        ...
+
+    def count(self, sel: Selection, bounds: dict[str, Any]) -> int: ...
+
+
+class SourceFactory(Protocol):
+    def __call__(self, dataset: Dataset) -> Source: ...

@@ -1,0 +1,276 @@
+"""SQL datasets through SQLAlchemy: any table or read-only query of SQLite, PostgreSQL or
+MariaDB, partitioned by ranges of a key column, streamed with server-side cursors."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
+from exportd.domain import Dataset
+from exportd.errors import BadRequest, SourceError
+from exportd.filters import COERCE, compile_filter
+from exportd.sources import Estimate, Selection
+from exportd.store.engine import normalize_url
+
+_QUERY_START = re.compile(r"^\s*(select|with)\b", re.IGNORECASE)
+
+
+class SqlEngines:
+    """One engine per source URL, created on first use and disposed with the runtime."""
+
+    def __init__(self) -> None:
+        self._engines: dict[str, sa.Engine] = {}
+        self._lock = threading.Lock()
+
+    def get(self, url: str) -> sa.Engine:
+        with self._lock:
+            engine = self._engines.get(url)
+            if engine is None:
+                engine = _create_source_engine(url)
+                self._engines[url] = engine
+            return engine
+
+    def dispose(self) -> None:
+        with self._lock:
+            for engine in self._engines.values():
+                engine.dispose()
+            self._engines.clear()
+
+
+def _create_source_engine(url: str) -> sa.Engine:
+    try:
+        u = normalize_url(url)
+        if u.startswith("sqlite"):
+            return sa.create_engine(u, connect_args={"timeout": 60, "check_same_thread": False})
+        return sa.create_engine(u, pool_pre_ping=True, pool_size=4, max_overflow=8)
+    except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ValueError) as exc:
+        raise BadRequest(f"unusable database URL ({type(exc).__name__})", "INVALID_URL") from None
+
+
+_KINDS: tuple[tuple[str, type], ...] = (
+    ("bool", bool),
+    ("int", int),
+    ("float", float),
+    ("decimal", Decimal),
+    ("datetime", datetime),
+    ("date", date),
+    ("str", str),
+    ("bytes", bytes),
+    ("json", dict),
+    ("json", list),
+)
+
+
+def _kind_of_class(cls: type) -> str:
+    return next((kind for kind, base in _KINDS if issubclass(cls, base)), "unknown")
+
+
+def python_kind(sql_type: Any) -> str:
+    """The coarse kind of a column: how filter values are coerced and cells written."""
+    try:
+        return _kind_of_class(sql_type.python_type)
+    except (NotImplementedError, AttributeError):
+        return "unknown"
+
+
+def _value_kind(value: Any) -> str:
+    return "unknown" if value is None else _kind_of_class(type(value))
+
+
+def _split_table(name: str) -> tuple[str | None, str]:
+    schema, _, table = name.rpartition(".")
+    return (schema or None), table
+
+
+def describe_sql(engine: sa.Engine, table: str | None, query: str | None) -> list[dict[str, Any]]:
+    """The fields of a table (reflected) or of a read-only query (from a one-row sample)."""
+    try:
+        if table:
+            schema, name = _split_table(table)
+            cols = sa.inspect(engine).get_columns(name, schema=schema)
+            return [
+                {"name": c["name"], "type": str(c["type"]), "kind": python_kind(c["type"])}
+                for c in cols
+            ]
+        assert query is not None
+        with engine.connect() as conn:
+            sub = sa.text(query).columns().subquery("q")
+            result = conn.execute(sa.select(sa.text("*")).select_from(sub).limit(1))
+            names = list(result.keys())
+            row = result.first()
+        return [
+            {"name": n, "type": "unknown", "kind": _value_kind(row[i]) if row else "unknown"}
+            for i, n in enumerate(names)
+        ]
+    except sa_exc.NoSuchTableError:
+        raise BadRequest(f"table {table!r} does not exist", "INVALID_DATASET") from None
+    except sa_exc.DBAPIError as exc:
+        raise BadRequest(
+            f"the dataset could not be read: {_db_error_text(exc)}", "INVALID_DATASET"
+        ) from None
+
+
+def check_query(query: str) -> None:
+    if not _QUERY_START.match(query) or ";" in query.rstrip().rstrip(";"):
+        raise BadRequest(
+            "query must be a single SELECT (or WITH ... SELECT) statement", "INVALID_QUERY"
+        )
+
+
+def _db_error_text(exc: sa_exc.DBAPIError) -> str:
+    """The database's own message, first line only, without the statement or parameters."""
+    text = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+    return text[:300]
+
+
+class SqlSource:
+    def __init__(self, dataset: Dataset, engine: sa.Engine) -> None:
+        self.dataset = dataset
+        self.engine = engine
+        self.kinds = {f["name"]: f.get("kind", "unknown") for f in dataset.fields}
+        names = [f["name"] for f in dataset.fields]
+        if dataset.table:
+            schema, table = _split_table(dataset.table)
+            self.from_: Any = sa.table(table, *[sa.column(n) for n in names], schema=schema)
+        else:
+            self.from_ = sa.text(dataset.query or "").columns(*[sa.column(n) for n in names])
+            self.from_ = self.from_.subquery("q")
+        self.key = self.from_.c[dataset.key]
+
+    def _where(self, sel: Selection) -> Any:
+        return compile_filter(sel.filter, lambda f: self.from_.c[f])
+
+    def _range(self, bounds: dict[str, Any]) -> Any:
+        coerce = COERCE.get(bounds.get("kind", "unknown"), lambda v: v)
+        cond = []
+        if bounds.get("lo") is not None:
+            cond.append(self.key >= coerce(bounds["lo"]))
+        if bounds.get("hi") is not None:
+            cond.append(self.key < coerce(bounds["hi"]))
+        expr = sa.and_(*cond) if cond else sa.true()
+        if bounds.get("nulls"):
+            expr = sa.or_(expr, self.key.is_(None)) if cond else sa.true()
+        return expr
+
+    def _select(self, sel: Selection) -> sa.Select[Any]:
+        return sa.select(*[self.from_.c[c] for c in sel.columns]).select_from(self.from_)
+
+    def estimate(self, sel: Selection) -> Estimate:
+        stmt = sa.select(sa.func.count()).select_from(self.from_).where(self._where(sel))
+        try:
+            with self.engine.connect() as conn:
+                if self.engine.dialect.name == "postgresql":
+                    plan = self._explain_rows(conn, sa.select(self.key).where(self._where(sel)))
+                    if plan is not None:
+                        return Estimate(plan, True)
+                return Estimate(int(conn.execute(stmt).scalar() or 0), False)
+        except sa_exc.DBAPIError as exc:
+            raise SourceError(_db_error_text(exc), "SOURCE_UNAVAILABLE") from None
+
+    def _explain_rows(self, conn: sa.Connection, stmt: sa.Select[Any]) -> int | None:
+        compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+        row = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + compiled.string, compiled.params)
+        plan = row.scalar()
+        if isinstance(plan, str):
+            import json
+
+            plan = json.loads(plan)
+        try:
+            return int(plan[0]["Plan"]["Plan Rows"])
+        except (KeyError, IndexError, TypeError, ValueError):
+            return None
+
+    def plan(self, sel: Selection, parallelism: int) -> list[dict[str, Any]]:
+        kind = self.kinds.get(self.dataset.key, "unknown")
+        try:
+            with self.engine.connect() as conn:
+                lo, hi = conn.execute(sa.select(sa.func.min(self.key), sa.func.max(self.key))).one()
+                if lo is None or parallelism <= 1:
+                    return [{"lo": None, "hi": None, "nulls": True, "kind": kind}]
+                if isinstance(lo, (int, float)) and not isinstance(lo, bool):
+                    cuts = _even_cuts(lo, hi, parallelism)
+                else:
+                    cuts = self._quantile_cuts(conn, parallelism)
+        except sa_exc.DBAPIError as exc:
+            raise SourceError(_db_error_text(exc), "SOURCE_UNAVAILABLE") from None
+        cuts = [_jsonable(c) for c in cuts]
+        edges: list[Any] = [None, *cuts, None]
+        return [
+            {"lo": edges[i], "hi": edges[i + 1], "nulls": i == len(edges) - 2, "kind": kind}
+            for i in range(len(edges) - 1)
+        ]
+
+    def _quantile_cuts(self, conn: sa.Connection, parallelism: int) -> list[Any]:
+        n = (
+            conn.execute(
+                sa.select(sa.func.count()).select_from(self.from_).where(self.key.is_not(None))
+            ).scalar()
+            or 0
+        )
+        cuts: list[Any] = []
+        for i in range(1, parallelism):
+            value = conn.execute(
+                sa.select(self.key)
+                .where(self.key.is_not(None))
+                .order_by(self.key)
+                .offset(n * i // parallelism)
+                .limit(1)
+            ).scalar()
+            if value is not None and (not cuts or value > cuts[-1]):
+                cuts.append(value)
+        return cuts
+
+    def read(
+        self, sel: Selection, bounds: dict[str, Any], batch_size: int
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        stmt = self._select(sel).where(self._range(bounds), self._where(sel)).order_by(self.key)
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(stream_results=True, max_row_buffer=batch_size)
+                with conn.begin():
+                    if self.engine.dialect.name == "postgresql":
+                        conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+                    result = conn.execute(stmt)
+                    while batch := result.fetchmany(batch_size):
+                        yield batch  # type: ignore[misc]
+        except sa_exc.DBAPIError as exc:
+            raise SourceError(_db_error_text(exc), "SOURCE_QUERY_FAILED") from None
+
+    def count(self, sel: Selection, bounds: dict[str, Any]) -> int:
+        stmt = (
+            sa.select(sa.func.count())
+            .select_from(self.from_)
+            .where(self._range(bounds), self._where(sel))
+        )
+        try:
+            with self.engine.connect() as conn:
+                return int(conn.execute(stmt).scalar() or 0)
+        except sa_exc.DBAPIError as exc:
+            raise SourceError(_db_error_text(exc), "SOURCE_QUERY_FAILED") from None
+
+
+def _even_cuts(lo: Any, hi: Any, parts: int) -> list[Any]:
+    cuts: list[Any] = []
+    for i in range(1, parts):
+        if isinstance(lo, int):
+            c: Any = lo + (hi - lo + 1) * i // parts
+        else:
+            c = lo + (hi - lo) * i / parts
+        if c > lo and (not cuts or c > cuts[-1]) and c <= hi:
+            cuts.append(c)
+    return cuts
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return value

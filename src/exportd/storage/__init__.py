@@ -1,0 +1,62 @@
+"""Where output lands. A storage is a small interface over keys (`a/b/c.csv`) and bytes;
+exportd ships a local directory and an S3-compatible implementation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+
+@dataclass(frozen=True)
+class Composed:
+    """What `compose` wrote: the final object's size and sha256."""
+
+    bytes: int
+    sha256: str
+
+
+Piece = bytes | str  # inline bytes, or the key of a stored part
+
+
+class Storage(Protocol):
+    def open_write(self, key: str) -> AbstractContextManager[BinaryIO]:
+        """Write an object; it exists under `key` only once the block exits without error."""
+        ...
+
+    def open_read(self, key: str) -> BinaryIO: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def size(self, key: str) -> int: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under `prefix` (a folder-like key ending in '/')."""
+        ...
+
+    def list(self, prefix: str) -> Iterator[str]: ...
+
+    def compose(self, key: str, pieces: Sequence[Piece]) -> Composed:
+        """Write `key` as the concatenation of `pieces`, atomically (never half visible)."""
+        ...
+
+    def local_path(self, key: str) -> Path | None:
+        """A path on this host's disk for the object, when the storage is local."""
+        ...
+
+
+def open_storage(url: str) -> Storage:
+    """A storage from its URL: `file:///path` (or a plain path)."""
+    from exportd.storage.local import LocalStorage
+
+    if url.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return LocalStorage(Path(unquote(urlparse(url).path)))
+    if "://" not in url:
+        return LocalStorage(Path(url))
+    raise ValueError(f"unsupported storage URL scheme: {url.split('://', 1)[0]!r}")

@@ -1,0 +1,93 @@
+"""A local directory as storage: writes go to a temporary name and are renamed into place."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from exportd.storage import Composed, Piece
+
+CHUNK = 1 << 20
+
+
+class LocalStorage:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if path != self.root and self.root not in path.parents:
+            raise ValueError("storage key escapes the storage root")
+        return path
+
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def open_read(self, key: str) -> BinaryIO:
+        return open(self._path(key), "rb")
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        return self._path(key).stat().st_size
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> int:
+        path = self._path(prefix)
+        if not path.exists():
+            return 0
+        count = sum(1 for p in path.rglob("*") if p.is_file())
+        shutil.rmtree(path, ignore_errors=True)
+        return count
+
+    def list(self, prefix: str) -> Iterator[str]:
+        path = self._path(prefix)
+        if path.is_dir():
+            for p in sorted(path.rglob("*")):
+                if p.is_file():
+                    yield p.relative_to(self.root).as_posix()
+
+    def compose(self, key: str, pieces: Sequence[Piece]) -> Composed:
+        digest = hashlib.sha256()
+        total = 0
+        with self.open_write(key) as out:
+            for piece in pieces:
+                if isinstance(piece, bytes):
+                    chunks: Iterator[bytes] = iter([piece])
+                else:
+                    chunks = _chunks(self._path(piece))
+                for chunk in chunks:
+                    digest.update(chunk)
+                    out.write(chunk)
+                    total += len(chunk)
+        return Composed(total, digest.hexdigest())
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            yield chunk

@@ -1,0 +1,200 @@
+"""The store's transaction helpers, row mapping and guarded status moves."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from exportd.domain import (
+    FileRecord,
+    FileStatus,
+    Partition,
+    PartitionStatus,
+    Stage,
+    Task,
+    TaskStatus,
+)
+from exportd.store.engine import create_store_engine, migrate
+from exportd.store.tables import partitions, tasks
+from exportd.store.wakeup import Waker
+from exportd.transitions import partition_sources, task_sources
+
+NOTIFY_CHANNEL = "exportd_work"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def later(seconds: float, now: datetime | None = None) -> datetime:
+    return (now or utcnow()) + timedelta(seconds=seconds)
+
+
+class StoreBase:
+    """Owns the engine; every method opens its own short transaction."""
+
+    def __init__(self, url: str, *, run_migrations: bool = True) -> None:
+        self.engine = create_store_engine(url)
+        self.dialect = self.engine.dialect.name
+        self.is_postgres = self.dialect == "postgresql"
+        if run_migrations:
+            migrate(self.engine)
+        self.waker = Waker(self.engine if self.is_postgres else None, NOTIFY_CHANNEL)
+
+    def close(self) -> None:
+        self.waker.close()
+        self.engine.dispose()
+
+    @contextmanager
+    def write(self) -> Iterator[sa.Connection]:
+        """A write transaction: `BEGIN IMMEDIATE` on SQLite, plain on PostgreSQL."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(sqlite_immediate=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[sa.Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def _notify(self, conn: sa.Connection) -> None:
+        """Wake workers once the transaction commits (NOTIFY is transactional)."""
+        if self.is_postgres:
+            conn.execute(sa.text("SELECT pg_notify(:c, '')"), {"c": NOTIFY_CHANNEL})
+        self.waker.notify_local()
+
+    def _skip_locked(self, stmt: sa.Select[Any], of: Any = None) -> sa.Select[Any]:
+        if self.is_postgres:
+            return stmt.with_for_update(skip_locked=True, of=of)
+        return stmt  # SQLite: BEGIN IMMEDIATE already serializes writers
+
+    # guarded moves: an illegal (from, to) pair can never be written
+    def _move_task(
+        self,
+        conn: sa.Connection,
+        task_id: str,
+        target: TaskStatus,
+        now: datetime,
+        *where: Any,
+        **values: Any,
+    ) -> bool:
+        stmt = (
+            sa.update(tasks)
+            .where(tasks.c.task_id == task_id)
+            .where(tasks.c.status.in_([s.value for s in task_sources(target)]))
+            .where(*where)
+            .values(status=target.value, update_time=now, version=tasks.c.version + 1, **values)
+        )
+        return conn.execute(stmt).rowcount == 1
+
+    def _move_partition(
+        self,
+        conn: sa.Connection,
+        task_id: str,
+        index: int,
+        target: PartitionStatus,
+        now: datetime,
+        *where: Any,
+        **values: Any,
+    ) -> bool:
+        stmt = (
+            sa.update(partitions)
+            .where(partitions.c.task_id == task_id, partitions.c.idx == index)
+            .where(partitions.c.status.in_([s.value for s in partition_sources(target)]))
+            .where(*where)
+            .values(status=target.value, update_time=now, **values)
+        )
+        return conn.execute(stmt).rowcount == 1
+
+    def _touch_task(self, conn: sa.Connection, task_id: str, now: datetime, **values: Any) -> None:
+        conn.execute(
+            sa.update(tasks)
+            .where(tasks.c.task_id == task_id)
+            .values(update_time=now, version=tasks.c.version + 1, **values)
+        )
+
+
+def task_from_row(row: Mapping[str, Any]) -> Task:
+    return Task(
+        task_id=row["task_id"],
+        project_id=row["project_id"],
+        dataset_id=row["dataset_id"],
+        status=TaskStatus(row["status"]),
+        stage=Stage(row["stage"]),
+        file_status=FileStatus(row["file_status"]),
+        request=row["request"],
+        format=row["format"],
+        file_name=row["file_name"],
+        columns=list(row["columns"]),
+        parallelism=row["parallelism"],
+        allow_partial=bool(row["allow_partial"]),
+        max_error_rate=row["max_error_rate"],
+        timeout_seconds=row["timeout_seconds"],
+        expires_in=row["expires_in"],
+        idempotency_key=row["idempotency_key"],
+        total_count=row["total_count"],
+        total_is_estimate=bool(row["total_is_estimate"]),
+        finished_count=row["finished_count"],
+        failed_count=row["failed_count"],
+        bytes_written=row["bytes_written"],
+        progress=row["progress"],
+        error_code=row["error_code"],
+        error_msg=row["error_msg"],
+        is_download=bool(row["is_download"]),
+        download_count=row["download_count"],
+        create_time=as_utc(row["create_time"]),  # type: ignore[arg-type]
+        update_time=as_utc(row["update_time"]),  # type: ignore[arg-type]
+        start_time=as_utc(row["start_time"]),
+        end_time=as_utc(row["end_time"]),
+        deadline=as_utc(row["deadline"]),
+        file_expires_at=as_utc(row["file_expires_at"]),
+        version=row["version"],
+    )
+
+
+def partition_from_row(row: Mapping[str, Any]) -> Partition:
+    return Partition(
+        task_id=row["task_id"],
+        index=row["idx"],
+        status=PartitionStatus(row["status"]),
+        stage=Stage(row["stage"]),
+        bounds=row["bounds"],
+        finished_count=row["finished_count"],
+        bytes_written=row["bytes_written"],
+        attempts=row["attempts"],
+        lease_owner=row["lease_owner"],
+        lease_token=row["lease_token"],
+        lease_expires_at=as_utc(row["lease_expires_at"]),
+        not_before=as_utc(row["not_before"]),
+        part_key=row["part_key"],
+        part_sha256=row["part_sha256"],
+        error_code=row["error_code"],
+        error_msg=row["error_msg"],
+        start_time=as_utc(row["start_time"]),
+        end_time=as_utc(row["end_time"]),
+        update_time=as_utc(row["update_time"]),
+    )
+
+
+def file_from_row(row: Mapping[str, Any]) -> FileRecord:
+    return FileRecord(
+        task_id=row["task_id"],
+        name=row["name"],
+        key=row["key"],
+        rows=row["rows"],
+        bytes=row["bytes"],
+        sha256=row["sha256"],
+        media_type=row["media_type"],
+        kind=row["kind"],
+    )

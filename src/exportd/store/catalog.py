@@ -1,0 +1,138 @@
+"""Projects, tokens and datasets: the catalog an administrator manages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from exportd.domain import Dataset, Role
+from exportd.errors import Conflict, NotFound
+from exportd.store.base import StoreBase, as_utc, utcnow
+from exportd.store.tables import datasets, projects, tokens
+
+
+class CatalogStore(StoreBase):
+    def create_project(self, project_id: str, settings: dict[str, Any] | None = None) -> None:
+        with self.write() as conn:
+            exists = conn.execute(
+                sa.select(projects.c.project_id).where(projects.c.project_id == project_id)
+            ).first()
+            if exists:
+                raise Conflict(f"project {project_id!r} already exists", "PROJECT_EXISTS")
+            conn.execute(
+                projects.insert().values(
+                    project_id=project_id, settings=settings or {}, create_time=utcnow()
+                )
+            )
+
+    def project_exists(self, project_id: str) -> bool:
+        with self.read() as conn:
+            row = conn.execute(
+                sa.select(projects.c.project_id).where(projects.c.project_id == project_id)
+            ).first()
+            return row is not None
+
+    def list_projects(self) -> list[str]:
+        with self.read() as conn:
+            return list(
+                conn.execute(sa.select(projects.c.project_id).order_by(projects.c.project_id))
+                .scalars()
+                .all()
+            )
+
+    def add_token(
+        self, token_hash: str, token_id: str, project_id: str, role: Role, name: str | None
+    ) -> None:
+        with self.write() as conn:
+            conn.execute(
+                tokens.insert().values(
+                    token_hash=token_hash,
+                    token_id=token_id,
+                    project_id=project_id,
+                    role=role.value,
+                    name=name,
+                    create_time=utcnow(),
+                )
+            )
+
+    def find_token(self, token_hash: str) -> tuple[str, Role] | None:
+        with self.read() as conn:
+            row = conn.execute(
+                sa.select(tokens.c.project_id, tokens.c.role).where(
+                    tokens.c.token_hash == token_hash
+                )
+            ).first()
+        return (row.project_id, Role(row.role)) if row else None
+
+    def add_dataset(self, ds: Dataset) -> None:
+        with self.write() as conn:
+            clash = conn.execute(
+                sa.select(datasets.c.dataset_id).where(
+                    datasets.c.project_id == ds.project_id, datasets.c.name == ds.name
+                )
+            ).first()
+            if clash:
+                raise Conflict(f"dataset {ds.name!r} already exists", "DATASET_EXISTS")
+            conn.execute(
+                datasets.insert().values(
+                    dataset_id=ds.dataset_id,
+                    project_id=ds.project_id,
+                    name=ds.name,
+                    kind=ds.kind,
+                    url=ds.url,
+                    table_name=ds.table,
+                    query=ds.query,
+                    key=ds.key,
+                    fields=ds.fields,
+                    options=ds.options,
+                    create_time=ds.create_time,
+                )
+            )
+
+    def get_dataset(self, project_id: str, dataset_id: str) -> Dataset:
+        with self.read() as conn:
+            row = conn.execute(
+                sa.select(datasets).where(
+                    datasets.c.project_id == project_id,
+                    sa.or_(datasets.c.dataset_id == dataset_id, datasets.c.name == dataset_id),
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"dataset {dataset_id!r} not found", "DATASET_NOT_FOUND")
+        return _dataset(row._mapping)
+
+    def list_datasets(self, project_id: str) -> list[Dataset]:
+        with self.read() as conn:
+            rows = conn.execute(
+                sa.select(datasets)
+                .where(datasets.c.project_id == project_id)
+                .order_by(datasets.c.name)
+            ).all()
+        return [_dataset(r._mapping) for r in rows]
+
+    def delete_dataset(self, project_id: str, dataset_id: str) -> None:
+        with self.write() as conn:
+            n = conn.execute(
+                datasets.delete().where(
+                    datasets.c.project_id == project_id, datasets.c.dataset_id == dataset_id
+                )
+            ).rowcount
+        if n == 0:
+            raise NotFound(f"dataset {dataset_id!r} not found", "DATASET_NOT_FOUND")
+
+
+def _dataset(row: Any) -> Dataset:
+    return Dataset(
+        dataset_id=row["dataset_id"],
+        project_id=row["project_id"],
+        name=row["name"],
+        kind=row["kind"],
+        url=row["url"],
+        table=row["table_name"],
+        query=row["query"],
+        key=row["key"],
+        fields=list(row["fields"]),
+        options=dict(row["options"]),
+        create_time=as_utc(row["create_time"]),  # type: ignore[arg-type]
+    )

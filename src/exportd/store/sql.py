@@ -1,0 +1,773 @@
+"""The store: tasks, partitions, leases and files. All SQL of exportd lives in this package.
+
+Every status change is a guarded update (see transitions.py), every write by a worker is
+fenced by its lease token, and a change commits together with the work it enables."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from exportd.domain import (
+    ACTIVE_STATUSES,
+    FileRecord,
+    FileStatus,
+    Lease,
+    Partition,
+    PartitionStatus,
+    Stage,
+    Task,
+    TaskStatus,
+)
+from exportd.errors import Conflict, NotFound
+from exportd.store.base import (
+    as_utc,
+    file_from_row,
+    later,
+    partition_from_row,
+    task_from_row,
+    utcnow,
+)
+from exportd.store.catalog import CatalogStore
+from exportd.store.tables import files, partitions, tasks
+from exportd.transitions import Outcome
+
+SORT_FIELDS = ("create_time", "update_time", "end_time", "file_name", "status", "task_id")
+
+
+@dataclass(frozen=True)
+class TaskQuery:
+    """Filters, order and page of a task listing."""
+
+    statuses: tuple[TaskStatus, ...] = ()
+    file_name: str | None = None
+    file_name_prefix: str | None = None
+    task_id: str | None = None
+    dataset_id: str | None = None
+    is_download: bool | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    sort_field: str = "create_time"
+    descending: bool = True
+    offset: int = 0
+    limit: int = 20
+
+
+@dataclass(frozen=True)
+class HeartbeatReply:
+    task_status: TaskStatus
+
+
+@dataclass(frozen=True)
+class PlannedPartition:
+    bounds: dict[str, Any]
+
+
+class Store(CatalogStore):
+    # ---- tasks: submit, read, list, cancel, delete -------------------------------------
+
+    def insert_task(self, task: Task) -> tuple[Task, bool]:
+        """Insert a new task, or return the existing one for the same idempotency key.
+        Returns (task, created)."""
+        with self.write() as conn:
+            if task.idempotency_key:
+                row = conn.execute(
+                    sa.select(tasks).where(
+                        tasks.c.project_id == task.project_id,
+                        tasks.c.idempotency_key == task.idempotency_key,
+                    )
+                ).first()
+                if row is not None:
+                    return task_from_row(row._mapping), False
+            conn.execute(tasks.insert().values(**_task_values(task)))
+            self._notify(conn)
+        return task, True
+
+    def get_task(self, project_id: str, task_id: str) -> Task:
+        with self.read() as conn:
+            row = conn.execute(
+                sa.select(tasks).where(tasks.c.project_id == project_id, tasks.c.task_id == task_id)
+            ).first()
+            if row is None:
+                raise NotFound(f"export task {task_id!r} not found", "TASK_NOT_FOUND")
+            task = task_from_row(row._mapping)
+            task.partitions = self._partitions(conn, task_id)
+            task.files = self._files(conn, task_id)
+        return task
+
+    def task_version(self, project_id: str, task_id: str) -> int | None:
+        with self.read() as conn:
+            return conn.execute(
+                sa.select(tasks.c.version).where(
+                    tasks.c.project_id == project_id, tasks.c.task_id == task_id
+                )
+            ).scalar()
+
+    def list_tasks(self, project_id: str, q: TaskQuery) -> tuple[list[Task], int]:
+        cond = [tasks.c.project_id == project_id]
+        if q.statuses:
+            cond.append(tasks.c.status.in_([s.value for s in q.statuses]))
+        if q.file_name is not None:
+            cond.append(tasks.c.file_name == q.file_name)
+        if q.file_name_prefix is not None:
+            escaped = q.file_name_prefix.replace("\\", "\\\\").replace("%", r"\%")
+            cond.append(tasks.c.file_name.like(escaped.replace("_", r"\_") + "%", escape="\\"))
+        if q.task_id is not None:
+            cond.append(tasks.c.task_id == q.task_id)
+        if q.dataset_id is not None:
+            cond.append(tasks.c.dataset_id == q.dataset_id)
+        if q.is_download is not None:
+            cond.append(tasks.c.is_download == q.is_download)
+        if q.created_from is not None:
+            cond.append(tasks.c.create_time >= q.created_from)
+        if q.created_to is not None:
+            cond.append(tasks.c.create_time < q.created_to)
+        col = tasks.c[q.sort_field]
+        order = [col.desc() if q.descending else col.asc()]
+        order.append(tasks.c.task_id.desc() if q.descending else tasks.c.task_id.asc())
+        with self.read() as conn:
+            count = conn.execute(
+                sa.select(sa.func.count()).select_from(tasks).where(*cond)
+            ).scalar()
+            rows = conn.execute(
+                sa.select(tasks).where(*cond).order_by(*order).offset(q.offset).limit(q.limit)
+            ).all()
+            result = [task_from_row(r._mapping) for r in rows]
+            for t in result:
+                t.files = self._files(conn, t.task_id)
+        return result, int(count or 0)
+
+    def request_cancel(self, project_id: str, task_id: str) -> Task:
+        """PENDING -> CANCELED at once; RUNNING -> CANCELING (workers stop, the
+        coordinator cleans up and ends it CANCELED); CANCELING stays; terminal -> 409."""
+        now = utcnow()
+        with self.write() as conn:
+            status = self._status_for_update(conn, project_id, task_id)
+            if status is TaskStatus.PENDING:
+                self._move_task(
+                    conn, task_id, TaskStatus.CANCELED, now,
+                    end_time=now, stage=Stage.NOT_STARTED.value,
+                    file_status=FileStatus.FAILED.value,
+                    error_code="CANCELED", error_msg="canceled by a user before it started",
+                )  # fmt: skip
+            elif status is TaskStatus.RUNNING:
+                self._move_task(
+                    conn, task_id, TaskStatus.CANCELING, now,
+                    coordinator_due=True, coord_not_before=None,
+                )  # fmt: skip
+                self._cancel_pending_partitions(conn, task_id, now)
+                self._notify(conn)
+            elif status.is_terminal:
+                raise Conflict(
+                    f"export task {task_id!r} is already {status.value}", "TASK_ALREADY_FINISHED"
+                )
+        return self.get_task(project_id, task_id)
+
+    def delete_task(self, project_id: str, task_id: str) -> Task:
+        """Remove a finished task and its records; the caller deletes its stored files."""
+        task = self.get_task(project_id, task_id)
+        if not task.status.is_terminal:
+            raise Conflict(
+                f"export task {task_id!r} is {task.status.value}; cancel it before deleting",
+                "TASK_NOT_FINISHED",
+            )
+        with self.write() as conn:
+            conn.execute(files.delete().where(files.c.task_id == task_id))
+            conn.execute(partitions.delete().where(partitions.c.task_id == task_id))
+            conn.execute(tasks.delete().where(tasks.c.task_id == task_id))
+        return task
+
+    def record_download(self, task_id: str) -> None:
+        now = utcnow()
+        with self.write() as conn:
+            self._touch_task(
+                conn, task_id, now, is_download=True, download_count=tasks.c.download_count + 1
+            )
+
+    def _status_for_update(self, conn: sa.Connection, project_id: str, task_id: str) -> TaskStatus:
+        stmt = sa.select(tasks.c.status).where(
+            tasks.c.project_id == project_id, tasks.c.task_id == task_id
+        )
+        if self.is_postgres:
+            stmt = stmt.with_for_update()
+        status = conn.execute(stmt).scalar()
+        if status is None:
+            raise NotFound(f"export task {task_id!r} not found", "TASK_NOT_FOUND")
+        return TaskStatus(status)
+
+    def _partitions(self, conn: sa.Connection, task_id: str) -> list[Partition]:
+        rows = conn.execute(
+            sa.select(partitions).where(partitions.c.task_id == task_id).order_by(partitions.c.idx)
+        ).all()
+        return [partition_from_row(r._mapping) for r in rows]
+
+    def _files(self, conn: sa.Connection, task_id: str) -> list[FileRecord]:
+        rows = conn.execute(
+            sa.select(files).where(files.c.task_id == task_id).order_by(files.c.name)
+        ).all()
+        return [file_from_row(r._mapping) for r in rows]
+
+    def _cancel_pending_partitions(self, conn: sa.Connection, task_id: str, now: datetime) -> None:
+        conn.execute(
+            sa.update(partitions)
+            .where(
+                partitions.c.task_id == task_id,
+                partitions.c.status == PartitionStatus.PENDING.value,
+            )
+            .values(status=PartitionStatus.CANCELED.value, update_time=now, end_time=now)
+        )
+
+    # ---- coordinator ("master task") leases ---------------------------------------------
+
+    def claim_coordinator(self, owner: str, lease_seconds: float) -> tuple[Task, Lease] | None:
+        """Claim a task whose coordinator work is due and whose coordinator lease is free."""
+        now = utcnow()
+        free = sa.and_(
+            tasks.c.coordinator_due.is_(True),
+            sa.or_(tasks.c.coord_not_before.is_(None), tasks.c.coord_not_before <= now),
+            sa.or_(tasks.c.coord_expires_at.is_(None), tasks.c.coord_expires_at < now),
+        )
+        with self.write() as conn:
+            stmt = sa.select(tasks.c.task_id).where(free).order_by(tasks.c.create_time).limit(1)
+            task_id = conn.execute(self._skip_locked(stmt)).scalar()
+            if task_id is None:
+                return None
+            token = uuid.uuid4().hex
+            expires = later(lease_seconds, now)
+            conn.execute(
+                sa.update(tasks)
+                .where(tasks.c.task_id == task_id, free)
+                .values(
+                    coord_owner=owner,
+                    coord_token=token,
+                    coord_expires_at=expires,
+                    coord_attempts=tasks.c.coord_attempts + 1,
+                )
+            )
+            row = conn.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).one()
+            task = task_from_row(row._mapping)
+            task.partitions = self._partitions(conn, task_id)
+        return task, Lease(owner, token, expires, row.coord_attempts)
+
+    def _coordinator_fence(self, token: str) -> Any:
+        return tasks.c.coord_token == token
+
+    def renew_coordinator(self, task_id: str, token: str, lease_seconds: float) -> bool:
+        with self.write() as conn:
+            n = conn.execute(
+                sa.update(tasks)
+                .where(tasks.c.task_id == task_id, tasks.c.coord_token == token)
+                .values(coord_expires_at=later(lease_seconds))
+            ).rowcount
+        return n == 1
+
+    def release_coordinator(
+        self, task_id: str, token: str, *, due: bool, retry_after: float | None = None
+    ) -> None:
+        with self.write() as conn:
+            conn.execute(
+                sa.update(tasks)
+                .where(tasks.c.task_id == task_id, tasks.c.coord_token == token)
+                .values(
+                    coord_owner=None,
+                    coord_token=None,
+                    coord_expires_at=None,
+                    coordinator_due=due,
+                    coord_not_before=later(retry_after) if retry_after else None,
+                )
+            )
+
+    def set_task_stage(self, task_id: str, token: str, stage: Stage, **values: Any) -> bool:
+        """Coordinator progress within one status (fenced by its lease token)."""
+        now = utcnow()
+        with self.write() as conn:
+            n = conn.execute(
+                sa.update(tasks)
+                .where(tasks.c.task_id == task_id, tasks.c.coord_token == token)
+                .values(stage=stage.value, update_time=now, version=tasks.c.version + 1, **values)
+            ).rowcount
+        return n == 1
+
+    def start_task(self, task_id: str, token: str, deadline: datetime | None) -> bool:
+        """PENDING -> RUNNING at stage 10 (getting total), fenced by the coordinator lease."""
+        now = utcnow()
+        with self.write() as conn:
+            return self._move_task(
+                conn, task_id, TaskStatus.RUNNING, now, tasks.c.coord_token == token,
+                stage=Stage.GETTING_TOTAL.value, start_time=now, deadline=deadline,
+            )  # fmt: skip
+
+    def plan_task(
+        self,
+        task_id: str,
+        token: str,
+        planned: list[PlannedPartition],
+        total: int | None,
+        total_is_estimate: bool,
+        columns: list[str],
+    ) -> bool:
+        """Insert the partitions and open them to workers, in one transaction with the
+        task's move to stage 60. The coordinator's lease is released: nothing is due until
+        the last partition stops."""
+        now = utcnow()
+        with self.write() as conn:
+            n = conn.execute(
+                sa.update(tasks)
+                .where(
+                    tasks.c.task_id == task_id,
+                    tasks.c.coord_token == token,
+                    tasks.c.status == TaskStatus.RUNNING.value,
+                )
+                .values(
+                    stage=Stage.EXPORTING.value,
+                    total_count=total,
+                    total_is_estimate=total_is_estimate,
+                    columns=columns,
+                    parallelism=len(planned),
+                    coordinator_due=False,
+                    coord_owner=None,
+                    coord_token=None,
+                    coord_expires_at=None,
+                    update_time=now,
+                    version=tasks.c.version + 1,
+                )
+            ).rowcount
+            if n != 1:
+                return False
+            conn.execute(
+                partitions.insert(),
+                [
+                    {
+                        "task_id": task_id,
+                        "idx": i,
+                        "status": PartitionStatus.PENDING.value,
+                        "stage": Stage.NOT_STARTED.value,
+                        "bounds": p.bounds,
+                        "finished_count": 0,
+                        "bytes_written": 0,
+                        "attempts": 0,
+                        "update_time": now,
+                    }
+                    for i, p in enumerate(planned)
+                ],
+            )
+            self._notify(conn)
+        return True
+
+    def fail_task(self, task_id: str, token: str, code: str, msg: str) -> bool:
+        """The coordinator could not go on: FAILED, remaining partitions canceled; the
+        cleanup of parts stays due."""
+        now = utcnow()
+        with self.write() as conn:
+            ok = self._move_task(
+                conn, task_id, TaskStatus.FAILED, now, tasks.c.coord_token == token,
+                error_code=code, error_msg=msg, end_time=now,
+                file_status=FileStatus.FAILED.value, coordinator_due=True,
+                coord_owner=None, coord_token=None, coord_expires_at=None,
+            )  # fmt: skip
+            if ok:
+                self._cancel_pending_partitions(conn, task_id, now)
+        return ok
+
+    def finish_task(
+        self,
+        task_id: str,
+        token: str,
+        outcome: Outcome,
+        records: list[FileRecord],
+        file_expires_at: datetime | None,
+        finished_count: int,
+        failed_count: int,
+        bytes_written: int,
+    ) -> bool:
+        """The terminal move of a task whose partitions have all stopped, together with its
+        file records (visible as GENERATED only from this commit on)."""
+        now = utcnow()
+        generated = outcome.status is not TaskStatus.FAILED
+        with self.write() as conn:
+            ok = self._move_task(
+                conn,
+                task_id,
+                outcome.status,
+                now,
+                tasks.c.coord_token == token,
+                stage=Stage.COMPLETED.value if generated else Stage.WRITING_MANIFEST.value,
+                file_status=(FileStatus.GENERATED if generated else FileStatus.FAILED).value,
+                error_code=outcome.error_code,
+                error_msg=outcome.error_msg,
+                end_time=now,
+                finished_count=finished_count,
+                failed_count=failed_count,
+                bytes_written=bytes_written,
+                total_count=finished_count + failed_count if generated else tasks.c.total_count,
+                total_is_estimate=False if generated else tasks.c.total_is_estimate,
+                progress=100.0 if generated else tasks.c.progress,
+                file_expires_at=file_expires_at,
+                coordinator_due=not generated,  # a failed task still has parts to clean up
+                coord_owner=None,
+                coord_token=None,
+                coord_expires_at=None,
+            )
+            if ok and records:
+                conn.execute(
+                    files.insert(),
+                    [
+                        {
+                            "task_id": r.task_id,
+                            "name": r.name,
+                            "kind": r.kind,
+                            "key": r.key,
+                            "rows": r.rows,
+                            "bytes": r.bytes,
+                            "sha256": r.sha256,
+                            "media_type": r.media_type,
+                            "create_time": now,
+                        }
+                        for r in records
+                    ],
+                )
+        return ok
+
+    def finish_cancel(self, task_id: str, token: str) -> bool:
+        now = utcnow()
+        with self.write() as conn:
+            return self._move_task(
+                conn, task_id, TaskStatus.CANCELED, now, tasks.c.coord_token == token,
+                end_time=now, file_status=FileStatus.FAILED.value,
+                error_code="CANCELED", error_msg="canceled by a user",
+                coordinator_due=False, coord_owner=None, coord_token=None, coord_expires_at=None,
+            )  # fmt: skip
+
+    def live_partition_leases(self, task_id: str) -> int:
+        """How many partitions of the task are still held under an unexpired lease."""
+        now = utcnow()
+        with self.read() as conn:
+            n = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(partitions)
+                .where(
+                    partitions.c.task_id == task_id,
+                    partitions.c.status == PartitionStatus.RUNNING.value,
+                    partitions.c.lease_expires_at >= now,
+                )
+            ).scalar()
+        return int(n or 0)
+
+    def stop_abandoned_partitions(self, task_id: str) -> None:
+        """Partitions of an ended task whose lease expired: CANCELED (their holder is gone)."""
+        now = utcnow()
+        with self.write() as conn:
+            conn.execute(
+                sa.update(partitions)
+                .where(
+                    partitions.c.task_id == task_id,
+                    partitions.c.status.in_(
+                        [PartitionStatus.RUNNING.value, PartitionStatus.PENDING.value]
+                    ),
+                    sa.or_(
+                        partitions.c.lease_expires_at.is_(None),
+                        partitions.c.lease_expires_at < now,
+                    ),
+                )
+                .values(
+                    status=PartitionStatus.CANCELED.value,
+                    lease_token=None,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    update_time=now,
+                    end_time=now,
+                )
+            )
+
+    # ---- partition leases ---------------------------------------------------------------
+
+    def claim_partition(
+        self, owner: str, lease_seconds: float
+    ) -> tuple[Task, Partition, Lease] | None:
+        """Claim the oldest runnable partition of a RUNNING task (SKIP LOCKED on PostgreSQL)."""
+        now = utcnow()
+        with self.write() as conn:
+            stmt = (
+                sa.select(partitions.c.task_id, partitions.c.idx)
+                .join(tasks, tasks.c.task_id == partitions.c.task_id)
+                .where(
+                    partitions.c.status == PartitionStatus.PENDING.value,
+                    sa.or_(partitions.c.not_before.is_(None), partitions.c.not_before <= now),
+                    tasks.c.status == TaskStatus.RUNNING.value,
+                )
+                .order_by(tasks.c.create_time, partitions.c.idx)
+                .limit(1)
+            )
+            found = conn.execute(self._skip_locked(stmt, of=partitions)).first()
+            if found is None:
+                return None
+            task_id, idx = found
+            token = uuid.uuid4().hex
+            expires = later(lease_seconds, now)
+            ok = self._move_partition(
+                conn, task_id, idx, PartitionStatus.RUNNING, now,
+                lease_owner=owner, lease_token=token, lease_expires_at=expires,
+                attempts=partitions.c.attempts + 1, stage=Stage.EXPORTING.value,
+                finished_count=0, bytes_written=0, start_time=now, not_before=None,
+            )  # fmt: skip
+            if not ok:
+                return None
+            prow = conn.execute(
+                sa.select(partitions).where(
+                    partitions.c.task_id == task_id, partitions.c.idx == idx
+                )
+            ).one()
+            trow = conn.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).one()
+            self._touch_task(conn, task_id, now)
+        part = partition_from_row(prow._mapping)
+        return task_from_row(trow._mapping), part, Lease(owner, token, expires, part.attempts)
+
+    def _fence(self, task_id: str, index: int, token: str) -> list[Any]:
+        return [
+            partitions.c.task_id == task_id,
+            partitions.c.idx == index,
+            partitions.c.lease_token == token,
+            partitions.c.status == PartitionStatus.RUNNING.value,
+        ]
+
+    def heartbeat(
+        self,
+        task_id: str,
+        index: int,
+        token: str,
+        lease_seconds: float,
+        finished: int,
+        bytes_written: int,
+    ) -> HeartbeatReply | None:
+        """Renew the lease and record progress. None: the lease is lost (stop at once)."""
+        now = utcnow()
+        with self.write() as conn:
+            n = conn.execute(
+                sa.update(partitions)
+                .where(*self._fence(task_id, index, token))
+                .values(
+                    lease_expires_at=later(lease_seconds, now),
+                    finished_count=finished,
+                    bytes_written=bytes_written,
+                    update_time=now,
+                )
+            ).rowcount
+            if n != 1:
+                return None
+            status = self._refresh_task_progress(conn, task_id, now)
+        return HeartbeatReply(status)
+
+    def _refresh_task_progress(
+        self, conn: sa.Connection, task_id: str, now: datetime
+    ) -> TaskStatus:
+        sums = conn.execute(
+            sa.select(
+                sa.func.coalesce(sa.func.sum(partitions.c.finished_count), 0),
+                sa.func.coalesce(sa.func.sum(partitions.c.bytes_written), 0),
+            ).where(partitions.c.task_id == task_id)
+        ).one()
+        row = conn.execute(
+            sa.select(tasks.c.status, tasks.c.total_count, tasks.c.progress).where(
+                tasks.c.task_id == task_id
+            )
+        ).one()
+        finished, written = int(sums[0]), int(sums[1])
+        progress = row.progress
+        if row.total_count:
+            progress = max(progress, min(99.0, 100.0 * finished / row.total_count))
+        self._touch_task(
+            conn, task_id, now, finished_count=finished, bytes_written=written, progress=progress
+        )
+        return TaskStatus(row.status)
+
+    def commit_partition(
+        self,
+        task_id: str,
+        index: int,
+        token: str,
+        part_key: str,
+        rows: int,
+        bytes_written: int,
+        sha256: str,
+    ) -> bool:
+        """Fenced commit: the part becomes part of the result only if this lease still holds.
+        When it is the last partition to stop, the coordinator's finishing work becomes due
+        in the same transaction."""
+        now = utcnow()
+        with self.write() as conn:
+            ok = self._move_partition(
+                conn, task_id, index, PartitionStatus.DONE, now,
+                *self._fence(task_id, index, token)[2:],
+                stage=Stage.COMPLETED.value, part_key=part_key, part_sha256=sha256,
+                finished_count=rows, bytes_written=bytes_written, end_time=now,
+                lease_token=None, lease_expires_at=None, error_code=None, error_msg=None,
+            )  # fmt: skip
+            if ok:
+                self._after_partition_stop(conn, task_id, now)
+        return ok
+
+    def fail_partition(
+        self, task_id: str, index: int, token: str, code: str, msg: str, retry_in: float | None
+    ) -> bool:
+        """A failed attempt: back to PENDING after `retry_in` seconds, or FAILED for good."""
+        now = utcnow()
+        with self.write() as conn:
+            if retry_in is not None:
+                ok = self._move_partition(
+                    conn, task_id, index, PartitionStatus.PENDING, now,
+                    *self._fence(task_id, index, token)[2:],
+                    stage=Stage.NOT_STARTED.value, lease_token=None, lease_expires_at=None,
+                    not_before=later(retry_in, now), error_code=code, error_msg=msg,
+                )  # fmt: skip
+                if ok:
+                    self._notify(conn)
+            else:
+                ok = self._move_partition(
+                    conn, task_id, index, PartitionStatus.FAILED, now,
+                    *self._fence(task_id, index, token)[2:],
+                    lease_token=None, lease_expires_at=None, end_time=now,
+                    error_code=code, error_msg=msg,
+                )  # fmt: skip
+                if ok:
+                    self._after_partition_stop(conn, task_id, now)
+        return ok
+
+    def cancel_partition(self, task_id: str, index: int, token: str) -> bool:
+        now = utcnow()
+        with self.write() as conn:
+            ok = self._move_partition(
+                conn, task_id, index, PartitionStatus.CANCELED, now,
+                *self._fence(task_id, index, token)[2:],
+                lease_token=None, lease_expires_at=None, end_time=now,
+            )  # fmt: skip
+            if ok:
+                self._after_partition_stop(conn, task_id, now)
+        return ok
+
+    def _after_partition_stop(self, conn: sa.Connection, task_id: str, now: datetime) -> None:
+        status = self._refresh_task_progress(conn, task_id, now)
+        open_count = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(partitions)
+            .where(
+                partitions.c.task_id == task_id,
+                partitions.c.status.in_(
+                    [PartitionStatus.PENDING.value, PartitionStatus.RUNNING.value]
+                ),
+            )
+        ).scalar()
+        if open_count == 0 and status in ACTIVE_STATUSES:
+            self._touch_task(conn, task_id, now, coordinator_due=True, coord_not_before=None)
+            self._notify(conn)
+
+    # ---- the janitor ----------------------------------------------------------------------
+
+    def reap(self, max_attempts: int) -> dict[str, int]:
+        """Expired partition leases go back to PENDING (or FAILED when out of attempts);
+        tasks past their deadline end TIMEOUT. Returns what was done, by kind."""
+        now = utcnow()
+        done = {"reclaimed": 0, "lease_failed": 0, "timed_out": 0}
+        with self.write() as conn:
+            expired = conn.execute(
+                sa.select(partitions.c.task_id, partitions.c.idx, partitions.c.attempts).where(
+                    partitions.c.status == PartitionStatus.RUNNING.value,
+                    partitions.c.lease_expires_at < now,
+                )
+            ).all()
+            for task_id, idx, attempts in expired:
+                lapsed = partitions.c.lease_expires_at < now
+                if attempts < max_attempts:
+                    if self._move_partition(
+                        conn, task_id, idx, PartitionStatus.PENDING, now, lapsed,
+                        stage=Stage.NOT_STARTED.value, lease_token=None, lease_expires_at=None,
+                        error_code="LEASE_EXPIRED",
+                        error_msg=f"attempt {attempts} lost its worker (lease expired)",
+                    ):  # fmt: skip
+                        done["reclaimed"] += 1
+                elif self._move_partition(
+                    conn, task_id, idx, PartitionStatus.FAILED, now, lapsed,
+                    lease_token=None, lease_expires_at=None, end_time=now,
+                    error_code="LEASE_EXPIRED",
+                    error_msg=f"gave up after {attempts} attempts whose workers were lost",
+                ):  # fmt: skip
+                    done["lease_failed"] += 1
+                    self._after_partition_stop(conn, task_id, now)
+            late = conn.execute(
+                sa.select(tasks.c.task_id, tasks.c.timeout_seconds).where(
+                    tasks.c.status.in_([s.value for s in ACTIVE_STATUSES]),
+                    tasks.c.deadline.is_not(None),
+                    tasks.c.deadline < now,
+                )
+            ).all()
+            for task_id, timeout in late:
+                if self._move_task(
+                    conn, task_id, TaskStatus.TIMEOUT, now,
+                    end_time=now, file_status=FileStatus.FAILED.value, error_code="TIMEOUT",
+                    error_msg=f"export exceeded its time limit of {timeout} s (timeout_seconds)",
+                    coordinator_due=True, coord_not_before=None,
+                ):  # fmt: skip
+                    self._cancel_pending_partitions(conn, task_id, now)
+                    done["timed_out"] += 1
+            if any(done.values()):
+                self._notify(conn)
+        return done
+
+    def expired_coordinator_tasks(self) -> int:
+        with self.read() as conn:
+            n = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(tasks)
+                .where(tasks.c.coord_token.is_not(None), tasks.c.coord_expires_at < utcnow())
+            ).scalar()
+        return int(n or 0)
+
+
+def _task_values(task: Task) -> dict[str, Any]:
+    return {
+        "task_id": task.task_id,
+        "project_id": task.project_id,
+        "dataset_id": task.dataset_id,
+        "status": task.status.value,
+        "stage": task.stage.value,
+        "file_status": task.file_status.value,
+        "request": task.request,
+        "format": task.format,
+        "file_name": task.file_name,
+        "columns": task.columns,
+        "parallelism": task.parallelism,
+        "allow_partial": task.allow_partial,
+        "max_error_rate": task.max_error_rate,
+        "timeout_seconds": task.timeout_seconds,
+        "expires_in": task.expires_in,
+        "idempotency_key": task.idempotency_key,
+        "total_count": task.total_count,
+        "total_is_estimate": task.total_is_estimate,
+        "finished_count": 0,
+        "failed_count": 0,
+        "bytes_written": 0,
+        "progress": 0.0,
+        "error_code": None,
+        "error_msg": None,
+        "is_download": False,
+        "download_count": 0,
+        "create_time": task.create_time,
+        "update_time": task.update_time,
+        "start_time": None,
+        "end_time": None,
+        "deadline": None,
+        "file_expires_at": None,
+        "version": 0,
+        "coordinator_due": True,
+        "coord_not_before": None,
+        "coord_owner": None,
+        "coord_token": None,
+        "coord_expires_at": None,
+        "coord_attempts": 0,
+    }
+
+
+__all__ = ["SORT_FIELDS", "HeartbeatReply", "PlannedPartition", "Store", "TaskQuery", "as_utc"]

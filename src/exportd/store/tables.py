@@ -1,0 +1,154 @@
+"""The store's tables (SQLAlchemy Core). Alembic's revisions must produce exactly these."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+TS = sa.DateTime(timezone=True)
+
+projects = sa.Table(
+    "projects",
+    metadata,
+    sa.Column("project_id", sa.String(64), primary_key=True),
+    sa.Column("settings", sa.JSON, nullable=False),
+    sa.Column("create_time", TS, nullable=False),
+)
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("token_id", sa.String(32), nullable=False, unique=True),
+    sa.Column(
+        "project_id",
+        sa.String(64),
+        sa.ForeignKey("projects.project_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("name", sa.String(200), nullable=True),
+    sa.Column("create_time", TS, nullable=False),
+)
+
+datasets = sa.Table(
+    "datasets",
+    metadata,
+    sa.Column("dataset_id", sa.String(64), primary_key=True),
+    sa.Column(
+        "project_id",
+        sa.String(64),
+        sa.ForeignKey("projects.project_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("table_name", sa.String(400), nullable=True),
+    sa.Column("query", sa.Text, nullable=True),
+    sa.Column("key", sa.String(200), nullable=False),
+    sa.Column("fields", sa.JSON, nullable=False),
+    sa.Column("options", sa.JSON, nullable=False),
+    sa.Column("create_time", TS, nullable=False),
+    sa.UniqueConstraint("project_id", "name", name="uq_datasets_project_name"),
+)
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("task_id", sa.String(64), primary_key=True),
+    sa.Column("project_id", sa.String(64), nullable=False),
+    sa.Column("dataset_id", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("stage", sa.Integer, nullable=False),
+    sa.Column("file_status", sa.String(16), nullable=False),
+    sa.Column("request", sa.JSON, nullable=False),
+    sa.Column("format", sa.String(16), nullable=False),
+    sa.Column("file_name", sa.String(255), nullable=False),
+    sa.Column("columns", sa.JSON, nullable=False),
+    sa.Column("parallelism", sa.Integer, nullable=False),
+    sa.Column("allow_partial", sa.Boolean, nullable=False),
+    sa.Column("max_error_rate", sa.Float, nullable=False),
+    sa.Column("timeout_seconds", sa.Integer, nullable=True),
+    sa.Column("expires_in", sa.Integer, nullable=False),
+    sa.Column("idempotency_key", sa.String(255), nullable=True),
+    sa.Column("total_count", sa.BigInteger, nullable=True),
+    sa.Column("total_is_estimate", sa.Boolean, nullable=False),
+    sa.Column("finished_count", sa.BigInteger, nullable=False),
+    sa.Column("failed_count", sa.BigInteger, nullable=False),
+    sa.Column("bytes_written", sa.BigInteger, nullable=False),
+    sa.Column("progress", sa.Float, nullable=False),
+    sa.Column("error_code", sa.String(64), nullable=True),
+    sa.Column("error_msg", sa.Text, nullable=True),
+    sa.Column("is_download", sa.Boolean, nullable=False),
+    sa.Column("download_count", sa.Integer, nullable=False),
+    sa.Column("create_time", TS, nullable=False),
+    sa.Column("update_time", TS, nullable=False),
+    sa.Column("start_time", TS, nullable=True),
+    sa.Column("end_time", TS, nullable=True),
+    sa.Column("deadline", TS, nullable=True),
+    sa.Column("file_expires_at", TS, nullable=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    # coordinator ("master task") work: due flag plus its own lease
+    sa.Column("coordinator_due", sa.Boolean, nullable=False),
+    sa.Column("coord_not_before", TS, nullable=True),
+    sa.Column("coord_owner", sa.String(200), nullable=True),
+    sa.Column("coord_token", sa.String(64), nullable=True),
+    sa.Column("coord_expires_at", TS, nullable=True),
+    sa.Column("coord_attempts", sa.Integer, nullable=False),
+    sa.UniqueConstraint("project_id", "idempotency_key", name="uq_tasks_idempotency"),
+    sa.Index("ix_tasks_project_create", "project_id", "create_time"),
+    sa.Index("ix_tasks_coordinator_due", "coordinator_due"),
+    sa.Index("ix_tasks_status", "status"),
+)
+
+partitions = sa.Table(
+    "partitions",
+    metadata,
+    sa.Column(
+        "task_id",
+        sa.String(64),
+        sa.ForeignKey("tasks.task_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("idx", sa.Integer, primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("stage", sa.Integer, nullable=False),
+    sa.Column("bounds", sa.JSON, nullable=False),
+    sa.Column("finished_count", sa.BigInteger, nullable=False),
+    sa.Column("bytes_written", sa.BigInteger, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("lease_owner", sa.String(200), nullable=True),
+    sa.Column("lease_token", sa.String(64), nullable=True),
+    sa.Column("lease_expires_at", TS, nullable=True),
+    sa.Column("not_before", TS, nullable=True),
+    sa.Column("part_key", sa.Text, nullable=True),
+    sa.Column("part_sha256", sa.String(64), nullable=True),
+    sa.Column("error_code", sa.String(64), nullable=True),
+    sa.Column("error_msg", sa.Text, nullable=True),
+    sa.Column("start_time", TS, nullable=True),
+    sa.Column("end_time", TS, nullable=True),
+    sa.Column("update_time", TS, nullable=True),
+    sa.Index("ix_partitions_status", "status"),
+)
+
+files = sa.Table(
+    "files",
+    metadata,
+    sa.Column(
+        "task_id",
+        sa.String(64),
+        sa.ForeignKey("tasks.task_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("rows", sa.BigInteger, nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("media_type", sa.String(100), nullable=False),
+    sa.Column("create_time", TS, nullable=False),
+)
