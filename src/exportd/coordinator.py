@@ -197,12 +197,10 @@ def _manifest(
                 "error_code": p.error_code if p.status is not PartitionStatus.DONE else None,
                 "error_msg": p.error_msg if p.status is not PartitionStatus.DONE else None,
             }
-            for s in PartitionStatus
-            for p in by.get(s, [])
+            for p in sorted((p for ps in by.values() for p in ps), key=lambda p: p.index)
         ],
         "request": request,
     }
-    body["partitions"].sort(key=lambda p: p["index"])
     return orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
 
 

@@ -59,7 +59,7 @@ def _to_bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
     if v in ("true", "false"):
-        return v == "true"
+        return bool(v == "true")
     raise ValueError
 
 

@@ -6,7 +6,7 @@ import base64
 import csv
 import io
 from collections.abc import Callable, Sequence
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any, BinaryIO
 
@@ -21,7 +21,9 @@ def _csv_cell_for(value: Any) -> Cell | None:
     """How a column whose values look like `value` is written to CSV (None: as is)."""
     if isinstance(value, bool):
         return lambda v: None if v is None else ("true" if v else "false")
-    if isinstance(value, (datetime, date, time)):
+    if isinstance(value, datetime):
+        return lambda v: None if v is None else _iso_utc(v)
+    if isinstance(value, (date, time)):
         return lambda v: None if v is None else v.isoformat()
     if isinstance(value, (bytes, bytearray, memoryview)):
         return lambda v: None if v is None else base64.b64encode(bytes(v)).decode()
@@ -30,13 +32,18 @@ def _csv_cell_for(value: Any) -> Cell | None:
     return None  # str, int, float, Decimal: csv writes them exactly
 
 
+def _iso_utc(value: datetime) -> str:
+    """Timestamps with a time zone are written in UTC, ISO 8601."""
+    return (value.astimezone(UTC) if value.tzinfo else value).isoformat()
+
+
 class CsvRowWriter:
     """Writes rows with the csv module; a column's converter is chosen from its first
     non-null value (SQL columns hold one type)."""
 
-    def __init__(self, out: BinaryIO, columns: list[str], dialect: dict[str, Any]) -> None:
+    def __init__(self, out: BinaryIO, columns: list[str], lineterminator: str) -> None:
         self._text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=False)
-        self._writer = csv.writer(self._text, **dialect)
+        self._writer = csv.writer(self._text, lineterminator=lineterminator)
         self._cells: list[Cell | None] = [None] * len(columns)
         self._undecided = set(range(len(columns)))
 
@@ -75,16 +82,16 @@ class CsvFormat:
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.header = bool(options.get("header", True))
-        self.dialect = {"lineterminator": "\r\n" if options.get("crlf") else "\n"}
+        self.lineterminator = "\r\n" if options.get("crlf") else "\n"
 
     def part_writer(self, out: BinaryIO, columns: list[str]) -> CsvRowWriter:
-        return CsvRowWriter(out, columns, self.dialect)
+        return CsvRowWriter(out, columns, self.lineterminator)
 
     def header_bytes(self, columns: list[str]) -> bytes:
         if not self.header:
             return b""
         buf = io.StringIO(newline="")
-        csv.writer(buf, **self.dialect).writerow(columns)
+        csv.writer(buf, lineterminator=self.lineterminator).writerow(columns)
         return buf.getvalue().encode("utf-8")
 
     def assemble(

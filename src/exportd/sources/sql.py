@@ -182,6 +182,8 @@ class SqlSource:
             import json
 
             plan = json.loads(plan)
+        if plan is None:
+            return None
         try:
             return int(plan[0]["Plan"]["Plan Rows"])
         except (KeyError, IndexError, TypeError, ValueError):
@@ -232,14 +234,14 @@ class SqlSource:
     ) -> Iterator[list[tuple[Any, ...]]]:
         stmt = self._select(sel).where(self._range(bounds), self._where(sel)).order_by(self.key)
         try:
-            with self.engine.connect() as conn:
-                conn = conn.execution_options(stream_results=True, max_row_buffer=batch_size)
-                with conn.begin():
-                    if self.engine.dialect.name == "postgresql":
-                        conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-                    result = conn.execute(stmt)
-                    while batch := result.fetchmany(batch_size):
-                        yield batch  # type: ignore[misc]
+            with self.engine.connect() as conn, conn.begin():
+                if self.engine.dialect.name == "postgresql":
+                    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+                result = conn.execute(
+                    stmt.execution_options(stream_results=True, max_row_buffer=batch_size)
+                )
+                while batch := result.fetchmany(batch_size):
+                    yield batch  # type: ignore[misc]
         except sa_exc.DBAPIError as exc:
             raise SourceError(_db_error_text(exc), "SOURCE_QUERY_FAILED") from None
 

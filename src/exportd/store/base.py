@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -125,7 +125,7 @@ class StoreBase:
         )
 
 
-def task_from_row(row: Mapping[str, Any]) -> Task:
+def task_from_row(row: Any) -> Task:
     return Task(
         task_id=row["task_id"],
         project_id=row["project_id"],
@@ -163,7 +163,7 @@ def task_from_row(row: Mapping[str, Any]) -> Task:
     )
 
 
-def partition_from_row(row: Mapping[str, Any]) -> Partition:
+def partition_from_row(row: Any) -> Partition:
     return Partition(
         task_id=row["task_id"],
         index=row["idx"],
@@ -187,7 +187,7 @@ def partition_from_row(row: Mapping[str, Any]) -> Partition:
     )
 
 
-def file_from_row(row: Mapping[str, Any]) -> FileRecord:
+def file_from_row(row: Any) -> FileRecord:
     return FileRecord(
         task_id=row["task_id"],
         name=row["name"],

@@ -1,0 +1,3 @@
+from exportd.cli import main
+
+main()
