@@ -215,9 +215,15 @@ class Api:
 
 
 def expected_cell(value: Any) -> str:
-    """How a source value reads back from exportd's CSV (the documented rendering)."""
+    """How a source value reads back from exportd's CSV (the documented rendering:
+    floats without a trailing `.0`, text that a spreadsheet would run prefixed with `'`)."""
     if value is None:
         return ""
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat() if value.tzinfo else value.isoformat()
+    if isinstance(value, float):
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") and abs(value) < 1e15 else text
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
     return str(value)

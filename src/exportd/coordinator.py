@@ -7,15 +7,26 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import orjson
 
-from exportd.domain import FileRecord, Lease, PartitionStatus, Stage, Task, TaskStatus
-from exportd.errors import ExportdError, LeaseLost, SourceError
+from exportd.domain import (
+    Dataset,
+    FileRecord,
+    Lease,
+    Partition,
+    PartitionStatus,
+    Stage,
+    Task,
+    TaskStatus,
+)
+from exportd.errors import ExportdError, LeaseLost, NotFound, SourceError
+from exportd.formats.layout import Layout, file_names, pack, read_index
 from exportd.heartbeat import Heartbeat
-from exportd.runtime import Runtime, selection_for
+from exportd.runtime import Runtime, columns_for, selection_for
 from exportd.store.base import utcnow
 from exportd.store.sql import PlannedPartition
 from exportd.transitions import Outcome, finish_outcome
@@ -114,24 +125,12 @@ def _finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
         store.finish_task(task.task_id, lease.token, outcome, [], None, finished, failed_rows, 0)
         return
 
-    fmt = rt.format(task)
-    data_key = output_prefix(task) + task.file_name
-    manifest_key = output_prefix(task) + "manifest.json"
     store.set_task_stage(task.task_id, lease.token, Stage.COMPLETING_UPLOAD)
-    composed = fmt.assemble(
-        storage,
-        data_key,
-        [p.part_key for p in by[PartitionStatus.DONE] if p.part_key],
-        task.columns,
-    )
-    hb.check()
+    files = _assemble(rt, task, by[PartitionStatus.DONE], hb)
     store.set_task_stage(task.task_id, lease.token, Stage.WRITING_MANIFEST)
-    data = FileRecord(
-        task.task_id, task.file_name, data_key, finished, composed.bytes, composed.sha256,
-        fmt.media_type,
-    )  # fmt: skip
     expires = utcnow() + timedelta(seconds=task.expires_in)
-    manifest = _manifest(task, outcome, data, by, failed_rows, expires.isoformat())
+    manifest = _manifest(task, outcome, files, by, failed_rows, expires.isoformat())
+    manifest_key = output_prefix(task) + "manifest.json"
     with storage.open_write(manifest_key) as out:
         out.write(manifest)
     mrec = FileRecord(
@@ -139,16 +138,53 @@ def _finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
         hashlib.sha256(manifest).hexdigest(), "application/json", kind="manifest",
     )  # fmt: skip
     hb.check()
+    records = [f.record for f in files]
     ok = store.finish_task(
-        task.task_id, lease.token, outcome, [data, mrec], expires, finished, failed_rows,
-        composed.bytes,
+        task.task_id, lease.token, outcome, [*records, mrec], expires, finished, failed_rows,
+        sum(r.bytes for r in records),
     )  # fmt: skip
     if ok:
         storage.delete_prefix(parts_prefix(task))
     else:  # canceled or timed out meanwhile: this output must never be seen
-        storage.delete(data_key)
-        storage.delete(manifest_key)
+        for r in [*records, mrec]:
+            storage.delete(r.key)
         store.release_coordinator(task.task_id, lease.token, due=True)
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    record: FileRecord
+    details: dict[str, Any]
+
+
+def _assemble(rt: Runtime, task: Task, done: list[Partition], hb: Heartbeat) -> list[OutputFile]:
+    """Stage 70: the committed segments, in partition order, packed into the output files."""
+    fmt = rt.format(task)
+    try:
+        dataset: Dataset | None = rt.store.get_dataset(task.project_id, task.dataset_id)
+    except NotFound:
+        dataset = None
+    columns = columns_for(task, dataset)
+    layout = Layout.from_request(task.request)
+    segments = [
+        seg
+        for p in sorted(done, key=lambda p: p.index)
+        if p.part_key
+        for seg in read_index(rt.storage, p.part_key)
+    ]
+    groups = pack(segments, fmt, columns, layout)
+    names = file_names(task.file_name, fmt.extension, len(groups))
+    files = []
+    for name, group in zip(names, groups, strict=True):
+        key = output_prefix(task) + name
+        written = fmt.assemble(rt.storage, key, group, columns)
+        hb.check()
+        rows = sum(s.rows for s in group)
+        record = FileRecord(
+            task.task_id, name, key, rows, written.bytes, written.sha256, fmt.media_type
+        )
+        files.append(OutputFile(record, written.details))
+    return files
 
 
 def _failed_rows(rt: Runtime, task: Task, failed: list[Any]) -> int:
@@ -166,7 +202,7 @@ def _failed_rows(rt: Runtime, task: Task, failed: list[Any]) -> int:
 def _manifest(
     task: Task,
     outcome: Outcome,
-    data: FileRecord,
+    files: list[OutputFile],
     by: dict[PartitionStatus, list[Any]],
     failed_rows: int,
     expires_at: str,
@@ -182,11 +218,20 @@ def _manifest(
         "created_at": task.create_time.isoformat(),
         "completed_at": utcnow().isoformat(),
         "expires_at": expires_at,
-        "total_rows": data.rows,
+        "total_rows": sum(f.record.rows for f in files),
         "failed_rows": failed_rows,
         "success_rate": round(outcome.success_rate, 2),
+        "compression": task.request.get("compression", "none"),
         "files": [
-            {"name": data.name, "rows": data.rows, "bytes": data.bytes, "sha256": data.sha256}
+            {
+                "name": f.record.name,
+                "rows": f.record.rows,
+                "bytes": f.record.bytes,
+                "sha256": f.record.sha256,
+                "media_type": f.record.media_type,
+                **f.details,
+            }
+            for f in files
         ],
         "partitions": [
             {

@@ -31,8 +31,25 @@ class ExportRequest(BaseModel):
         description="conditions combined with OR; each maps fields to operators combined "
         "with AND: eq, ne, in, nin, lt, lte, gt, gte, between, like, is_null",
     )
-    format: str = Field(default="csv", max_length=20, description="csv or jsonl")
-    format_options: dict[str, Any] | None = Field(default=None, description="format options")
+    format: str = Field(
+        default="csv", max_length=20, description="csv, tsv, jsonl, json, parquet or xlsx"
+    )
+    format_options: dict[str, Any] | None = Field(
+        default=None,
+        description="csv/tsv: delimiter, quote, header, null, line_ending (lf|crlf), bom, "
+        "spreadsheet_safe, timezone, datetime_format, date_format; jsonl/json: timezone, "
+        "datetime_format, date_format; parquet: compression (zstd|snappy|gzip|lz4|none), "
+        "compression_level, row_group_size; xlsx: header, sheet_name, timezone",
+    )
+    compression: Literal["none", "gzip", "zstd"] | None = Field(
+        default=None, description="for the text formats: gzip or zstd (default none)"
+    )
+    max_rows_per_file: int | None = Field(
+        default=None, ge=1, le=10**12, description="split the output: at most this many rows a file"
+    )
+    max_bytes_per_file: int | None = Field(
+        default=None, ge=1024, le=10**13, description="split the output: files of about this size"
+    )
     file_name: str | None = Field(default=None, max_length=255, description="output file name")
     parallelism: int | None = Field(default=None, ge=1, le=1024, description="partitions")
     allow_partial: bool = Field(default=False, description="accept COMPLETED_WITH_ERRORS")

@@ -9,7 +9,7 @@ from pathlib import Path
 from exportd.domain import Dataset, Task
 from exportd.errors import BadRequest
 from exportd.filters import validate_filter
-from exportd.formats import Format, get_format
+from exportd.formats import Column, Format, FormatLimits, get_format
 from exportd.settings import Settings
 from exportd.sources import Selection, Source
 from exportd.sources.sql import SqlEngines, SqlSource
@@ -32,7 +32,12 @@ class Runtime:
         raise BadRequest(f"unsupported dataset kind {dataset.kind!r}", "INVALID_DATASET")
 
     def format(self, task: Task) -> Format:
-        return get_format(task.format, task.request.get("format_options") or {})
+        return get_format(
+            task.format,
+            task.request.get("format_options") or {},
+            task.request.get("compression"),
+            FormatLimits(xlsx_sheet_rows=self.settings.xlsx_sheet_rows),
+        )
 
     def close(self) -> None:
         self.engines.dispose()
@@ -46,6 +51,16 @@ def selection_for(task: Task, dataset: Dataset) -> Selection:
         columns=list(task.request["_source_columns"]),
         filter=validate_filter(task.request.get("filter"), kinds),
     )
+
+
+def columns_for(task: Task, dataset: Dataset | None) -> list[Column]:
+    """The output columns of a task: names after renames, kinds and types from the source."""
+    fields = {f["name"]: f for f in dataset.fields} if dataset else {}
+    out = []
+    for src, name in zip(task.request["_source_columns"], task.columns, strict=True):
+        f = fields.get(src, {})
+        out.append(Column(name, f.get("kind", "unknown"), f.get("type") or "unknown"))
+    return out
 
 
 def _admin_token_file(data_dir: Path) -> str:

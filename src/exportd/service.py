@@ -16,7 +16,8 @@ import orjson
 from exportd.domain import Dataset, FileRecord, FileStatus, Role, Stage, Task, TaskStatus
 from exportd.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from exportd.filters import validate_filter
-from exportd.formats import FORMAT_NAMES, get_format
+from exportd.formats import FORMAT_NAMES, Column, FormatLimits, get_format
+from exportd.formats.layout import Layout
 from exportd.requests import DatasetRequest, ExportRequest, FieldSpec, TokenRequest
 from exportd.runtime import Runtime
 from exportd.sources.sql import check_query, describe_sql
@@ -150,8 +151,14 @@ class ExportService:
                 f"unknown format {req.format[:20]!r}; use one of {', '.join(FORMAT_NAMES)}",
                 "INVALID_FORMAT",
             )
-        fmt = get_format(req.format, req.format_options or {})
+        fmt = get_format(
+            req.format, req.format_options or {}, req.compression,
+            FormatLimits(xlsx_sheet_rows=settings.xlsx_sheet_rows),
+        )  # fmt: skip
         source_columns, columns = _projection(req.fields, ds)
+        Layout(req.max_rows_per_file, req.max_bytes_per_file).check(
+            fmt, [Column(c) for c in columns]
+        )
         kinds = {f["name"]: f.get("kind", "unknown") for f in ds.fields}
         validate_filter(req.filter, kinds)
         parallelism = req.parallelism or settings.default_parallelism
@@ -217,7 +224,13 @@ class ExportService:
             raise Conflict(
                 f"the file is not ready (file_status {task.file_status.value})", "FILE_NOT_READY"
             )
-        wanted = name or task.file_name
+        data = [f for f in task.files if f.kind == "data"]
+        if name is None and len(data) > 1:
+            raise BadRequest(
+                f"this export has {len(data)} files; name one with ?name= (see the manifest)",
+                "MULTIPLE_FILES",
+            )
+        wanted = name or (data[0].name if data else task.file_name)
         record = next((f for f in task.files if f.name == wanted), None)
         if record is None:
             raise NotFound(f"no file {wanted[:100]!r} in this export", "FILE_NOT_FOUND")

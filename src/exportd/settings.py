@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     default_parallelism: int = Field(default=4, ge=1, le=256)
     max_parallelism: int = Field(default=64, ge=1, le=1024)
     default_expires_in: int = Field(default=7 * 24 * 3600, ge=60)
+    fast_paths: bool = Field(
+        default=True, description="use PostgreSQL COPY (CSV) and ADBC (Parquet) where they apply"
+    )
+    xlsx_sheet_rows: int = Field(
+        default=1_048_576, ge=2, le=1_048_576, description="rows per XLSX sheet (Excel's limit)"
+    )
 
     @property
     def store_url(self) -> str:

@@ -5,62 +5,27 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
 import threading
 import time
-from typing import Any, BinaryIO
 
 from exportd import coordinator
 from exportd.domain import Lease, Partition, Task, TaskStatus
 from exportd.errors import Canceled, LeaseLost, NotFound, SourceError
+from exportd.formats.layout import Layout, PartOutput
 from exportd.heartbeat import Heartbeat
-from exportd.runtime import Runtime, selection_for
+from exportd.runtime import Runtime, columns_for, selection_for
+from exportd.sources.fast import fast_path
 from exportd.transitions import retry_decision
 
 log = logging.getLogger(__name__)
 
 
-class HashingWriter:
-    """A binary sink that counts and hashes what passes through it."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
-        self.count = 0
-        self._sha = hashlib.sha256()
-
-    def write(self, data: Any) -> int:
-        b = bytes(data) if not isinstance(data, bytes) else data
-        self._sha.update(b)
-        self.count += len(b)
-        self._raw.write(b)
-        return len(b)
-
-    def flush(self) -> None:
-        self._raw.flush()
-
-    # enough of the io protocol for io.TextIOWrapper
-    def writable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return False
-
-    def seekable(self) -> bool:
-        return False
-
-    @property
-    def closed(self) -> bool:
-        return False
-
-    def hexdigest(self) -> str:
-        return self._sha.hexdigest()
-
-
-def part_key(task: Task, part: Partition, lease: Lease, extension: str) -> str:
-    return f"parts/{task.task_id}/{part.index:05d}-a{lease.attempt}-{lease.token[:12]}{extension}"
+def part_folder(task: Task, part: Partition, lease: Lease) -> str:
+    """Where one attempt writes its segments and index: unique per attempt and token."""
+    return f"parts/{task.task_id}/{part.index:05d}-a{lease.attempt}-{lease.token[:12]}/"
 
 
 def run_partition(rt: Runtime, task: Task, part: Partition, lease: Lease) -> None:
@@ -72,12 +37,14 @@ def run_partition(rt: Runtime, task: Task, part: Partition, lease: Lease) -> Non
         source = rt.source(dataset)
         fmt = rt.format(task)
         sel = selection_for(task, dataset)
+        columns = columns_for(task, dataset)
     except NotFound as exc:
         store.fail_partition(
             task.task_id, part.index, lease.token, exc.error_code, exc.error_msg, None
         )
         return
-    key = part_key(task, part, lease, fmt.extension)
+    folder = part_folder(task, part, lease)
+    layout = Layout.from_request(task.request)
 
     def beat(rows: int, written: int) -> TaskStatus | None:
         reply = store.heartbeat(
@@ -88,20 +55,21 @@ def run_partition(rt: Runtime, task: Task, part: Partition, lease: Lease) -> Non
     committed = False
     try:
         with Heartbeat(beat, s.heartbeat_interval, TaskStatus.RUNNING) as hb:
-            with rt.storage.open_write(key) as raw:
-                out = HashingWriter(raw)
-                writer = fmt.part_writer(out, task.columns)  # type: ignore[arg-type]
-                rows = 0
-                for batch in source.read(sel, part.bounds, s.batch_size):
-                    hb.check()
-                    writer.write(batch)
-                    rows += len(batch)
-                    hb.progress(rows, out.count)
-                writer.close()
+            with PartOutput(rt.storage, folder, fmt, columns, layout) as out:
+                fast = fast_path(source, fmt, layout, s.fast_paths)
+                if fast is not None:
+                    fast.export(sel, part.bounds, out, hb)
+                else:
+                    for batch in source.read(sel, part.bounds, s.batch_size):
+                        hb.check()
+                        out.write(batch)
+                        hb.progress(out.rows, out.size)
+                result = out.finish()
             hb.check()
             committed = store.commit_partition(
-                task.task_id, part.index, lease.token, key, rows, out.count, out.hexdigest()
-            )
+                task.task_id, part.index, lease.token, result.key, result.rows, result.bytes,
+                result.sha256,
+            )  # fmt: skip
             if not committed:
                 log.warning("partition %s/%d: lease lost before commit", task.task_id, part.index)
     except LeaseLost:
@@ -121,7 +89,7 @@ def run_partition(rt: Runtime, task: Task, part: Partition, lease: Lease) -> Non
         )  # fmt: skip
     finally:
         if not committed:
-            rt.storage.delete(key)
+            rt.storage.delete_prefix(folder)
 
 
 class Worker:

@@ -1,13 +1,49 @@
-"""Output formats. A format writes a partition's rows into a part, and assembles the
-committed parts (in partition order) into the final file."""
+"""Output formats. A format writes a partition's rows into parts (one or more segments),
+and assembles runs of committed segments (in partition order) into the output files.
+
+Text formats (CSV, TSV, JSON Lines, JSON) write segments that concatenate into the file,
+optionally as gzip members / zstd frames; Parquet segments are Parquet files whose row
+groups are rewritten into the output; XLSX segments are Parquet too, and the workbook is
+written from them in constant memory."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, BinaryIO, Protocol
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from exportd.errors import BadRequest
-from exportd.storage import Composed, Storage
+from exportd.storage import Storage
+
+FORMAT_NAMES = ("csv", "tsv", "jsonl", "json", "parquet", "xlsx")
+
+
+@dataclass(frozen=True)
+class Column:
+    """An output column: its name (after renames), the source's coarse kind (int, float,
+    decimal, str, bytes, bool, date, datetime, json, unknown) and the source's type text."""
+
+    name: str
+    kind: str = "unknown"
+    type: str = "unknown"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One stored piece of a partition's output: at most one file's worth of rows."""
+
+    key: str
+    rows: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Written:
+    """What assembling one output file wrote; `details` goes into its manifest entry."""
+
+    bytes: int
+    sha256: str
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 class RowWriter(Protocol):
@@ -18,27 +54,84 @@ class RowWriter(Protocol):
         ...
 
 
+@runtime_checkable
+class EncodingWriter(Protocol):
+    """A text writer that can encode rows before writing them: lets a byte limit per file
+    be kept exactly (the encoded size is known before the bytes are written)."""
+
+    def encode(self, rows: Sequence[Sequence[Any]]) -> bytes: ...
+
+    def encoded_size(self, data: bytes) -> int:
+        """How many bytes writing `data` next adds (with any separator)."""
+        ...
+
+    def write_encoded(self, data: bytes) -> None: ...
+
+
 class Format(Protocol):
     name: str
     extension: str
     media_type: str
+    exact_bytes: bool  # whether file sizes are known while writing (max_bytes_per_file exact)
 
-    def part_writer(self, out: BinaryIO, columns: list[str]) -> RowWriter: ...
+    def part_writer(self, out: BinaryIO, columns: Sequence[Column]) -> RowWriter: ...
+
+    def file_size(self, columns: Sequence[Column], segment_sizes: Sequence[int]) -> int:
+        """The size of a file made of segments of these sizes (an estimate if not exact)."""
+        ...
 
     def assemble(
-        self, storage: Storage, key: str, part_keys: Sequence[str], columns: list[str]
-    ) -> Composed: ...
+        self, storage: Storage, key: str, segments: Sequence[Segment], columns: Sequence[Column]
+    ) -> Written: ...
 
 
-def get_format(name: str, options: dict[str, Any] | None = None) -> Format:
-    from exportd.formats.text import CsvFormat, JsonLinesFormat
+@dataclass(frozen=True)
+class FormatLimits:
+    """Limits that come from settings rather than from a request."""
+
+    xlsx_sheet_rows: int = 1_048_576
+
+
+def get_format(
+    name: str,
+    options: dict[str, Any] | None = None,
+    compression: str | None = None,
+    limits: FormatLimits | None = None,
+) -> Format:
+    """The format `name` with its options; bad options are a 400 (raised at submit)."""
+    from exportd.formats.compression import check_codec
 
     options = options or {}
-    if name == "csv":
-        return CsvFormat(options)
-    if name == "jsonl":
-        return JsonLinesFormat(options)
-    raise BadRequest(f"unsupported format {name!r}", "INVALID_FORMAT")
+    if not isinstance(options, dict):
+        raise BadRequest("format_options must be an object", "INVALID_FORMAT_OPTIONS")
+    codec = check_codec(compression)
+    if name in ("csv", "tsv", "jsonl", "json"):
+        from exportd.formats.text import text_format
+
+        return text_format(name, options, codec)
+    if codec != "none":
+        raise BadRequest(
+            f"compression applies to the text formats; {name} compresses internally",
+            "INVALID_COMPRESSION",
+        )
+    if name == "parquet":
+        from exportd.formats.parquet import ParquetFormat
+
+        return ParquetFormat(options)
+    if name == "xlsx":
+        from exportd.formats.xlsx import XlsxFormat
+
+        return XlsxFormat(options, (limits or FormatLimits()).xlsx_sheet_rows)
+    raise BadRequest(
+        f"unknown format {name[:20]!r}; use one of {', '.join(FORMAT_NAMES)}", "INVALID_FORMAT"
+    )
 
 
-FORMAT_NAMES = ("csv", "jsonl")
+def check_options(options: dict[str, Any], known: Sequence[str], fmt: str) -> None:
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise BadRequest(
+            f"unknown format_options for {fmt}: {', '.join(u[:40] for u in unknown[:5])}; "
+            f"known: {', '.join(known)}",
+            "INVALID_FORMAT_OPTIONS",
+        )

@@ -96,7 +96,11 @@ def describe_sql(engine: sa.Engine, table: str | None, query: str | None) -> lis
             schema, name = _split_table(table)
             cols = sa.inspect(engine).get_columns(name, schema=schema)
             return [
-                {"name": c["name"], "type": str(c["type"]), "kind": python_kind(c["type"])}
+                {
+                    "name": c["name"],
+                    "type": _type_text(c["type"], engine.dialect),
+                    "kind": python_kind(c["type"]),
+                }
                 for c in cols
             ]
         assert query is not None
@@ -115,6 +119,14 @@ def describe_sql(engine: sa.Engine, table: str | None, query: str | None) -> lis
         raise BadRequest(
             f"the dataset could not be read: {_db_error_text(exc)}", "INVALID_DATASET"
         ) from None
+
+
+def _type_text(sql_type: Any, dialect: sa.Dialect) -> str:
+    """The type as the database names it (`TIMESTAMP WITH TIME ZONE`, `NUMERIC(20, 6)`)."""
+    try:
+        return str(sql_type.compile(dialect=dialect))
+    except Exception:  # a type the dialect cannot render: its generic name
+        return str(sql_type)
 
 
 def check_query(query: str) -> None:

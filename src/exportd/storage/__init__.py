@@ -3,11 +3,12 @@ exportd ships a local directory and an S3-compatible implementation."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,49 @@ class Composed:
 
     bytes: int
     sha256: str
+
+
+class HashingWriter:
+    """A binary sink that counts and hashes what passes through it (enough of the io
+    protocol for io.TextIOWrapper and pyarrow's output streams)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.count = 0
+        self._sha = hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        b = data if isinstance(data, bytes) else bytes(data)
+        self._sha.update(b)
+        self.count += len(b)
+        self._raw.write(b)
+        return len(b)
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    def close(self) -> None:
+        """Leaves the underlying stream open: its owner (the storage) closes it."""
+        self._raw.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self.count
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
 
 
 Piece = bytes | str  # inline bytes, or the key of a stored part
