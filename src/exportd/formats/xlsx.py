@@ -9,7 +9,8 @@ the workbook from them, one sheet after another: past `sheet_rows` rows (Excel's
 The manifest lists each file's sheets with their rows.
 
 Cells: numbers as numbers, except integers beyond 2**53 and decimals a double cannot hold
-exactly, which are written as text so no digit is lost; booleans; dates and timestamps as
+exactly, which are written as text so no digit is lost (NaN and infinities too, as
+`NaN`, `Infinity`, `-Infinity`); booleans; dates and timestamps as
 Excel dates (timestamps with a time zone in the export's time zone, default UTC: Excel has
 none); binary as base64; text longer than Excel's 32,767 characters is cut there and
 counted in the manifest (`truncated_cells`)."""
@@ -17,6 +18,7 @@ counted in the manifest (`truncated_cells`)."""
 from __future__ import annotations
 
 import base64
+import math
 import tempfile
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
@@ -28,7 +30,7 @@ import pyarrow as pa
 
 from exportd.errors import BadRequest
 from exportd.formats import Column, Segment, Written, check_options
-from exportd.formats.cells import TimeOptions, json_text
+from exportd.formats.cells import TimeOptions, float_text, json_text
 from exportd.formats.parquet import ParquetOptions, ParquetRowWriter, read_batches
 from exportd.storage import HashingWriter, Storage
 
@@ -113,6 +115,8 @@ class SheetWriter:
             sheet.write_boolean(r, c, v)
         elif isinstance(v, int) and abs(v) > _EXACT_INT:
             sheet.write_string(r, c, str(v))
+        elif isinstance(v, float) and not math.isfinite(v):
+            sheet.write_string(r, c, float_text(v))
         else:
             sheet.write_number(r, c, v)
 

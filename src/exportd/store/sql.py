@@ -207,7 +207,7 @@ class Store(CatalogStore):
 
     def _files(self, conn: sa.Connection, task_id: str) -> list[FileRecord]:
         rows = conn.execute(
-            sa.select(files).where(files.c.task_id == task_id).order_by(files.c.name)
+            sa.select(files).where(files.c.task_id == task_id).order_by(files.c.kind, files.c.name)
         ).all()
         return [file_from_row(r._mapping) for r in rows]
 
