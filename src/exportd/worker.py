@@ -56,7 +56,7 @@ def run_partition(rt: Runtime, task: Task, part: Partition, lease: Lease) -> Non
     try:
         with Heartbeat(beat, s.heartbeat_interval, TaskStatus.RUNNING) as hb:
             with PartOutput(rt.storage, folder, fmt, columns, layout) as out:
-                fast = fast_path(source, fmt, layout, s.fast_paths)
+                fast = fast_path(source, fmt, layout, columns, s.fast_paths)
                 if fast is not None:
                     fast.export(sel, part.bounds, out, hb)
                 else:

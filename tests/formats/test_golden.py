@@ -268,3 +268,34 @@ def test_bad_compression_and_layout_are_400(server: Any, body: dict[str, Any], c
     r = server.http.post("/v1/projects/g/exports", json={"dataset_id": "tricky", **body})
     assert r.status_code == 400, r.text
     assert r.json()["error_code"] == code
+
+
+def test_split_and_compressed_files_are_all_listed_with_their_hashes(server: Any) -> None:
+    import gzip
+    import hashlib
+
+    task = server.export(
+        "g", dataset_id="tricky", format="csv", compression="gzip", max_rows_per_file=5,
+        parallelism=3, fields=["id", "t"], file_name="split.csv.gz",
+    )  # fmt: skip
+    done = server.wait("g", task["task_id"])
+    assert done["status"] == "COMPLETED", done
+    data_files = [f for f in done["files"] if f["kind"] == "data"]
+    assert len(data_files) >= 3 and all(f["rows"] <= 5 for f in data_files)
+    assert [f["name"] for f in data_files][:2] == ["split-00001.csv.gz", "split-00002.csv.gz"]
+    base = f"/v1/projects/g/exports/{task['task_id']}"
+    manifest = server.http.get(f"{base}/manifest").json()
+    assert [(f["name"], f["rows"], f["sha256"]) for f in manifest["files"]] == [
+        (f["name"], f["rows"], f["sha256"]) for f in data_files
+    ]
+    r = server.http.get(f"{base}/download")
+    assert r.status_code == 400 and r.json()["error_code"] == "MULTIPLE_FILES"
+    ids = []
+    for f in data_files:
+        body = server.http.get(f"{base}/download", params={"name": f["name"]}).content
+        assert hashlib.sha256(body).hexdigest() == f["sha256"] and len(body) == f["bytes"]
+        rows = list(csv.reader(io.StringIO(gzip.decompress(body).decode(), newline="")))
+        assert rows[0] == ["id", "t"] and len(rows) - 1 == f["rows"]
+        ids.extend(int(r[0]) for r in rows[1:])
+    assert ids == [r[0] for r in source()]
+    assert manifest["total_rows"] == len(ROWS) == done["finished_count"]

@@ -1,17 +1,44 @@
 """Fast paths: when the source's own engine can produce the output better than rows
-through Python, it does. PostgreSQL -> CSV/TSV through `COPY (SELECT ...) TO STDOUT`;
-PostgreSQL -> Parquet through ADBC's Arrow record batches. Each produces the same bytes
-(CSV) or the same values and types (Parquet) as the generic path, and steps aside
-(returns None) whenever an option cannot be honoured exactly."""
+through Python, it does.
+
+- PostgreSQL -> CSV/TSV: `COPY (SELECT ...) TO STDOUT WITH (FORMAT csv)`, the server's own
+  CSV writer. The SELECT carries the projection, the filter and the partition's key range
+  as bound parameters (psycopg binds them client-side, with its own quoting, as COPY takes
+  no server-side parameters), and renders each column the way the generic writer does:
+  spreadsheet neutralisation of text, `true`/`false`, timestamps as ISO 8601 in the
+  export's time zone (`to_json`), binary as base64. The output is byte-identical.
+- PostgreSQL -> Parquet: ADBC's PostgreSQL driver reads Arrow record batches (binary COPY
+  inside), cast to the same schema as the generic path: the same values and types.
+
+A fast path steps aside (None: the generic path runs) whenever it could not produce the
+same output: a split layout, a line ending or a date/time pattern COPY cannot write, a
+column kind it does not render identically (JSON, time, unknown), a `real` column (ADBC
+reads float4 bits, psycopg its decimal text), or a driver that is not installed."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from typing import Any, Protocol
 
-from exportd.formats import Format
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+from exportd.errors import SourceError
+from exportd.formats import Column, Format
+from exportd.formats.cells import SPREADSHEET_TRIGGERS
 from exportd.formats.layout import Layout, PartOutput
+from exportd.formats.parquet import ParquetFormat, ParquetRowWriter
+from exportd.formats.text import CsvFormat, CsvOptions
 from exportd.heartbeat import Heartbeat
 from exportd.sources import Selection, Source
+from exportd.sources.sql import SqlSource
+
+log = logging.getLogger(__name__)
+
+COPY_CHUNK = 1 << 20
+_COPY_SAFE_CHARS = set(",;|\t:#!$%&*~^ '\"`/")
+_CSV_KINDS = {"int", "decimal", "float", "str", "bool", "date", "datetime", "bytes"}
 
 
 class FastPath(Protocol):
@@ -20,5 +47,177 @@ class FastPath(Protocol):
     ) -> None: ...
 
 
-def fast_path(source: Source, fmt: Format, layout: Layout, enabled: bool) -> FastPath | None:
+def fast_path(
+    source: Source, fmt: Format, layout: Layout, columns: Sequence[Column], enabled: bool = True
+) -> FastPath | None:
+    """The fast path for this source and format, or None for the generic path."""
+    if not enabled or layout.split or not isinstance(source, SqlSource):
+        return None
+    if source.engine.dialect.name != "postgresql" or source.engine.dialect.driver != "psycopg":
+        return None
+    if isinstance(fmt, CsvFormat) and copy_supports(fmt.options, columns):
+        return PgCopyCsv(source, fmt.options, columns)
+    if isinstance(fmt, ParquetFormat) and adbc_supports(columns):
+        return AdbcParquet(source, columns)
     return None
+
+
+def copy_supports(opts: CsvOptions, columns: Sequence[Column]) -> bool:
+    times = opts.times
+    return (
+        opts.line_ending == "\n"
+        and opts.delimiter in _COPY_SAFE_CHARS
+        and opts.quote in _COPY_SAFE_CHARS
+        and opts.null.isascii()
+        and times.datetime_format is None
+        and times.date_format is None
+        and all(c.kind in _CSV_KINDS for c in columns)
+    )
+
+
+def _text_expr(col: Any, c: Column, opts: CsvOptions) -> Any:
+    """A column rendered in SQL exactly as the generic CSV writer renders it."""
+    if c.kind == "str":
+        if not opts.spreadsheet_safe:
+            return col
+        risky = sa.func.left(col, 1).in_([sa.literal(t) for t in SPREADSHEET_TRIGGERS])
+        return sa.case((risky, sa.literal("'") + col), else_=col)
+    if c.kind == "bool":
+        return sa.case((col.is_(True), sa.literal("true")), (col.is_(False), sa.literal("false")))
+    if c.kind in ("date", "datetime"):
+        return sa.func.to_json(col).op("#>>")(sa.literal_column("'{}'"))
+    if c.kind == "bytes":
+        return sa.func.translate(sa.func.encode(col, "base64"), "\n", "")
+    if c.kind == "float" and c.type.upper() in ("REAL", "FLOAT4", "FLOAT(24)"):
+        return sa.cast(col, pg.DOUBLE_PRECISION)  # as psycopg hands it to the generic path
+    return col
+
+
+def _compiled(source: SqlSource, stmt: sa.Select[Any]) -> tuple[str, dict[str, Any]]:
+    compiled = stmt.compile(
+        dialect=source.engine.dialect, compile_kwargs={"render_postcompile": True}
+    )
+    return compiled.string, dict(compiled.params)
+
+
+def _copy_options(opts: CsvOptions) -> str:
+    def lit(text: str) -> str:
+        return "'" + text.replace("'", "''") + "'"
+
+    return (
+        f"FORMAT csv, HEADER false, DELIMITER {lit(opts.delimiter)}, QUOTE {lit(opts.quote)}, "
+        f"ESCAPE {lit(opts.quote)}, NULL {lit(opts.null)}, ENCODING 'UTF8'"
+    )
+
+
+class PgCopyCsv:
+    def __init__(self, source: SqlSource, opts: CsvOptions, columns: Sequence[Column]) -> None:
+        self.source, self.opts, self.columns = source, opts, list(columns)
+
+    def statement(self, sel: Selection, bounds: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        exprs = [
+            _text_expr(self.source.from_.c[name], col, self.opts).label(f"c{i}")
+            for i, (name, col) in enumerate(zip(sel.columns, self.columns, strict=True))
+        ]
+        query, params = _compiled(self.source, self.source.partition_select(sel, bounds, exprs))
+        return f"COPY ({query}) TO STDOUT WITH ({_copy_options(self.opts)})", params
+
+    def export(
+        self, sel: Selection, bounds: dict[str, Any], out: PartOutput, hb: Heartbeat
+    ) -> None:
+        import psycopg
+
+        statement, params = self.statement(sel, bounds)
+        raw = self.source.engine.raw_connection()
+        try:
+            conn: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
+            conn.rollback()
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute("SET TRANSACTION READ ONLY")
+                cur.execute("SELECT set_config('TimeZone', %s, true)", [self.opts.times.zone_name])
+                cur.execute("SET LOCAL extra_float_digits = 1")
+                rows = self._stream(cur, statement, params, out, hb)
+            out.count(rows)
+        except psycopg.Error as exc:
+            raise SourceError(_first_line(exc), "SOURCE_QUERY_FAILED") from None
+        finally:
+            raw.close()
+
+    def _stream(
+        self, cur: Any, statement: str, params: dict[str, Any], out: PartOutput, hb: Heartbeat
+    ) -> int:
+        buf = bytearray()
+        lines = 0
+        with cur.copy(statement, params) as copy:
+            for data in copy:
+                buf += data
+                if len(buf) >= COPY_CHUNK:
+                    lines += self._flush(buf, out, hb, lines)
+        self._flush(buf, out, hb, lines)
+        return int(cur.rowcount)
+
+    @staticmethod
+    def _flush(buf: bytearray, out: PartOutput, hb: Heartbeat, lines: int) -> int:
+        """Write the buffer; progress counts lines (rows, but for text holding newlines)."""
+        hb.check()
+        n = buf.count(b"\n")
+        out.write_encoded(bytes(buf), 0)
+        buf.clear()
+        hb.progress(lines + n, out.size)
+        return n
+
+
+def adbc_supports(columns: Sequence[Column]) -> bool:
+    try:
+        import adbc_driver_postgresql.dbapi  # noqa: F401
+    except ImportError:
+        return False
+    kinds = {"int", "decimal", "float", "str", "bool", "date", "datetime", "bytes"}
+    return all(
+        c.kind in kinds and c.type.upper() not in ("REAL", "FLOAT4", "FLOAT(24)") for c in columns
+    )
+
+
+class AdbcParquet:
+    def __init__(self, source: SqlSource, columns: Sequence[Column]) -> None:
+        self.source, self.columns = source, list(columns)
+
+    def query(self, sel: Selection, bounds: dict[str, Any]) -> str:
+        """The partition's SELECT with its parameters bound client-side by psycopg."""
+        import psycopg
+
+        query, params = _compiled(self.source, self.source.partition_select(sel, bounds))
+        raw = self.source.engine.raw_connection()
+        try:
+            conn: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
+            return psycopg.ClientCursor(conn).mogrify(query, params)
+        finally:
+            raw.close()
+
+    def export(
+        self, sel: Selection, bounds: dict[str, Any], out: PartOutput, hb: Heartbeat
+    ) -> None:
+        import adbc_driver_postgresql.dbapi as adbc
+
+        query = self.query(sel, bounds)
+        writer = out.writer()
+        assert isinstance(writer, ParquetRowWriter)
+        url = self.source.engine.url.set(drivername="postgresql")
+        try:
+            with (
+                adbc.connect(url.render_as_string(hide_password=False)) as conn,
+                conn.cursor() as cur,
+            ):
+                cur.execute(query)
+                for batch in cur.fetch_record_batch():
+                    hb.check()
+                    writer.write_arrow(batch)
+                    out.count(batch.num_rows)
+                    hb.progress(out.rows, out.size)
+        except adbc.Error as exc:
+            raise SourceError(_first_line(exc), "SOURCE_QUERY_FAILED") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
