@@ -201,7 +201,7 @@ def follow(c: ExportdClient, project_id: str, task: dict[str, Any]) -> dict[str,
 def export(
     project_id: str,
     dataset: str,
-    fmt: Annotated[str, typer.Option("--format", help="csv or jsonl")] = "csv",
+    fmt: Annotated[str, typer.Option("--format", help="csv, tsv, jsonl, json, parquet or xlsx")] = "csv",
     fields: Annotated[str | None, typer.Option(help="comma-separated fields")] = None,
     filter_json: Annotated[str | None, typer.Option("--filter", help="filter as JSON")] = None,
     file_name: Annotated[str | None, typer.Option(help="output file name")] = None,

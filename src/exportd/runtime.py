@@ -10,6 +10,7 @@ from exportd.domain import Dataset, Task
 from exportd.errors import BadRequest
 from exportd.filters import validate_filter
 from exportd.formats import Column, Format, FormatLimits, get_format
+from exportd.formats.layout import Layout
 from exportd.settings import Settings
 from exportd.sources import Selection, Source
 from exportd.sources.sql import SqlEngines, SqlSource
@@ -36,7 +37,10 @@ class Runtime:
             task.format,
             task.request.get("format_options") or {},
             task.request.get("compression"),
-            FormatLimits(xlsx_sheet_rows=self.settings.xlsx_sheet_rows),
+            FormatLimits(
+                xlsx_sheet_rows=self.settings.xlsx_sheet_rows,
+                parts_rewritten=task.parallelism > 1 or Layout.from_request(task.request).split,
+            ),
         )
 
     def close(self) -> None:

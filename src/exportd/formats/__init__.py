@@ -87,9 +87,12 @@ class Format(Protocol):
 
 @dataclass(frozen=True)
 class FormatLimits:
-    """Limits that come from settings rather than from a request."""
+    """What a format is told besides the request's options: settings, and whether the
+    parts will be rewritten at assembly (several partitions or files: Parquet parts then
+    use a fast codec, since the coordinator compresses the output anyway)."""
 
     xlsx_sheet_rows: int = 1_048_576
+    parts_rewritten: bool = True
 
 
 def get_format(
@@ -117,7 +120,7 @@ def get_format(
     if name == "parquet":
         from exportd.formats.parquet import ParquetFormat
 
-        return ParquetFormat(options)
+        return ParquetFormat(options, (limits or FormatLimits()).parts_rewritten)
     if name == "xlsx":
         from exportd.formats.xlsx import XlsxFormat
 

@@ -81,7 +81,7 @@ class ParquetOptions:
         self.codec = options.get("compression", default_codec)
         if self.codec not in CODECS:
             raise BadRequest(f"parquet compression must be one of {', '.join(CODECS)}", _CODE)
-        self.level = options.get("compression_level")
+        self.level = options.get("compression_level")  # None: the codec's default
         if self.level is not None and (
             not isinstance(self.level, int) or not 1 <= self.level <= 22
         ):
@@ -226,11 +226,13 @@ class ParquetFormat:
     media_type = "application/vnd.apache.parquet"
     exact_bytes = False
 
-    def __init__(self, options: dict[str, Any]) -> None:
+    def __init__(self, options: dict[str, Any], parts_rewritten: bool = True) -> None:
         self.options = ParquetOptions(options)
+        fast = {**options, "compression": "lz4", "compression_level": None}
+        self.parts = ParquetOptions(fast) if parts_rewritten else self.options
 
     def part_writer(self, out: BinaryIO, columns: Sequence[Column]) -> ParquetRowWriter:
-        return ParquetRowWriter(out, columns, self.options)
+        return ParquetRowWriter(out, columns, self.parts)
 
     def file_size(self, columns: Sequence[Column], segment_sizes: Sequence[int]) -> int:
         return sum(segment_sizes)
@@ -241,7 +243,7 @@ class ParquetFormat:
         full = [s for s in segments if s.rows] or list(segments[:1])
         if not full:
             return self._empty(storage, key, columns)
-        if len(full) == 1:  # already a complete Parquet file, written by the same writer
+        if len(full) == 1 and self.parts is self.options:  # complete, and as asked: kept
             done = storage.compose(key, [full[0].key])
             return Written(done.bytes, done.sha256)
         schema = unified_schema(storage, full)

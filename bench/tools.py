@@ -1,0 +1,74 @@
+"""The tools exportd is compared with, each run in a process of its own by
+`python -m bench.tools NAME SOURCE OUT` so its peak RSS can be measured alone."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+
+QUERY = "SELECT * FROM flights ORDER BY id"
+
+
+def pandas_run(source: str, out: str) -> None:
+    import pandas as pd
+    import sqlalchemy as sa
+
+    url = source if source.startswith("postgresql") else f"sqlite:///{source}"
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    df = pd.read_sql(QUERY, engine)
+    if out.endswith(".parquet"):
+        df.to_parquet(out, compression="zstd", index=False)
+    else:
+        df.to_csv(out, index=False)
+
+
+def polars_run(source: str, out: str) -> None:
+    import polars as pl
+
+    if source.startswith("postgresql"):
+        df = pl.read_database_uri(QUERY, source, engine="adbc")
+    else:
+        df = pl.read_database(QUERY, sqlite3.connect(source))
+    if out.endswith(".parquet"):
+        df.write_parquet(out, compression="zstd")
+    else:
+        df.write_csv(out)
+
+
+def adbc_run(source: str, out: str) -> None:
+    """ADBC record batches into pyarrow's ParquetWriter (or CSV writer), by hand."""
+    import adbc_driver_postgresql.dbapi as adbc
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    with adbc.connect(source) as conn, conn.cursor() as cur:
+        cur.execute(QUERY)
+        reader = cur.fetch_record_batch()
+        if out.endswith(".parquet"):
+            with pq.ParquetWriter(out, reader.schema, compression="zstd") as writer:
+                for batch in reader:
+                    writer.write_batch(batch)
+        else:
+            with pacsv.CSVWriter(out, reader.schema) as writer:
+                for batch in reader:
+                    writer.write_batch(batch)
+
+
+def duckdb_run(source: str, out: str) -> None:
+    import duckdb
+
+    con = duckdb.connect()
+    if source.startswith("postgresql"):
+        con.execute("INSTALL postgres; LOAD postgres")
+        con.execute(f"ATTACH '{source}' AS src (TYPE postgres, READ_ONLY)")
+    else:
+        con.execute("INSTALL sqlite; LOAD sqlite")
+        con.execute(f"ATTACH '{source}' AS src (TYPE sqlite, READ_ONLY)")
+    fmt = "parquet" if out.endswith(".parquet") else "csv, header true"
+    con.execute(f"COPY (SELECT * FROM src.flights ORDER BY id) TO '{out}' (FORMAT {fmt})")
+
+
+TOOLS = {"pandas": pandas_run, "polars": polars_run, "adbc": adbc_run, "duckdb": duckdb_run}
+
+if __name__ == "__main__":
+    TOOLS[sys.argv[1]](sys.argv[2], sys.argv[3])
