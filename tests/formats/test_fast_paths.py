@@ -100,7 +100,10 @@ def test_copy_csv_with_filter_projection_bounds_and_gzip(
 ) -> None:
     src = make_source(engines, pg_source, "flights")
     kinds = {f["name"]: f["kind"] for f in src.dataset.fields}
-    flt = validate_filter([{"origin": {"in": ["JFK", "LGA"]}, "note": {"like": "%a%"}}, {"dep_delay": {"gt": 250}}], kinds)
+    flt = validate_filter(
+        [{"origin": {"in": ["JFK", "LGA"]}, "note": {"like": "%a%"}}, {"dep_delay": {"gt": 250}}],
+        kinds,
+    )
     sel = Selection(["dep_time", "id", "note", "distance", "carrier"], flt)
     fmt = get_format("csv", {}, "gzip")
     bounds = {"lo": 20_000, "hi": 120_000, "nulls": False, "kind": "int"}
