@@ -139,16 +139,36 @@ class CsvEncoder:
         if render is False:
             render = self._decide(i, col)
         if render is None or render is False:
-            return [self.text_cell(v) for v in col]
+            return self._text_column(col)
         assert callable(render)
         null, cell = self.o.null, self.cell
         try:
+            if render is float_text and self._plain_ok:
+                return _float_column(col, null)
             if render in _PLAIN and self._plain_ok:
                 return [null if v is None else render(v) for v in col]
             return [null if v is None else cell(render(v)) for v in col]
         except (TypeError, AttributeError, ValueError):  # a value of another type
             times = self.o.times
             return [null if v is None else cell(_any_text(v, times)) for v in col]
+
+    def _text_column(self, col: Sequence[Any]) -> list[str]:
+        """A text column: when no cell needs quoting or neutralising (checked on the whole
+        column at once, at C speed), the values pass as they are."""
+        null = self.o.null
+        try:
+            probe = "\x00" + "\x00".join([v for v in col if v is not None])
+        except TypeError:  # not all text (SQLite): cell by cell
+            return [self.text_cell(v) for v in col]
+        plain = (
+            not self._special(probe)
+            and not (self.o.spreadsheet_safe and _TRIGGER_AFTER_NUL.search(probe))
+            and null not in col
+            and not (self._single and "\\." in col)
+        )
+        if plain:
+            return [null if v is None else v for v in col]
+        return [self.text_cell(v) for v in col]
 
     def encode(self, rows: Sequence[Sequence[Any]]) -> str:
         if not rows:
@@ -159,6 +179,18 @@ class CsvEncoder:
 
     def header(self, names: Sequence[str]) -> str:
         return self.o.delimiter.join(self.cell(n) for n in names) + self.o.line_ending
+
+
+_TRIGGER_AFTER_NUL = re.compile("\x00[" + re.escape("".join(SPREADSHEET_TRIGGERS)) + "]")
+
+
+def _float_column(col: Sequence[Any], null: str) -> list[str]:
+    """Floats as `float_text` renders them, vectorised for the common case."""
+    texts = [null if v is None else float.__repr__(v) for v in col]
+    texts = [t[:-2] if t.endswith(".0") else t for t in texts]
+    if max(map(len, texts), default=0) >= 16 or any(t in ("inf", "-inf", "nan") for t in texts):
+        return [null if v is None else float_text(v) for v in col]  # exponents, non-finite
+    return texts
 
 
 def _any_text(v: Any, times: TimeOptions) -> str:
