@@ -9,6 +9,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -35,6 +36,15 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return self.project_id is None
+
+
+@dataclass(frozen=True)
+class Download:
+    """A file to hand out: redirect to `redirect`, else stream `path`, else read the key."""
+
+    record: FileRecord
+    redirect: str | None
+    path: Path | None
 
 
 def hash_token(token: str) -> str:
@@ -224,6 +234,17 @@ class ExportService:
         if record.kind == "data":
             self.store.record_download(task_id)
         return record
+
+    def download(self, project_id: str, task_id: str, name: str | None) -> Download:
+        """Where the caller gets the bytes: a fresh presigned URL (S3) or a local file."""
+        return self._deliver(self.file_for_download(project_id, task_id, name))
+
+    def _deliver(self, record: FileRecord) -> Download:
+        storage = self.rt.storage
+        url = storage.presigned_url(
+            record.key, self.rt.settings.presign_seconds, record.name, record.media_type
+        )
+        return Download(record, url, None if url else storage.local_path(record.key))
 
     def manifest(self, project_id: str, task_id: str) -> bytes:
         record = self.file_for_download(project_id, task_id, "manifest.json")

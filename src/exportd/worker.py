@@ -98,6 +98,8 @@ def run_partition(rt: Runtime, task: Task, part: Partition, lease: Lease) -> Non
                     rows += len(batch)
                     hb.progress(rows, out.count)
                 writer.close()
+            if s.debug_pause_before_commit:
+                time.sleep(s.debug_pause_before_commit)
             hb.check()
             committed = store.commit_partition(
                 task.task_id, part.index, lease.token, key, rows, out.count, out.hexdigest()

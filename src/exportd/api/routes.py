@@ -6,14 +6,14 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel
 
 from exportd.api.views import dataset_json, retry_after_seconds, task_json
 from exportd.domain import Role, TaskStatus
 from exportd.errors import BadRequest, Forbidden
 from exportd.requests import DatasetRequest, ExportRequest, ProjectRequest, TokenRequest
-from exportd.service import ExportService, Principal
+from exportd.service import Download, ExportService, Principal
 from exportd.store.sql import SORT_FIELDS, TaskQuery
 
 
@@ -214,17 +214,21 @@ def download_export(
     who: Who,
     name: Annotated[str | None, Query(max_length=255)] = None,
 ) -> Response:
+    """The file: streamed (local storage) or a 307 to a freshly presigned URL (S3)."""
     svc.authorize(who, project_id, Role.READER)
-    record = svc.file_for_download(project_id, task_id, name)
-    storage = request.app.state.runtime.storage
-    path = storage.local_path(record.key)
-    if path is not None:
-        return FileResponse(path, media_type=record.media_type, filename=record.name)
-    fh = storage.open_read(record.key)
+    return file_response(request, svc.download(project_id, task_id, name))
+
+
+def file_response(request: Request, dl: Download) -> Response:
+    if dl.redirect is not None:
+        return RedirectResponse(dl.redirect, status_code=307)
+    if dl.path is not None:
+        return FileResponse(dl.path, media_type=dl.record.media_type, filename=dl.record.name)
+    fh = request.app.state.runtime.storage.open_read(dl.record.key)
     return StreamingResponse(
         iter(lambda: fh.read(1 << 20), b""),
-        media_type=record.media_type,
-        headers={"Content-Disposition": f'attachment; filename="{record.name}"'},
+        media_type=dl.record.media_type,
+        headers={"Content-Disposition": f'attachment; filename="{dl.record.name}"'},
     )
 
 
