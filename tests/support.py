@@ -117,9 +117,10 @@ class LiveServer:
         settings.setdefault("janitor_seconds", 0.5)
         settings.setdefault("poll_seconds", 0.2)
         store_url = settings.pop("store_url", None)
-        self.settings = Settings(data_dir=data_dir, database_url=store_url, workers=workers, **settings)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        settings.setdefault("public_url", self.url)  # links in webhooks and emails
+        self.settings = Settings(data_dir=data_dir, database_url=store_url, workers=workers, **settings)
         self.app = create_app(self.settings)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)

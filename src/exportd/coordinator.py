@@ -15,6 +15,7 @@ import orjson
 from exportd.domain import FileRecord, Lease, PartitionStatus, Stage, Task, TaskStatus
 from exportd.errors import ExportdError, LeaseLost, SourceError
 from exportd.heartbeat import Heartbeat
+from exportd.layout import output_prefix, parts_prefix
 from exportd.runtime import Runtime, selection_for
 from exportd.store.base import utcnow
 from exportd.store.sql import PlannedPartition
@@ -23,14 +24,6 @@ from exportd.transitions import Outcome, finish_outcome
 log = logging.getLogger(__name__)
 
 CLEANUP_RETRY_SECONDS = 0.5
-
-
-def parts_prefix(task: Task) -> str:
-    return f"parts/{task.task_id}/"
-
-
-def output_prefix(task: Task) -> str:
-    return f"exports/{task.project_id}/{task.task_id}/"
 
 
 def run(rt: Runtime, task: Task, lease: Lease) -> None:
@@ -215,6 +208,7 @@ def _cleanup(rt: Runtime, task: Task, lease: Lease) -> None:
         return
     store.stop_abandoned_partitions(task.task_id)
     rt.storage.delete_prefix(parts_prefix(task))
+    rt.storage.abort_uploads(output_prefix(task))  # a coordinator that died mid-assembly
     if task.status is TaskStatus.CANCELING:
         store.finish_cancel(task.task_id, lease.token)
     else:
