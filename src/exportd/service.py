@@ -138,7 +138,7 @@ class ExportService:
         current = self.store.project_settings(project_id)
         settings: dict[str, Any] = {}
         if req.storage_prefix is not None:
-            root = check_project_root(project_id, req.storage_prefix.strip("/"))
+            root = check_project_root(project_id, req.storage_prefix)
             if root != project_root(project_id, current) and not who.is_admin:
                 raise Forbidden("only the server administrator sets storage_prefix", "FORBIDDEN")
             settings["storage_prefix"] = root

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import httpx
+import psycopg
 
 from tests.conftest import SOURCE_ROWS
 from tests.integration.test_export_e2e import read_csv, source_rows
@@ -107,6 +108,9 @@ def test_worker_killed_between_upload_and_commit(
         f"exports/acme/{task_id}/{done['file_name']}",
         f"exports/acme/{task_id}/manifest.json",
     }
+    # deleting the task deletes its objects
+    assert api.http.delete(f"/v1/projects/acme/exports/{task_id}").status_code == 204
+    assert objects(s3_storage_url, "") == {}
 
 
 def test_large_parts_are_copied_server_side(
@@ -131,3 +135,19 @@ def test_large_parts_are_copied_server_side(
         Bucket=bucket, Key=f"{root}exports/acme/{task['task_id']}/{done['file_name']}"
     )
     assert "-" in head["ETag"]  # a multipart object
+
+    # a signed link (no token) redirects to a presigned URL too
+    r = httpx.get(entry["url"])
+    assert r.status_code == 307 and "X-Amz-Signature=" in r.headers["location"]
+    assert httpx.get(r.headers["location"]).content == data
+    # expiry: once `file_expires_at` has passed, the janitor deletes the objects
+    with psycopg.connect(pg_database) as conn:
+        conn.execute(
+            "UPDATE tasks SET file_expires_at = now() - interval '1 second' WHERE task_id = %s",
+            (task["task_id"],),
+        )
+    gone = api.wait("acme", task["task_id"], until=lambda t: t["file_status"] == "DELETED")
+    assert gone["status"] == "COMPLETED" and gone["finished_count"] == SOURCE_ROWS
+    assert objects(s3_storage_url, "") == {}
+    r = api.http.get(f"/v1/projects/acme/exports/{task['task_id']}/download")
+    assert r.status_code == 404 and r.json()["error_code"] == "FILE_DELETED"

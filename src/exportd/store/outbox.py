@@ -53,13 +53,16 @@ class OutboxStore(StoreBase):
                 notifications.c.lease_expires_at < now,
             ),
         )
+        stmt = (
+            sa.select(notifications.c.notification_id)
+            .where(due)
+            .order_by(notifications.c.next_attempt_at)
+            .limit(1)
+        )
+        with self.read() as conn:  # most of the time nothing is due: no write lock then
+            if conn.execute(stmt).first() is None:
+                return None
         with self.write() as conn:
-            stmt = (
-                sa.select(notifications.c.notification_id)
-                .where(due)
-                .order_by(notifications.c.next_attempt_at)
-                .limit(1)
-            )
             nid = conn.execute(self._skip_locked(stmt)).scalar()
             if nid is None:
                 return None
