@@ -32,10 +32,13 @@ app.add_typer(datasets_app, name="datasets")
 console = Console()
 err = Console(stderr=True)
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="data directory (EXPORTD_DATA_DIR)")]
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="data directory (EXPORTD_DATA_DIR)")
+]
 Url = Annotated[str, typer.Option("--url", envvar="EXPORTD_URL", help="exportd's base URL")]
 Token = Annotated[
-    str | None, typer.Option("--token", envvar="EXPORTD_TOKEN", help="bearer token (default: admin)")
+    str | None,
+    typer.Option("--token", envvar="EXPORTD_TOKEN", help="bearer token (default: admin)"),
 ]
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -63,7 +66,9 @@ def _fail(exc: ClientError) -> None:
 
 
 def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 @app.command()
@@ -179,7 +184,9 @@ def follow(c: ExportdClient, project_id: str, task: dict[str, Any]) -> dict[str,
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task("export", total=100, stage="Not started yet...", total_text="?", rate="")
+        bar = progress.add_task(
+            "export", total=100, stage="Not started yet...", total_text="?", rate=""
+        )
 
         def update(t: dict[str, Any]) -> None:
             total = t.get("total_count")
@@ -218,7 +225,11 @@ def export(
         body["fields"] = [f.strip() for f in fields.split(",") if f.strip()]
     if filter_json:
         body["filter"] = json.loads(filter_json)
-    for k, v in (("file_name", file_name), ("parallelism", parallelism), ("timeout_seconds", timeout)):
+    for k, v in (
+        ("file_name", file_name),
+        ("parallelism", parallelism),
+        ("timeout_seconds", timeout),
+    ):
         if v is not None:
             body[k] = v
     with _client(url, token) as c:
@@ -270,7 +281,15 @@ def list_(
             page = c.list_exports(project_id, **params)
         except ClientError as exc:
             _fail(exc)
-    table = Table("task_id", "status", "stage", "rows", "file_name", "created", title=f"{page['count']} exports")
+    table = Table(
+        "task_id",
+        "status",
+        "stage",
+        "rows",
+        "file_name",
+        "created",
+        title=f"{page['count']} exports",
+    )
     for t in page["export_tasks"]:
         table.add_row(
             t["task_id"], t["status"], str(t["current_state"]["status_id"]),
@@ -310,7 +329,9 @@ def download(
 @app.command()
 def demo(
     serve_: Annotated[bool, typer.Option("--serve", help="keep the service running")] = False,
-    data_dir: Annotated[Path, typer.Option("--data-dir", help="where it all goes")] = Path("exportd-demo"),
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="where it all goes")] = Path(
+        "exportd-demo"
+    ),
     rows: Annotated[int, typer.Option(help="rows of the demo dataset")] = 300_000,
     port: Annotated[int, typer.Option(help="port (0: any free one)")] = 0,
 ) -> None:
@@ -329,7 +350,9 @@ def demo(
 
     settings = Settings(data_dir=data_dir, workers=2, database_url=None, storage_url=None)
     port = port or _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
