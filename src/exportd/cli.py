@@ -281,19 +281,14 @@ def list_(
             page = c.list_exports(project_id, **params)
         except ClientError as exc:
             _fail(exc)
-    table = Table(
-        "task_id",
-        "status",
-        "stage",
-        "rows",
-        "file_name",
-        "created",
-        title=f"{page['count']} exports",
-    )
+    table = Table(title=f"{page['count']} exports")
+    table.add_column("task_id", no_wrap=True, min_width=32)
+    for name in ("status", "stage", "rows", "file_name", "created"):
+        table.add_column(name, no_wrap=name != "file_name")
     for t in page["export_tasks"]:
         table.add_row(
             t["task_id"], t["status"], str(t["current_state"]["status_id"]),
-            f"{t['finished_count']:,}", t["file_name"], t["create_time"],
+            f"{t['finished_count']:,}", t["file_name"], t["create_time"][:19],
         )  # fmt: skip
     console.print(table)
 
