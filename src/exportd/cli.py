@@ -10,8 +10,10 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -60,9 +62,19 @@ def _client(url: str, token: str | None) -> ExportdClient:
     return ExportdClient(url, token)
 
 
-def _fail(exc: ClientError) -> None:
+def _fail(exc: ClientError) -> NoReturn:
     err.print(f"[red]{exc.status} {exc.error_code}[/red]: {exc.error_msg}")
     raise typer.Exit(1)
+
+
+@contextmanager
+def _api(url: str, token: str | None) -> Iterator[ExportdClient]:
+    """A client for one command; an API error ends the command with its code and message."""
+    with _client(url, token) as c:
+        try:
+            yield c
+        except ClientError as exc:
+            _fail(exc)
 
 
 def _logging() -> None:
@@ -113,11 +125,8 @@ def worker(
 @projects_app.command("add")
 def projects_add(project_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
     """Create a project."""
-    with _client(url, token) as c:
-        try:
-            console.print_json(data=c.create_project(project_id))
-        except ClientError as exc:
-            _fail(exc)
+    with _api(url, token) as c:
+        console.print_json(data=c.create_project(project_id))
 
 
 @tokens_app.command("create")
@@ -128,11 +137,8 @@ def tokens_create(
     token: Token = None,
 ) -> None:
     """Create a token for a project (shown once)."""
-    with _client(url, token) as c:
-        try:
-            console.print_json(data=c.create_token(project_id, role))
-        except ClientError as exc:
-            _fail(exc)
+    with _api(url, token) as c:
+        console.print_json(data=c.create_token(project_id, role))
 
 
 @datasets_app.command("add")
@@ -152,21 +158,15 @@ def datasets_add(
         body["table"] = table
     if query:
         body["query"] = query
-    with _client(url, token) as c:
-        try:
-            console.print_json(data=c.add_dataset(project_id, **body))
-        except ClientError as exc:
-            _fail(exc)
+    with _api(url, token) as c:
+        console.print_json(data=c.add_dataset(project_id, **body))
 
 
 @datasets_app.command("list")
 def datasets_list(project_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
     """List a project's datasets."""
-    with _client(url, token) as c:
-        try:
-            items = c.list_datasets(project_id)
-        except ClientError as exc:
-            _fail(exc)
+    with _api(url, token) as c:
+        items = c.list_datasets(project_id)
     table = Table("dataset_id", "name", "kind", "key", "fields")
     for d in items:
         table.add_row(d["dataset_id"], d["name"], d["kind"], d["key"], str(len(d["fields"])))
@@ -232,15 +232,12 @@ def export(
     ):
         if v is not None:
             body[k] = v
-    with _client(url, token) as c:
-        try:
-            task = c.create_export(project_id, **body)
-            console.print(f"task [bold]{task['task_id']}[/bold] accepted")
-            if wait:
-                task = follow(c, project_id, task)
-                _summary(task)
-        except ClientError as exc:
-            _fail(exc)
+    with _api(url, token) as c:
+        task = c.create_export(project_id, **body)
+        console.print(f"task [bold]{task['task_id']}[/bold] accepted")
+        if wait:
+            task = follow(c, project_id, task)
+            _summary(task)
     if wait and task["status"] not in ("COMPLETED", "COMPLETED_WITH_ERRORS"):
         raise typer.Exit(1)
 
@@ -257,11 +254,8 @@ def _summary(task: dict[str, Any]) -> None:
 @app.command()
 def status(project_id: str, task_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
     """Show an export's full status as JSON."""
-    with _client(url, token) as c:
-        try:
-            console.print_json(data=c.get_export(project_id, task_id))
-        except ClientError as exc:
-            _fail(exc)
+    with _api(url, token) as c:
+        console.print_json(data=c.get_export(project_id, task_id))
 
 
 @app.command("list")
@@ -276,11 +270,8 @@ def list_(
     params: dict[str, Any] = {"limit": limit}
     if status_:
         params["status"] = status_
-    with _client(url, token) as c:
-        try:
-            page = c.list_exports(project_id, **params)
-        except ClientError as exc:
-            _fail(exc)
+    with _api(url, token) as c:
+        page = c.list_exports(project_id, **params)
     table = Table(title=f"{page['count']} exports")
     table.add_column("task_id", no_wrap=True, min_width=32)
     for name in ("status", "stage", "rows", "file_name", "created"):
@@ -296,11 +287,8 @@ def list_(
 @app.command()
 def cancel(project_id: str, task_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
     """Cancel a running export."""
-    with _client(url, token) as c:
-        try:
-            task = c.cancel(project_id, task_id)
-        except ClientError as exc:
-            _fail(exc)
+    with _api(url, token) as c:
+        task = c.cancel(project_id, task_id)
     console.print(f"{task_id}: {task['status']}")
 
 
@@ -313,11 +301,8 @@ def download(
     token: Token = None,
 ) -> None:
     """Download an export's file."""
-    with _client(url, token) as c:
-        try:
-            path = c.download(project_id, task_id, output)
-        except ClientError as exc:
-            _fail(exc)
+    with _api(url, token) as c:
+        path = c.download(project_id, task_id, output)
     console.print(f"saved {path}")
 
 
