@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from exportd.domain import FileRecord, Lease, PartitionStatus, Stage, Task, TaskStatus
+from exportd.domain import FileRecord, FileStatus, Lease, PartitionStatus, Stage, Task, TaskStatus
 from exportd.errors import ExportdError, LeaseLost, SourceError
 from exportd.heartbeat import Heartbeat
 from exportd.layout import output_prefix, parts_prefix
@@ -138,10 +138,16 @@ def _finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
     )  # fmt: skip
     if ok:
         storage.delete_prefix(parts_prefix(task))
-    else:  # canceled or timed out meanwhile: this output must never be seen
-        storage.delete(data_key)
+    elif not _finished_by_another(rt, task):  # canceled or timed out meanwhile
+        storage.delete(data_key)  # this output must never be seen
         storage.delete(manifest_key)
         store.release_coordinator(task.task_id, lease.token, due=True)
+
+
+def _finished_by_another(rt: Runtime, task: Task) -> bool:
+    """A coordinator that lost its lease may find the task already finished by the one
+    that took over, with the very same output keys: those must then stay."""
+    return rt.store.get_task(task.project_id, task.task_id).file_status is FileStatus.GENERATED
 
 
 def _failed_rows(rt: Runtime, task: Task, failed: list[Any]) -> int:

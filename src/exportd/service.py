@@ -229,9 +229,9 @@ class ExportService:
         request = req.model_dump(mode="json", by_alias=True, exclude_none=True)
         request["dataset_id"] = ds.dataset_id
         request["_source_columns"] = source_columns
-        request.update(self._delivery(project_id, req, task_id))
         fingerprint = hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
-        request["_fingerprint"] = fingerprint
+        request["_fingerprint"] = fingerprint  # of the request as given, not of the task's ids
+        request.update(self._delivery(project_id, req, task_id))
         now = datetime.now(UTC)
         task = Task(
             task_id=task_id,
