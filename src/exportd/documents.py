@@ -28,6 +28,7 @@ ROOT = "$"  # the column of a document that is not a JSON object (a scalar or an
 
 MAX_PATH = 1000
 MAX_DEPTH = 32
+MAX_INDEXES = 4  # numeric segments (array index or key) in one filter path
 _BAD_PATH_CHARS = re.compile(r'[\x00-\x1f"]')
 
 
@@ -68,10 +69,14 @@ def parse_path(path: str) -> list[str]:
             "INVALID_FIELD",
         )
     segments = split_path(path)
-    if len(segments) > MAX_DEPTH or any(s == "" for s in segments):
+    if (
+        len(segments) > MAX_DEPTH
+        or any(s == "" for s in segments)
+        or sum(s.isdigit() for s in segments) > MAX_INDEXES
+    ):
         raise BadRequest(
             f"document path {path[:100]!r} must be at most {MAX_DEPTH} non-empty "
-            "dot-separated keys",
+            f"dot-separated keys, at most {MAX_INDEXES} of them numeric",
             "INVALID_FIELD",
         )
     return segments

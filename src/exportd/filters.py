@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
@@ -288,8 +288,20 @@ _PY_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 
+def like_tokens(pattern: str) -> Iterator[tuple[str, bool]]:
+    """A LIKE pattern as (character, is_wildcard) pairs; a backslash escapes the next
+    character (`100\\%` matches "100%"), as in PostgreSQL."""
+    chars = iter(pattern)
+    for c in chars:
+        if c == "\\":
+            yield next(chars, "\\"), False
+        else:
+            yield c, c in "%_"
+
+
 def _like_regex(pattern: str) -> re.Pattern[str]:
-    parts = (".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
+    wild = {"%": ".*", "_": "."}
+    parts = (wild[c] if is_wild else re.escape(c) for c, is_wild in like_tokens(pattern))
     return re.compile("".join(parts), re.DOTALL)
 
 

@@ -15,7 +15,13 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from exportd.domain import Dataset
 from exportd.errors import SourceError
-from exportd.filters import JsonAccess, Scalar, compile_document_filter, document_predicate
+from exportd.filters import (
+    JsonAccess,
+    Scalar,
+    compile_document_filter,
+    document_predicate,
+    like_tokens,
+)
 from exportd.sources import Estimate, Selection
 from exportd.sources.paths import byte_ranges, estimate_lines, expand, read_lines
 from exportd.sources.sql import SqlSource
@@ -51,12 +57,14 @@ class PostgresJson:
         at = self._at(path)
         return sa.and_(
             sa.func.jsonb_typeof(at) == _scalar_type(value),
-            _SQL_OPS[op](at, sa.literal(value, JSONB)),
+            _SQL_OPS[op](at, sa.cast(sa.literal(orjson.dumps(value).decode(), sa.Text), JSONB)),
         )
 
     def like(self, path: list[str], pattern: str) -> Any:
         text = self.doc.op("#>>", return_type=sa.Text)(sa.literal(path, ARRAY(sa.Text)))
-        return sa.and_(sa.func.jsonb_typeof(self._at(path)) == "string", text.like(pattern))
+        return sa.and_(
+            sa.func.jsonb_typeof(self._at(path)) == "string", text.like(pattern, escape="\\")
+        )
 
     def is_null(self, path: list[str]) -> Any:
         return sa.func.coalesce(sa.func.jsonb_typeof(self._at(path)), "null") == "null"
@@ -65,35 +73,53 @@ class PostgresJson:
 _SQLITE_TYPES = {"number": ("integer", "real"), "string": ("text",), "boolean": ("true", "false")}
 
 
-def sqlite_json_path(path: list[str]) -> str:
-    """`$."a"."b"[0]`: numeric segments index arrays (as in flattened `tags.0` columns)."""
-    return "$" + "".join(f"[{s}]" if s.isdigit() else f'."{s}"' for s in path)
+def sqlite_json_paths(path: list[str]) -> list[str]:
+    """The JSON paths a dotted path may mean: a numeric segment indexes an array or names
+    an object's key (`$.tags[0]` or `$.tags."0"`), as `#>` does in PostgreSQL. At most
+    one of them exists in any document."""
+    paths = ["$"]
+    for seg in path:
+        key = f'."{seg}"'
+        paths = [p + alt for p in paths for alt in ([f"[{seg}]", key] if seg.isdigit() else [key])]
+    return paths
+
+
+_GLOB_SPECIAL = {"*": "[*]", "?": "[?]", "[": "[[]"}
+
+
+def like_to_glob(pattern: str) -> str:
+    """A LIKE pattern as a case-sensitive GLOB pattern (SQLite's LIKE ignores case)."""
+    return "".join(
+        ("*" if c == "%" else "?") if wild else _GLOB_SPECIAL.get(c, c)
+        for c, wild in like_tokens(pattern)
+    )
 
 
 class SqliteJson:
-    """Paths into a JSON text column with `json_extract`/`json_type` (path bound)."""
+    """Paths into a JSON text column with `json_extract`/`json_type` (paths bound)."""
 
     def __init__(self, column: Any) -> None:
         self.doc = column
 
+    def _first(self, fn: Any, path: list[str]) -> Any:
+        calls = [fn(self.doc, sa.literal(p)) for p in sqlite_json_paths(path)]
+        return calls[0] if len(calls) == 1 else sa.func.coalesce(*calls)
+
     def compare(self, path: list[str], op: str, value: Scalar) -> Any:
-        p = sa.literal(sqlite_json_path(path))
         bound = int(value) if isinstance(value, bool) else value
         return sa.and_(
-            sa.func.json_type(self.doc, p).in_(_SQLITE_TYPES[_scalar_type(value)]),
-            _SQL_OPS[op](sa.func.json_extract(self.doc, p), bound),
+            self._first(sa.func.json_type, path).in_(_SQLITE_TYPES[_scalar_type(value)]),
+            _SQL_OPS[op](self._first(sa.func.json_extract, path), bound),
         )
 
     def like(self, path: list[str], pattern: str) -> Any:
-        p = sa.literal(sqlite_json_path(path))
         return sa.and_(
-            sa.func.json_type(self.doc, p) == "text",
-            sa.func.json_extract(self.doc, p).like(pattern),
+            self._first(sa.func.json_type, path) == "text",
+            self._first(sa.func.json_extract, path).op("GLOB")(like_to_glob(pattern)),
         )
 
     def is_null(self, path: list[str]) -> Any:
-        p = sa.literal(sqlite_json_path(path))
-        return sa.func.coalesce(sa.func.json_type(self.doc, p), "null") == "null"
+        return sa.func.coalesce(self._first(sa.func.json_type, path), "null") == "null"
 
 
 JSON_DIALECTS: dict[str, Callable[[Any], JsonAccess]] = {
