@@ -5,12 +5,14 @@ pyarrow.compute expressions (Parquet skips row groups by their statistics)."""
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -18,7 +20,7 @@ import pyarrow.parquet as pq
 from exportd.domain import Dataset
 from exportd.errors import BadRequest, SourceError
 from exportd.sources import Estimate, Selection
-from exportd.sources.paths import estimate_lines, expand
+from exportd.sources.paths import SAMPLE_BYTES, estimate_lines, expand
 
 FILE_FORMATS = ("csv", "jsonl", "parquet")
 _SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
@@ -37,9 +39,16 @@ def file_format_of(pattern: str, given: str | None) -> str:
 
 
 def arrow_format(name: str) -> ds.FileFormat:
+    """The pyarrow format. CSV values may hold quoted newlines, and an empty cell is NULL
+    (CSV cannot tell them apart; exportd writes NULL as an empty cell too)."""
     if name == "parquet":
         return ds.ParquetFileFormat()
-    return ds.CsvFileFormat() if name == "csv" else ds.JsonFileFormat()
+    if name == "csv":
+        return ds.CsvFileFormat(
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
+        )
+    return ds.JsonFileFormat()
 
 
 def arrow_kind(t: pa.DataType) -> str:
@@ -140,8 +149,11 @@ class ArrowFilesSource:
             return Estimate(total, bool(sel.filter))
         if sel.filter:
             return Estimate(None, True)
-        count, is_estimate = estimate_lines(files, 1 if self.file_format == "csv" else 0)
-        return Estimate(count, is_estimate)
+        if sum(os.path.getsize(f) for f in files) <= SAMPLE_BYTES:  # small: count exactly
+            pieces = [{"file": f} for f in files]
+            return Estimate(sum(self._count(p, sel) for p in pieces), False)
+        count, _ = estimate_lines(files, 1 if self.file_format == "csv" else 0)
+        return Estimate(count, True)
 
     def _pieces(self) -> list[tuple[dict[str, Any], int]]:
         """Units of work with their weight: Parquet row groups (rows), other files (bytes)."""
@@ -156,24 +168,22 @@ class ArrowFilesSource:
         return pieces
 
     def plan(self, sel: Selection, parallelism: int) -> list[dict[str, Any]]:
-        """Contiguous runs of pieces of about equal weight, in file and row group order."""
+        """Contiguous runs of pieces of about equal weight, in file and row group order:
+        a piece goes to the partition its weighted midpoint falls into."""
         try:
             pieces = self._pieces()
         except (pa.ArrowException, OSError) as exc:
             raise SourceError(
                 f"the files could not be read: {str(exc)[:300]}", "SOURCE_UNAVAILABLE"
             ) from None
-        total = sum(w for _, w in pieces)
-        target = max(1, -(-total // max(parallelism, 1)))
-        parts: list[list[dict[str, Any]]] = [[]]
-        weight = 0
+        total = max(sum(w for _, w in pieces), 1)
+        parts: dict[int, list[dict[str, Any]]] = {}
+        start = 0
         for piece, w in pieces:
-            if weight >= target and len(parts) < parallelism:
-                parts.append([])
-                weight = 0
-            parts[-1].append(piece)
-            weight += w
-        return [{"pieces": _merge_row_groups(p)} for p in parts]
+            index = min(int((start + w / 2) * parallelism / total), parallelism - 1)
+            parts.setdefault(index, []).append(piece)
+            start += w
+        return [{"pieces": _merge_row_groups(parts[i])} for i in sorted(parts)] or [{"pieces": []}]
 
     def _scanner(self, piece: dict[str, Any], sel: Selection, **kw: Any) -> ds.Scanner:
         frag = self.format.make_fragment(piece["file"], filesystem=_LOCAL)
@@ -198,7 +208,13 @@ class ArrowFilesSource:
             ) from None
 
     def count(self, sel: Selection, bounds: dict[str, Any]) -> int:
-        return sum(self._scanner(p, sel).count_rows() for p in bounds["pieces"])
+        return sum(self._count(p, sel) for p in bounds["pieces"])
+
+    def _count(self, piece: dict[str, Any], sel: Selection) -> int:
+        """Rows of a piece that the filter selects. Not `Scanner.count_rows()`: on a row
+        group subset without a filter it answers the whole file's count (pyarrow 26)."""
+        scanner = self._scanner(piece, sel, columns=[])
+        return sum(batch.num_rows for batch in scanner.to_batches())
 
 
 def _merge_row_groups(pieces: list[dict[str, Any]]) -> list[dict[str, Any]]:
