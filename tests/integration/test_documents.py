@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import threading
 import time
 import uuid
@@ -413,3 +414,50 @@ def test_worker_killed_during_header_pass(docs_pg: str, pg_database: str, live_s
     assert len(ids) == 300 and set(ids.values()) == {1}
     parts_dir = server.settings.data_dir / "files" / "parts" / task_id
     assert not parts_dir.exists() or not any(parts_dir.iterdir())
+
+
+@pytest.mark.parametrize("allow_partial", [False, True])
+def test_header_pass_failure_follows_the_partial_success_rule(
+    allow_partial: bool, tmp_path: Path, live_server: Any
+) -> None:
+    """A document that is not JSON fails its partition's header pass (after its retries).
+    The merge then applies the request's rule: FAILED at once, or the other partitions
+    export and the task ends COMPLETED_WITH_ERRORS."""
+    docs = make_docs(100)
+    path = tmp_path / "broken.db"
+    build_sqlite_docs(path, docs)
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE docs SET body = '{not json' WHERE id = 90")
+    server = live_server(workers=2, max_attempts=2)
+    admin = server.client()
+    token = admin.project("p")
+    admin.dataset(
+        "p",
+        name="d",
+        kind="documents",
+        url=f"sqlite:///{path}",
+        table="docs",
+        key="id",
+        document="body",
+    )
+    api = server.client(token)
+    task = api.export(
+        "p", dataset_id="d", parallelism=2, allow_partial=allow_partial, max_error_rate=0.5
+    )
+    done = api.wait("p", task["task_id"])
+    [failed] = done["failed_items"]
+    assert failed["partition"] == 1 and failed["error_code"] == "INVALID_DOCUMENT"
+    assert "key 90" in failed["error_msg"]
+    if not allow_partial:
+        assert (done["status"], done["error_code"], done["files"]) == (
+            "FAILED",
+            "PARTITIONS_FAILED",
+            [],
+        )
+        assert [p["status"] for p in done["partitions"]] == ["CANCELED", "FAILED"]
+        return
+    assert done["status"] == "COMPLETED_WITH_ERRORS", done
+    header, rows = read_csv(download(api, "p", task["task_id"]))
+    assert header == oracle_header(docs[:50])
+    assert Counter(tuple(r) for r in rows) == oracle_rows(docs[:50], header)
+    assert [p["status"] for p in done["partitions"]] == ["DONE", "FAILED"]
