@@ -43,6 +43,7 @@ class PartitionStatus(enum.StrEnum):
 
     PENDING = "PENDING"  # waiting to be claimed (first time, or again after a retry/reclaim)
     RUNNING = "RUNNING"  # claimed under a lease
+    WAITING = "WAITING"  # header pass committed; waits for the merged header (stages 40, 50)
     DONE = "DONE"  # its part is committed and will be in the result
     FAILED = "FAILED"  # gave up after its attempts; error_code says why
     CANCELED = "CANCELED"  # the task was canceled or timed out before it finished
@@ -52,6 +53,14 @@ class PartitionStatus(enum.StrEnum):
         return self in (PartitionStatus.DONE, PartitionStatus.FAILED, PartitionStatus.CANCELED)
 
 
+class PartitionPhase(enum.StrEnum):
+    """Which pass over its objects a partition is in. Only documents exported to a flat
+    format (CSV) need a header pass: their columns are not known from a schema."""
+
+    HEADERS = "HEADERS"  # collect the flattened keys of its documents (stage 20)
+    EXPORT = "EXPORT"  # write its objects into a part (stage 60)
+
+
 class FileStatus(enum.StrEnum):
     """Lifecycle of a task's output files (DESIGN.md, "File lifecycle")."""
 
@@ -59,6 +68,19 @@ class FileStatus(enum.StrEnum):
     GENERATED = "GENERATED"  # complete and downloadable
     DELETED = "DELETED"  # expired or deleted
     FAILED = "FAILED"  # generation or upload failed
+
+
+class NotificationStatus(enum.StrEnum):
+    """Delivery of one notification (a webhook call or an email to one address)."""
+
+    PENDING = "PENDING"  # waiting for its (next) attempt
+    DELIVERED = "DELIVERED"  # the receiver accepted it (2xx; SMTP accepted)
+    FAILED = "FAILED"  # gave up after its attempts; the export's own status is unaffected
+
+
+class Channel(enum.StrEnum):
+    WEBHOOK = "webhook"
+    EMAIL = "email"
 
 
 class Stage(enum.IntEnum):
@@ -141,6 +163,8 @@ class Partition:
     status: PartitionStatus
     stage: Stage
     bounds: dict[str, Any]
+    phase: PartitionPhase = PartitionPhase.EXPORT
+    header: dict[str, Any] | None = None  # header pass result: {"keys": [...], "documents": n}
     finished_count: int = 0
     bytes_written: int = 0
     attempts: int = 0
@@ -167,6 +191,26 @@ class FileRecord:
     sha256: str
     media_type: str
     kind: str = "data"  # data | manifest
+
+
+@dataclass
+class Notification:
+    """One notification of a task's terminal status, with its delivery attempts."""
+
+    notification_id: str
+    task_id: str
+    project_id: str
+    channel: Channel
+    target: str
+    event: str
+    status: NotificationStatus
+    attempts: int
+    attempt_log: list[dict[str, Any]]
+    payload: dict[str, Any] | None = None
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
+    create_time: datetime | None = None
+    delivered_time: datetime | None = None
 
 
 @dataclass
@@ -206,3 +250,4 @@ class Task:
     version: int = 0
     partitions: list[Partition] = field(default_factory=list)
     files: list[FileRecord] = field(default_factory=list)
+    notifications: list[Notification] = field(default_factory=list)

@@ -4,8 +4,9 @@ the checks against a dataset's fields happen in the service)."""
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
@@ -17,6 +18,39 @@ class FieldSpec(BaseModel):
 
     name: Name
     as_: Name | None = Field(default=None, alias="as")
+
+
+class NotifySpec(BaseModel):
+    """Who hears about the end of an export: a webhook and/or email addresses."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhook_url: str | None = Field(
+        default=None, max_length=2000, description="http(s) URL; signed Standard Webhooks POST"
+    )
+    emails: list[EmailStr] | None = Field(default=None, max_length=20)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_only(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("webhook_url must be an http:// or https:// URL with a host")
+        if parts.username or parts.password:
+            raise ValueError("webhook_url may not carry credentials")
+        return url
+
+
+class Destination(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prefix: str | None = Field(
+        default=None,
+        max_length=400,
+        description="folder under the project's storage root, e.g. `reports/2026-06`",
+    )
 
 
 class ExportRequest(BaseModel):
@@ -62,17 +96,41 @@ class ExportRequest(BaseModel):
     expires_in: int | None = Field(
         default=None, ge=60, le=366 * 24 * 3600, description="seconds the files are kept"
     )
+    destination: Destination | None = Field(default=None, description="where the files go")
+    notify: NotifySpec | None = Field(
+        default=None, description="webhook and emails at the end; overrides project defaults"
+    )
+    arrays: Literal["index", "json"] | None = Field(
+        default=None,
+        description="documents flattened to columns (CSV): arrays as indexed columns "
+        "(`tags.0`, `tags.1`) or as one cell of JSON text (default json)",
+    )
 
 
 class DatasetRequest(BaseModel):
+    """A dataset registration. `sql`: url + table or query + key. `documents`: url + table
+    or query + key + document (a JSON/JSONB column), or path (JSON Lines files). `files`:
+    path (CSV, JSON Lines or Parquet files; file_format when the extension does not say)."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
-    kind: Literal["sql"] = "sql"
-    url: str = Field(min_length=1, max_length=4000, description="SQLAlchemy URL (kept secret)")
+    kind: Literal["sql", "documents", "files"] = "sql"
+    url: str | None = Field(
+        default=None, min_length=1, max_length=4000, description="SQLAlchemy URL (kept secret)"
+    )
     table: str | None = Field(default=None, max_length=400)
     query: str | None = Field(default=None, max_length=100_000)
-    key: Name = Field(description="column used to split the dataset into partitions")
+    key: Name | None = Field(
+        default=None, description="column used to split the dataset into partitions"
+    )
+    document: Name | None = Field(default=None, description="documents: the JSON column")
+    path: str | None = Field(
+        default=None,
+        max_length=4000,
+        description="files on the server (absolute path or glob, under a source directory)",
+    )
+    file_format: Literal["csv", "jsonl", "parquet"] | None = Field(default=None)
 
 
 class ProjectRequest(BaseModel):
@@ -86,3 +144,13 @@ class TokenRequest(BaseModel):
 
     role: Literal["reader", "writer", "admin"] = "writer"
     name: str | None = Field(default=None, max_length=200)
+
+
+class ProjectSettingsRequest(BaseModel):
+    """A project's settings: its storage root (server administrator only) and the
+    notification defaults of its exports."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    storage_prefix: str | None = Field(default=None, max_length=400)
+    notify: NotifySpec | None = None

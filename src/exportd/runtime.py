@@ -4,13 +4,16 @@ engines), built from Settings and passed explicitly; no module-level globals."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 
+from exportd.documents import DocumentPaths
 from exportd.domain import Dataset, Task
 from exportd.errors import BadRequest
 from exportd.filters import validate_filter
 from exportd.formats import Column, Format, FormatLimits, get_format
 from exportd.formats.layout import Layout
+from exportd.links import LinkSigner, secret_file
 from exportd.settings import Settings
 from exportd.sources import Selection, Source
 from exportd.sources.sql import SqlEngines, SqlSource
@@ -26,10 +29,23 @@ class Runtime:
         self.storage: Storage = open_storage(settings.files_url)
         self.engines = SqlEngines()
         self.admin_token = settings.admin_token or _admin_token_file(settings.data_dir)
+        self.links = LinkSigner(
+            settings.link_secret or secret_file(settings.data_dir / "link_secret", "exl_"),
+            settings.link_ttl_seconds,
+        )
 
     def source(self, dataset: Dataset) -> Source:
+        from exportd.sources.documents import JsonLinesDocumentSource, SqlDocumentSource
+        from exportd.sources.files import ArrowFilesSource
+
         if dataset.kind == "sql":
             return SqlSource(dataset, self.engines.get(dataset.url))
+        if dataset.kind == "documents" and dataset.options.get("path"):
+            return JsonLinesDocumentSource(dataset)
+        if dataset.kind == "documents":
+            return SqlDocumentSource(dataset, self.engines.get(dataset.url))
+        if dataset.kind == "files":
+            return ArrowFilesSource(dataset)
         raise BadRequest(f"unsupported dataset kind {dataset.kind!r}", "INVALID_DATASET")
 
     def format(self, task: Task) -> Format:
@@ -48,20 +64,36 @@ class Runtime:
         self.store.close()
 
 
+FILTERABLE_FILE_KINDS = frozenset({"bool", "int", "float", "decimal", "datetime", "date", "str"})
+
+
+def filter_fields(dataset: Dataset) -> Mapping[str, str]:
+    """What a filter may name, with the kind its values are coerced to: the columns of a
+    table or of files (scalar columns only), or any dotted path of documents."""
+    if dataset.kind == "documents":
+        return DocumentPaths()
+    kinds = {f["name"]: f.get("kind", "unknown") for f in dataset.fields}
+    if dataset.kind == "files":
+        return {n: k for n, k in kinds.items() if k in FILTERABLE_FILE_KINDS}
+    return kinds
+
+
 def selection_for(task: Task, dataset: Dataset) -> Selection:
     """The source columns and validated filter a task reads (from its stored request)."""
-    kinds = {f["name"]: f.get("kind", "unknown") for f in dataset.fields}
     return Selection(
         columns=list(task.request["_source_columns"]),
-        filter=validate_filter(task.request.get("filter"), kinds),
+        filter=validate_filter(task.request.get("filter"), filter_fields(dataset)),
     )
 
 
 def columns_for(task: Task, dataset: Dataset | None) -> list[Column]:
     """The output columns of a task: names after renames, kinds and types from the source."""
     fields = {f["name"]: f for f in dataset.fields} if dataset else {}
+    sources = list(task.request.get("_source_columns") or [])
+    if len(sources) != len(task.columns):  # documents flattened to a merged header
+        sources = list(task.columns)
     out = []
-    for src, name in zip(task.request["_source_columns"], task.columns, strict=True):
+    for src, name in zip(sources, task.columns, strict=True):
         f = fields.get(src, {})
         out.append(Column(name, f.get("kind", "unknown"), f.get("type") or "unknown"))
     return out

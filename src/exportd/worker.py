@@ -10,13 +10,20 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO, cast
 
 from exportd import coordinator
-from exportd.domain import Lease, Partition, Task, TaskStatus
+from exportd.documents import DEFAULT_ARRAYS, KeyCollector, flat_rows
+from exportd.domain import Lease, Partition, PartitionPhase, Task, TaskStatus
 from exportd.errors import Canceled, LeaseLost, NotFound, SourceError
+from exportd.formats import Format, NestingFormat, RowWriter
 from exportd.formats.layout import Layout, PartOutput
 from exportd.heartbeat import Heartbeat
+from exportd.notify import Notifier
 from exportd.runtime import Runtime, columns_for, selection_for
+from exportd.sources import Selection, Source
 from exportd.sources.fast import fast_path
 from exportd.transitions import retry_decision
 
@@ -28,68 +35,133 @@ def part_folder(task: Task, part: Partition, lease: Lease) -> str:
     return f"parts/{task.task_id}/{part.index:05d}-a{lease.attempt}-{lease.token[:12]}/"
 
 
+@dataclass
+class PartitionRun:
+    """One attempt at a partition: what it reads, how, and under which lease."""
+
+    rt: Runtime
+    task: Task
+    part: Partition
+    lease: Lease
+    source: Source
+    sel: Selection
+
+    def beat(self, rows: int, written: int) -> TaskStatus | None:
+        reply = self.rt.store.heartbeat(
+            self.task.task_id, self.part.index, self.lease.token,
+            self.rt.settings.lease_seconds, rows, written,
+        )  # fmt: skip
+        return None if reply is None else reply.task_status
+
+    def batches(self) -> Iterator[Sequence[Sequence[Any]]]:
+        return self.source.read(self.sel, self.part.bounds, self.rt.settings.batch_size)
+
+    @property
+    def where(self) -> str:
+        return f"partition {self.task.task_id}/{self.part.index}"
+
+
 def run_partition(rt: Runtime, task: Task, part: Partition, lease: Lease) -> None:
-    """Export one partition into its own part, then commit it, fenced by the lease token."""
-    s = rt.settings
+    """Run one pass of a partition (its header pass, or its export into a part) and
+    commit it fenced by the lease token; every failure ends in a retry or a FAILED."""
     store = rt.store
     try:
         dataset = store.get_dataset(task.project_id, task.dataset_id)
-        source = rt.source(dataset)
-        fmt = rt.format(task)
-        sel = selection_for(task, dataset)
-        columns = columns_for(task, dataset)
+        run = PartitionRun(rt, task, part, lease, rt.source(dataset), selection_for(task, dataset))
     except NotFound as exc:
         store.fail_partition(
             task.task_id, part.index, lease.token, exc.error_code, exc.error_msg, None
         )
         return
-    folder = part_folder(task, part, lease)
-    layout = Layout.from_request(task.request)
-
-    def beat(rows: int, written: int) -> TaskStatus | None:
-        reply = store.heartbeat(
-            task.task_id, part.index, lease.token, s.lease_seconds, rows, written
-        )
-        return None if reply is None else reply.task_status
-
-    committed = False
+    work = _collect_headers if part.phase is PartitionPhase.HEADERS else _export
     try:
-        with Heartbeat(beat, s.heartbeat_interval, TaskStatus.RUNNING) as hb:
-            with PartOutput(rt.storage, folder, fmt, columns, layout) as out:
-                fast = fast_path(source, fmt, layout, columns, s.fast_paths)
-                if fast is not None:
-                    fast.export(sel, part.bounds, out, hb)
-                else:
-                    for batch in source.read(sel, part.bounds, s.batch_size):
-                        hb.check()
-                        out.write(batch)
-                        hb.progress(out.rows, out.size)
-                result = out.finish()
-            hb.check()
-            committed = store.commit_partition(
-                task.task_id, part.index, lease.token, result.key, result.rows, result.bytes,
-                result.sha256,
-            )  # fmt: skip
-            if not committed:
-                log.warning("partition %s/%d: lease lost before commit", task.task_id, part.index)
+        with Heartbeat(run.beat, rt.settings.heartbeat_interval, TaskStatus.RUNNING) as hb:
+            work(run, hb)
     except LeaseLost:
-        log.warning("partition %s/%d: lease lost; attempt abandoned", task.task_id, part.index)
+        log.warning("%s: lease lost; attempt abandoned", run.where)
     except Canceled:
         store.cancel_partition(task.task_id, part.index, lease.token)
     except Exception as exc:  # every failure ends in a decision: retry or fail for good
-        code = getattr(exc, "error_code", "PARTITION_ERROR")
-        msg = exc.error_msg if isinstance(exc, SourceError) else f"{type(exc).__name__}: {exc}"
-        decision = retry_decision(lease.attempt, s.max_attempts, s.retry_base_seconds)
-        log.warning(
-            "partition %s/%d attempt %d failed: %s", task.task_id, part.index, lease.attempt, msg
-        )
-        store.fail_partition(
-            task.task_id, part.index, lease.token, code, msg[:2000],
-            decision.delay_seconds if decision.retry else None,
+        _failed_attempt(run, exc)
+
+
+def _failed_attempt(run: PartitionRun, exc: Exception) -> None:
+    s = run.rt.settings
+    code = getattr(exc, "error_code", "PARTITION_ERROR")
+    msg = exc.error_msg if isinstance(exc, SourceError) else f"{type(exc).__name__}: {exc}"
+    decision = retry_decision(run.lease.attempt, s.max_attempts, s.retry_base_seconds)
+    log.warning("%s attempt %d failed: %s", run.where, run.lease.attempt, msg)
+    run.rt.store.fail_partition(
+        run.task.task_id, run.part.index, run.lease.token, code, msg[:2000],
+        decision.delay_seconds if decision.retry else None,
+    )  # fmt: skip
+
+
+def _collect_headers(run: PartitionRun, hb: Heartbeat) -> None:
+    """Header pass (stage 20): the flattened keys of every document of the partition,
+    committed with the lease; the partition then waits for the merge (stage 40)."""
+    keys = KeyCollector(run.task.request.get("arrays", DEFAULT_ARRAYS))
+    for batch in run.batches():
+        hb.check()
+        keys.add(batch)
+    hb.check()
+    if not run.rt.store.commit_headers(
+        run.task.task_id, run.part.index, run.lease.token, keys.keys, keys.documents
+    ):
+        log.warning("%s: lease lost before the header commit", run.where)
+
+
+def _rows(run: PartitionRun) -> Iterator[Sequence[Sequence[Any]]]:
+    """The partition's rows as the format receives them: as read, documents as they
+    are, or documents flattened to the merged header or to the projected paths."""
+    mode = run.task.request.get("_documents")
+    if mode is None or mode == "nested":
+        return run.batches()
+    arrays = run.task.request.get("arrays", DEFAULT_ARRAYS)
+    header = run.task.columns if mode == "discover" else run.sel.columns
+    return flat_rows(run.batches(), header, arrays, strict=mode == "discover")
+
+
+def _export(run: PartitionRun, hb: Heartbeat) -> None:
+    """Export pass (stage 60): write the partition into its own part (segments within
+    the layout's limits, through a fast path where one applies), then commit it."""
+    task, part, lease, rt = run.task, run.part, run.lease, run.rt
+    fmt = rt.format(task)
+    folder = part_folder(task, part, lease)
+    layout = Layout.from_request(task.request)
+    columns = columns_for(task, rt.store.get_dataset(task.project_id, task.dataset_id))
+    committed = False
+    try:
+        with PartOutput(rt.storage, folder, fmt, columns, layout, _writer(fmt, task)) as out:
+            documents = task.request.get("_documents") is not None
+            fast = None if documents else fast_path(run.source, fmt, layout, columns, rt.settings.fast_paths)
+            if fast is not None:
+                fast.export(run.sel, part.bounds, out, hb)
+            else:
+                for batch in _rows(run):
+                    hb.check()
+                    out.write(batch)
+                    hb.progress(out.rows, out.size)
+            result = out.finish()
+        if rt.settings.debug_pause_before_commit:
+            time.sleep(rt.settings.debug_pause_before_commit)
+        hb.check()
+        committed = rt.store.commit_partition(
+            task.task_id, part.index, lease.token, result.key, result.rows, result.bytes,
+            result.sha256,
         )  # fmt: skip
+        if not committed:
+            log.warning("%s: lease lost before commit", run.where)
     finally:
         if not committed:
             rt.storage.delete_prefix(folder)
+
+
+def _writer(fmt: Format, task: Task) -> Callable[[BinaryIO], RowWriter] | None:
+    """Documents kept nested go through the format's document writer."""
+    if task.request.get("_documents") == "nested":
+        return cast(NestingFormat, fmt).document_writer
+    return None
 
 
 class Worker:
@@ -99,6 +171,7 @@ class Worker:
         self.rt = rt
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{name}"
         self.janitor = janitor
+        self.notifier = Notifier(rt)
 
     def step(self) -> bool:
         """Do one unit of work if any is available; False when there was none."""
@@ -107,6 +180,8 @@ class Worker:
         claim = store.claim_coordinator(self.owner, lease_s)
         if claim is not None:
             coordinator.run(self.rt, *claim)
+            return True
+        if self.notifier.deliver_next():  # quick, and people are waiting for it
             return True
         pclaim = store.claim_partition(self.owner, lease_s)
         if pclaim is not None:
@@ -125,11 +200,15 @@ class Worker:
 
 
 class Janitor:
-    """Reclaims expired leases and times tasks out; run by the workers every few seconds."""
+    """Reclaims expired leases, times tasks out, deletes expired files and aborts
+    abandoned multipart uploads; run by the workers every few seconds."""
+
+    UPLOADS_EVERY = 300.0  # listing the open uploads is an S3 request: now and then
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self._next = 0.0
+        self._next_uploads = 0.0
         self._lock = threading.Lock()
 
     def maybe_run(self) -> None:
@@ -139,10 +218,26 @@ class Janitor:
         try:
             self._next = now + self.rt.settings.janitor_seconds
             done = self.rt.store.reap(self.rt.settings.max_attempts)
+            done["files_expired"] = self.expire_files()
+            if now >= self._next_uploads:
+                self._next_uploads = now + self.UPLOADS_EVERY
+                done["uploads_aborted"] = self.rt.storage.abort_uploads(
+                    older_than=self.rt.settings.abort_uploads_after
+                )
             if any(done.values()):
                 log.info("janitor: %s", done)
         finally:
             self._lock.release()
+
+    def expire_files(self) -> int:
+        """Delete the files whose `expires_in` has passed, then mark them DELETED (in this
+        order: a crash in between leaves them to be deleted again, never orphaned)."""
+        expired = self.rt.store.expired_files(self.rt.settings.expiry_batch)
+        for task_id, keys in expired:
+            for key in keys:
+                self.rt.storage.delete(key)
+            self.rt.store.mark_files_deleted(task_id)
+        return len(expired)
 
 
 class WorkerPool:

@@ -6,14 +6,21 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel
 
 from exportd.api.views import dataset_json, retry_after_seconds, task_json
 from exportd.domain import Role, TaskStatus
 from exportd.errors import BadRequest, Forbidden
-from exportd.requests import DatasetRequest, ExportRequest, ProjectRequest, TokenRequest
-from exportd.service import ExportService, Principal
+from exportd.links import LinkSigner
+from exportd.requests import (
+    DatasetRequest,
+    ExportRequest,
+    ProjectRequest,
+    ProjectSettingsRequest,
+    TokenRequest,
+)
+from exportd.service import Download, ExportService, Principal
 from exportd.store.sql import SORT_FIELDS, TaskQuery
 
 
@@ -58,11 +65,16 @@ def base_url(request: Request) -> str:
     return (configured or str(request.base_url)).rstrip("/")
 
 
+def links(request: Request) -> LinkSigner:
+    signer: LinkSigner = request.app.state.runtime.links
+    return signer
+
+
 def _task_response(request: Request, response: Response, task: Any) -> dict[str, Any]:
     wait = retry_after_seconds(task)
     if wait is not None:
         response.headers["Retry-After"] = str(wait)
-    return task_json(task, base_url(request))
+    return task_json(task, base_url(request), links(request))
 
 
 # ---- administration ----------------------------------------------------------------------
@@ -73,6 +85,29 @@ def create_project(body: ProjectRequest, svc: Svc, who: Who) -> dict[str, Any]:
     if not who.is_admin:
         raise Forbidden("only the administrator can create projects", "FORBIDDEN")
     return svc.create_project(body.project_id)
+
+
+@router.get("/projects/{project_id}/settings", tags=["admin"])
+def get_project_settings(project_id: str, svc: Svc, who: Who) -> dict[str, Any]:
+    svc.authorize(who, project_id, Role.ADMIN)
+    return svc.project_settings(project_id)
+
+
+@router.put("/projects/{project_id}/settings", tags=["admin"])
+def put_project_settings(
+    project_id: str, body: ProjectSettingsRequest, svc: Svc, who: Who
+) -> dict[str, Any]:
+    """Replace the project's settings: notification defaults of its exports, and (server
+    administrator only) the storage root its exports are written under."""
+    svc.authorize(who, project_id, Role.ADMIN)
+    return svc.set_project_settings(who, project_id, body)
+
+
+@router.post("/projects/{project_id}/webhook-secret", status_code=201, tags=["admin"])
+def rotate_webhook_secret(project_id: str, svc: Svc, who: Who) -> dict[str, Any]:
+    """A new `whsec_...` secret signing the project's webhooks; shown only in this answer."""
+    svc.authorize(who, project_id, Role.ADMIN)
+    return svc.rotate_webhook_secret(project_id)
 
 
 @router.post("/projects/{project_id}/tokens", status_code=201, tags=["admin"])
@@ -172,8 +207,8 @@ def list_exports(
         limit=limit,
     )
     tasks, count = svc.list(project_id, q)
-    base = base_url(request)
-    return {"export_tasks": [task_json(t, base) for t in tasks], "count": count}
+    base, signer = base_url(request), links(request)
+    return {"export_tasks": [task_json(t, base, signer) for t in tasks], "count": count}
 
 
 @router.get("/projects/{project_id}/exports/{task_id}", tags=["exports"])
@@ -214,17 +249,41 @@ def download_export(
     who: Who,
     name: Annotated[str | None, Query(max_length=255)] = None,
 ) -> Response:
+    """The file: streamed (local storage) or a 307 to a freshly presigned URL (S3)."""
     svc.authorize(who, project_id, Role.READER)
-    record = svc.file_for_download(project_id, task_id, name)
-    storage = request.app.state.runtime.storage
-    path = storage.local_path(record.key)
-    if path is not None:
-        return FileResponse(path, media_type=record.media_type, filename=record.name)
-    fh = storage.open_read(record.key)
+    return file_response(request, svc.download(project_id, task_id, name))
+
+
+@router.get(
+    "/links/{project_id}/{task_id}/{name}",
+    tags=["exports"],
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "the file"}},
+)
+def follow_link(
+    project_id: str,
+    task_id: str,
+    name: str,
+    request: Request,
+    svc: Svc,
+    expires: Annotated[int | None, Query()] = None,
+    signature: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    """A signed link (from the status, a webhook or an email): no token needed until it
+    expires; a tampered or expired link is 403 (`LINK_INVALID`, `LINK_EXPIRED`)."""
+    return file_response(request, svc.download_link(project_id, task_id, name, expires, signature))
+
+
+def file_response(request: Request, dl: Download) -> Response:
+    if dl.redirect is not None:
+        return RedirectResponse(dl.redirect, status_code=307)
+    if dl.path is not None:
+        return FileResponse(dl.path, media_type=dl.record.media_type, filename=dl.record.name)
+    fh = request.app.state.runtime.storage.open_read(dl.record.key)
     return StreamingResponse(
         iter(lambda: fh.read(1 << 20), b""),
-        media_type=record.media_type,
-        headers={"Content-Disposition": f'attachment; filename="{record.name}"'},
+        media_type=dl.record.media_type,
+        headers={"Content-Disposition": f'attachment; filename="{dl.record.name}"'},
     )
 
 

@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from exportd.domain import Dataset, FileRecord, Partition, PartitionStatus, Task
+from exportd.domain import (
+    Dataset,
+    FileRecord,
+    Notification,
+    NotificationStatus,
+    Partition,
+    PartitionStatus,
+    Task,
+)
+from exportd.links import LinkSigner
 
 
 def iso(value: datetime | None) -> str | None:
@@ -24,6 +33,7 @@ def partition_json(p: Partition) -> dict[str, Any]:
     return {
         "index": p.index,
         "status": p.status.value,
+        "phase": p.phase.value,
         "current_state": p.stage.as_json(),
         "finished_count": p.finished_count,
         "bytes_written": p.bytes_written,
@@ -36,8 +46,13 @@ def partition_json(p: Partition) -> dict[str, Any]:
     }
 
 
-def file_json(task: Task, f: FileRecord, base: str) -> dict[str, Any]:
+def file_json(
+    task: Task, f: FileRecord, base: str, links: LinkSigner | None = None
+) -> dict[str, Any]:
+    """A file: its API route (needs a token) and, while it exists, a signed link that
+    works without one until `url_expires_at`."""
     url = f"{base}/v1/projects/{task.project_id}/exports/{task.task_id}"
+    link = links.for_file(task, f, base) if links else None
     return {
         "name": f.name,
         "kind": f.kind,
@@ -46,7 +61,27 @@ def file_json(task: Task, f: FileRecord, base: str) -> dict[str, Any]:
         "sha256": f.sha256,
         "media_type": f.media_type,
         "download_url": f"{url}/download" if f.kind == "data" else f"{url}/manifest",
+        "url": link.url if link else None,
+        "url_expires_at": iso(link.expires_at) if link else None,
         "file_expires_at": iso(task.file_expires_at),
+    }
+
+
+def notification_json(n: Notification) -> dict[str, Any]:
+    return {
+        "notification_id": n.notification_id,
+        "channel": n.channel.value,
+        "target": n.target,
+        "event": n.event,
+        "status": n.status.value,
+        "attempts": n.attempts,
+        "last_error": n.last_error,
+        "next_attempt_at": iso(n.next_attempt_at)
+        if n.status is NotificationStatus.PENDING
+        else None,
+        "create_time": iso(n.create_time),
+        "delivered_time": iso(n.delivered_time),
+        "attempt_log": n.attempt_log,
     }
 
 
@@ -65,7 +100,7 @@ def _rates(task: Task, now: datetime) -> tuple[float | None, float | None]:
     return round(rate, 1), round(left / rate, 1) if rate > 0 else None
 
 
-def task_json(task: Task, base: str = "") -> dict[str, Any]:
+def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> dict[str, Any]:
     now = datetime.now(UTC)
     rate, eta = _rates(task, now)
     done = sum(1 for p in task.partitions if p.status is PartitionStatus.DONE)
@@ -112,7 +147,8 @@ def task_json(task: Task, base: str = "") -> dict[str, Any]:
             {"partition": p.index, "error_code": p.error_code, "error_msg": p.error_msg}
             for p in failed
         ],
-        "files": [file_json(task, f, base) for f in task.files],
+        "files": [file_json(task, f, base, links) for f in task.files],
+        "notifications": [notification_json(n) for n in task.notifications],
         "partitions": [partition_json(p) for p in task.partitions],
         "request": request,
     }
@@ -128,7 +164,9 @@ def dataset_json(ds: Dataset) -> dict[str, Any]:
         "kind": ds.kind,
         "table": ds.table,
         "has_query": ds.query is not None,
-        "key": ds.key,
+        "key": ds.key or None,
+        "document": ds.options.get("document"),
+        "file_format": ds.options.get("file_format"),
         "fields": [
             {"name": f["name"], "type": f.get("type"), "kind": f.get("kind")} for f in ds.fields
         ],

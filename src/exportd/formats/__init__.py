@@ -85,6 +85,19 @@ class Format(Protocol):
     ) -> Written: ...
 
 
+class NestingFormat(Format, Protocol):
+    """A format that keeps the nesting of documents (JSON Lines, JSON): besides rows, it
+    writes documents as they are. Rows given to a document writer are `(document,)`
+    1-tuples, the document a parsed JSON value (usually a dict). Formats without
+    `document_writer` receive documents flattened to columns instead."""
+
+    def document_writer(self, out: BinaryIO) -> RowWriter: ...
+
+
+def keeps_nesting(fmt: Format) -> bool:
+    return callable(getattr(fmt, "document_writer", None))
+
+
 @dataclass(frozen=True)
 class FormatLimits:
     """What a format is told besides the request's options: settings, and whether the

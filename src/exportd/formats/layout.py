@@ -13,7 +13,7 @@ known once it is zipped)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from types import TracebackType
@@ -78,9 +78,17 @@ class PartOutput:
     """A partition's output: rows in, segments within the layout's limits out."""
 
     def __init__(
-        self, storage: Storage, folder: str, fmt: Format, columns: Sequence[Column], layout: Layout
+        self,
+        storage: Storage,
+        folder: str,
+        fmt: Format,
+        columns: Sequence[Column],
+        layout: Layout,
+        make_writer: Callable[[BinaryIO], RowWriter] | None = None,
     ) -> None:
+        """`make_writer` replaces the format's row writer (documents kept nested)."""
         self.storage, self.folder, self.fmt = storage, folder, fmt
+        self._make_writer = make_writer
         self.columns, self.layout = list(columns), layout
         self.segments: list[Segment] = []
         self._stack = ExitStack()
@@ -110,7 +118,11 @@ class PartOutput:
         key = f"{self.folder}s{len(self.segments):05d}{self.fmt.extension}"
         raw: BinaryIO = self._stack.enter_context(self.storage.open_write(key))
         out = HashingWriter(raw)
-        self._seg = _Open(key, out, self.fmt.part_writer(out, self.columns))  # type: ignore[arg-type]
+        if self._make_writer is not None:
+            writer = self._make_writer(out)  # type: ignore[arg-type]
+        else:
+            writer = self.fmt.part_writer(out, self.columns)  # type: ignore[arg-type]
+        self._seg = _Open(key, out, writer)
         return self._seg
 
     def _roll(self) -> None:

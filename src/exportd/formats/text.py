@@ -318,6 +318,9 @@ class JsonRows:
             raise TypeError(f"cannot serialize {type(value).__name__}")
         return render(value)
 
+    def document(self, doc: Any) -> bytes:
+        return orjson.dumps(doc, default=self.default, option=self.option)
+
     def dumps(self, row: Sequence[Any]) -> bytes:
         return orjson.dumps(
             dict(zip(self.names, row, strict=True)), default=self.default, option=self.option
@@ -340,6 +343,11 @@ class JsonLinesFormat(TextFormat):
             out, self.codec, lambda rows: b"".join(js.dumps(r) + b"\n" for r in rows)
         )
 
+    def document_writer(self, out: BinaryIO) -> TextRowWriter:
+        """Documents as they are, one per line (rows are `(document,)`)."""
+        js = JsonRows([], self.times)
+        return TextRowWriter(out, self.codec, lambda rows: b"".join(js.document(r[0]) + b"\n" for r in rows))
+
 
 class JsonArrayFormat(JsonLinesFormat):
     """One JSON array: `[` + segments joined by `,` + `]`; a segment holds its rows joined
@@ -353,6 +361,12 @@ class JsonArrayFormat(JsonLinesFormat):
         js = JsonRows([c.name for c in columns], self.times)
         return TextRowWriter(
             out, self.codec, lambda rows: b",\n".join(js.dumps(r) for r in rows), b",\n"
+        )
+
+    def document_writer(self, out: BinaryIO) -> TextRowWriter:
+        js = JsonRows([], self.times)
+        return TextRowWriter(
+            out, self.codec, lambda rows: b",\n".join(js.document(r[0]) for r in rows), b",\n"
         )
 
     def head(self, columns: Sequence[Column]) -> bytes:

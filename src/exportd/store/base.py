@@ -13,12 +13,14 @@ from exportd.domain import (
     FileRecord,
     FileStatus,
     Partition,
+    PartitionPhase,
     PartitionStatus,
     Stage,
     Task,
     TaskStatus,
 )
 from exportd.store.engine import create_store_engine, migrate
+from exportd.store.events import enqueue_notifications
 from exportd.store.tables import partitions, tasks
 from exportd.store.wakeup import Waker
 from exportd.transitions import partition_sources, task_sources
@@ -96,7 +98,10 @@ class StoreBase:
             .where(*where)
             .values(status=target.value, update_time=now, version=tasks.c.version + 1, **values)
         )
-        return conn.execute(stmt).rowcount == 1
+        moved = conn.execute(stmt).rowcount == 1
+        if moved and target.is_terminal:  # the outbox commits with the status, or neither
+            enqueue_notifications(conn, task_id, target, now)
+        return moved
 
     def _move_partition(
         self,
@@ -170,6 +175,8 @@ def partition_from_row(row: Any) -> Partition:
         status=PartitionStatus(row["status"]),
         stage=Stage(row["stage"]),
         bounds=row["bounds"],
+        phase=PartitionPhase(row["phase"]),
+        header=row["header"],
         finished_count=row["finished_count"],
         bytes_written=row["bytes_written"],
         attempts=row["attempts"],
