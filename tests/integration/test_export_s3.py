@@ -76,8 +76,8 @@ def test_worker_killed_between_upload_and_commit(
     while not (uploaded := objects(s3_storage_url, f"parts/{task_id}/")):
         assert time.monotonic() < deadline, "the worker never uploaded a part"
         time.sleep(0.05)
-    [(orphan, _size)] = uploaded.items()
-    index = int(orphan.rsplit("/", 1)[1][:5])
+    [attempt] = {key.rsplit("/", 2)[-2] for key in uploaded}  # its segment (and index)
+    index = int(attempt[:5])
     assert api.task("acme", task_id)["partitions"][index]["status"] == "RUNNING"  # not committed
     victim.send_signal(signal.SIGKILL)
     victim.wait()

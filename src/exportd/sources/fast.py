@@ -51,8 +51,8 @@ def fast_path(
     source: Source, fmt: Format, layout: Layout, columns: Sequence[Column], enabled: bool = True
 ) -> FastPath | None:
     """The fast path for this source and format, or None for the generic path."""
-    if not enabled or layout.split or not isinstance(source, SqlSource):
-        return None
+    if not enabled or layout.split or type(source) is not SqlSource:
+        return None  # subclasses (documents in a JSON column) read otherwise
     if source.engine.dialect.name != "postgresql" or source.engine.dialect.driver != "psycopg":
         return None
     if isinstance(fmt, CsvFormat) and copy_supports(fmt.options, columns):

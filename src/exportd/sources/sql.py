@@ -201,17 +201,15 @@ class SqlSource:
             expr = sa.or_(expr, self.key.is_(None)) if cond else sa.true()
         return expr
 
+    def _select(self, sel: Selection) -> sa.Select[Any]:
+        return sa.select(*[self.from_.c[c] for c in sel.columns]).select_from(self.from_)
+
     def partition_select(
         self, sel: Selection, bounds: dict[str, Any], exprs: list[Any] | None = None
     ) -> sa.Select[Any]:
-        """One partition's rows in key order: the selected columns, or `exprs` over them."""
-        cols = exprs if exprs is not None else [self.from_.c[c] for c in sel.columns]
-        return (
-            sa.select(*cols)
-            .select_from(self.from_)
-            .where(self._range(bounds), self._where(sel))
-            .order_by(self.key)
-        )
+        """One partition's rows in key order: the selection, or `exprs` over its columns."""
+        base = self._select(sel) if exprs is None else sa.select(*exprs).select_from(self.from_)
+        return base.where(self._range(bounds), self._where(sel)).order_by(self.key)
 
     def estimate(self, sel: Selection) -> Estimate:
         stmt = sa.select(sa.func.count()).select_from(self.from_).where(self._where(sel))
