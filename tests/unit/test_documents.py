@@ -19,14 +19,23 @@ from exportd.documents import (
 )
 from exportd.errors import BadRequest, SourceError
 from exportd.filters import validate_filter
+from exportd.formats.cells import TimeOptions, neutralise, text_renderer
 from exportd.sources.paths import byte_ranges, read_lines
 from tests.documents_support import make_docs, oracle_flatten, oracle_header, write_jsonl
+
+
+def _render(v: Any) -> str:
+    """A flat cell as the CSV writer renders it (before quoting)."""
+    if v is None:
+        return ""
+    render = text_renderer(v, TimeOptions())
+    return neutralise(v) if render is None else render(v)
 
 
 def cells(doc: Any, arrays: str = "json") -> dict[str, str]:
     """exportd's flattening, rendered as CSV cells would be (None -> "")."""
     flat = Flattener(arrays).flatten(doc)
-    return {k: "" if v is None else str(v) for k, v in flat.items()}
+    return {k: _render(v) for k, v in flat.items()}
 
 
 @pytest.mark.parametrize("arrays", ["json", "index"])
