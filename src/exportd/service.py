@@ -31,6 +31,8 @@ class Principal:
 
     project_id: str | None
     role: Role
+    token_id: str = "admin"
+    name: str | None = "admin"
 
     @property
     def is_admin(self) -> bool:
@@ -71,7 +73,7 @@ class ExportService:
         found = self.store.find_token(hash_token(token))
         if found is None:
             raise Unauthorized("invalid token", "UNAUTHORIZED")
-        return Principal(found[0], found[1])
+        return Principal(found.project_id, found.role, found.token_id, found.name)
 
     def authorize(self, who: Principal, project_id: str, needed: Role) -> None:
         """Another project's objects are 404, as if they did not exist; too weak a role 403."""
@@ -134,7 +136,11 @@ class ExportService:
     # ---- exports --------------------------------------------------------------------------
 
     def submit(
-        self, project_id: str, req: ExportRequest, idempotency_key: str | None = None
+        self,
+        project_id: str,
+        req: ExportRequest,
+        idempotency_key: str | None = None,
+        who: Principal | None = None,
     ) -> tuple[Task, bool]:
         """Validate the request against the dataset, then create the task (202) or return
         the task already created with the same idempotency key."""
@@ -186,6 +192,8 @@ class ExportService:
             create_time=now,
             update_time=now,
             idempotency_key=idempotency_key,
+            created_by=who.token_id if who else None,
+            created_by_name=who.name if who else None,
         )
         stored, created = self.store.insert_task(task)
         if not created and stored.request.get("_fingerprint") != fingerprint:
@@ -197,6 +205,18 @@ class ExportService:
 
     def get(self, project_id: str, task_id: str) -> Task:
         return self.store.get_task(project_id, task_id)
+
+    def get_for_dataset(self, project_id: str, dataset_id: str, task_id: str) -> Task:
+        """A task of one dataset (seed 003's path): 404 when it belongs to another."""
+        ds = self.store.get_dataset(project_id, dataset_id)
+        task = self.store.get_task(project_id, task_id)
+        if task.dataset_id != ds.dataset_id:
+            raise NotFound(f"export task {task_id!r} not found", "TASK_NOT_FOUND")
+        return task
+
+    def task_version(self, project_id: str, task_id: str) -> int | None:
+        """The task's change counter (None: no such task); cheap enough to poll."""
+        return self.store.task_version(project_id, task_id)
 
     def list(self, project_id: str, query: TaskQuery) -> tuple[list[Task], int]:
         return self.store.list_tasks(project_id, query)

@@ -91,6 +91,9 @@ tasks = sa.Table(
     sa.Column("deadline", TS, nullable=True),
     sa.Column("file_expires_at", TS, nullable=True),
     sa.Column("version", sa.Integer, nullable=False),
+    # who created it: the token's id ("admin" for the administrator) and name
+    sa.Column("created_by", sa.String(32), nullable=True),
+    sa.Column("created_by_name", sa.String(200), nullable=True),
     # coordinator ("master task") work: due flag plus its own lease
     sa.Column("coordinator_due", sa.Boolean, nullable=False),
     sa.Column("coord_not_before", TS, nullable=True),
