@@ -89,11 +89,14 @@ def seed002_status(status: TaskStatus) -> Seed002Status:
 
 def statuses_for_filter(value: str) -> tuple[TaskStatus, ...]:
     """Native statuses a list filter value selects: a native status selects itself; a
-    TaskStatusEnum value that is not native selects the statuses it stands for (the
-    entity-lifecycle values, which an export never has, select none)."""
+    TaskStatusEnum value that is not native selects the statuses it stands for
+    (PROCESSING is "similar to IN_PROGRESS"; the entity-lifecycle values, which an export
+    never has, select none)."""
     if value in TaskStatus.__members__:
         return (TaskStatus(value),)
     wanted = Seed002Status(value)
+    if wanted is Seed002Status.PROCESSING:
+        wanted = Seed002Status.IN_PROGRESS
     return tuple(s for s in TaskStatus if _SEED002_OF_NATIVE[s] is wanted)
 
 
