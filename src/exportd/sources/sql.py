@@ -48,8 +48,14 @@ def _create_source_engine(url: str) -> sa.Engine:
     try:
         u = normalize_url(url)
         if u.startswith("sqlite"):
-            return sa.create_engine(u, connect_args={"timeout": 60, "check_same_thread": False})
-        return sa.create_engine(u, pool_pre_ping=True, pool_size=4, max_overflow=8)
+            return sa.create_engine(
+                u,
+                connect_args={"timeout": 60, "check_same_thread": False},
+                hide_parameters=True,  # filter values are the caller's data: not for logs
+            )
+        return sa.create_engine(
+            u, pool_pre_ping=True, pool_size=4, max_overflow=8, hide_parameters=True
+        )
     except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ValueError) as exc:
         raise BadRequest(f"unusable database URL ({type(exc).__name__})", "INVALID_URL") from None
 
