@@ -7,7 +7,7 @@ import hashlib
 import re
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -219,6 +219,13 @@ class ExportService:
         return self.store.task_version(project_id, task_id)
 
     def list(self, project_id: str, query: TaskQuery) -> tuple[list[Task], int]:
+        """A page of tasks; a `dataset_id` filter may name the dataset, as requests do."""
+        if query.dataset_id is not None:
+            try:
+                ds = self.store.get_dataset(project_id, query.dataset_id)
+                query = replace(query, dataset_id=ds.dataset_id)
+            except NotFound:
+                pass  # no such dataset: the filter matches nothing
         return self.store.list_tasks(project_id, query)
 
     def cancel(self, project_id: str, task_id: str) -> Task:
