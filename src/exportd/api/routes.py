@@ -48,6 +48,22 @@ RETRY_AFTER_HEADER = {
 }
 
 
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "one event of the stream",
+    "properties": {
+        "event": {"type": "string", "enum": ["status", "stage", "progress", "end"]},
+        "data": {
+            "type": "string",
+            "description": "JSON: the task's status, stage, counts and partitions "
+            "(`end`: task_id and the final status)",
+        },
+        "id": {"type": "string", "description": "the task's version"},
+    },
+    "required": ["event", "data"],
+}
+
+
 def _task_response(request: Request, response: Response, task: Task) -> dict[str, Any]:
     wait = retry_after_seconds(task)
     if wait is not None:
@@ -340,7 +356,7 @@ def export_manifest(project_id: ProjectId, task_id: TaskId, svc: Svc, who: Who) 
     responses={
         **READ_ERRORS,
         200: {
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
             "description": "server-sent events `status`, `stage` and `progress` (each with "
             "the task's state as JSON, `id` = the task's version), then `end` once terminal",
         },
