@@ -305,7 +305,11 @@ def delete_export(project_id: ProjectId, task_id: TaskId, svc: Svc, who: Who) ->
     response_class=StreamingResponse,
     responses={
         **FILE_ERRORS,
-        200: {"content": {"application/octet-stream": {}}, "description": "the file"},
+        200: {
+            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "the file, in its format's media type (text/csv, "
+            "application/x-ndjson, ...)",
+        },
     },
 )
 def download_export(
