@@ -29,7 +29,17 @@ PG_ADMIN_URL = f"postgresql://{PG_USER}@{PG_HOST}:5432/test"
 
 CARRIERS = ["AA", "B6", "DL", "EV", "UA", "US", "WN", "9E", "MQ", "VX"]
 AIRPORTS = ["JFK", "LGA", "EWR", "ATL", "ORD", "LAX", "SFO", "BOS", "MIA", "DEN"]
-NOTES = [None, "", "on time", 'said "late"', "a, b, c", "two\nlines", "café ☕", "=cmd()", "  pad  "]
+NOTES = [
+    None,
+    "",
+    "on time",
+    'said "late"',
+    "a, b, c",
+    "two\nlines",
+    "café ☕",
+    "=cmd()",
+    "  pad  ",
+]
 EPOCH = datetime(2013, 1, 1, tzinfo=UTC)
 
 
@@ -73,10 +83,13 @@ def build_pg_source(url: str, n: int) -> None:
             for row in flight_rows(n):
                 copy.write_row(row)
         conn.execute("ANALYZE flights")
-        # sleeps 20 ms every 500 rows it returns: about 8 s for 200,000 rows on one worker
+        # nap(id, every): sleeps 20 ms for one row in `every`, for exports that must still be
+        # running when a test acts. Declared STABLE so that the planner drops it from
+        # subqueries that do not output it (min/max planning queries stay fast).
         conn.execute(
-            """CREATE FUNCTION nap(i bigint) RETURNS integer LANGUAGE plpgsql VOLATILE AS $$
-               BEGIN IF i % 500 = 0 THEN PERFORM pg_sleep(0.02); END IF; RETURN 0; END $$"""
+            """CREATE FUNCTION nap(i bigint, every integer) RETURNS integer LANGUAGE plpgsql
+               STABLE AS $$ BEGIN IF i % every = 0 THEN PERFORM pg_sleep(0.02); END IF;
+               RETURN 0; END $$"""
         )
 
 
@@ -110,7 +123,9 @@ class LiveServer:
         settings.setdefault("janitor_seconds", 0.5)
         settings.setdefault("poll_seconds", 0.2)
         store_url = settings.pop("store_url", None)
-        self.settings = Settings(data_dir=data_dir, database_url=store_url, workers=workers, **settings)
+        self.settings = Settings(
+            data_dir=data_dir, database_url=store_url, workers=workers, **settings
+        )
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_app(self.settings)
@@ -207,7 +222,7 @@ class Api:
         deadline = time.monotonic() + timeout
         while True:
             task = self.task(project_id, task_id)
-            if (until(task) if until else task["is_terminal"]):
+            if until(task) if until else task["is_terminal"]:
                 return task
             if time.monotonic() > deadline:
                 raise AssertionError(f"task did not get there in {timeout}s: {task}")

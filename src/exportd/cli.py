@@ -10,8 +10,10 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -32,10 +34,13 @@ app.add_typer(datasets_app, name="datasets")
 console = Console()
 err = Console(stderr=True)
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="data directory (EXPORTD_DATA_DIR)")]
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="data directory (EXPORTD_DATA_DIR)")
+]
 Url = Annotated[str, typer.Option("--url", envvar="EXPORTD_URL", help="exportd's base URL")]
 Token = Annotated[
-    str | None, typer.Option("--token", envvar="EXPORTD_TOKEN", help="bearer token (default: admin)")
+    str | None,
+    typer.Option("--token", envvar="EXPORTD_TOKEN", help="bearer token (default: admin)"),
 ]
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -57,13 +62,25 @@ def _client(url: str, token: str | None) -> ExportdClient:
     return ExportdClient(url, token)
 
 
-def _fail(exc: ClientError) -> None:
+def _fail(exc: ClientError) -> NoReturn:
     err.print(f"[red]{exc.status} {exc.error_code}[/red]: {exc.error_msg}")
     raise typer.Exit(1)
 
 
+@contextmanager
+def _api(url: str, token: str | None) -> Iterator[ExportdClient]:
+    """A client for one command; an API error ends the command with its code and message."""
+    with _client(url, token) as c:
+        try:
+            yield c
+        except ClientError as exc:
+            _fail(exc)
+
+
 def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 @app.command()
@@ -108,11 +125,8 @@ def worker(
 @projects_app.command("add")
 def projects_add(project_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
     """Create a project."""
-    with _client(url, token) as c:
-        try:
-            console.print_json(data=c.create_project(project_id))
-        except ClientError as exc:
-            _fail(exc)
+    with _api(url, token) as c:
+        console.print_json(data=c.create_project(project_id))
 
 
 @tokens_app.command("create")
@@ -123,11 +137,8 @@ def tokens_create(
     token: Token = None,
 ) -> None:
     """Create a token for a project (shown once)."""
-    with _client(url, token) as c:
-        try:
-            console.print_json(data=c.create_token(project_id, role))
-        except ClientError as exc:
-            _fail(exc)
+    with _api(url, token) as c:
+        console.print_json(data=c.create_token(project_id, role))
 
 
 @datasets_app.command("add")
@@ -147,21 +158,15 @@ def datasets_add(
         body["table"] = table
     if query:
         body["query"] = query
-    with _client(url, token) as c:
-        try:
-            console.print_json(data=c.add_dataset(project_id, **body))
-        except ClientError as exc:
-            _fail(exc)
+    with _api(url, token) as c:
+        console.print_json(data=c.add_dataset(project_id, **body))
 
 
 @datasets_app.command("list")
 def datasets_list(project_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
     """List a project's datasets."""
-    with _client(url, token) as c:
-        try:
-            items = c.list_datasets(project_id)
-        except ClientError as exc:
-            _fail(exc)
+    with _api(url, token) as c:
+        items = c.list_datasets(project_id)
     table = Table("dataset_id", "name", "kind", "key", "fields")
     for d in items:
         table.add_row(d["dataset_id"], d["name"], d["kind"], d["key"], str(len(d["fields"])))
@@ -179,7 +184,9 @@ def follow(c: ExportdClient, project_id: str, task: dict[str, Any]) -> dict[str,
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task("export", total=100, stage="Not started yet...", total_text="?", rate="")
+        bar = progress.add_task(
+            "export", total=100, stage="Not started yet...", total_text="?", rate=""
+        )
 
         def update(t: dict[str, Any]) -> None:
             total = t.get("total_count")
@@ -218,18 +225,19 @@ def export(
         body["fields"] = [f.strip() for f in fields.split(",") if f.strip()]
     if filter_json:
         body["filter"] = json.loads(filter_json)
-    for k, v in (("file_name", file_name), ("parallelism", parallelism), ("timeout_seconds", timeout)):
+    for k, v in (
+        ("file_name", file_name),
+        ("parallelism", parallelism),
+        ("timeout_seconds", timeout),
+    ):
         if v is not None:
             body[k] = v
-    with _client(url, token) as c:
-        try:
-            task = c.create_export(project_id, **body)
-            console.print(f"task [bold]{task['task_id']}[/bold] accepted")
-            if wait:
-                task = follow(c, project_id, task)
-                _summary(task)
-        except ClientError as exc:
-            _fail(exc)
+    with _api(url, token) as c:
+        task = c.create_export(project_id, **body)
+        console.print(f"task [bold]{task['task_id']}[/bold] accepted")
+        if wait:
+            task = follow(c, project_id, task)
+            _summary(task)
     if wait and task["status"] not in ("COMPLETED", "COMPLETED_WITH_ERRORS"):
         raise typer.Exit(1)
 
@@ -246,11 +254,8 @@ def _summary(task: dict[str, Any]) -> None:
 @app.command()
 def status(project_id: str, task_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
     """Show an export's full status as JSON."""
-    with _client(url, token) as c:
-        try:
-            console.print_json(data=c.get_export(project_id, task_id))
-        except ClientError as exc:
-            _fail(exc)
+    with _api(url, token) as c:
+        console.print_json(data=c.get_export(project_id, task_id))
 
 
 @app.command("list")
@@ -265,16 +270,16 @@ def list_(
     params: dict[str, Any] = {"limit": limit}
     if status_:
         params["status"] = status_
-    with _client(url, token) as c:
-        try:
-            page = c.list_exports(project_id, **params)
-        except ClientError as exc:
-            _fail(exc)
-    table = Table("task_id", "status", "stage", "rows", "file_name", "created", title=f"{page['count']} exports")
+    with _api(url, token) as c:
+        page = c.list_exports(project_id, **params)
+    table = Table(title=f"{page['count']} exports")
+    table.add_column("task_id", no_wrap=True, min_width=32)
+    for name in ("status", "stage", "rows", "file_name", "created"):
+        table.add_column(name, no_wrap=name != "file_name")
     for t in page["export_tasks"]:
         table.add_row(
             t["task_id"], t["status"], str(t["current_state"]["status_id"]),
-            f"{t['finished_count']:,}", t["file_name"], t["create_time"],
+            f"{t['finished_count']:,}", t["file_name"], t["create_time"][:19],
         )  # fmt: skip
     console.print(table)
 
@@ -282,11 +287,8 @@ def list_(
 @app.command()
 def cancel(project_id: str, task_id: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
     """Cancel a running export."""
-    with _client(url, token) as c:
-        try:
-            task = c.cancel(project_id, task_id)
-        except ClientError as exc:
-            _fail(exc)
+    with _api(url, token) as c:
+        task = c.cancel(project_id, task_id)
     console.print(f"{task_id}: {task['status']}")
 
 
@@ -299,18 +301,17 @@ def download(
     token: Token = None,
 ) -> None:
     """Download an export's file."""
-    with _client(url, token) as c:
-        try:
-            path = c.download(project_id, task_id, output)
-        except ClientError as exc:
-            _fail(exc)
+    with _api(url, token) as c:
+        path = c.download(project_id, task_id, output)
     console.print(f"saved {path}")
 
 
 @app.command()
 def demo(
     serve_: Annotated[bool, typer.Option("--serve", help="keep the service running")] = False,
-    data_dir: Annotated[Path, typer.Option("--data-dir", help="where it all goes")] = Path("exportd-demo"),
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="where it all goes")] = Path(
+        "exportd-demo"
+    ),
     rows: Annotated[int, typer.Option(help="rows of the demo dataset")] = 300_000,
     port: Annotated[int, typer.Option(help="port (0: any free one)")] = 0,
 ) -> None:
@@ -329,7 +330,9 @@ def demo(
 
     settings = Settings(data_dir=data_dir, workers=2, database_url=None, storage_url=None)
     port = port or _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:

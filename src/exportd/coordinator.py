@@ -1,7 +1,8 @@
 """Coordinator work (the seed's "master task"): plan a task into partitions (stage 10),
-assemble the committed parts into the output (70), write the manifest (80) and end the
-task (90); or clean up after a cancel, a timeout or a failure. Runs under the task's own
-lease, so any worker may do it and a crashed coordinator is simply taken over."""
+merge the partitions' headers when documents go to a flat format (30), assemble the
+committed parts into the output (70), write the manifest (80) and end the task (90); or
+clean up after a cancel, a timeout or a failure. Runs under the task's own lease, so any
+worker may do it and a crashed coordinator is simply taken over."""
 
 from __future__ import annotations
 
@@ -12,13 +13,22 @@ from typing import Any
 
 import orjson
 
-from exportd.domain import FileRecord, Lease, PartitionStatus, Stage, Task, TaskStatus
+from exportd.documents import MAX_COLUMNS, merge_headers
+from exportd.domain import (
+    FileRecord,
+    Lease,
+    PartitionPhase,
+    PartitionStatus,
+    Stage,
+    Task,
+    TaskStatus,
+)
 from exportd.errors import ExportdError, LeaseLost, SourceError
 from exportd.heartbeat import Heartbeat
 from exportd.runtime import Runtime, selection_for
 from exportd.store.base import utcnow
 from exportd.store.sql import PlannedPartition
-from exportd.transitions import Outcome, finish_outcome
+from exportd.transitions import CoordinatorWork, Outcome, coordinator_work, finish_outcome
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +61,15 @@ def run(rt: Runtime, task: Task, lease: Lease) -> None:
 
 
 def _dispatch(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
-    if task.status is TaskStatus.PENDING or (
-        task.status is TaskStatus.RUNNING and not task.partitions
-    ):
+    work = coordinator_work(task.status, (p.status for p in task.partitions))
+    if work is CoordinatorWork.PLAN:
         _plan(rt, task, lease)
-    elif task.status is TaskStatus.RUNNING:
+    elif work is CoordinatorWork.MERGE_HEADERS:
+        _merge_headers(rt, task, lease)
+    elif work is CoordinatorWork.FINISH:
         _finish(rt, task, lease, hb)
+    elif work is CoordinatorWork.WAIT:
+        rt.store.release_coordinator(task.task_id, lease.token, due=False)
     else:  # CANCELING, or a terminal task whose parts still need cleaning up
         _cleanup(rt, task, lease)
 
@@ -87,18 +100,45 @@ def _plan(rt: Runtime, task: Task, lease: Lease) -> None:
         else:
             store.fail_task(task.task_id, lease.token, exc.error_code, exc.error_msg)
         return
-    planned = [PlannedPartition(b) for b in bounds]
+    phase = (
+        PartitionPhase.HEADERS
+        if task.request.get("_documents") == "discover"
+        else PartitionPhase.EXPORT
+    )
+    planned = [PlannedPartition(b, phase) for b in bounds]
     if not store.plan_task(
         task.task_id, lease.token, planned, estimate.count, estimate.is_estimate, task.columns
     ):  # canceled or timed out while planning: the cleanup is due
         store.release_coordinator(task.task_id, lease.token, due=True)
 
 
+def _merge_headers(rt: Runtime, task: Task, lease: Lease) -> None:
+    """Stage 30: every header pass is in. The waiting partitions' key sets are merged in
+    partition order (a stable order) and the partitions open for export with it. When
+    header passes failed beyond what the request allows, the task fails now instead."""
+    store = rt.store
+    waiting = sorted(
+        (p for p in task.partitions if p.status is PartitionStatus.WAITING), key=lambda p: p.index
+    )
+    failed = sum(1 for p in task.partitions if p.status is PartitionStatus.FAILED)
+    canceled = sum(1 for p in task.partitions if p.status is PartitionStatus.CANCELED)
+    outcome = finish_outcome(
+        len(waiting), failed, canceled, task.allow_partial, task.max_error_rate
+    )
+    if outcome.status is TaskStatus.FAILED:
+        store.fail_task(task.task_id, lease.token, outcome.error_code or "", outcome.error_msg or "")
+        return
+    columns = merge_headers((p.header or {}).get("keys", []) for p in waiting)
+    if len(columns) > MAX_COLUMNS:
+        msg = f"the documents have {len(columns)} distinct flattened keys (at most {MAX_COLUMNS})"
+        store.fail_task(task.task_id, lease.token, "TOO_MANY_COLUMNS", msg)
+        return
+    if not store.open_export(task.task_id, lease.token, columns):
+        store.release_coordinator(task.task_id, lease.token, due=True)
+
+
 def _finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
     store, storage = rt.store, rt.storage
-    if any(not p.status.is_terminal for p in task.partitions):
-        store.release_coordinator(task.task_id, lease.token, due=False)
-        return
     by = {s: [p for p in task.partitions if p.status is s] for s in PartitionStatus}
     outcome = finish_outcome(
         len(by[PartitionStatus.DONE]),

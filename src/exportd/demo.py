@@ -3,15 +3,56 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 import sqlite3
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-CARRIERS = ["AA", "AS", "B6", "DL", "EV", "F9", "FL", "HA", "MQ", "OO", "UA", "US", "VX", "WN", "YV", "9E"]
+CARRIERS = [
+    "AA",
+    "AS",
+    "B6",
+    "DL",
+    "EV",
+    "F9",
+    "FL",
+    "HA",
+    "MQ",
+    "OO",
+    "UA",
+    "US",
+    "VX",
+    "WN",
+    "YV",
+    "9E",
+]
 ORIGINS = ["EWR", "JFK", "LGA"]
-DESTS = ["ATL", "ORD", "LAX", "BOS", "MCO", "CLT", "SFO", "FLL", "MIA", "DCA", "DTW", "DFW",
-         "RDU", "TPA", "DEN", "IAH", "MSP", "PBI", "BNA", "LAS", "SJU", "IAD", "BUF", "PHX"]
+DESTS = [
+    "ATL",
+    "ORD",
+    "LAX",
+    "BOS",
+    "MCO",
+    "CLT",
+    "SFO",
+    "FLL",
+    "MIA",
+    "DCA",
+    "DTW",
+    "DFW",
+    "RDU",
+    "TPA",
+    "DEN",
+    "IAH",
+    "MSP",
+    "PBI",
+    "BNA",
+    "LAS",
+    "SJU",
+    "IAD",
+    "BUF",
+    "PHX",
+]
 
 
 def build_demo_database(path: Path, rows: int, seed: int = 2013) -> int:

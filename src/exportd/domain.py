@@ -43,6 +43,7 @@ class PartitionStatus(enum.StrEnum):
 
     PENDING = "PENDING"  # waiting to be claimed (first time, or again after a retry/reclaim)
     RUNNING = "RUNNING"  # claimed under a lease
+    WAITING = "WAITING"  # header pass committed; waits for the merged header (stages 40, 50)
     DONE = "DONE"  # its part is committed and will be in the result
     FAILED = "FAILED"  # gave up after its attempts; error_code says why
     CANCELED = "CANCELED"  # the task was canceled or timed out before it finished
@@ -50,6 +51,14 @@ class PartitionStatus(enum.StrEnum):
     @property
     def is_terminal(self) -> bool:
         return self in (PartitionStatus.DONE, PartitionStatus.FAILED, PartitionStatus.CANCELED)
+
+
+class PartitionPhase(enum.StrEnum):
+    """Which pass over its objects a partition is in. Only documents exported to a flat
+    format (CSV) need a header pass: their columns are not known from a schema."""
+
+    HEADERS = "HEADERS"  # collect the flattened keys of its documents (stage 20)
+    EXPORT = "EXPORT"  # write its objects into a part (stage 60)
 
 
 class FileStatus(enum.StrEnum):
@@ -141,6 +150,8 @@ class Partition:
     status: PartitionStatus
     stage: Stage
     bounds: dict[str, Any]
+    phase: PartitionPhase = PartitionPhase.EXPORT
+    header: dict[str, Any] | None = None  # header pass result: {"keys": [...], "documents": n}
     finished_count: int = 0
     bytes_written: int = 0
     attempts: int = 0

@@ -7,13 +7,16 @@ into a SQLAlchemy expression with bound parameters only."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import operator
+import re
+from collections.abc import Callable, Iterator, Mapping
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from exportd.documents import json_type, split_path, value_at
 from exportd.errors import BadRequest
 
 OPERATORS = ("eq", "ne", "in", "nin", "lt", "lte", "gt", "gte", "between", "like", "is_null")
@@ -210,3 +213,132 @@ def compile_filter(
             for cond in conditions
         ]
     )
+
+
+# ---- filters on schemaless documents ------------------------------------------------------
+# A condition on a dotted path matches a document whose value there has the JSON type of
+# the filter value (number, string, boolean) and compares as asked; `ne` and `nin` are
+# the negations of `eq` and `in` (they also match a missing path); `is_null` matches a
+# missing path or a JSON null. The same rules hold in PostgreSQL, SQLite and Python.
+
+
+class JsonAccess(Protocol):
+    """How one SQL dialect reaches into a document column (bound parameters only)."""
+
+    def compare(self, path: list[str], op: str, value: Scalar) -> Any:
+        """`op` is eq, lt, lte, gt or gte; false unless the JSON types agree."""
+        ...
+
+    def like(self, path: list[str], pattern: str) -> Any: ...
+
+    def is_null(self, path: list[str]) -> Any: ...
+
+
+def _never_null(expr: Any) -> Any:
+    return sa.func.coalesce(expr, sa.false())
+
+
+def _doc_clause(access: JsonAccess, path: list[str], op: str, value: Any) -> Any:
+    match op:
+        case "eq" | "lt" | "lte" | "gt" | "gte":
+            return access.compare(path, op, value)
+        case "ne":
+            return sa.not_(_never_null(access.compare(path, "eq", value)))
+        case "in":
+            return sa.or_(*[access.compare(path, "eq", v) for v in value])
+        case "nin":
+            return sa.not_(_never_null(sa.or_(*[access.compare(path, "eq", v) for v in value])))
+        case "between":
+            return sa.and_(
+                access.compare(path, "gte", value[0]), access.compare(path, "lte", value[1])
+            )
+        case "like":
+            return access.like(path, value)
+        case "is_null":
+            return access.is_null(path) if value else sa.not_(access.is_null(path))
+    raise AssertionError(op)
+
+
+def compile_document_filter(
+    conditions: list[dict[str, dict[str, Any]]], access: JsonAccess
+) -> Any:
+    """SQL for a validated filter on document paths: OR of ANDs, values bound."""
+    if not conditions:
+        return sa.true()
+    return sa.or_(
+        *[
+            sa.and_(
+                *[
+                    _doc_clause(access, split_path(f), op, v)
+                    for f, ops in cond.items()
+                    for op, v in ops.items()
+                ]
+            )
+            for cond in conditions
+        ]
+    )
+
+
+_PY_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": operator.eq,
+    "lt": operator.lt,
+    "lte": operator.le,
+    "gt": operator.gt,
+    "gte": operator.ge,
+}
+
+
+def like_tokens(pattern: str) -> Iterator[tuple[str, bool]]:
+    """A LIKE pattern as (character, is_wildcard) pairs; a backslash escapes the next
+    character (`100\\%` matches "100%"), as in PostgreSQL."""
+    chars = iter(pattern)
+    for c in chars:
+        if c == "\\":
+            yield next(chars, "\\"), False
+        else:
+            yield c, c in "%_"
+
+
+def _like_regex(pattern: str) -> re.Pattern[str]:
+    wild = {"%": ".*", "_": "."}
+    parts = (wild[c] if is_wild else re.escape(c) for c, is_wild in like_tokens(pattern))
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def _py_test(found: Any, op: str, value: Any) -> bool:
+    if op in _PY_COMPARE:
+        return json_type(found) == json_type(value) and bool(_PY_COMPARE[op](found, value))
+    match op:
+        case "ne":
+            return not _py_test(found, "eq", value)
+        case "in":
+            return any(_py_test(found, "eq", v) for v in value)
+        case "nin":
+            return not _py_test(found, "in", value)
+        case "between":
+            return _py_test(found, "gte", value[0]) and _py_test(found, "lte", value[1])
+        case "like":
+            return json_type(found) == "string" and _like_regex(value).fullmatch(found) is not None
+        case "is_null":
+            return (json_type(found) == "null") is value
+    raise AssertionError(op)
+
+
+def document_predicate(
+    conditions: list[dict[str, dict[str, Any]]],
+) -> Callable[[Any], bool] | None:
+    """A validated filter on document paths as a Python test (None: everything matches)."""
+    if not conditions:
+        return None
+    compiled = [
+        [(split_path(f), op, v) for f, ops in cond.items() for op, v in ops.items()]
+        for cond in conditions
+    ]
+
+    def match(doc: Any) -> bool:
+        return any(
+            all(_py_test(value_at(doc, path), op, v) for path, op, v in tests)
+            for tests in compiled
+        )
+
+    return match

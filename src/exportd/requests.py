@@ -45,17 +45,37 @@ class ExportRequest(BaseModel):
     expires_in: int | None = Field(
         default=None, ge=60, le=366 * 24 * 3600, description="seconds the files are kept"
     )
+    arrays: Literal["index", "json"] | None = Field(
+        default=None,
+        description="documents flattened to columns (CSV): arrays as indexed columns "
+        "(`tags.0`, `tags.1`) or as one cell of JSON text (default json)",
+    )
 
 
 class DatasetRequest(BaseModel):
+    """A dataset registration. `sql`: url + table or query + key. `documents`: url + table
+    or query + key + document (a JSON/JSONB column), or path (JSON Lines files). `files`:
+    path (CSV, JSON Lines or Parquet files; file_format when the extension does not say)."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
-    kind: Literal["sql"] = "sql"
-    url: str = Field(min_length=1, max_length=4000, description="SQLAlchemy URL (kept secret)")
+    kind: Literal["sql", "documents", "files"] = "sql"
+    url: str | None = Field(
+        default=None, min_length=1, max_length=4000, description="SQLAlchemy URL (kept secret)"
+    )
     table: str | None = Field(default=None, max_length=400)
     query: str | None = Field(default=None, max_length=100_000)
-    key: Name = Field(description="column used to split the dataset into partitions")
+    key: Name | None = Field(
+        default=None, description="column used to split the dataset into partitions"
+    )
+    document: Name | None = Field(default=None, description="documents: the JSON column")
+    path: str | None = Field(
+        default=None,
+        max_length=4000,
+        description="files on the server (absolute path or glob, under a source directory)",
+    )
+    file_format: Literal["csv", "jsonl", "parquet"] | None = Field(default=None)
 
 
 class ProjectRequest(BaseModel):

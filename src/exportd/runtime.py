@@ -4,8 +4,10 @@ engines), built from Settings and passed explicitly; no module-level globals."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 
+from exportd.documents import DocumentPaths
 from exportd.domain import Dataset, Task
 from exportd.errors import BadRequest
 from exportd.filters import validate_filter
@@ -27,8 +29,17 @@ class Runtime:
         self.admin_token = settings.admin_token or _admin_token_file(settings.data_dir)
 
     def source(self, dataset: Dataset) -> Source:
+        from exportd.sources.documents import JsonLinesDocumentSource, SqlDocumentSource
+        from exportd.sources.files import ArrowFilesSource
+
         if dataset.kind == "sql":
             return SqlSource(dataset, self.engines.get(dataset.url))
+        if dataset.kind == "documents" and dataset.options.get("path"):
+            return JsonLinesDocumentSource(dataset)
+        if dataset.kind == "documents":
+            return SqlDocumentSource(dataset, self.engines.get(dataset.url))
+        if dataset.kind == "files":
+            return ArrowFilesSource(dataset)
         raise BadRequest(f"unsupported dataset kind {dataset.kind!r}", "INVALID_DATASET")
 
     def format(self, task: Task) -> Format:
@@ -39,12 +50,25 @@ class Runtime:
         self.store.close()
 
 
+FILTERABLE_FILE_KINDS = frozenset({"bool", "int", "float", "decimal", "datetime", "date", "str"})
+
+
+def filter_fields(dataset: Dataset) -> Mapping[str, str]:
+    """What a filter may name, with the kind its values are coerced to: the columns of a
+    table or of files (scalar columns only), or any dotted path of documents."""
+    if dataset.kind == "documents":
+        return DocumentPaths()
+    kinds = {f["name"]: f.get("kind", "unknown") for f in dataset.fields}
+    if dataset.kind == "files":
+        return {n: k for n, k in kinds.items() if k in FILTERABLE_FILE_KINDS}
+    return kinds
+
+
 def selection_for(task: Task, dataset: Dataset) -> Selection:
     """The source columns and validated filter a task reads (from its stored request)."""
-    kinds = {f["name"]: f.get("kind", "unknown") for f in dataset.fields}
     return Selection(
         columns=list(task.request["_source_columns"]),
-        filter=validate_filter(task.request.get("filter"), kinds),
+        filter=validate_filter(task.request.get("filter"), filter_fields(dataset)),
     )
 
 

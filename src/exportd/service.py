@@ -13,13 +13,14 @@ from typing import Any
 
 import orjson
 
+from exportd.documents import DEFAULT_ARRAYS, parse_path
 from exportd.domain import Dataset, FileRecord, FileStatus, Role, Stage, Task, TaskStatus
 from exportd.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from exportd.filters import validate_filter
-from exportd.formats import FORMAT_NAMES, get_format
+from exportd.formats import FORMAT_NAMES, Format, get_format, keeps_nesting
 from exportd.requests import DatasetRequest, ExportRequest, FieldSpec, TokenRequest
-from exportd.runtime import Runtime
-from exportd.sources.sql import check_query, describe_sql
+from exportd.runtime import Runtime, filter_fields
+from exportd.sources.registration import dataset_spec
 from exportd.store.sql import TaskQuery
 
 _FILE_NAME = re.compile(r"^[\w][\w .()+,=@-]{0,254}$", re.UNICODE)
@@ -99,25 +100,18 @@ class ExportService:
         return {"token": token, "token_id": token_id, "project_id": project_id, "role": req.role}
 
     def register_dataset(self, project_id: str, req: DatasetRequest) -> Dataset:
-        if bool(req.table) == bool(req.query):
-            raise BadRequest("give exactly one of table or query", "INVALID_DATASET")
-        if req.query:
-            check_query(req.query)
-        engine = self.rt.engines.get(req.url)
-        fields = describe_sql(engine, req.table, req.query)
-        if req.key not in {f["name"] for f in fields}:
-            raise BadRequest(f"key column {req.key!r} is not a field of the dataset", "INVALID_KEY")
+        spec = dataset_spec(req, self.rt.engines, self.rt.settings.source_dirs)
         ds = Dataset(
             dataset_id="ds_" + uuid.uuid4().hex[:16],
             project_id=project_id,
             name=req.name,
             kind=req.kind,
-            url=req.url,
-            table=req.table,
-            query=req.query,
-            key=req.key,
-            fields=fields,
-            options={},
+            url=spec.url,
+            table=spec.table,
+            query=spec.query,
+            key=spec.key,
+            fields=spec.fields,
+            options=spec.options,
             create_time=datetime.now(UTC),
         )
         self.store.add_dataset(ds)
@@ -157,9 +151,13 @@ class ExportService:
                 "INVALID_FORMAT",
             )
         fmt = get_format(req.format, req.format_options or {})
-        source_columns, columns = _projection(req.fields, ds)
-        kinds = {f["name"]: f.get("kind", "unknown") for f in ds.fields}
-        validate_filter(req.filter, kinds)
+        if ds.kind == "documents":
+            source_columns, columns = _document_projection(req.fields)
+        else:
+            source_columns, columns = _projection(req.fields, ds)
+            if req.arrays is not None:
+                raise BadRequest("arrays applies to documents datasets only", "INVALID_REQUEST")
+        validate_filter(req.filter, filter_fields(ds))
         parallelism = req.parallelism or settings.default_parallelism
         if parallelism > settings.max_parallelism:
             raise BadRequest(
@@ -170,6 +168,9 @@ class ExportService:
         request = req.model_dump(mode="json", by_alias=True, exclude_none=True)
         request["dataset_id"] = ds.dataset_id
         request["_source_columns"] = source_columns
+        if ds.kind == "documents":
+            request["_documents"] = _document_mode(req, fmt)
+            request.setdefault("arrays", DEFAULT_ARRAYS)
         fingerprint = hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
         request["_fingerprint"] = fingerprint
         now = datetime.now(UTC)
@@ -256,6 +257,32 @@ class ExportService:
         record = self.file_for_download(project_id, task_id, "manifest.json")
         with self.rt.storage.open_read(record.key) as fh:
             return fh.read()
+
+
+def _document_mode(req: ExportRequest, fmt: Format) -> str:
+    """How documents reach the format: as-is (`nested`: JSON Lines, JSON, Parquet keep
+    the nesting), as the projected paths (`paths`), or flattened to a header found by a
+    header pass over every document (`discover`: CSV and the other flat formats)."""
+    if req.fields:
+        return "paths"
+    return "nested" if keeps_nesting(fmt) else "discover"
+
+
+def _document_projection(fields: list[str | FieldSpec] | None) -> tuple[list[str], list[str]]:
+    """Projected document paths and their output names; none: decided by the documents."""
+    if not fields:
+        return [], []
+    source, output = [], []
+    for item in fields:
+        name, alias = (item, item) if isinstance(item, str) else (item.name, item.as_ or item.name)
+        parse_path(name)
+        if "\x00" in alias:
+            raise BadRequest("a column name cannot hold a NUL character", "INVALID_FIELD")
+        source.append(name)
+        output.append(alias)
+    if len(set(output)) != len(output):
+        raise BadRequest("output column names must be unique", "DUPLICATE_COLUMN")
+    return source, output
 
 
 def _projection(fields: list[str | FieldSpec] | None, ds: Dataset) -> tuple[list[str], list[str]]:

@@ -16,6 +16,11 @@ class Settings(BaseSettings):
     storage_url: str | None = Field(default=None, description="file:// or s3:// for outputs")
     admin_token: str | None = Field(default=None, description="administrator bearer token")
     public_url: str | None = Field(default=None, description="base URL used in links")
+    source_dirs: list[Path] = Field(
+        default_factory=list,
+        description="directories under which `files` and JSON Lines `documents` datasets "
+        "may be registered (JSON list); none: such datasets are refused",
+    )
 
     workers: int = Field(default=2, ge=0, le=64, description="in-process workers of `serve`")
     lease_seconds: float = Field(default=20.0, gt=0, description="a lease's length")

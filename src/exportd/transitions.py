@@ -5,6 +5,8 @@ so an illegal move cannot happen on SQLite or PostgreSQL, whoever attempts it.""
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from exportd.domain import PartitionStatus as P
@@ -31,6 +33,9 @@ PARTITION_MOVES: frozenset[tuple[P, P]] = frozenset(
         (P.PENDING, P.RUNNING),  # claimed under a lease
         (P.PENDING, P.CANCELED),  # task canceled / timed out / failed before it ran
         (P.RUNNING, P.DONE),  # fenced commit of its part
+        (P.RUNNING, P.WAITING),  # fenced commit of its header pass (documents -> CSV)
+        (P.WAITING, P.PENDING),  # the coordinator merged the headers: open for export
+        (P.WAITING, P.CANCELED),  # task canceled / timed out / failed while it waited
         (P.RUNNING, P.PENDING),  # retry after an error, or reclaim after an expired lease
         (P.RUNNING, P.FAILED),  # out of attempts
         (P.RUNNING, P.CANCELED),  # observed cancellation and stopped
@@ -90,3 +95,27 @@ def finish_outcome(
     else:
         msg = f"{failed} of {total} partitions failed and allow_partial is not set"
     return Outcome(T.FAILED, "PARTITIONS_FAILED", msg, rate)
+
+
+class CoordinatorWork(enum.StrEnum):
+    """What the coordinator ("master task") has to do when it is due."""
+
+    PLAN = "PLAN"  # stage 10: estimate the total, split into partitions
+    MERGE_HEADERS = "MERGE_HEADERS"  # stage 30: every header pass is in; merge, open export
+    FINISH = "FINISH"  # stages 70-90: every partition stopped; assemble, manifest, end
+    WAIT = "WAIT"  # partitions are still open: nothing to do yet
+    CLEANUP = "CLEANUP"  # canceling, or an ended task whose parts must be deleted
+
+
+def coordinator_work(status: T, partitions: Iterable[P]) -> CoordinatorWork:
+    """Decide the coordinator's next step from the task's status and its partitions'."""
+    parts = list(partitions)
+    if status is T.PENDING or (status is T.RUNNING and not parts):
+        return CoordinatorWork.PLAN
+    if status is not T.RUNNING:
+        return CoordinatorWork.CLEANUP
+    if any(p in (P.PENDING, P.RUNNING) for p in parts):
+        return CoordinatorWork.WAIT
+    if any(p is P.WAITING for p in parts):
+        return CoordinatorWork.MERGE_HEADERS
+    return CoordinatorWork.FINISH

@@ -11,13 +11,18 @@ import os
 import socket
 import threading
 import time
-from typing import Any, BinaryIO
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO, cast
 
 from exportd import coordinator
-from exportd.domain import Lease, Partition, Task, TaskStatus
+from exportd.documents import DEFAULT_ARRAYS, KeyCollector, flat_rows
+from exportd.domain import Lease, Partition, PartitionPhase, Task, TaskStatus
 from exportd.errors import Canceled, LeaseLost, NotFound, SourceError
+from exportd.formats import Format, NestingFormat, RowWriter
 from exportd.heartbeat import Heartbeat
 from exportd.runtime import Runtime, selection_for
+from exportd.sources import Selection, Source
 from exportd.transitions import retry_decision
 
 log = logging.getLogger(__name__)
@@ -63,65 +68,125 @@ def part_key(task: Task, part: Partition, lease: Lease, extension: str) -> str:
     return f"parts/{task.task_id}/{part.index:05d}-a{lease.attempt}-{lease.token[:12]}{extension}"
 
 
+@dataclass
+class PartitionRun:
+    """One attempt at a partition: what it reads, how, and under which lease."""
+
+    rt: Runtime
+    task: Task
+    part: Partition
+    lease: Lease
+    source: Source
+    sel: Selection
+
+    def beat(self, rows: int, written: int) -> TaskStatus | None:
+        reply = self.rt.store.heartbeat(
+            self.task.task_id, self.part.index, self.lease.token,
+            self.rt.settings.lease_seconds, rows, written,
+        )  # fmt: skip
+        return None if reply is None else reply.task_status
+
+    def batches(self) -> Iterator[Sequence[Sequence[Any]]]:
+        return self.source.read(self.sel, self.part.bounds, self.rt.settings.batch_size)
+
+    @property
+    def where(self) -> str:
+        return f"partition {self.task.task_id}/{self.part.index}"
+
+
 def run_partition(rt: Runtime, task: Task, part: Partition, lease: Lease) -> None:
-    """Export one partition into its own part, then commit it, fenced by the lease token."""
-    s = rt.settings
+    """Run one pass of a partition (its header pass, or its export into a part) and
+    commit it fenced by the lease token; every failure ends in a retry or a FAILED."""
     store = rt.store
     try:
         dataset = store.get_dataset(task.project_id, task.dataset_id)
-        source = rt.source(dataset)
-        fmt = rt.format(task)
-        sel = selection_for(task, dataset)
+        run = PartitionRun(rt, task, part, lease, rt.source(dataset), selection_for(task, dataset))
     except NotFound as exc:
         store.fail_partition(
             task.task_id, part.index, lease.token, exc.error_code, exc.error_msg, None
         )
         return
-    key = part_key(task, part, lease, fmt.extension)
-
-    def beat(rows: int, written: int) -> TaskStatus | None:
-        reply = store.heartbeat(
-            task.task_id, part.index, lease.token, s.lease_seconds, rows, written
-        )
-        return None if reply is None else reply.task_status
-
-    committed = False
+    work = _collect_headers if part.phase is PartitionPhase.HEADERS else _export
     try:
-        with Heartbeat(beat, s.heartbeat_interval, TaskStatus.RUNNING) as hb:
-            with rt.storage.open_write(key) as raw:
-                out = HashingWriter(raw)
-                writer = fmt.part_writer(out, task.columns)  # type: ignore[arg-type]
-                rows = 0
-                for batch in source.read(sel, part.bounds, s.batch_size):
-                    hb.check()
-                    writer.write(batch)
-                    rows += len(batch)
-                    hb.progress(rows, out.count)
-                writer.close()
-            hb.check()
-            committed = store.commit_partition(
-                task.task_id, part.index, lease.token, key, rows, out.count, out.hexdigest()
-            )
-            if not committed:
-                log.warning("partition %s/%d: lease lost before commit", task.task_id, part.index)
+        with Heartbeat(run.beat, rt.settings.heartbeat_interval, TaskStatus.RUNNING) as hb:
+            work(run, hb)
     except LeaseLost:
-        log.warning("partition %s/%d: lease lost; attempt abandoned", task.task_id, part.index)
+        log.warning("%s: lease lost; attempt abandoned", run.where)
     except Canceled:
         store.cancel_partition(task.task_id, part.index, lease.token)
     except Exception as exc:  # every failure ends in a decision: retry or fail for good
-        code = getattr(exc, "error_code", "PARTITION_ERROR")
-        msg = exc.error_msg if isinstance(exc, SourceError) else f"{type(exc).__name__}: {exc}"
-        decision = retry_decision(lease.attempt, s.max_attempts, s.retry_base_seconds)
-        log.warning(
-            "partition %s/%d attempt %d failed: %s", task.task_id, part.index, lease.attempt, msg
+        _failed_attempt(run, exc)
+
+
+def _failed_attempt(run: PartitionRun, exc: Exception) -> None:
+    s = run.rt.settings
+    code = getattr(exc, "error_code", "PARTITION_ERROR")
+    msg = exc.error_msg if isinstance(exc, SourceError) else f"{type(exc).__name__}: {exc}"
+    decision = retry_decision(run.lease.attempt, s.max_attempts, s.retry_base_seconds)
+    log.warning("%s attempt %d failed: %s", run.where, run.lease.attempt, msg)
+    run.rt.store.fail_partition(
+        run.task.task_id, run.part.index, run.lease.token, code, msg[:2000],
+        decision.delay_seconds if decision.retry else None,
+    )  # fmt: skip
+
+
+def _collect_headers(run: PartitionRun, hb: Heartbeat) -> None:
+    """Header pass (stage 20): the flattened keys of every document of the partition,
+    committed with the lease; the partition then waits for the merge (stage 40)."""
+    keys = KeyCollector(run.task.request.get("arrays", DEFAULT_ARRAYS))
+    for batch in run.batches():
+        hb.check()
+        keys.add(batch)
+    hb.check()
+    if not run.rt.store.commit_headers(
+        run.task.task_id, run.part.index, run.lease.token, keys.keys, keys.documents
+    ):
+        log.warning("%s: lease lost before the header commit", run.where)
+
+
+def _rows(run: PartitionRun) -> Iterator[Sequence[Sequence[Any]]]:
+    """The partition's rows as the format receives them: as read, documents as they
+    are, or documents flattened to the merged header or to the projected paths."""
+    mode = run.task.request.get("_documents")
+    if mode is None or mode == "nested":
+        return run.batches()
+    arrays = run.task.request.get("arrays", DEFAULT_ARRAYS)
+    header = run.task.columns if mode == "discover" else run.sel.columns
+    return flat_rows(run.batches(), header, arrays, strict=mode == "discover")
+
+
+def _export(run: PartitionRun, hb: Heartbeat) -> None:
+    """Export pass (stage 60): write the partition into its own part, then commit it."""
+    task, part, lease, rt = run.task, run.part, run.lease, run.rt
+    fmt = rt.format(task)
+    key = part_key(task, part, lease, fmt.extension)
+    committed = False
+    try:
+        with rt.storage.open_write(key) as raw:
+            out = HashingWriter(raw)
+            writer = _writer(fmt, out, task)
+            rows = 0
+            for batch in _rows(run):
+                hb.check()
+                writer.write(batch)
+                rows += len(batch)
+                hb.progress(rows, out.count)
+            writer.close()
+        hb.check()
+        committed = rt.store.commit_partition(
+            task.task_id, part.index, lease.token, key, rows, out.count, out.hexdigest()
         )
-        store.fail_partition(
-            task.task_id, part.index, lease.token, code, msg[:2000],
-            decision.delay_seconds if decision.retry else None,
-        )  # fmt: skip
+        if not committed:
+            log.warning("%s: lease lost before commit", run.where)
     finally:
         if not committed:
             rt.storage.delete(key)
+
+
+def _writer(fmt: Format, out: HashingWriter, task: Task) -> RowWriter:
+    if task.request.get("_documents") == "nested":
+        return cast(NestingFormat, fmt).document_writer(out)  # type: ignore[arg-type]
+    return fmt.part_writer(out, task.columns)  # type: ignore[arg-type]
 
 
 class Worker:

@@ -23,11 +23,15 @@ def source_rows(url: str, where: str = "") -> Counter[tuple[str, ...]]:
     if url.startswith("postgresql"):
         with psycopg.connect(url) as conn:
             conn.execute("SET TIME ZONE 'UTC'")
-            rows = conn.execute(f"SELECT {', '.join(FLIGHT_COLUMNS)} FROM flights {where}").fetchall()
+            rows = conn.execute(
+                f"SELECT {', '.join(FLIGHT_COLUMNS)} FROM flights {where}"
+            ).fetchall()
     else:
         engine = sa.create_engine(url)
         with engine.connect() as conn:
-            rows = conn.exec_driver_sql(f"SELECT {', '.join(FLIGHT_COLUMNS)} FROM flights {where}").fetchall()
+            rows = conn.exec_driver_sql(
+                f"SELECT {', '.join(FLIGHT_COLUMNS)} FROM flights {where}"
+            ).fetchall()
         engine.dispose()
     return Counter(tuple(expected_cell(v) for v in row) for row in rows)
 
@@ -92,7 +96,9 @@ def test_large_export_is_exact(deployment: tuple[str | None, str], live_server: 
     assert after["is_download"] is True and after["download_count"] == 1
 
 
-def test_filter_projection_and_renames_jsonl(pg_source: str, pg_database: str, live_server: Any) -> None:
+def test_filter_projection_and_renames_jsonl(
+    pg_source: str, pg_database: str, live_server: Any
+) -> None:
     server = live_server(store_url=pg_database)
     admin = server.client()
     token = admin.project("p")

@@ -81,3 +81,20 @@ def test_seed_operations_are_documented_with_their_fields(openapi: dict[str, Any
         "name": "X-Auth-Token",
         "description": "the same tokens in the `X-Auth-Token` header (the seed documents' way)",
     }
+
+
+def test_dataset_view_fields_are_exactly_the_documented_model() -> None:
+    from datetime import UTC, datetime
+
+    from exportd.api.schemas import DatasetView
+    from exportd.api.views import dataset_json
+    from exportd.domain import Dataset
+
+    ds = Dataset(
+        "ds_1", "acme", "flights", "sql", "postgresql://u:secret@h/db", "flights", None, "id",
+        [{"name": "id", "type": "BIGINT", "kind": "int"}], {}, datetime.now(UTC),
+    )  # fmt: skip
+    body = dataset_json(ds)
+    assert set(body) == set(DatasetView.model_fields)
+    DatasetView.model_validate(body)
+    assert "secret" not in str(body)

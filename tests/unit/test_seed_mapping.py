@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from exportd.api.schemas import TaskView
+from exportd.api.schemas import FileView, PartitionView, TaskView
 from exportd.api.seed_mapping import (
     SEED002_TERMINAL,
     Seed001Status,
@@ -158,8 +158,11 @@ def test_partial_success_lists_successful_and_failed_items_with_rate() -> None:
 def test_task_json_fields_are_exactly_the_documented_model() -> None:
     """A field added to the view without the model would be silently dropped."""
     files = [FileRecord("t", "out.csv", "k", 1, 2, "0" * 64, "text/csv")]
-    body = task_json(make_task(files=files), "http://x")
+    parts = [Partition("t", 0, PartitionStatus.DONE, Stage.COMPLETED, {}, finished_count=1)]
+    body = task_json(make_task(files=files, partitions=parts), "http://x")
     assert set(body) == set(TaskView.model_fields)
+    assert set(body["partitions"][0]) == set(PartitionView.model_fields)
+    assert set(body["files"][0]) == set(FileView.model_fields)
     TaskView.model_validate(body)
     assert "_fingerprint" not in body["request"]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from exportd.domain import FileStatus, PartitionStatus, TaskStatus
+from exportd.domain import FileStatus, PartitionPhase, PartitionStatus, TaskStatus
 
 
 class ErrorBody(BaseModel):
@@ -35,6 +35,7 @@ class CurrentState(BaseModel):
 class PartitionView(BaseModel):
     index: int
     status: PartitionStatus
+    phase: PartitionPhase = Field(description="HEADERS (CSV header pass) or EXPORT")
     current_state: StageView
     finished_count: int
     bytes_written: int
@@ -133,10 +134,12 @@ class DatasetView(BaseModel):
     dataset_id: str
     project_id: str
     name: str
-    kind: str
+    kind: str = Field(description="sql, documents or files")
     table: str | None
     has_query: bool
-    key: str
+    key: str | None = Field(description="the partition key, when the dataset has one")
+    document: str | None = Field(description="documents: the JSON column")
+    file_format: str | None = Field(description="files: csv, jsonl or parquet")
     fields: list[DatasetField]
     create_time: str
 

@@ -32,6 +32,7 @@ def partition_json(p: Partition) -> dict[str, Any]:
     return {
         "index": p.index,
         "status": p.status.value,
+        "phase": p.phase.value,
         "current_state": p.stage.as_json(),
         "finished_count": p.finished_count,
         "bytes_written": p.bytes_written,
@@ -138,7 +139,9 @@ def dataset_json(ds: Dataset) -> dict[str, Any]:
         "kind": ds.kind,
         "table": ds.table,
         "has_query": ds.query is not None,
-        "key": ds.key,
+        "key": ds.key or None,
+        "document": ds.options.get("document"),
+        "file_format": ds.options.get("file_format"),
         "fields": [
             {"name": f["name"], "type": f.get("type"), "kind": f.get("kind")} for f in ds.fields
         ],

@@ -30,6 +30,19 @@ class Format(Protocol):
     ) -> Composed: ...
 
 
+class NestingFormat(Format, Protocol):
+    """A format that keeps the nesting of documents (JSON Lines, JSON, Parquet): besides
+    rows, it writes documents as they are. Rows given to a document writer are
+    `(document,)` 1-tuples, the document a parsed JSON value (usually a dict). Formats
+    without `document_writer` receive documents flattened to columns instead."""
+
+    def document_writer(self, out: BinaryIO) -> RowWriter: ...
+
+
+def keeps_nesting(fmt: Format) -> bool:
+    return callable(getattr(fmt, "document_writer", None))
+
+
 def get_format(name: str, options: dict[str, Any] | None = None) -> Format:
     from exportd.formats.text import CsvFormat, JsonLinesFormat
 

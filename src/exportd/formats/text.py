@@ -127,6 +127,20 @@ class JsonLinesRowWriter:
         self._out.flush()
 
 
+class JsonLinesDocumentWriter:
+    """Documents written as they are, one per line."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+
+    def write(self, rows: Sequence[Sequence[Any]]) -> None:
+        dumps = orjson.dumps
+        self._out.write(b"".join(dumps(row[0], default=_json_default) + b"\n" for row in rows))
+
+    def close(self) -> None:
+        self._out.flush()
+
+
 class JsonLinesFormat:
     name = "jsonl"
     extension = ".jsonl"
@@ -137,6 +151,9 @@ class JsonLinesFormat:
 
     def part_writer(self, out: BinaryIO, columns: list[str]) -> JsonLinesRowWriter:
         return JsonLinesRowWriter(out, columns)
+
+    def document_writer(self, out: BinaryIO) -> JsonLinesDocumentWriter:
+        return JsonLinesDocumentWriter(out)
 
     def assemble(
         self, storage: Storage, key: str, part_keys: Sequence[str], columns: list[str]

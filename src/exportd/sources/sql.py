@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 
 from exportd.domain import Dataset
@@ -45,19 +46,49 @@ class SqlEngines:
 
 
 def _create_source_engine(url: str) -> sa.Engine:
+    """An engine whose every session is read-only: a dataset's query can never write,
+    whatever SQL an administrator registered."""
     try:
         u = normalize_url(url)
         if u.startswith("sqlite"):
-            return sa.create_engine(
+            engine = sa.create_engine(
                 u,
                 connect_args={"timeout": 60, "check_same_thread": False},
                 hide_parameters=True,  # filter values are the caller's data: not for logs
             )
-        return sa.create_engine(
-            u, pool_pre_ping=True, pool_size=4, max_overflow=8, hide_parameters=True
-        )
+        elif u.startswith("postgresql"):
+            engine = sa.create_engine(
+                u,
+                pool_pre_ping=True,
+                pool_size=4,
+                max_overflow=8,
+                connect_args={"options": "-c default_transaction_read_only=on"},
+                hide_parameters=True,
+            )
+        else:
+            engine = sa.create_engine(
+                u, pool_pre_ping=True, pool_size=4, max_overflow=8, hide_parameters=True
+            )
     except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ValueError) as exc:
         raise BadRequest(f"unusable database URL ({type(exc).__name__})", "INVALID_URL") from None
+    event.listen(engine, "connect", _read_only_session(engine.dialect.name))
+    return engine
+
+
+def _read_only_session(dialect: str) -> Any:
+    statement = {
+        "sqlite": "PRAGMA query_only = ON",
+        "mysql": "SET SESSION TRANSACTION READ ONLY",
+        "mariadb": "SET SESSION TRANSACTION READ ONLY",
+    }.get(dialect)
+
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        if statement:
+            cur = dbapi_conn.cursor()
+            cur.execute(statement)
+            cur.close()
+
+    return on_connect
 
 
 _KINDS: tuple[tuple[str, type], ...] = (
@@ -241,8 +272,6 @@ class SqlSource:
         stmt = self._select(sel).where(self._range(bounds), self._where(sel)).order_by(self.key)
         try:
             with self.engine.connect() as conn, conn.begin():
-                if self.engine.dialect.name == "postgresql":
-                    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
                 result = conn.execute(
                     stmt.execution_options(stream_results=True, max_row_buffer=batch_size)
                 )

@@ -18,6 +18,7 @@ from exportd.domain import (
     FileStatus,
     Lease,
     Partition,
+    PartitionPhase,
     PartitionStatus,
     Stage,
     Task,
@@ -67,6 +68,11 @@ class HeartbeatReply:
 @dataclass(frozen=True)
 class PlannedPartition:
     bounds: dict[str, Any]
+    phase: PartitionPhase = PartitionPhase.EXPORT
+
+
+# partitions that are not yet working under a lease and may be stopped outright
+_IDLE = (PartitionStatus.PENDING.value, PartitionStatus.WAITING.value)
 
 
 class Store(CatalogStore):
@@ -237,10 +243,7 @@ class Store(CatalogStore):
     def _cancel_pending_partitions(self, conn: sa.Connection, task_id: str, now: datetime) -> None:
         conn.execute(
             sa.update(partitions)
-            .where(
-                partitions.c.task_id == task_id,
-                partitions.c.status == PartitionStatus.PENDING.value,
-            )
+            .where(partitions.c.task_id == task_id, partitions.c.status.in_(_IDLE))
             .values(status=PartitionStatus.CANCELED.value, update_time=now, end_time=now)
         )
 
@@ -334,9 +337,12 @@ class Store(CatalogStore):
         columns: list[str],
     ) -> bool:
         """Insert the partitions and open them to workers, in one transaction with the
-        task's move to stage 60. The coordinator's lease is released: nothing is due until
-        the last partition stops."""
+        task's move to stage 60 (or 20 when the partitions start with a header pass). The
+        coordinator's lease is released: nothing is due until the last partition stops
+        (or, with a header pass, until the last header is in)."""
         now = utcnow()
+        header_pass = any(p.phase is PartitionPhase.HEADERS for p in planned)
+        stage = Stage.CREATING_HEADERS if header_pass else Stage.EXPORTING
         with self.write() as conn:
             n = conn.execute(
                 sa.update(tasks)
@@ -346,7 +352,7 @@ class Store(CatalogStore):
                     tasks.c.status == TaskStatus.RUNNING.value,
                 )
                 .values(
-                    stage=Stage.EXPORTING.value,
+                    stage=stage.value,
                     total_count=total,
                     total_is_estimate=total_is_estimate,
                     columns=columns,
@@ -370,6 +376,7 @@ class Store(CatalogStore):
                         "status": PartitionStatus.PENDING.value,
                         "stage": Stage.NOT_STARTED.value,
                         "bounds": p.bounds,
+                        "phase": p.phase.value,
                         "finished_count": 0,
                         "bytes_written": 0,
                         "attempts": 0,
@@ -488,9 +495,7 @@ class Store(CatalogStore):
                 sa.update(partitions)
                 .where(
                     partitions.c.task_id == task_id,
-                    partitions.c.status.in_(
-                        [PartitionStatus.RUNNING.value, PartitionStatus.PENDING.value]
-                    ),
+                    partitions.c.status.in_([PartitionStatus.RUNNING.value, *_IDLE]),
                     sa.or_(
                         partitions.c.lease_expires_at.is_(None),
                         partitions.c.lease_expires_at < now,
@@ -534,7 +539,7 @@ class Store(CatalogStore):
             ok = self._move_partition(
                 conn, task_id, idx, PartitionStatus.RUNNING, now,
                 lease_owner=owner, lease_token=token, lease_expires_at=expires,
-                attempts=partitions.c.attempts + 1, stage=Stage.EXPORTING.value,
+                attempts=partitions.c.attempts + 1, stage=_stage_of_pass(),
                 finished_count=0, bytes_written=0, start_time=now, not_before=None,
             )  # fmt: skip
             if not ok:
@@ -672,20 +677,110 @@ class Store(CatalogStore):
         return ok
 
     def _after_partition_stop(self, conn: sa.Connection, task_id: str, now: datetime) -> None:
+        """When no partition is open any more (PENDING or RUNNING), the coordinator becomes
+        due: to merge the headers if some partitions wait for them, else to finish."""
         status = self._refresh_task_progress(conn, task_id, now)
-        open_count = conn.execute(
-            sa.select(sa.func.count())
-            .select_from(partitions)
+        counts: dict[str, int] = dict(
+            conn.execute(
+                sa.select(partitions.c.status, sa.func.count())
+                .where(partitions.c.task_id == task_id)
+                .group_by(partitions.c.status)
+            ).all()
+        )
+        open_count = sum(counts.get(s.value, 0) for s in OPEN_PARTITIONS)
+        if open_count or status not in ACTIVE_STATUSES:
+            return
+        extra: dict[str, Any] = {}
+        if status is TaskStatus.RUNNING and counts.get(PartitionStatus.WAITING.value):
+            extra = self._headers_all_in(conn, task_id, now, len(counts) == 1)
+        self._touch_task(
+            conn, task_id, now, coordinator_due=True, coord_not_before=None, **extra
+        )
+        self._notify(conn)
+
+    def _headers_all_in(
+        self, conn: sa.Connection, task_id: str, now: datetime, all_waiting: bool
+    ) -> dict[str, Any]:
+        """Every header pass is in: the waiting partitions show stage 50 and the task
+        stage 30 until the coordinator has merged. When no partition failed, the header
+        passes counted every document: the total becomes exact."""
+        conn.execute(
+            sa.update(partitions)
             .where(
                 partitions.c.task_id == task_id,
-                partitions.c.status.in_(
-                    [PartitionStatus.PENDING.value, PartitionStatus.RUNNING.value]
-                ),
+                partitions.c.status == PartitionStatus.WAITING.value,
             )
-        ).scalar()
-        if open_count == 0 and status in ACTIVE_STATUSES:
-            self._touch_task(conn, task_id, now, coordinator_due=True, coord_not_before=None)
+            .values(stage=Stage.WAIT_MASTER_MERGE.value, update_time=now)
+        )
+        values: dict[str, Any] = {"stage": Stage.MERGING_HEADERS.value}
+        if all_waiting:
+            headers = conn.execute(
+                sa.select(partitions.c.header).where(partitions.c.task_id == task_id)
+            ).scalars()
+            values["total_count"] = sum(int((h or {}).get("documents", 0)) for h in headers)
+            values["total_is_estimate"] = False
+        return values
+
+    # ---- header pass (documents exported to a flat format) ------------------------------
+
+    def commit_headers(
+        self, task_id: str, index: int, token: str, keys: list[str], documents: int
+    ) -> bool:
+        """Fenced commit of a partition's header pass: its key set is stored and it waits
+        (stage 40) for the others. The last one to commit makes the merge due."""
+        now = utcnow()
+        with self.write() as conn:
+            ok = self._move_partition(
+                conn, task_id, index, PartitionStatus.WAITING, now,
+                *self._fence(task_id, index, token)[2:],
+                partitions.c.phase == PartitionPhase.HEADERS.value,
+                stage=Stage.WAIT_PARALLEL_HEADERS.value,
+                header={"keys": keys, "documents": documents},
+                lease_token=None, lease_expires_at=None, error_code=None, error_msg=None,
+            )  # fmt: skip
+            if ok:
+                self._after_partition_stop(conn, task_id, now)
+        return ok
+
+    def open_export(self, task_id: str, token: str, columns: list[str]) -> bool:
+        """The coordinator's merge: the task gets its merged header and moves to stage 60;
+        the waiting partitions open for their export pass (with fresh attempts), in one
+        transaction. The coordinator's lease is released."""
+        now = utcnow()
+        with self.write() as conn:
+            n = conn.execute(
+                sa.update(tasks)
+                .where(
+                    tasks.c.task_id == task_id,
+                    tasks.c.coord_token == token,
+                    tasks.c.status == TaskStatus.RUNNING.value,
+                )
+                .values(
+                    stage=Stage.EXPORTING.value,
+                    columns=columns,
+                    coordinator_due=False,
+                    coord_owner=None,
+                    coord_token=None,
+                    coord_expires_at=None,
+                    update_time=now,
+                    version=tasks.c.version + 1,
+                )
+            ).rowcount
+            if n != 1:
+                return False
+            for idx in conn.execute(
+                sa.select(partitions.c.idx).where(
+                    partitions.c.task_id == task_id,
+                    partitions.c.status == PartitionStatus.WAITING.value,
+                )
+            ).scalars():
+                self._move_partition(
+                    conn, task_id, idx, PartitionStatus.PENDING, now,
+                    phase=PartitionPhase.EXPORT.value, stage=Stage.EXPORTING.value,
+                    attempts=0, not_before=None,
+                )  # fmt: skip
             self._notify(conn)
+        return True
 
     # ---- the janitor ----------------------------------------------------------------------
 
@@ -747,6 +842,17 @@ class Store(CatalogStore):
                 .where(tasks.c.coord_token.is_not(None), tasks.c.coord_expires_at < utcnow())
             ).scalar()
         return int(n or 0)
+
+
+OPEN_PARTITIONS = (PartitionStatus.PENDING, PartitionStatus.RUNNING)
+
+
+def _stage_of_pass() -> Any:
+    """The stage a claimed partition shows: 20 in its header pass, 60 when exporting."""
+    return sa.case(
+        (partitions.c.phase == PartitionPhase.HEADERS.value, Stage.CREATING_HEADERS.value),
+        else_=Stage.EXPORTING.value,
+    )
 
 
 def _task_values(task: Task) -> dict[str, Any]:

@@ -120,6 +120,9 @@ partitions = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("stage", sa.Integer, nullable=False),
     sa.Column("bounds", sa.JSON, nullable=False),
+    # header pass (documents -> CSV): which pass, and its committed key set
+    sa.Column("phase", sa.String(16), nullable=False, server_default="EXPORT"),
+    sa.Column("header", sa.JSON, nullable=True),
     sa.Column("finished_count", sa.BigInteger, nullable=False),
     sa.Column("bytes_written", sa.BigInteger, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False),

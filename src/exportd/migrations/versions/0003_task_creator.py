@@ -1,7 +1,7 @@
 """who created a task: the token's id and name (seed 001's domain_id and user_name)
 
 Revision ID: i5_task_creator
-Revises: 0001
+Revises: 0002
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "i5_task_creator"
-down_revision = "0001"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 

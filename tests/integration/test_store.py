@@ -1,0 +1,131 @@
+"""The store on SQLite and PostgreSQL: migrations match the tables, illegal moves are
+refused where the data lives, and leases fence stale workers."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from exportd.domain import FileStatus, PartitionStatus, Stage, Task, TaskStatus
+from exportd.errors import Conflict
+from exportd.store.sql import PlannedPartition, Store
+from exportd.store.tables import metadata, tasks
+
+
+@pytest.fixture
+def store(store_url: str) -> Store:
+    s = Store(store_url)
+    s.create_project("p")
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+def test_migrations_produce_exactly_the_declared_tables(store: Store) -> None:
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+    with store.engine.connect() as conn:
+        names = set(conn.dialect.get_table_names(conn))
+    assert set(metadata.tables) <= names
+
+
+def test_migrating_twice_is_a_no_op(store_url: str) -> None:
+    Store(store_url).close()
+    Store(store_url).close()  # second start: already at head
+
+
+def new_task(project: str = "p") -> Task:
+    now = datetime.now(UTC)
+    return Task(
+        task_id=uuid.uuid4().hex, project_id=project, dataset_id="ds", status=TaskStatus.PENDING,
+        stage=Stage.NOT_STARTED, file_status=FileStatus.PREPARING,
+        request={"_source_columns": ["id"]}, format="csv", file_name="x.csv", columns=["id"],
+        parallelism=2, allow_partial=False, max_error_rate=1.0, timeout_seconds=None,
+        expires_in=3600, create_time=now, update_time=now,
+    )  # fmt: skip
+
+
+def started(store: Store, parts: int = 2) -> str:
+    task, _ = store.insert_task(new_task())
+    claim = store.claim_coordinator("c", 30)
+    assert claim is not None
+    _, lease = claim
+    assert store.start_task(task.task_id, lease.token, None)
+    planned = [PlannedPartition({"lo": i, "hi": i + 1}) for i in range(parts)]
+    assert store.plan_task(task.task_id, lease.token, planned, 10, True, ["id"])
+    return task.task_id
+
+
+def test_terminal_status_never_changes(store: Store) -> None:
+    task, _ = store.insert_task(new_task())
+    canceled = store.request_cancel("p", task.task_id)
+    assert canceled.status is TaskStatus.CANCELED
+    with pytest.raises(Conflict):
+        store.request_cancel("p", task.task_id)
+    with store.write() as conn:  # even the store's own guarded move refuses it
+        for target in TaskStatus:
+            assert not store._move_task(conn, task.task_id, target, datetime.now(UTC))
+    with store.read() as conn:
+        assert conn.execute(tasks.select()).one().status == "CANCELED"
+
+
+def test_claims_are_exclusive_and_fenced(store: Store) -> None:
+    task_id = started(store)
+    a = store.claim_partition("worker-a", 30)
+    b = store.claim_partition("worker-b", 30)
+    assert a is not None and b is not None
+    assert {a[1].index, b[1].index} == {0, 1}
+    assert store.claim_partition("worker-c", 30) is None  # nothing left to claim
+    _, part, lease = a
+    assert store.heartbeat(task_id, part.index, "not-the-token", 30, 5, 50) is None
+    assert not store.commit_partition(task_id, part.index, "not-the-token", "k", 1, 1, "h")
+    reply = store.heartbeat(task_id, part.index, lease.token, 30, 5, 50)
+    assert reply is not None and reply.task_status is TaskStatus.RUNNING
+    assert store.get_task("p", task_id).finished_count == 5
+
+
+def test_expired_lease_is_reclaimed_and_the_old_holder_fenced(store: Store) -> None:
+    task_id = started(store, parts=1)
+    claim = store.claim_partition("dead-worker", 0.05)
+    assert claim is not None
+    _, part, old = claim
+    time.sleep(0.1)
+    assert store.reap(max_attempts=3)["reclaimed"] == 1
+    again = store.claim_partition("live-worker", 30)
+    assert again is not None
+    _, part2, new = again
+    assert part2.index == part.index and new.attempt == 2
+    # the dead worker wakes up: every write it tries is refused
+    assert store.heartbeat(task_id, part.index, old.token, 30, 1, 1) is None
+    assert not store.commit_partition(task_id, part.index, old.token, "old", 1, 1, "h")
+    assert store.commit_partition(task_id, part.index, new.token, "new", 7, 70, "h")
+    t = store.get_task("p", task_id)
+    assert [p.part_key for p in t.partitions] == ["new"]
+    assert t.partitions[0].status is PartitionStatus.DONE and t.partitions[0].attempts == 2
+
+
+def test_last_partition_makes_the_coordinator_due_in_the_same_commit(store: Store) -> None:
+    task_id = started(store, parts=2)
+    claims = [store.claim_partition(f"w{i}", 30) for i in range(2)]
+    assert store.claim_coordinator("c", 30) is None  # nothing due while partitions run
+    for c in claims:
+        assert c is not None
+        store.commit_partition(task_id, c[1].index, c[2].token, f"k{c[1].index}", 5, 5, "h")
+    claim = store.claim_coordinator("c", 30)
+    assert claim is not None and claim[0].task_id == task_id
+    assert [p.status for p in claim[0].partitions] == [PartitionStatus.DONE] * 2
+
+
+def test_out_of_attempts_fails_the_partition(store: Store) -> None:
+    task_id = started(store, parts=1)
+    claim = store.claim_partition("w", 30)
+    assert claim is not None
+    assert store.fail_partition(task_id, 0, claim[2].token, "E", "boom", None)
+    t = store.get_task("p", task_id)
+    assert t.partitions[0].status is PartitionStatus.FAILED
+    assert t.partitions[0].error_code == "E"
