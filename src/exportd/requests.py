@@ -8,6 +8,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+# free text that is stored or handed to a driver as is: no NUL (PostgreSQL text cannot
+# hold one, and drivers refuse it); fields checked by the service name their own errors
+NO_NUL = r"^[^\x00]*$"
 
 
 class FieldSpec(BaseModel):
@@ -22,7 +25,9 @@ class FieldSpec(BaseModel):
 class ExportRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset_id: Name = Field(description="id (or name) of a dataset of the project")
+    dataset_id: Name = Field(
+        pattern=NO_NUL, description="id (or name) of a dataset of the project"
+    )
     fields: list[Name | FieldSpec] | None = Field(
         default=None, max_length=2000, description="projection, order and renames; default all"
     )
@@ -62,10 +67,14 @@ class DatasetRequest(BaseModel):
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
     kind: Literal["sql", "documents", "files"] = "sql"
     url: str | None = Field(
-        default=None, min_length=1, max_length=4000, description="SQLAlchemy URL (kept secret)"
+        default=None,
+        min_length=1,
+        max_length=4000,
+        pattern=NO_NUL,
+        description="SQLAlchemy URL (kept secret)",
     )
-    table: str | None = Field(default=None, max_length=400)
-    query: str | None = Field(default=None, max_length=100_000)
+    table: str | None = Field(default=None, max_length=400, pattern=NO_NUL)
+    query: str | None = Field(default=None, max_length=100_000, pattern=NO_NUL)
     key: Name | None = Field(
         default=None, description="column used to split the dataset into partitions"
     )
@@ -73,6 +82,7 @@ class DatasetRequest(BaseModel):
     path: str | None = Field(
         default=None,
         max_length=4000,
+        pattern=NO_NUL,
         description="files on the server (absolute path or glob, under a source directory)",
     )
     file_format: Literal["csv", "jsonl", "parquet"] | None = Field(default=None)
@@ -88,4 +98,4 @@ class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["reader", "writer", "admin"] = "writer"
-    name: str | None = Field(default=None, max_length=200)
+    name: str | None = Field(default=None, max_length=200, pattern=NO_NUL)

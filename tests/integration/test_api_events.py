@@ -13,7 +13,7 @@ from tests.api_support import make_project, small_sqlite_source
 from tests.support import LiveServer
 
 # nap() sleeps 20 ms every 500 rows; as a filter it keeps the rows streaming in key order
-SLOW_QUERY = "SELECT id, carrier FROM flights WHERE id <= 30000 AND nap(id) = 0"
+SLOW_QUERY = "SELECT id, carrier FROM flights WHERE id <= 30000 AND nap(id, 500) = 0"
 
 
 def read_events(response: httpx.Response) -> Iterator[tuple[str, Any]]:

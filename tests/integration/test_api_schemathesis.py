@@ -9,10 +9,12 @@ generated URL ever makes exportd connect anywhere."""
 from __future__ import annotations
 
 import random
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +23,7 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.api_support import Project, make_project, small_sqlite_source
-from tests.support import LiveServer
+from tests.support import PG_ADMIN_URL, LiveServer, drop_database, pg_url
 
 POSITIVE = 10  # examples per operation that fit the schema
 NEGATIVE = 6  # and that do not (they must get a 4xx)
@@ -42,14 +44,20 @@ class Target:
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    """The store on PostgreSQL, the stricter of the two (its text refuses NUL, its
+    timestamps and integers are typed)."""
     directory: Path = tmp_path_factory.mktemp("schemathesis")
     source = small_sqlite_source(directory, rows=100)
-    server = LiveServer(directory / "data", workers=1)
+    database = f"exportd_st_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    server = LiveServer(directory / "data", workers=1, store_url=pg_url(database))
     server.start()
     try:
         yield Target(server, make_project(server, "acme", source), source)
     finally:
         server.stop()
+        drop_database(database)
 
 
 @schemathesis.check

@@ -387,3 +387,36 @@ def test_dataset_views_never_show_the_url(source: str, live_server: Any, tmp_pat
     assert [f["name"] for f in ds["fields"]][:3] == ["id", "carrier", "origin"]
     assert {f["kind"] for f in ds["fields"]} >= {"int", "str", "float"}
     assert all(isinstance(f["type"], str) for f in ds["fields"])
+
+
+def test_nul_characters_get_400_on_postgresql(
+    source: str, pg_database: str, live_server: Any
+) -> None:
+    """PostgreSQL text cannot hold a NUL: every way of sending one is a 400, never a 500."""
+    server: LiveServer = live_server(store_url=pg_database, workers=0)
+    p = make_project(server, "a", source)
+    api = p["root"].http
+    before = _store_counts(server)
+    ds = {"name": "x", "url": source, "table": "flights", "key": "id"}
+    bodies = [
+        ("/v1/projects", {"project_id": "b\x00"}),
+        ("/v1/projects/a/tokens", {"role": "reader", "name": "a\x00b"}),
+        ("/v1/projects/a/datasets", {**ds, "url": source + "\x00"}),
+        ("/v1/projects/a/datasets", {**ds, "table": "flig\x00hts"}),
+        ("/v1/projects/a/datasets", {**ds, "table": None, "query": "SELECT 'a\x00'"}),
+        ("/v1/projects/a/datasets", {**ds, "key": "i\x00d"}),
+        ("/v1/projects/a/datasets", {"name": "y", "kind": "files", "path": "/tmp/a\x00"}),
+        ("/v1/projects/a/exports", {"dataset_id": "fl\x00ights"}),
+        ("/v1/projects/a/exports", {"dataset_id": "flights", "format": "c\x00sv"}),
+        ("/v1/projects/a/exports", {"dataset_id": "flights", "file_name": "a\x00.csv"}),
+        ("/v1/projects/a/exports", {"dataset_id": "flights", "fields": ["i\x00d"]}),
+        ("/v1/projects/a/exports", {"dataset_id": "flights", "filter": {"carrier\x00": {"eq": 1}}}),
+        ("/v1/projects/a/exports", {"dataset_id": "flights", "filter": {"carrier": {"eq\x00": 1}}}),
+        ("/v1/projects/a/exports", {"dataset_id": "flights", "filter": {"carrier": {"eq": "\x00"}}}),
+    ]
+    for path, body in bodies:
+        assert is_error(api.post(path, json=body), 400), (path, body)
+    for path in ("/v1/projects/a/exports/t%00", "/v1/projects/a/datasets/d%00",
+                 "/v2/a/quality/resource/status/t%00", "/v1/projects/a/exports?task_id=%00"):  # fmt: skip
+        assert is_error(api.get(path, headers={"workspace": "w"}), 400), path
+    assert _store_counts(server) == before

@@ -32,7 +32,10 @@ def error_body(code: str, msg: str) -> dict[str, str]:
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
-        loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path"))
+        where = list(err.get("loc", ()))
+        if where and where[0] in ("body", "query", "path", "header"):
+            where = where[1:]  # the location, not a field (fields may be named "query")
+        loc = ".".join(str(x) for x in where)
         parts.append(f"{loc or 'request'}: {err.get('msg', 'invalid')}")
     return "; ".join(parts)[:1000] or "invalid request"
 
