@@ -15,6 +15,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from exportd.store.engine import normalize_url
 from tests.api_support import SMALL_ROWS, Project, make_project, small_sqlite_source
 from tests.support import LiveServer
 
@@ -134,7 +135,7 @@ HOSTILE = [SQL, "'; DROP TABLE tasks; --", "../../etc/passwd", "%", "_", "\\", "
 
 
 def _store_counts(server: LiveServer) -> dict[str, int]:
-    engine = sa.create_engine(server.settings.store_url)
+    engine = sa.create_engine(normalize_url(server.settings.store_url))
     with engine.connect() as conn:
         tables = ("projects", "tokens", "datasets", "tasks", "partitions", "files")
         counts = {t: int(conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar() or 0) for t in tables}
