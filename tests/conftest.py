@@ -17,7 +17,9 @@ from tests.support import (
     build_pg_source,
     build_sqlite_source,
     drop_database,
+    free_port,
     pg_url,
+    s3_client,
 )
 
 SOURCE_ROWS = int(os.environ.get("EXPORTD_TEST_ROWS", "200000"))
@@ -65,6 +67,31 @@ def sqlite_source(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("src") / "flights.db"
     build_sqlite_source(path, SOURCE_ROWS)
     return f"sqlite:///{path}"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3-speaking server (moto's server mode) on a free loopback port, with the
+    AWS environment variables that exportd (and its worker processes) read."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", "exportd-test")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "exportd-test-secret")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_storage_url(s3_endpoint: str) -> str:
+    """A fresh, empty bucket: `s3://bucket/root?endpoint_url=...`."""
+    bucket = f"exportd-{uuid.uuid4().hex[:12]}"
+    s3_client(s3_endpoint).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/root?endpoint_url={s3_endpoint}&region=us-east-1"
 
 
 @pytest.fixture

@@ -108,6 +108,13 @@ def build_sqlite_source(path: Path, n: int) -> None:
     conn.close()
 
 
+def s3_client(endpoint: str) -> Any:
+    """A boto3 client of the test's own, to look at the bucket from outside exportd."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -123,11 +130,12 @@ class LiveServer:
         settings.setdefault("janitor_seconds", 0.5)
         settings.setdefault("poll_seconds", 0.2)
         store_url = settings.pop("store_url", None)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        settings.setdefault("public_url", self.url)  # links in webhooks and emails
         self.settings = Settings(
             data_dir=data_dir, database_url=store_url, workers=workers, **settings
         )
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_app(self.settings)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
@@ -168,13 +176,20 @@ class LiveServer:
         )
         if s.database_url:
             env["EXPORTD_DATABASE_URL"] = s.database_url
+        for name in s.model_fields_set:  # every other setting the test gave the server
+            value = getattr(s, name)
+            if value is not None and f"EXPORTD_{name.upper()}" not in env:
+                env[f"EXPORTD_{name.upper()}"] = str(value)
         return env
 
-    def start_worker(self, concurrency: int = 2) -> subprocess.Popen[bytes]:
-        """An `exportd worker` process sharing this server's store and storage."""
+    def start_worker(
+        self, concurrency: int = 2, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """An `exportd worker` process sharing this server's store and storage (plus
+        `env`, e.g. a fault-injection setting for this worker only)."""
         proc = subprocess.Popen(
             [sys.executable, "-m", "exportd", "worker", "--concurrency", str(concurrency)],
-            env=self.env(),
+            env={**self.env(), **(env or {})},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -16,6 +16,7 @@ import orjson
 from exportd.documents import MAX_COLUMNS, merge_headers
 from exportd.domain import (
     FileRecord,
+    FileStatus,
     Lease,
     PartitionPhase,
     PartitionStatus,
@@ -25,6 +26,7 @@ from exportd.domain import (
 )
 from exportd.errors import ExportdError, LeaseLost, SourceError
 from exportd.heartbeat import Heartbeat
+from exportd.layout import output_prefix, parts_prefix
 from exportd.runtime import Runtime, selection_for
 from exportd.store.base import utcnow
 from exportd.store.sql import PlannedPartition
@@ -33,14 +35,6 @@ from exportd.transitions import CoordinatorWork, Outcome, coordinator_work, fini
 log = logging.getLogger(__name__)
 
 CLEANUP_RETRY_SECONDS = 0.5
-
-
-def parts_prefix(task: Task) -> str:
-    return f"parts/{task.task_id}/"
-
-
-def output_prefix(task: Task) -> str:
-    return f"exports/{task.project_id}/{task.task_id}/"
 
 
 def run(rt: Runtime, task: Task, lease: Lease) -> None:
@@ -185,10 +179,16 @@ def _finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
     )  # fmt: skip
     if ok:
         storage.delete_prefix(parts_prefix(task))
-    else:  # canceled or timed out meanwhile: this output must never be seen
-        storage.delete(data_key)
+    elif not _finished_by_another(rt, task):  # canceled or timed out meanwhile
+        storage.delete(data_key)  # this output must never be seen
         storage.delete(manifest_key)
         store.release_coordinator(task.task_id, lease.token, due=True)
+
+
+def _finished_by_another(rt: Runtime, task: Task) -> bool:
+    """A coordinator that lost its lease may find the task already finished by the one
+    that took over, with the very same output keys: those must then stay."""
+    return rt.store.get_task(task.project_id, task.task_id).file_status is FileStatus.GENERATED
 
 
 def _failed_rows(rt: Runtime, task: Task, failed: list[Any]) -> int:
@@ -255,6 +255,7 @@ def _cleanup(rt: Runtime, task: Task, lease: Lease) -> None:
         return
     store.stop_abandoned_partitions(task.task_id)
     rt.storage.delete_prefix(parts_prefix(task))
+    rt.storage.abort_uploads(output_prefix(task))  # a coordinator that died mid-assembly
     if task.status is TaskStatus.CANCELING:
         store.finish_cancel(task.task_id, lease.token)
     else:

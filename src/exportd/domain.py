@@ -70,6 +70,19 @@ class FileStatus(enum.StrEnum):
     FAILED = "FAILED"  # generation or upload failed
 
 
+class NotificationStatus(enum.StrEnum):
+    """Delivery of one notification (a webhook call or an email to one address)."""
+
+    PENDING = "PENDING"  # waiting for its (next) attempt
+    DELIVERED = "DELIVERED"  # the receiver accepted it (2xx; SMTP accepted)
+    FAILED = "FAILED"  # gave up after its attempts; the export's own status is unaffected
+
+
+class Channel(enum.StrEnum):
+    WEBHOOK = "webhook"
+    EMAIL = "email"
+
+
 class Stage(enum.IntEnum):
     """`current_state`: the stage of a task or partition, numbers and texts as seed 000."""
 
@@ -181,6 +194,26 @@ class FileRecord:
 
 
 @dataclass
+class Notification:
+    """One notification of a task's terminal status, with its delivery attempts."""
+
+    notification_id: str
+    task_id: str
+    project_id: str
+    channel: Channel
+    target: str
+    event: str
+    status: NotificationStatus
+    attempts: int
+    attempt_log: list[dict[str, Any]]
+    payload: dict[str, Any] | None = None
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
+    create_time: datetime | None = None
+    delivered_time: datetime | None = None
+
+
+@dataclass
 class Task:
     task_id: str
     project_id: str
@@ -219,3 +252,4 @@ class Task:
     created_by_name: str | None = None  # that token's name
     partitions: list[Partition] = field(default_factory=list)
     files: list[FileRecord] = field(default_factory=list)
+    notifications: list[Notification] = field(default_factory=list)

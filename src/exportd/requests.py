@@ -4,8 +4,9 @@ the checks against a dataset's fields happen in the service)."""
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 # free text that is stored or handed to a driver as is: no NUL (PostgreSQL text cannot
@@ -20,6 +21,43 @@ class FieldSpec(BaseModel):
 
     name: Name
     as_: Name | None = Field(default=None, alias="as")
+
+
+class NotifySpec(BaseModel):
+    """Who hears about the end of an export: a webhook and/or email addresses."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=2000,
+        pattern=NO_NUL,
+        description="http(s) URL; signed Standard Webhooks POST",
+    )
+    emails: list[EmailStr] | None = Field(default=None, max_length=20)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_only(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("webhook_url must be an http:// or https:// URL with a host")
+        if parts.username or parts.password:
+            raise ValueError("webhook_url may not carry credentials")
+        return url
+
+
+class Destination(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prefix: str | None = Field(
+        default=None,
+        max_length=400,
+        pattern=NO_NUL,
+        description="folder under the project's storage root, e.g. `reports/2026-06`",
+    )
 
 
 class ExportRequest(BaseModel):
@@ -49,6 +87,10 @@ class ExportRequest(BaseModel):
     )
     expires_in: int | None = Field(
         default=None, ge=60, le=366 * 24 * 3600, description="seconds the files are kept"
+    )
+    destination: Destination | None = Field(default=None, description="where the files go")
+    notify: NotifySpec | None = Field(
+        default=None, description="webhook and emails at the end; overrides project defaults"
     )
     arrays: Literal["index", "json"] | None = Field(
         default=None,
@@ -99,3 +141,13 @@ class TokenRequest(BaseModel):
 
     role: Literal["reader", "writer", "admin"] = "writer"
     name: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
+
+
+class ProjectSettingsRequest(BaseModel):
+    """A project's settings: its storage root (server administrator only) and the
+    notification defaults of its exports."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    storage_prefix: str | None = Field(default=None, max_length=400, pattern=NO_NUL)
+    notify: NotifySpec | None = None

@@ -12,6 +12,7 @@ from exportd.domain import Dataset, Task
 from exportd.errors import BadRequest
 from exportd.filters import validate_filter
 from exportd.formats import Format, get_format
+from exportd.links import LinkSigner, secret_file
 from exportd.settings import Settings
 from exportd.sources import Selection, Source
 from exportd.sources.sql import SqlEngines, SqlSource
@@ -27,6 +28,10 @@ class Runtime:
         self.storage: Storage = open_storage(settings.files_url)
         self.engines = SqlEngines()
         self.admin_token = settings.admin_token or _admin_token_file(settings.data_dir)
+        self.links = LinkSigner(
+            settings.link_secret or secret_file(settings.data_dir / "link_secret", "exl_"),
+            settings.link_ttl_seconds,
+        )
 
     def source(self, dataset: Dataset) -> Source:
         from exportd.sources.documents import JsonLinesDocumentSource, SqlDocumentSource

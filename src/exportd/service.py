@@ -3,12 +3,14 @@ operations; used by the HTTP API and, through it, by the CLI."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import secrets
 import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -18,7 +20,20 @@ from exportd.domain import Dataset, FileRecord, FileStatus, Role, Stage, Task, T
 from exportd.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from exportd.filters import validate_filter
 from exportd.formats import FORMAT_NAMES, Format, get_format, keeps_nesting
-from exportd.requests import DatasetRequest, ExportRequest, FieldSpec, TokenRequest
+from exportd.layout import (
+    check_prefix,
+    check_project_root,
+    output_prefix,
+    output_prefix_for,
+    project_root,
+)
+from exportd.requests import (
+    DatasetRequest,
+    ExportRequest,
+    FieldSpec,
+    ProjectSettingsRequest,
+    TokenRequest,
+)
 from exportd.runtime import Runtime, filter_fields
 from exportd.sources.registration import dataset_spec
 from exportd.store.sql import TaskQuery
@@ -38,6 +53,20 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return self.project_id is None
+
+
+@dataclass(frozen=True)
+class Download:
+    """A file to hand out: redirect to `redirect`, else stream `path`, else read the key."""
+
+    record: FileRecord
+    redirect: str | None
+    path: Path | None
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks secret: `whsec_` + base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def hash_token(token: str) -> str:
@@ -90,8 +119,44 @@ class ExportService:
     # ---- catalog --------------------------------------------------------------------------
 
     def create_project(self, project_id: str) -> dict[str, Any]:
-        self.store.create_project(project_id)
-        return {"project_id": project_id}
+        """The project, and its webhook signing secret: shown this once, never again."""
+        secret = new_webhook_secret()
+        self.store.create_project(project_id, webhook_secret=secret)
+        return {"project_id": project_id, "webhook_secret": secret}
+
+    def project_settings(self, project_id: str) -> dict[str, Any]:
+        settings = self.store.project_settings(project_id)
+        return {
+            "project_id": project_id,
+            "storage_prefix": project_root(project_id, settings),
+            "notify": settings.get("notify") or {},
+            "webhook_secret_set": self.store.webhook_secret(project_id) is not None,
+        }
+
+    def set_project_settings(
+        self, who: Principal, project_id: str, req: ProjectSettingsRequest
+    ) -> dict[str, Any]:
+        """Replace the project's settings. Only the server administrator may move the
+        project's storage root; a project admin may set the notification defaults."""
+        current = self.store.project_settings(project_id)
+        settings: dict[str, Any] = {}
+        if req.storage_prefix is not None:
+            root = check_project_root(project_id, req.storage_prefix)
+            if root != project_root(project_id, current) and not who.is_admin:
+                raise Forbidden("only the server administrator sets storage_prefix", "FORBIDDEN")
+            settings["storage_prefix"] = root
+        elif "storage_prefix" in current and not who.is_admin:
+            settings["storage_prefix"] = current["storage_prefix"]
+        if req.notify is not None:
+            settings["notify"] = req.notify.model_dump(mode="json", exclude_none=True)
+        self.store.set_project_settings(project_id, settings)
+        return self.project_settings(project_id)
+
+    def rotate_webhook_secret(self, project_id: str) -> dict[str, Any]:
+        """A new signing secret for the project's webhooks, shown once."""
+        secret = new_webhook_secret()
+        self.store.set_webhook_secret(project_id, secret)
+        return {"project_id": project_id, "webhook_secret": secret}
 
     def create_token(self, project_id: str, req: TokenRequest) -> dict[str, Any]:
         token = "ext_" + secrets.token_urlsafe(32)
@@ -172,7 +237,8 @@ class ExportService:
             request["_documents"] = _document_mode(req, fmt)
             request.setdefault("arrays", DEFAULT_ARRAYS)
         fingerprint = hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
-        request["_fingerprint"] = fingerprint
+        request["_fingerprint"] = fingerprint  # of the request as given, not of the task's ids
+        request.update(self._delivery(project_id, req, task_id))
         now = datetime.now(UTC)
         task = Task(
             task_id=task_id,
@@ -204,6 +270,25 @@ class ExportService:
             )
         return (self.store.get_task(project_id, stored.task_id), created)
 
+    def _delivery(self, project_id: str, req: ExportRequest, task_id: str) -> dict[str, Any]:
+        """Fix, at submission, where the files go and whom to notify (the request's own
+        `notify` fields override the project's defaults)."""
+        settings = self.store.project_settings(project_id)
+        dest = req.destination.prefix if req.destination and req.destination.prefix else None
+        prefix = output_prefix_for(
+            project_root(project_id, settings), check_prefix(dest) if dest else None, task_id
+        )
+        notify = dict(settings.get("notify") or {})
+        if req.notify is not None:
+            notify.update(req.notify.model_dump(mode="json", exclude_none=True))
+        if notify.get("webhook_url") and self.store.webhook_secret(project_id) is None:
+            raise BadRequest(
+                "the project has no webhook secret yet: create one with "
+                f"POST /v1/projects/{project_id}/webhook-secret",
+                "WEBHOOK_SECRET_MISSING",
+            )
+        return {"_output_prefix": prefix, "_notify": notify}
+
     def get(self, project_id: str, task_id: str) -> Task:
         return self.store.get_task(project_id, task_id)
 
@@ -233,8 +318,12 @@ class ExportService:
         return self.store.request_cancel(project_id, task_id)
 
     def delete(self, project_id: str, task_id: str) -> None:
+        """Delete a finished task, its records and its files (local or S3)."""
         task = self.store.delete_task(project_id, task_id)
-        self.rt.storage.delete_prefix(f"exports/{task.project_id}/{task.task_id}/")
+        storage = self.rt.storage
+        for record in task.files:
+            storage.delete(record.key)
+        storage.delete_prefix(output_prefix(task))
 
     def file_for_download(self, project_id: str, task_id: str, name: str | None) -> FileRecord:
         """The file to hand out; the download is recorded (is_download, download_count)."""
@@ -252,6 +341,35 @@ class ExportService:
         if record.kind == "data":
             self.store.record_download(task_id)
         return record
+
+    def download(self, project_id: str, task_id: str, name: str | None) -> Download:
+        """Where the caller gets the bytes: a fresh presigned URL (S3) or a local file."""
+        return self._deliver(self.file_for_download(project_id, task_id, name))
+
+    def _deliver(self, record: FileRecord, ttl: int | None = None) -> Download:
+        storage = self.rt.storage
+        url = storage.presigned_url(
+            record.key, ttl or self.rt.settings.presign_seconds, record.name, record.media_type
+        )
+        return Download(record, url, None if url else storage.local_path(record.key))
+
+    def download_link(
+        self,
+        project_id: str,
+        task_id: str,
+        name: str,
+        expires: int | None,
+        signature: str | None,
+    ) -> Download:
+        """A signed link followed (no token): 403 unless it is intact and unexpired."""
+        left = self.rt.links.check(project_id, task_id, name, expires, signature)
+        try:
+            record = self.file_for_download(project_id, task_id, name)
+        except NotFound as exc:
+            if exc.error_code in ("TASK_NOT_FOUND", "FILE_NOT_FOUND"):
+                raise Forbidden("this link leads nowhere", "LINK_INVALID") from None
+            raise
+        return self._deliver(record, min(left, self.rt.settings.presign_seconds))
 
     def manifest(self, project_id: str, task_id: str) -> bytes:
         record = self.file_for_download(project_id, task_id, "manifest.json")

@@ -37,6 +37,34 @@ class Settings(BaseSettings):
     events_poll_seconds: float = Field(default=0.5, gt=0, description="SSE store polling")
     events_heartbeat_seconds: float = Field(default=15.0, gt=0, description="SSE keepalive")
 
+    # delivery: links, expiry, abandoned uploads
+    link_secret: str | None = Field(default=None, description="HMAC key of signed links")
+    link_ttl_seconds: int | None = Field(
+        default=None, ge=60, description="signed links' lifetime; default: until the file expires"
+    )
+    presign_seconds: int = Field(default=900, ge=10, le=7 * 24 * 3600, description="S3 URLs")
+    abort_uploads_after: float = Field(
+        default=24 * 3600.0, ge=0, description="abort S3 multipart uploads older than this"
+    )
+    expiry_batch: int = Field(default=100, ge=1, le=10_000, description="files per janitor run")
+
+    # notifications (webhooks and email), delivered from an outbox by the workers
+    notify_max_attempts: int = Field(default=8, ge=1, le=50)
+    notify_retry_base_seconds: float = Field(default=5.0, ge=0, description="first retry delay")
+    notify_retry_max_seconds: float = Field(default=3600.0, ge=0)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    smtp_host: str | None = Field(default=None, description="SMTP server for emails")
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_starttls: bool = Field(default=True, description="upgrade with STARTTLS")
+    smtp_ssl: bool = Field(default=False, description="implicit TLS (port 465)")
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_from: str = Field(default="exportd@localhost", description="sender address")
+    smtp_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    # fault injection for tests: a worker sleeps between uploading a part and committing it
+    debug_pause_before_commit: float = Field(default=0.0, ge=0)
+
     @property
     def store_url(self) -> str:
         if self.database_url:

@@ -21,6 +21,7 @@ from exportd.domain import Lease, Partition, PartitionPhase, Task, TaskStatus
 from exportd.errors import Canceled, LeaseLost, NotFound, SourceError
 from exportd.formats import Format, NestingFormat, RowWriter
 from exportd.heartbeat import Heartbeat
+from exportd.notify import Notifier
 from exportd.runtime import Runtime, selection_for
 from exportd.sources import Selection, Source
 from exportd.transitions import retry_decision
@@ -172,6 +173,8 @@ def _export(run: PartitionRun, hb: Heartbeat) -> None:
                 rows += len(batch)
                 hb.progress(rows, out.count)
             writer.close()
+        if rt.settings.debug_pause_before_commit:
+            time.sleep(rt.settings.debug_pause_before_commit)
         hb.check()
         committed = rt.store.commit_partition(
             task.task_id, part.index, lease.token, key, rows, out.count, out.hexdigest()
@@ -196,6 +199,7 @@ class Worker:
         self.rt = rt
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{name}"
         self.janitor = janitor
+        self.notifier = Notifier(rt)
 
     def step(self) -> bool:
         """Do one unit of work if any is available; False when there was none."""
@@ -204,6 +208,8 @@ class Worker:
         claim = store.claim_coordinator(self.owner, lease_s)
         if claim is not None:
             coordinator.run(self.rt, *claim)
+            return True
+        if self.notifier.deliver_next():  # quick, and people are waiting for it
             return True
         pclaim = store.claim_partition(self.owner, lease_s)
         if pclaim is not None:
@@ -222,11 +228,15 @@ class Worker:
 
 
 class Janitor:
-    """Reclaims expired leases and times tasks out; run by the workers every few seconds."""
+    """Reclaims expired leases, times tasks out, deletes expired files and aborts
+    abandoned multipart uploads; run by the workers every few seconds."""
+
+    UPLOADS_EVERY = 300.0  # listing the open uploads is an S3 request: now and then
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self._next = 0.0
+        self._next_uploads = 0.0
         self._lock = threading.Lock()
 
     def maybe_run(self) -> None:
@@ -236,10 +246,26 @@ class Janitor:
         try:
             self._next = now + self.rt.settings.janitor_seconds
             done = self.rt.store.reap(self.rt.settings.max_attempts)
+            done["files_expired"] = self.expire_files()
+            if now >= self._next_uploads:
+                self._next_uploads = now + self.UPLOADS_EVERY
+                done["uploads_aborted"] = self.rt.storage.abort_uploads(
+                    older_than=self.rt.settings.abort_uploads_after
+                )
             if any(done.values()):
                 log.info("janitor: %s", done)
         finally:
             self._lock.release()
+
+    def expire_files(self) -> int:
+        """Delete the files whose `expires_in` has passed, then mark them DELETED (in this
+        order: a crash in between leaves them to be deleted again, never orphaned)."""
+        expired = self.rt.store.expired_files(self.rt.settings.expiry_batch)
+        for task_id, keys in expired:
+            for key in keys:
+                self.rt.storage.delete(key)
+            self.rt.store.mark_files_deleted(task_id)
+        return len(expired)
 
 
 class WorkerPool:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from exportd.store.engine import normalize_url
 from tests.api_support import SMALL_ROWS, Project, make_project, small_sqlite_source
-from tests.support import LiveServer
+from tests.support import LiveServer, free_port
 
 Call = tuple[str, str, dict[str, Any]]  # method, path, httpx keyword arguments
 
@@ -64,6 +64,9 @@ def endpoints(o: Objects) -> list[tuple[str, str, Callable[[], Call]]]:
         ("create project", "root", lambda: ("POST", "/v1/projects",
                                             {"json": {"project_id": "p" + uuid.uuid4().hex[:8]}})),
         ("create token", "admin", lambda: ("POST", "/v1/projects/a/tokens", {"json": {"role": "reader"}})),
+        ("get settings", "admin", lambda: ("GET", "/v1/projects/a/settings", {})),
+        ("put settings", "admin", lambda: ("PUT", "/v1/projects/a/settings", {"json": {"notify": {}}})),
+        ("webhook secret", "admin", lambda: ("POST", "/v1/projects/a/webhook-secret", {})),
         ("register dataset", "admin", lambda: ("POST", "/v1/projects/a/datasets", {"json": {
             "name": "n" + uuid.uuid4().hex[:8], "url": o.source, "table": "flights", "key": "id"}})),
         ("list datasets", "reader", lambda: ("GET", "/v1/projects/a/datasets", {})),
@@ -337,7 +340,9 @@ def test_secrets_appear_in_no_response_and_no_log_line(
     url = f"postgresql://{user}:{SECRET}@{rest}"
     root = server.client()
     root.http.event_hooks["response"].append(keep)
-    root.http.post("/v1/projects", json={"project_id": "a"})
+    first_secret = root.http.post("/v1/projects", json={"project_id": "a"}).json()["webhook_secret"]
+    webhook_secret = root.http.post("/v1/projects/a/webhook-secret").json()["webhook_secret"]
+    assert root.http.get("/v1/projects/a/settings").json()["webhook_secret_set"] is True
     token = root.http.post("/v1/projects/a/tokens", json={"role": "writer"}).json()["token"]
     ds = root.dataset("a", name="flights", url=url, table="flights", key="id")
     for bad in (
@@ -350,9 +355,17 @@ def test_secrets_appear_in_no_response_and_no_log_line(
         assert 400 <= r.status_code < 500, r.text
     api = server.client(token)
     api.http.event_hooks["response"].append(keep)
-    task = api.export("a", dataset_id="flights", filter={"id": {"lte": 500}}, parallelism=2)
-    api.wait("a", task["task_id"])
+    hook = f"http://127.0.0.1:{free_port()}/hook"  # nobody listens: delivery fails, is logged
+    task = api.export(
+        "a",
+        dataset_id="flights",
+        filter={"id": {"lte": 500}},
+        parallelism=2,
+        notify={"webhook_url": hook},
+    )
     tid = task["task_id"]
+    done = api.wait("a", tid, until=lambda t: t["notifications"] and t["notifications"][0]["attempts"])
+    assert done["status"] == "COMPLETED" and done["notifications"][0]["last_error"]
     for path in (
         "/v1/projects/a/datasets",
         f"/v1/projects/a/datasets/{ds['dataset_id']}",
@@ -368,14 +381,18 @@ def test_secrets_appear_in_no_response_and_no_log_line(
     ):
         assert api.http.get(path, headers={"workspace": "w"}).status_code == 200, path
     assert len(seen) > 20
-    token_shown = [r for r in seen if token in r.text]
-    assert [str(r.request.url.path) for r in token_shown] == ["/v1/projects/a/tokens"]
-    for r in seen:
-        for secret in (SECRET, server.admin_token):
-            assert secret not in r.text and secret not in str(r.headers), r.request.url
+    def shown(secret: str) -> list[str]:
+        return [str(r.request.url.path) for r in seen if secret in r.text + str(r.headers)]
+
+    assert shown(token) == ["/v1/projects/a/tokens"]  # once, in the answer creating it
+    assert shown(first_secret) == ["/v1/projects"]
+    assert shown(webhook_secret) == ["/v1/projects/a/webhook-secret"]
+    assert shown(SECRET) == [] and shown(server.admin_token) == []
     assert len(all_logs.lines) > 50  # the capture works: SQL, HTTP, workers
+    secrets = (SECRET, token, server.admin_token, first_secret, webhook_secret)
+    secrets += (webhook_secret.removeprefix("whsec_"), first_secret.removeprefix("whsec_"))
     for line in all_logs.lines:
-        for secret in (SECRET, token, server.admin_token):
+        for secret in secrets:
             assert secret not in line, line
 
 

@@ -8,6 +8,7 @@ from fastapi import Depends, Path, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from exportd.api.schemas import ErrorBody
+from exportd.links import LinkSigner
 from exportd.service import ExportService, Principal
 
 ERROR_TEXTS: dict[int, str] = {
@@ -52,6 +53,11 @@ def principal(
     """The caller, from `Authorization: Bearer` or `X-Auth-Token` (401 without either)."""
     token = credentials.credentials if credentials else x_auth_token
     return service(request).authenticate(token.strip() if token else None)
+
+
+def links(request: Request) -> LinkSigner:
+    signer: LinkSigner = request.app.state.runtime.links
+    return signer
 
 
 def base_url(request: Request) -> str:

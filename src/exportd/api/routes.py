@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 
 from exportd.api.deps import (
     DatasetId,
@@ -16,21 +16,31 @@ from exportd.api.deps import (
     Who,
     base_url,
     errors,
+    links,
 )
 from exportd.api.events import task_events
 from exportd.api.schemas import (
     DatasetList,
     DatasetView,
+    ProjectSettingsView,
     ProjectView,
     TaskList,
     TaskView,
     TokenView,
+    WebhookSecretView,
 )
 from exportd.api.seed_mapping import StatusFilter, statuses_for_filter
 from exportd.api.views import dataset_json, retry_after_seconds, task_json
 from exportd.domain import Role, Task
 from exportd.errors import BadRequest, Forbidden
-from exportd.requests import DatasetRequest, ExportRequest, ProjectRequest, TokenRequest
+from exportd.requests import (
+    DatasetRequest,
+    ExportRequest,
+    ProjectRequest,
+    ProjectSettingsRequest,
+    TokenRequest,
+)
+from exportd.service import Download
 from exportd.store.sql import SORT_FIELDS, TaskQuery
 
 router = APIRouter(prefix="/v1")
@@ -68,7 +78,7 @@ def _task_response(request: Request, response: Response, task: Task) -> dict[str
     wait = retry_after_seconds(task)
     if wait is not None:
         response.headers["Retry-After"] = str(wait)
-    return task_json(task, base_url(request))
+    return task_json(task, base_url(request), links(request))
 
 
 # ---- administration ----------------------------------------------------------------------
@@ -82,10 +92,51 @@ def _task_response(request: Request, response: Response, task: Task) -> dict[str
     responses=errors(400, 401, 403, 409, 413, 500),
 )
 def create_project(body: ProjectRequest, svc: Svc, who: Who) -> dict[str, Any]:
-    """Create a project (the administrator token only)."""
+    """Create a project (the administrator token only); the answer shows its webhook
+    signing secret, this once."""
     if not who.is_admin:
         raise Forbidden("only the administrator can create projects", "FORBIDDEN")
     return svc.create_project(body.project_id)
+
+
+@router.get(
+    "/projects/{project_id}/settings",
+    tags=["admin"],
+    response_model=ProjectSettingsView,
+    responses=errors(400, 401, 403, 404, 500),
+)
+def get_project_settings(project_id: ProjectId, svc: Svc, who: Who) -> dict[str, Any]:
+    """The project's storage root and notification defaults (admin role)."""
+    svc.authorize(who, project_id, Role.ADMIN)
+    return svc.project_settings(project_id)
+
+
+@router.put(
+    "/projects/{project_id}/settings",
+    tags=["admin"],
+    response_model=ProjectSettingsView,
+    responses=BODY_ERRORS,
+)
+def put_project_settings(
+    project_id: ProjectId, body: ProjectSettingsRequest, svc: Svc, who: Who
+) -> dict[str, Any]:
+    """Replace the project's settings: notification defaults of its exports, and (server
+    administrator only) the storage root its exports are written under."""
+    svc.authorize(who, project_id, Role.ADMIN)
+    return svc.set_project_settings(who, project_id, body)
+
+
+@router.post(
+    "/projects/{project_id}/webhook-secret",
+    status_code=201,
+    tags=["admin"],
+    response_model=WebhookSecretView,
+    responses=errors(400, 401, 403, 404, 500),
+)
+def rotate_webhook_secret(project_id: ProjectId, svc: Svc, who: Who) -> dict[str, Any]:
+    """A new `whsec_...` secret signing the project's webhooks; shown only in this answer."""
+    svc.authorize(who, project_id, Role.ADMIN)
+    return svc.rotate_webhook_secret(project_id)
 
 
 @router.post(
@@ -243,8 +294,8 @@ def list_exports(
         limit=limit,
     )
     tasks, count = svc.list(project_id, q)
-    base = base_url(request)
-    return {"export_tasks": [task_json(t, base) for t in tasks], "count": count}
+    base, signer = base_url(request), links(request)
+    return {"export_tasks": [task_json(t, base, signer) for t in tasks], "count": count}
 
 
 @router.get(
@@ -299,18 +350,18 @@ def delete_export(project_id: ProjectId, task_id: TaskId, svc: Svc, who: Who) ->
     return Response(status_code=204)
 
 
+FILE_BODY = {
+    "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+    "description": "the file, in its format's media type (text/csv, application/x-ndjson, ...)",
+}
+REDIRECT = {"description": "to a freshly presigned URL of the file (S3 storage)"}
+
+
 @router.get(
     "/projects/{project_id}/exports/{task_id}/download",
     tags=["exports"],
     response_class=StreamingResponse,
-    responses={
-        **FILE_ERRORS,
-        200: {
-            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
-            "description": "the file, in its format's media type (text/csv, "
-            "application/x-ndjson, ...)",
-        },
-    },
+    responses={**FILE_ERRORS, 200: FILE_BODY, 307: REDIRECT},
 )
 def download_export(
     project_id: ProjectId,
@@ -320,18 +371,42 @@ def download_export(
     who: Who,
     name: Annotated[str | None, Query(max_length=255, description="a file of the task")] = None,
 ) -> Response:
-    """The exported file (or, with `name`, another file of the task)."""
+    """The file: streamed (local storage) or a 307 to a freshly presigned URL (S3); with
+    `name`, another file of the task."""
     svc.authorize(who, project_id, Role.READER)
-    record = svc.file_for_download(project_id, task_id, name)
-    storage = request.app.state.runtime.storage
-    path = storage.local_path(record.key)
-    if path is not None:
-        return FileResponse(path, media_type=record.media_type, filename=record.name)
-    fh = storage.open_read(record.key)
+    return file_response(request, svc.download(project_id, task_id, name))
+
+
+@router.get(
+    "/links/{project_id}/{task_id}/{name}",
+    tags=["exports"],
+    response_class=StreamingResponse,
+    responses={**errors(400, 403, 404, 409, 500), 200: FILE_BODY, 307: REDIRECT},
+)
+def follow_link(
+    project_id: ProjectId,
+    task_id: TaskId,
+    name: Annotated[str, Path(min_length=1, max_length=255, description="the file's name")],
+    request: Request,
+    svc: Svc,
+    expires: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+    signature: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    """A signed link (from the status, a webhook or an email): no token needed until it
+    expires; a tampered or expired link is 403 (`LINK_INVALID`, `LINK_EXPIRED`)."""
+    return file_response(request, svc.download_link(project_id, task_id, name, expires, signature))
+
+
+def file_response(request: Request, dl: Download) -> Response:
+    if dl.redirect is not None:
+        return RedirectResponse(dl.redirect, status_code=307)
+    if dl.path is not None:
+        return FileResponse(dl.path, media_type=dl.record.media_type, filename=dl.record.name)
+    fh = request.app.state.runtime.storage.open_read(dl.record.key)
     return StreamingResponse(
         iter(lambda: fh.read(1 << 20), b""),
-        media_type=record.media_type,
-        headers={"Content-Disposition": f'attachment; filename="{record.name}"'},
+        media_type=dl.record.media_type,
+        headers={"Content-Disposition": f'attachment; filename="{dl.record.name}"'},
     )
 
 

@@ -8,7 +8,14 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from exportd.domain import FileStatus, PartitionPhase, PartitionStatus, TaskStatus
+from exportd.domain import (
+    Channel,
+    FileStatus,
+    NotificationStatus,
+    PartitionPhase,
+    PartitionStatus,
+    TaskStatus,
+)
 
 
 class ErrorBody(BaseModel):
@@ -54,8 +61,26 @@ class FileView(BaseModel):
     bytes: int
     sha256: str
     media_type: str
-    download_url: str
+    download_url: str = Field(description="the API route (needs a token)")
+    url: str | None = Field(description="a signed link that works without a token")
+    url_expires_at: str | None = Field(description="when the signed link stops working")
     file_expires_at: str | None
+
+
+class NotificationView(BaseModel):
+    """One notification of the task's end (a webhook call or an email) and its delivery."""
+
+    notification_id: str
+    channel: Channel
+    target: str = Field(description="the webhook URL or the email address")
+    event: str
+    status: NotificationStatus
+    attempts: int
+    last_error: str | None
+    next_attempt_at: str | None
+    create_time: str | None
+    delivered_time: str | None
+    attempt_log: list[dict[str, Any]]
 
 
 class FailedItem(BaseModel):
@@ -113,6 +138,7 @@ class TaskView(BaseModel):
     successful_items: list[SucceededItem]
     failed_items: list[FailedItem]
     files: list[FileView]
+    notifications: list[NotificationView]
     partitions: list[PartitionView]
     request: dict[str, Any] = Field(description="the request as given")
 
@@ -150,7 +176,24 @@ class DatasetList(BaseModel):
 
 
 class ProjectView(BaseModel):
+    """A new project, and its webhook signing secret: shown this once."""
+
     project_id: str
+    webhook_secret: str
+
+
+class ProjectSettingsView(BaseModel):
+    project_id: str
+    storage_prefix: str = Field(description="the storage root of the project's exports")
+    notify: dict[str, Any] = Field(description="notification defaults of its exports")
+    webhook_secret_set: bool
+
+
+class WebhookSecretView(BaseModel):
+    """A new webhook signing secret: shown only in this answer."""
+
+    project_id: str
+    webhook_secret: str
 
 
 class TokenView(BaseModel):

@@ -6,7 +6,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from exportd.api.seed_mapping import current_state
-from exportd.domain import Dataset, FileRecord, Partition, PartitionStatus, Task
+from exportd.domain import (
+    Dataset,
+    FileRecord,
+    Notification,
+    NotificationStatus,
+    Partition,
+    PartitionStatus,
+    Task,
+)
+from exportd.links import LinkSigner
 
 
 def iso(value: datetime | None) -> str | None:
@@ -45,8 +54,13 @@ def partition_json(p: Partition) -> dict[str, Any]:
     }
 
 
-def file_json(task: Task, f: FileRecord, base: str) -> dict[str, Any]:
+def file_json(
+    task: Task, f: FileRecord, base: str, links: LinkSigner | None = None
+) -> dict[str, Any]:
+    """A file: its API route (needs a token) and, while it exists, a signed link that
+    works without one until `url_expires_at`."""
     url = f"{base}/v1/projects/{task.project_id}/exports/{task.task_id}"
+    link = links.for_file(task, f, base) if links else None
     return {
         "name": f.name,
         "kind": f.kind,
@@ -55,7 +69,27 @@ def file_json(task: Task, f: FileRecord, base: str) -> dict[str, Any]:
         "sha256": f.sha256,
         "media_type": f.media_type,
         "download_url": f"{url}/download" if f.kind == "data" else f"{url}/manifest",
+        "url": link.url if link else None,
+        "url_expires_at": iso(link.expires_at) if link else None,
         "file_expires_at": iso(task.file_expires_at),
+    }
+
+
+def notification_json(n: Notification) -> dict[str, Any]:
+    return {
+        "notification_id": n.notification_id,
+        "channel": n.channel.value,
+        "target": n.target,
+        "event": n.event,
+        "status": n.status.value,
+        "attempts": n.attempts,
+        "last_error": n.last_error,
+        "next_attempt_at": iso(n.next_attempt_at)
+        if n.status is NotificationStatus.PENDING
+        else None,
+        "create_time": iso(n.create_time),
+        "delivered_time": iso(n.delivered_time),
+        "attempt_log": n.attempt_log,
     }
 
 
@@ -74,7 +108,7 @@ def _rates(task: Task, now: datetime) -> tuple[float | None, float | None]:
     return round(rate, 1), round(left / rate, 1) if rate > 0 else None
 
 
-def task_json(task: Task, base: str = "") -> dict[str, Any]:
+def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> dict[str, Any]:
     now = datetime.now(UTC)
     rate, eta = _rates(task, now)
     succeeded = [p for p in task.partitions if p.status is PartitionStatus.DONE]
@@ -123,7 +157,8 @@ def task_json(task: Task, base: str = "") -> dict[str, Any]:
             {"partition": p.index, "error_code": p.error_code, "error_msg": p.error_msg}
             for p in failed
         ],
-        "files": [file_json(task, f, base) for f in task.files],
+        "files": [file_json(task, f, base, links) for f in task.files],
+        "notifications": [notification_json(n) for n in task.notifications],
         "partitions": [partition_json(p) for p in task.partitions],
         "request": request,
     }

@@ -48,15 +48,45 @@ class Storage(Protocol):
         """A path on this host's disk for the object, when the storage is local."""
         ...
 
+    def presigned_url(
+        self, key: str, expires_in: int, filename: str, media_type: str
+    ) -> str | None:
+        """A URL that reads the object without credentials for `expires_in` seconds, when
+        the storage can mint one (S3); None when the server must stream it (local)."""
+        ...
+
+    def abort_uploads(self, prefix: str = "", older_than: float = 0.0) -> int:
+        """Abort unfinished multipart uploads under `prefix` older than `older_than` seconds."""
+        ...
+
+
+def check_key(key: str) -> str:
+    """A storage key is relative and '/'-separated, with no empty, '.' or '..' segment;
+    a trailing '/' names a folder-like prefix."""
+    segments = key[:-1].split("/") if key.endswith("/") else key.split("/")
+    if (
+        not key
+        or "\\" in key
+        or any(ord(c) < 32 for c in key)
+        or any(s in ("", ".", "..") for s in segments)
+    ):
+        raise ValueError(f"invalid storage key {key[:200]!r}")
+    return key
+
 
 def open_storage(url: str) -> Storage:
-    """A storage from its URL: `file:///path` (or a plain path)."""
+    """A storage from its URL: `file:///path` (or a plain path), or
+    `s3://bucket/prefix?endpoint_url=...&region=...`."""
     from exportd.storage.local import LocalStorage
 
     if url.startswith("file://"):
         from urllib.parse import unquote, urlparse
 
         return LocalStorage(Path(unquote(urlparse(url).path)))
+    if url.startswith("s3://"):
+        from exportd.storage.s3 import S3Storage
+
+        return S3Storage.from_url(url)
     if "://" not in url:
         return LocalStorage(Path(url))
     raise ValueError(f"unsupported storage URL scheme: {url.split('://', 1)[0]!r}")

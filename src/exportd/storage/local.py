@@ -86,6 +86,12 @@ class LocalStorage:
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
 
+    def presigned_url(self, key: str, expires_in: int, filename: str, media_type: str) -> None:
+        return None  # the server streams local files itself
+
+    def abort_uploads(self, prefix: str = "", older_than: float = 0.0) -> int:
+        return 0  # writes are atomic renames: nothing is left half uploaded
+
 
 def _chunks(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as fh:

@@ -20,6 +20,7 @@ from exportd.domain import (
     TaskStatus,
 )
 from exportd.store.engine import create_store_engine, migrate
+from exportd.store.events import enqueue_notifications
 from exportd.store.tables import partitions, tasks
 from exportd.store.wakeup import Waker
 from exportd.transitions import partition_sources, task_sources
@@ -97,7 +98,10 @@ class StoreBase:
             .where(*where)
             .values(status=target.value, update_time=now, version=tasks.c.version + 1, **values)
         )
-        return conn.execute(stmt).rowcount == 1
+        moved = conn.execute(stmt).rowcount == 1
+        if moved and target.is_terminal:  # the outbox commits with the status, or neither
+            enqueue_notifications(conn, task_id, target, now)
+        return moved
 
     def _move_partition(
         self,

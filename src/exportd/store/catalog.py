@@ -24,7 +24,12 @@ class TokenInfo:
 
 
 class CatalogStore(StoreBase):
-    def create_project(self, project_id: str, settings: dict[str, Any] | None = None) -> None:
+    def create_project(
+        self,
+        project_id: str,
+        settings: dict[str, Any] | None = None,
+        webhook_secret: str | None = None,
+    ) -> None:
         with self.write() as conn:
             exists = conn.execute(
                 sa.select(projects.c.project_id).where(projects.c.project_id == project_id)
@@ -33,7 +38,10 @@ class CatalogStore(StoreBase):
                 raise Conflict(f"project {project_id!r} already exists", "PROJECT_EXISTS")
             conn.execute(
                 projects.insert().values(
-                    project_id=project_id, settings=settings or {}, create_time=utcnow()
+                    project_id=project_id,
+                    settings=settings or {},
+                    create_time=utcnow(),
+                    webhook_secret=webhook_secret,
                 )
             )
 
@@ -43,6 +51,36 @@ class CatalogStore(StoreBase):
                 sa.select(projects.c.project_id).where(projects.c.project_id == project_id)
             ).first()
             return row is not None
+
+    def project_settings(self, project_id: str) -> dict[str, Any]:
+        with self.read() as conn:
+            row = conn.execute(
+                sa.select(projects.c.settings).where(projects.c.project_id == project_id)
+            ).first()
+        if row is None:
+            raise NotFound(f"project {project_id!r} not found", "PROJECT_NOT_FOUND")
+        return dict(row.settings or {})
+
+    def set_project_settings(self, project_id: str, settings: dict[str, Any]) -> None:
+        self._update_project(project_id, settings=settings)
+
+    def set_webhook_secret(self, project_id: str, secret: str) -> None:
+        self._update_project(project_id, webhook_secret=secret)
+
+    def webhook_secret(self, project_id: str) -> str | None:
+        with self.read() as conn:
+            secret: str | None = conn.execute(
+                sa.select(projects.c.webhook_secret).where(projects.c.project_id == project_id)
+            ).scalar()
+        return secret
+
+    def _update_project(self, project_id: str, **values: Any) -> None:
+        with self.write() as conn:
+            n = conn.execute(
+                sa.update(projects).where(projects.c.project_id == project_id).values(**values)
+            ).rowcount
+        if n != 1:
+            raise NotFound(f"project {project_id!r} not found", "PROJECT_NOT_FOUND")
 
     def list_projects(self) -> list[str]:
         with self.read() as conn:

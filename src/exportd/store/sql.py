@@ -34,7 +34,8 @@ from exportd.store.base import (
     utcnow,
 )
 from exportd.store.catalog import CatalogStore
-from exportd.store.tables import files, partitions, tasks
+from exportd.store.outbox import OutboxStore, notification_from_row
+from exportd.store.tables import files, notifications, partitions, tasks
 from exportd.transitions import Outcome
 
 SORT_FIELDS = ("create_time", "update_time", "end_time", "file_name", "status", "task_id")
@@ -75,7 +76,7 @@ class PlannedPartition:
 _IDLE = (PartitionStatus.PENDING.value, PartitionStatus.WAITING.value)
 
 
-class Store(CatalogStore):
+class Store(CatalogStore, OutboxStore):
     # ---- tasks: submit, read, list, cancel, delete -------------------------------------
 
     def insert_task(self, task: Task) -> tuple[Task, bool]:
@@ -105,6 +106,7 @@ class Store(CatalogStore):
             task = task_from_row(row._mapping)
             task.partitions = self._partitions(conn, task_id)
             task.files = self._files(conn, task_id)
+            task.notifications = self.task_notifications(conn, task_id)
         return task
 
     def task_version(self, project_id: str, task_id: str) -> int | None:
@@ -169,6 +171,13 @@ class Store(CatalogStore):
         ).all()
         for r in frows:
             by_id[r.task_id].files.append(file_from_row(r._mapping))
+        nrows = conn.execute(
+            sa.select(notifications)
+            .where(notifications.c.task_id.in_(list(by_id)))
+            .order_by(notifications.c.create_time, notifications.c.channel, notifications.c.target)
+        ).all()
+        for r in nrows:
+            by_id[r.task_id].notifications.append(notification_from_row(r._mapping))
 
     def request_cancel(self, project_id: str, task_id: str) -> Task:
         """PENDING -> CANCELED at once; RUNNING -> CANCELING (workers stop, the
@@ -205,6 +214,7 @@ class Store(CatalogStore):
                 "TASK_NOT_FINISHED",
             )
         with self.write() as conn:
+            conn.execute(notifications.delete().where(notifications.c.task_id == task_id))
             conn.execute(files.delete().where(files.c.task_id == task_id))
             conn.execute(partitions.delete().where(partitions.c.task_id == task_id))
             conn.execute(tasks.delete().where(tasks.c.task_id == task_id))
@@ -216,6 +226,40 @@ class Store(CatalogStore):
             self._touch_task(
                 conn, task_id, now, is_download=True, download_count=tasks.c.download_count + 1
             )
+
+    # ---- file expiry ----------------------------------------------------------------------
+
+    def expired_files(self, limit: int) -> list[tuple[str, list[str]]]:
+        """(task id, storage keys) of generated files whose `file_expires_at` has passed."""
+        with self.read() as conn:
+            ids = conn.execute(
+                sa.select(tasks.c.task_id)
+                .where(
+                    tasks.c.file_status == FileStatus.GENERATED.value,
+                    tasks.c.file_expires_at < utcnow(),
+                )
+                .order_by(tasks.c.file_expires_at)
+                .limit(limit)
+            ).scalars()
+            return [(t, [f.key for f in self._files(conn, t)]) for t in list(ids)]
+
+    def mark_files_deleted(self, task_id: str) -> bool:
+        """GENERATED -> DELETED once the files are gone; the task keeps its history."""
+        now = utcnow()
+        with self.write() as conn:
+            n = conn.execute(
+                sa.update(tasks)
+                .where(
+                    tasks.c.task_id == task_id,
+                    tasks.c.file_status == FileStatus.GENERATED.value,
+                )
+                .values(
+                    file_status=FileStatus.DELETED.value,
+                    update_time=now,
+                    version=tasks.c.version + 1,
+                )
+            ).rowcount
+        return n == 1
 
     def _status_for_update(self, conn: sa.Connection, project_id: str, task_id: str) -> TaskStatus:
         stmt = sa.select(tasks.c.status).where(

@@ -14,6 +14,8 @@ projects = sa.Table(
     sa.Column("project_id", sa.String(64), primary_key=True),
     sa.Column("settings", sa.JSON, nullable=False),
     sa.Column("create_time", TS, nullable=False),
+    # signs the project's webhooks (Standard Webhooks `whsec_...`); shown once when made
+    sa.Column("webhook_secret", sa.String(100), nullable=True),
 )
 
 tokens = sa.Table(
@@ -105,6 +107,7 @@ tasks = sa.Table(
     sa.Index("ix_tasks_project_create", "project_id", "create_time"),
     sa.Index("ix_tasks_coordinator_due", "coordinator_due"),
     sa.Index("ix_tasks_status", "status"),
+    sa.Index("ix_tasks_file_expiry", "file_status", "file_expires_at"),
 )
 
 partitions = sa.Table(
@@ -157,4 +160,35 @@ files = sa.Table(
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("media_type", sa.String(100), nullable=False),
     sa.Column("create_time", TS, nullable=False),
+)
+
+# the outbox: one row per notification of a task's terminal status, written in the same
+# transaction as that status; workers deliver them under a short lease, with retries
+notifications = sa.Table(
+    "notifications",
+    metadata,
+    sa.Column("notification_id", sa.String(40), primary_key=True),
+    sa.Column(
+        "task_id",
+        sa.String(64),
+        sa.ForeignKey("tasks.task_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("project_id", sa.String(64), nullable=False),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("target", sa.Text, nullable=False),
+    sa.Column("event", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("payload", sa.JSON, nullable=True),  # frozen at the first attempt
+    sa.Column("attempt_log", sa.JSON, nullable=False),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("next_attempt_at", TS, nullable=True),
+    sa.Column("lease_token", sa.String(64), nullable=True),
+    sa.Column("lease_expires_at", TS, nullable=True),
+    sa.Column("create_time", TS, nullable=False),
+    sa.Column("update_time", TS, nullable=False),
+    sa.Column("delivered_time", TS, nullable=True),
+    sa.Index("ix_notifications_due", "status", "next_attempt_at"),
 )

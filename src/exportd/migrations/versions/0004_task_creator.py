@@ -1,7 +1,7 @@
 """who created a task: the token's id and name (seed 001's domain_id and user_name)
 
-Revision ID: i5_task_creator
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "i5_task_creator"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
