@@ -8,6 +8,7 @@ import hashlib
 import re
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -388,31 +389,30 @@ def _document_mode(req: ExportRequest, fmt: Format) -> str:
 
 def _document_projection(fields: list[str | FieldSpec] | None) -> tuple[list[str], list[str]]:
     """Projected document paths and their output names; none: decided by the documents."""
-    if not fields:
-        return [], []
-    source, output = [], []
-    for item in fields:
-        name, alias = (item, item) if isinstance(item, str) else (item.name, item.as_ or item.name)
-        parse_path(name)
-        if "\x00" in alias:
-            raise BadRequest("a column name cannot hold a NUL character", "INVALID_FIELD")
-        source.append(name)
-        output.append(alias)
-    if len(set(output)) != len(output):
-        raise BadRequest("output column names must be unique", "DUPLICATE_COLUMN")
-    return source, output
+    return _pairs(fields, parse_path) if fields else ([], [])
 
 
 def _projection(fields: list[str | FieldSpec] | None, ds: Dataset) -> tuple[list[str], list[str]]:
-    """(source columns, output column names) of a request's `fields`."""
+    """(source columns, output column names) of a request's `fields`; default: every field."""
     known = [f["name"] for f in ds.fields]
     if not fields:
         return known, list(known)
+
+    def check(name: str) -> None:
+        if name not in known:
+            raise BadRequest(f"unknown field {name[:100]!r}", "INVALID_FIELD")
+
+    return _pairs(fields, check)
+
+
+def _pairs(
+    fields: list[str | FieldSpec], check: Callable[[str], object]
+) -> tuple[list[str], list[str]]:
+    """Each projected name checked by `check`, with its output name (renames applied)."""
     source, output = [], []
     for item in fields:
         name, alias = (item, item) if isinstance(item, str) else (item.name, item.as_ or item.name)
-        if name not in known:
-            raise BadRequest(f"unknown field {name[:100]!r}", "INVALID_FIELD")
+        check(name)
         if "\x00" in alias:
             raise BadRequest("a column name cannot hold a NUL character", "INVALID_FIELD")
         source.append(name)
