@@ -335,6 +335,22 @@ class Store(CatalogStore, OutboxStore):
             ).rowcount
         return n == 1
 
+    def count_coordinator_error(self, task_id: str, token: str) -> int | None:
+        """One more failed coordinator run of the task (fenced); None if the lease is lost."""
+        with self.write() as conn:
+            n = conn.execute(
+                sa.update(tasks)
+                .where(tasks.c.task_id == task_id, tasks.c.coord_token == token)
+                .values(coord_errors=tasks.c.coord_errors + 1)
+            ).rowcount
+            if n != 1:
+                return None
+            return int(
+                conn.execute(
+                    sa.select(tasks.c.coord_errors).where(tasks.c.task_id == task_id)
+                ).scalar_one()
+            )
+
     def release_coordinator(
         self, task_id: str, token: str, *, due: bool, retry_after: float | None = None
     ) -> None:
@@ -942,6 +958,7 @@ def _task_values(task: Task) -> dict[str, Any]:
         "coord_token": None,
         "coord_expires_at": None,
         "coord_attempts": 0,
+        "coord_errors": 0,
     }
 
 
