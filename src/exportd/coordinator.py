@@ -53,9 +53,30 @@ def run(rt: Runtime, task: Task, lease: Lease) -> None:
             _dispatch(rt, task, lease, hb)
     except LeaseLost:
         log.warning("coordinator of %s lost its lease", task.task_id)
-    except Exception:
-        log.exception("coordinator of %s failed; it will be retried", task.task_id)
-        store.release_coordinator(task.task_id, lease.token, due=True, retry_after=2.0)
+    except Exception as exc:
+        log.exception("coordinator of %s failed", task.task_id)
+        _after_error(rt, task, lease, exc)
+
+
+def _after_error(rt: Runtime, task: Task, lease: Lease, exc: Exception) -> None:
+    """Retry a failed coordinator run with backoff, up to `max_attempts` failures; then
+    end the task, so that no task is left RUNNING forever on an error that persists."""
+    store = rt.store
+    errors = store.count_coordinator_error(task.task_id, lease.token)
+    if errors is None:
+        return
+    if errors < rt.settings.max_attempts:
+        delay = rt.settings.retry_base_seconds * 2 ** (errors - 1)
+        store.release_coordinator(task.task_id, lease.token, due=True, retry_after=delay)
+        return
+    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+    msg = f"finishing work failed {errors} times; last: {type(exc).__name__}: {first_line}"
+    if task.status in (TaskStatus.PENDING, TaskStatus.RUNNING):
+        store.fail_task(task.task_id, lease.token, "COORDINATOR_FAILED", msg)
+    elif task.status is TaskStatus.CANCELING:
+        store.finish_cancel(task.task_id, lease.token)
+    else:  # a terminal task whose cleanup keeps failing: give it up (the janitor may retry)
+        store.release_coordinator(task.task_id, lease.token, due=False)
 
 
 def _dispatch(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
@@ -124,7 +145,9 @@ def _merge_headers(rt: Runtime, task: Task, lease: Lease) -> None:
         len(waiting), failed, canceled, task.allow_partial, task.max_error_rate
     )
     if outcome.status is TaskStatus.FAILED:
-        store.fail_task(task.task_id, lease.token, outcome.error_code or "", outcome.error_msg or "")
+        store.fail_task(
+            task.task_id, lease.token, outcome.error_code or "", outcome.error_msg or ""
+        )
         return
     columns = merge_headers((p.header or {}).get("keys", []) for p in waiting)
     if len(columns) > MAX_COLUMNS:

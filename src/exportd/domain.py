@@ -248,6 +248,8 @@ class Task:
     download_count: int = 0
     idempotency_key: str | None = None
     version: int = 0
+    created_by: str | None = None  # id of the token that created it ("admin": the administrator)
+    created_by_name: str | None = None  # that token's name
     partitions: list[Partition] = field(default_factory=list)
     files: list[FileRecord] = field(default_factory=list)
     notifications: list[Notification] = field(default_factory=list)

@@ -9,6 +9,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+# free text that is stored or handed to a driver as is: no NUL (PostgreSQL text cannot
+# hold one, and drivers refuse it); fields checked by the service name their own errors
+NO_NUL = r"^[^\x00]*$"
 
 
 class FieldSpec(BaseModel):
@@ -26,7 +29,10 @@ class NotifySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     webhook_url: str | None = Field(
-        default=None, max_length=2000, description="http(s) URL; signed Standard Webhooks POST"
+        default=None,
+        max_length=2000,
+        pattern=NO_NUL,
+        description="http(s) URL; signed Standard Webhooks POST",
     )
     emails: list[EmailStr] | None = Field(default=None, max_length=20)
 
@@ -49,6 +55,7 @@ class Destination(BaseModel):
     prefix: str | None = Field(
         default=None,
         max_length=400,
+        pattern=NO_NUL,
         description="folder under the project's storage root, e.g. `reports/2026-06`",
     )
 
@@ -56,7 +63,9 @@ class Destination(BaseModel):
 class ExportRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset_id: Name = Field(description="id (or name) of a dataset of the project")
+    dataset_id: Name = Field(
+        pattern=NO_NUL, description="id (or name) of a dataset of the project"
+    )
     fields: list[Name | FieldSpec] | None = Field(
         default=None, max_length=2000, description="projection, order and renames; default all"
     )
@@ -117,10 +126,14 @@ class DatasetRequest(BaseModel):
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
     kind: Literal["sql", "documents", "files"] = "sql"
     url: str | None = Field(
-        default=None, min_length=1, max_length=4000, description="SQLAlchemy URL (kept secret)"
+        default=None,
+        min_length=1,
+        max_length=4000,
+        pattern=NO_NUL,
+        description="SQLAlchemy URL (kept secret)",
     )
-    table: str | None = Field(default=None, max_length=400)
-    query: str | None = Field(default=None, max_length=100_000)
+    table: str | None = Field(default=None, max_length=400, pattern=NO_NUL)
+    query: str | None = Field(default=None, max_length=100_000, pattern=NO_NUL)
     key: Name | None = Field(
         default=None, description="column used to split the dataset into partitions"
     )
@@ -128,6 +141,7 @@ class DatasetRequest(BaseModel):
     path: str | None = Field(
         default=None,
         max_length=4000,
+        pattern=NO_NUL,
         description="files on the server (absolute path or glob, under a source directory)",
     )
     file_format: Literal["csv", "jsonl", "parquet"] | None = Field(default=None)
@@ -143,7 +157,7 @@ class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["reader", "writer", "admin"] = "writer"
-    name: str | None = Field(default=None, max_length=200)
+    name: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
 
 
 class ProjectSettingsRequest(BaseModel):
@@ -152,5 +166,5 @@ class ProjectSettingsRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    storage_prefix: str | None = Field(default=None, max_length=400)
+    storage_prefix: str | None = Field(default=None, max_length=400, pattern=NO_NUL)
     notify: NotifySpec | None = None

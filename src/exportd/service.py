@@ -8,7 +8,8 @@ import hashlib
 import re
 import secrets
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ class Principal:
 
     project_id: str | None
     role: Role
+    token_id: str = "admin"
+    name: str | None = "admin"
 
     @property
     def is_admin(self) -> bool:
@@ -102,7 +105,7 @@ class ExportService:
         found = self.store.find_token(hash_token(token))
         if found is None:
             raise Unauthorized("invalid token", "UNAUTHORIZED")
-        return Principal(found[0], found[1])
+        return Principal(found.project_id, found.role, found.token_id, found.name)
 
     def authorize(self, who: Principal, project_id: str, needed: Role) -> None:
         """Another project's objects are 404, as if they did not exist; too weak a role 403."""
@@ -194,7 +197,11 @@ class ExportService:
     # ---- exports --------------------------------------------------------------------------
 
     def submit(
-        self, project_id: str, req: ExportRequest, idempotency_key: str | None = None
+        self,
+        project_id: str,
+        req: ExportRequest,
+        idempotency_key: str | None = None,
+        who: Principal | None = None,
     ) -> tuple[Task, bool]:
         """Validate the request against the dataset, then create the task (202) or return
         the task already created with the same idempotency key."""
@@ -260,6 +267,8 @@ class ExportService:
             create_time=now,
             update_time=now,
             idempotency_key=idempotency_key,
+            created_by=who.token_id if who else None,
+            created_by_name=who.name if who else None,
         )
         stored, created = self.store.insert_task(task)
         if not created and stored.request.get("_fingerprint") != fingerprint:
@@ -291,7 +300,26 @@ class ExportService:
     def get(self, project_id: str, task_id: str) -> Task:
         return self.store.get_task(project_id, task_id)
 
+    def get_for_dataset(self, project_id: str, dataset_id: str, task_id: str) -> Task:
+        """A task of one dataset (seed 003's path): 404 when it belongs to another."""
+        ds = self.store.get_dataset(project_id, dataset_id)
+        task = self.store.get_task(project_id, task_id)
+        if task.dataset_id != ds.dataset_id:
+            raise NotFound(f"export task {task_id!r} not found", "TASK_NOT_FOUND")
+        return task
+
+    def task_version(self, project_id: str, task_id: str) -> int | None:
+        """The task's change counter (None: no such task); cheap enough to poll."""
+        return self.store.task_version(project_id, task_id)
+
     def list(self, project_id: str, query: TaskQuery) -> tuple[list[Task], int]:
+        """A page of tasks; a `dataset_id` filter may name the dataset, as requests do."""
+        if query.dataset_id is not None:
+            try:
+                ds = self.store.get_dataset(project_id, query.dataset_id)
+                query = replace(query, dataset_id=ds.dataset_id)
+            except NotFound:
+                pass  # no such dataset: the filter matches nothing
         return self.store.list_tasks(project_id, query)
 
     def cancel(self, project_id: str, task_id: str) -> Task:
@@ -374,31 +402,30 @@ def _document_mode(req: ExportRequest, fmt: Format) -> str:
 
 def _document_projection(fields: list[str | FieldSpec] | None) -> tuple[list[str], list[str]]:
     """Projected document paths and their output names; none: decided by the documents."""
-    if not fields:
-        return [], []
-    source, output = [], []
-    for item in fields:
-        name, alias = (item, item) if isinstance(item, str) else (item.name, item.as_ or item.name)
-        parse_path(name)
-        if "\x00" in alias:
-            raise BadRequest("a column name cannot hold a NUL character", "INVALID_FIELD")
-        source.append(name)
-        output.append(alias)
-    if len(set(output)) != len(output):
-        raise BadRequest("output column names must be unique", "DUPLICATE_COLUMN")
-    return source, output
+    return _pairs(fields, parse_path) if fields else ([], [])
 
 
 def _projection(fields: list[str | FieldSpec] | None, ds: Dataset) -> tuple[list[str], list[str]]:
-    """(source columns, output column names) of a request's `fields`."""
+    """(source columns, output column names) of a request's `fields`; default: every field."""
     known = [f["name"] for f in ds.fields]
     if not fields:
         return known, list(known)
+
+    def check(name: str) -> None:
+        if name not in known:
+            raise BadRequest(f"unknown field {name[:100]!r}", "INVALID_FIELD")
+
+    return _pairs(fields, check)
+
+
+def _pairs(
+    fields: list[str | FieldSpec], check: Callable[[str], object]
+) -> tuple[list[str], list[str]]:
+    """Each projected name checked by `check`, with its output name (renames applied)."""
     source, output = [], []
     for item in fields:
         name, alias = (item, item) if isinstance(item, str) else (item.name, item.as_ or item.name)
-        if name not in known:
-            raise BadRequest(f"unknown field {name[:100]!r}", "INVALID_FIELD")
+        check(name)
         if "\x00" in alias:
             raise BadRequest("a column name cannot hold a NUL character", "INVALID_FIELD")
         source.append(name)

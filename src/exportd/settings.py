@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     default_parallelism: int = Field(default=4, ge=1, le=256)
     max_parallelism: int = Field(default=64, ge=1, le=1024)
     default_expires_in: int = Field(default=7 * 24 * 3600, ge=60)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="larger bodies: 413")
+    events_poll_seconds: float = Field(default=0.5, gt=0, description="SSE store polling")
+    events_heartbeat_seconds: float = Field(default=15.0, gt=0, description="SSE keepalive")
     fast_paths: bool = Field(
         default=True, description="use PostgreSQL COPY (CSV) and ADBC (Parquet) where they apply"
     )

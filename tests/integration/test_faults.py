@@ -163,3 +163,20 @@ def test_failing_partition_with_allow_partial(pg_source: str, live_server: Any) 
     assert manifest["status"] == "COMPLETED_WITH_ERRORS"
     assert manifest["partitions"][0]["status"] == "FAILED"
     assert manifest["failed_rows"] == done["failed_count"]
+
+
+def test_finishing_that_keeps_failing_ends_failed(pg_source: str, live_server: Any) -> None:
+    """The output cannot be written (a directory squats on its path): the coordinator's
+    retries run out and the task ends FAILED with the reason, instead of RUNNING forever."""
+    server = live_server(workers=2, max_attempts=2)
+    api = setup_project(server, pg_source, name="slow", query=SLOW_QUERY.format(every=1000))
+    task = api.export("acme", dataset_id="slow", parallelism=2, file_name="out.csv")
+    squatter = server.settings.data_dir / "files" / "exports" / "acme" / task["task_id"] / "out.csv"
+    squatter.mkdir(parents=True)
+    done = api.wait("acme", task["task_id"], timeout=90)
+
+    assert done["status"] == "FAILED", done
+    assert done["error_code"] == "COORDINATOR_FAILED"
+    assert "2 times" in done["error_msg"] and "IsADirectoryError" in done["error_msg"]
+    assert done["file_status"] == "FAILED" and done["files"] == []
+    assert all(p["status"] == "DONE" for p in done["partitions"])

@@ -10,10 +10,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from exportd import __version__
+from exportd.api.guard import InputGuard
 from exportd.errors import ExportdError
 from exportd.runtime import Runtime
 from exportd.service import ExportService
@@ -30,7 +32,10 @@ def error_body(code: str, msg: str) -> dict[str, str]:
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
-        loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path"))
+        where = list(err.get("loc", ()))
+        if where and where[0] in ("body", "query", "path", "header"):
+            where = where[1:]  # the location, not a field (fields may be named "query")
+        loc = ".".join(str(x) for x in where)
         parts.append(f"{loc or 'request'}: {err.get('msg', 'invalid')}")
     return "; ".join(parts)[:1000] or "invalid request"
 
@@ -73,7 +78,14 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 401: "UNAUTHORIZED"}
+        codes = {
+            400: "INVALID_REQUEST",
+            401: "UNAUTHORIZED",
+            403: "FORBIDDEN",
+            404: "NOT_FOUND",
+            405: "METHOD_NOT_ALLOWED",
+            413: "PAYLOAD_TOO_LARGE",
+        }
         code = codes.get(exc.status_code, "HTTP_ERROR")
         return JSONResponse(
             error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
@@ -87,11 +99,38 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
         )
 
     from exportd.api.routes import router
+    from exportd.api.seeds import router as seeds_router
 
     app.include_router(router)
+    app.include_router(seeds_router)
+    app.add_middleware(InputGuard, max_body_bytes=settings.max_body_bytes)
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "version": __version__}
 
+    _document_errors_as_served(app)
     return app
+
+
+def _document_errors_as_served(app: FastAPI) -> None:
+    """FastAPI documents a 422 on every route; exportd answers bad input with 400 and the
+    error body instead, so the OpenAPI document says that (and nothing else)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            for path in schema.get("paths", {}).values():
+                for op in path.values():
+                    op.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

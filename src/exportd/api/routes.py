@@ -5,14 +5,34 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
-from pydantic import BaseModel
 
+from exportd.api.deps import (
+    DatasetId,
+    ProjectId,
+    Svc,
+    TaskId,
+    Who,
+    base_url,
+    errors,
+    links,
+)
+from exportd.api.events import task_events
+from exportd.api.schemas import (
+    DatasetList,
+    DatasetView,
+    ProjectSettingsView,
+    ProjectView,
+    TaskList,
+    TaskView,
+    TokenView,
+    WebhookSecretView,
+)
+from exportd.api.seed_mapping import StatusFilter, statuses_for_filter
 from exportd.api.views import dataset_json, retry_after_seconds, task_json
-from exportd.domain import Role, TaskStatus
+from exportd.domain import Role, Task
 from exportd.errors import BadRequest, Forbidden
-from exportd.links import LinkSigner
 from exportd.requests import (
     DatasetRequest,
     ExportRequest,
@@ -20,57 +40,41 @@ from exportd.requests import (
     ProjectSettingsRequest,
     TokenRequest,
 )
-from exportd.service import Download, ExportService, Principal
+from exportd.service import Download
 from exportd.store.sql import SORT_FIELDS, TaskQuery
 
+router = APIRouter(prefix="/v1")
 
-class ErrorBody(BaseModel):
-    error_code: str
-    error_msg: str
+READ_ERRORS = errors(400, 401, 404, 500)
+WRITE_ERRORS = errors(400, 401, 403, 404, 409, 500)
+BODY_ERRORS = errors(400, 401, 403, 404, 409, 413, 500)
+FILE_ERRORS = errors(400, 401, 404, 409, 500)
 
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in (
-        (400, "bad input"),
-        (401, "no or bad token"),
-        (403, "the token lacks the right"),
-        (404, "not found (also another project's objects)"),
-        (409, "conflict"),
-        (500, "internal error"),
-    )
+RETRY_AFTER_HEADER = {
+    "Retry-After": {
+        "description": "seconds to wait before polling again (unfinished tasks only)",
+        "schema": {"type": "integer"},
+    }
 }
 
-router = APIRouter(prefix="/v1", responses=ERRORS)
+
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "one event of the stream",
+    "properties": {
+        "event": {"type": "string", "enum": ["status", "stage", "progress", "end"]},
+        "data": {
+            "type": "string",
+            "description": "JSON: the task's status, stage, counts and partitions "
+            "(`end`: task_id and the final status)",
+        },
+        "id": {"type": "string", "description": "the task's version"},
+    },
+    "required": ["event", "data"],
+}
 
 
-def service(request: Request) -> ExportService:
-    svc: ExportService = request.app.state.service
-    return svc
-
-
-def principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    token = None
-    if authorization and authorization[:7].lower() == "bearer ":
-        token = authorization[7:].strip()
-    return service(request).authenticate(token)
-
-
-Svc = Annotated[ExportService, Depends(service)]
-Who = Annotated[Principal, Depends(principal)]
-
-
-def base_url(request: Request) -> str:
-    configured = request.app.state.runtime.settings.public_url
-    return (configured or str(request.base_url)).rstrip("/")
-
-
-def links(request: Request) -> LinkSigner:
-    signer: LinkSigner = request.app.state.runtime.links
-    return signer
-
-
-def _task_response(request: Request, response: Response, task: Any) -> dict[str, Any]:
+def _task_response(request: Request, response: Response, task: Task) -> dict[str, Any]:
     wait = retry_after_seconds(task)
     if wait is not None:
         response.headers["Retry-After"] = str(wait)
@@ -80,22 +84,41 @@ def _task_response(request: Request, response: Response, task: Any) -> dict[str,
 # ---- administration ----------------------------------------------------------------------
 
 
-@router.post("/projects", status_code=201, tags=["admin"])
+@router.post(
+    "/projects",
+    status_code=201,
+    tags=["admin"],
+    response_model=ProjectView,
+    responses=errors(400, 401, 403, 409, 413, 500),
+)
 def create_project(body: ProjectRequest, svc: Svc, who: Who) -> dict[str, Any]:
+    """Create a project (the administrator token only); the answer shows its webhook
+    signing secret, this once."""
     if not who.is_admin:
         raise Forbidden("only the administrator can create projects", "FORBIDDEN")
     return svc.create_project(body.project_id)
 
 
-@router.get("/projects/{project_id}/settings", tags=["admin"])
-def get_project_settings(project_id: str, svc: Svc, who: Who) -> dict[str, Any]:
+@router.get(
+    "/projects/{project_id}/settings",
+    tags=["admin"],
+    response_model=ProjectSettingsView,
+    responses=errors(400, 401, 403, 404, 500),
+)
+def get_project_settings(project_id: ProjectId, svc: Svc, who: Who) -> dict[str, Any]:
+    """The project's storage root and notification defaults (admin role)."""
     svc.authorize(who, project_id, Role.ADMIN)
     return svc.project_settings(project_id)
 
 
-@router.put("/projects/{project_id}/settings", tags=["admin"])
+@router.put(
+    "/projects/{project_id}/settings",
+    tags=["admin"],
+    response_model=ProjectSettingsView,
+    responses=BODY_ERRORS,
+)
 def put_project_settings(
-    project_id: str, body: ProjectSettingsRequest, svc: Svc, who: Who
+    project_id: ProjectId, body: ProjectSettingsRequest, svc: Svc, who: Who
 ) -> dict[str, Any]:
     """Replace the project's settings: notification defaults of its exports, and (server
     administrator only) the storage root its exports are written under."""
@@ -103,40 +126,82 @@ def put_project_settings(
     return svc.set_project_settings(who, project_id, body)
 
 
-@router.post("/projects/{project_id}/webhook-secret", status_code=201, tags=["admin"])
-def rotate_webhook_secret(project_id: str, svc: Svc, who: Who) -> dict[str, Any]:
+@router.post(
+    "/projects/{project_id}/webhook-secret",
+    status_code=201,
+    tags=["admin"],
+    response_model=WebhookSecretView,
+    responses=errors(400, 401, 403, 404, 500),
+)
+def rotate_webhook_secret(project_id: ProjectId, svc: Svc, who: Who) -> dict[str, Any]:
     """A new `whsec_...` secret signing the project's webhooks; shown only in this answer."""
     svc.authorize(who, project_id, Role.ADMIN)
     return svc.rotate_webhook_secret(project_id)
 
 
-@router.post("/projects/{project_id}/tokens", status_code=201, tags=["admin"])
-def create_token(project_id: str, body: TokenRequest, svc: Svc, who: Who) -> dict[str, Any]:
+@router.post(
+    "/projects/{project_id}/tokens",
+    status_code=201,
+    tags=["admin"],
+    response_model=TokenView,
+    responses=BODY_ERRORS,
+)
+def create_token(project_id: ProjectId, body: TokenRequest, svc: Svc, who: Who) -> dict[str, Any]:
+    """A new token of the project (admin role); the token is shown only in this answer."""
     svc.authorize(who, project_id, Role.ADMIN)
     return svc.create_token(project_id, body)
 
 
-@router.post("/projects/{project_id}/datasets", status_code=201, tags=["datasets"])
-def register_dataset(project_id: str, body: DatasetRequest, svc: Svc, who: Who) -> dict[str, Any]:
+@router.post(
+    "/projects/{project_id}/datasets",
+    status_code=201,
+    tags=["datasets"],
+    response_model=DatasetView,
+    responses=BODY_ERRORS,
+)
+def register_dataset(
+    project_id: ProjectId, body: DatasetRequest, svc: Svc, who: Who
+) -> dict[str, Any]:
+    """Register a dataset (admin role); its connection URL is kept server-side."""
     svc.authorize(who, project_id, Role.ADMIN)
     return dataset_json(svc.register_dataset(project_id, body))
 
 
-@router.get("/projects/{project_id}/datasets", tags=["datasets"])
-def list_datasets(project_id: str, svc: Svc, who: Who) -> dict[str, Any]:
+@router.get(
+    "/projects/{project_id}/datasets",
+    tags=["datasets"],
+    response_model=DatasetList,
+    responses=READ_ERRORS,
+)
+def list_datasets(project_id: ProjectId, svc: Svc, who: Who) -> dict[str, Any]:
+    """The project's datasets with their fields and types (never their URLs)."""
     svc.authorize(who, project_id, Role.READER)
     items = [dataset_json(d) for d in svc.list_datasets(project_id)]
     return {"datasets": items, "count": len(items)}
 
 
-@router.get("/projects/{project_id}/datasets/{dataset_id}", tags=["datasets"])
-def describe_dataset(project_id: str, dataset_id: str, svc: Svc, who: Who) -> dict[str, Any]:
+@router.get(
+    "/projects/{project_id}/datasets/{dataset_id}",
+    tags=["datasets"],
+    response_model=DatasetView,
+    responses=READ_ERRORS,
+)
+def describe_dataset(
+    project_id: ProjectId, dataset_id: DatasetId, svc: Svc, who: Who
+) -> dict[str, Any]:
+    """One dataset: its fields (name, source type, kind), key and table."""
     svc.authorize(who, project_id, Role.READER)
     return dataset_json(svc.get_dataset(project_id, dataset_id))
 
 
-@router.delete("/projects/{project_id}/datasets/{dataset_id}", status_code=204, tags=["datasets"])
-def delete_dataset(project_id: str, dataset_id: str, svc: Svc, who: Who) -> Response:
+@router.delete(
+    "/projects/{project_id}/datasets/{dataset_id}",
+    status_code=204,
+    tags=["datasets"],
+    responses=errors(400, 401, 403, 404, 500),
+)
+def delete_dataset(project_id: ProjectId, dataset_id: DatasetId, svc: Svc, who: Who) -> Response:
+    """Remove a dataset (admin role); existing tasks keep their files."""
     svc.authorize(who, project_id, Role.ADMIN)
     svc.delete_dataset(project_id, dataset_id)
     return Response(status_code=204)
@@ -145,20 +210,30 @@ def delete_dataset(project_id: str, dataset_id: str, svc: Svc, who: Who) -> Resp
 # ---- exports -------------------------------------------------------------------------------
 
 
-@router.post("/projects/{project_id}/exports", status_code=202, tags=["exports"])
+@router.post(
+    "/projects/{project_id}/exports",
+    status_code=202,
+    tags=["exports"],
+    response_model=TaskView,
+    responses={
+        **BODY_ERRORS,
+        202: {"description": "the new task", "headers": RETRY_AFTER_HEADER},
+        200: {"model": TaskView, "description": "the task this Idempotency-Key created"},
+    },
+)
 def create_export(
-    project_id: str,
+    project_id: ProjectId,
     body: ExportRequest,
     request: Request,
     response: Response,
     svc: Svc,
     who: Who,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> dict[str, Any]:
-    """Start an export; answers at once (202) with the task. A repeated `Idempotency-Key`
-    returns the task it created first."""
+    """Start an export (writer role); answers at once (202) with the task. A repeated
+    `Idempotency-Key` returns the task it created first (200)."""
     svc.authorize(who, project_id, Role.WRITER)
-    task, created = svc.submit(project_id, body, idempotency_key)
+    task, created = svc.submit(project_id, body, idempotency_key, who)
     if not created:
         response.status_code = 200
     response.headers["Location"] = f"/v1/projects/{project_id}/exports/{task.task_id}"
@@ -169,31 +244,43 @@ SortField = Literal["create_time", "update_time", "end_time", "file_name", "stat
 assert set(SortField.__args__) == set(SORT_FIELDS)  # type: ignore[attr-defined]
 
 
-@router.get("/projects/{project_id}/exports", tags=["exports"])
+@router.get(
+    "/projects/{project_id}/exports",
+    tags=["exports"],
+    response_model=TaskList,
+    responses=READ_ERRORS,
+)
 def list_exports(
-    project_id: str,
+    project_id: ProjectId,
     request: Request,
     svc: Svc,
     who: Who,
-    status: Annotated[list[TaskStatus] | None, Query()] = None,
-    file_name: Annotated[str | None, Query(max_length=255)] = None,
+    status: Annotated[
+        list[StatusFilter] | None,
+        Query(max_length=20, description="any of these (native or seed-002 TaskStatusEnum)"),
+    ] = None,
+    file_name: Annotated[str | None, Query(max_length=255, description="exact name")] = None,
     file_name_prefix: Annotated[str | None, Query(max_length=255)] = None,
     task_id: Annotated[str | None, Query(max_length=64)] = None,
     dataset_id: Annotated[str | None, Query(max_length=200)] = None,
     is_download: bool | None = None,
-    created_from: datetime | None = None,
-    created_to: datetime | None = None,
+    created_from: Annotated[datetime | None, Query(description="create_time >= this")] = None,
+    created_to: Annotated[datetime | None, Query(description="create_time < this")] = None,
     sort_field: SortField | None = None,
     sort_type: Literal["asc", "desc"] | None = None,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
-    """List a project's exports, newest first unless `sort_field` (+ `sort_type`) says."""
+    """List a project's exports, newest first unless `sort_field` (+ `sort_type`, default
+    asc) says; ties are broken by task_id, so pages never overlap or skip."""
     svc.authorize(who, project_id, Role.READER)
     if sort_type is not None and sort_field is None:
         raise BadRequest("sort_type must be used together with sort_field", "INVALID_SORT")
+    statuses = None
+    if status:
+        statuses = tuple(dict.fromkeys(s for v in status for s in statuses_for_filter(v.value)))
     q = TaskQuery(
-        statuses=tuple(status or ()),
+        statuses=statuses,
         file_name=file_name,
         file_name_prefix=file_name_prefix,
         task_id=task_id,
@@ -211,45 +298,81 @@ def list_exports(
     return {"export_tasks": [task_json(t, base, signer) for t in tasks], "count": count}
 
 
-@router.get("/projects/{project_id}/exports/{task_id}", tags=["exports"])
+@router.get(
+    "/projects/{project_id}/exports/{task_id}",
+    tags=["exports"],
+    response_model=TaskView,
+    responses={**READ_ERRORS, 200: {"description": "the task", "headers": RETRY_AFTER_HEADER}},
+)
 def get_export(
-    project_id: str, task_id: str, request: Request, response: Response, svc: Svc, who: Who
+    project_id: ProjectId,
+    task_id: TaskId,
+    request: Request,
+    response: Response,
+    svc: Svc,
+    who: Who,
 ) -> dict[str, Any]:
-    """The full status; unfinished tasks carry `Retry-After` (1 s growing to 30 s)."""
+    """The full status; unfinished tasks carry `Retry-After` (1 s doubling to 30 s)."""
     svc.authorize(who, project_id, Role.READER)
     return _task_response(request, response, svc.get(project_id, task_id))
 
 
-@router.post("/projects/{project_id}/exports/{task_id}/cancel", status_code=202, tags=["exports"])
+@router.post(
+    "/projects/{project_id}/exports/{task_id}/cancel",
+    status_code=202,
+    tags=["exports"],
+    response_model=TaskView,
+    responses=WRITE_ERRORS,
+)
 def cancel_export(
-    project_id: str, task_id: str, request: Request, response: Response, svc: Svc, who: Who
+    project_id: ProjectId,
+    task_id: TaskId,
+    request: Request,
+    response: Response,
+    svc: Svc,
+    who: Who,
 ) -> dict[str, Any]:
+    """Cancel (writer role): PENDING ends CANCELED at once, RUNNING goes CANCELING."""
     svc.authorize(who, project_id, Role.WRITER)
     return _task_response(request, response, svc.cancel(project_id, task_id))
 
 
-@router.delete("/projects/{project_id}/exports/{task_id}", status_code=204, tags=["exports"])
-def delete_export(project_id: str, task_id: str, svc: Svc, who: Who) -> Response:
+@router.delete(
+    "/projects/{project_id}/exports/{task_id}",
+    status_code=204,
+    tags=["exports"],
+    responses=WRITE_ERRORS,
+)
+def delete_export(project_id: ProjectId, task_id: TaskId, svc: Svc, who: Who) -> Response:
+    """Delete a finished task and its files (writer role)."""
     svc.authorize(who, project_id, Role.WRITER)
     svc.delete(project_id, task_id)
     return Response(status_code=204)
+
+
+FILE_BODY = {
+    "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+    "description": "the file, in its format's media type (text/csv, application/x-ndjson, ...)",
+}
+REDIRECT = {"description": "to a freshly presigned URL of the file (S3 storage)"}
 
 
 @router.get(
     "/projects/{project_id}/exports/{task_id}/download",
     tags=["exports"],
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/octet-stream": {}}, "description": "the file"}},
+    responses={**FILE_ERRORS, 200: FILE_BODY, 307: REDIRECT},
 )
 def download_export(
-    project_id: str,
-    task_id: str,
+    project_id: ProjectId,
+    task_id: TaskId,
     request: Request,
     svc: Svc,
     who: Who,
-    name: Annotated[str | None, Query(max_length=255)] = None,
+    name: Annotated[str | None, Query(max_length=255, description="a file of the task")] = None,
 ) -> Response:
-    """The file: streamed (local storage) or a 307 to a freshly presigned URL (S3)."""
+    """The file: streamed (local storage) or a 307 to a freshly presigned URL (S3); with
+    `name`, another file of the task."""
     svc.authorize(who, project_id, Role.READER)
     return file_response(request, svc.download(project_id, task_id, name))
 
@@ -258,15 +381,15 @@ def download_export(
     "/links/{project_id}/{task_id}/{name}",
     tags=["exports"],
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/octet-stream": {}}, "description": "the file"}},
+    responses={**errors(400, 403, 404, 409, 500), 200: FILE_BODY, 307: REDIRECT},
 )
 def follow_link(
-    project_id: str,
-    task_id: str,
-    name: str,
+    project_id: ProjectId,
+    task_id: TaskId,
+    name: Annotated[str, Path(min_length=1, max_length=255, description="the file's name")],
     request: Request,
     svc: Svc,
-    expires: Annotated[int | None, Query()] = None,
+    expires: Annotated[int | None, Query(ge=0, le=2**62)] = None,
     signature: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
     """A signed link (from the status, a webhook or an email): no token needed until it
@@ -287,7 +410,49 @@ def file_response(request: Request, dl: Download) -> Response:
     )
 
 
-@router.get("/projects/{project_id}/exports/{task_id}/manifest", tags=["exports"])
-def export_manifest(project_id: str, task_id: str, svc: Svc, who: Who) -> Response:
+@router.get(
+    "/projects/{project_id}/exports/{task_id}/manifest",
+    tags=["exports"],
+    response_class=Response,
+    responses={
+        **FILE_ERRORS,
+        200: {
+            "content": {"application/json": {"schema": {"type": "object"}}},
+            "description": "manifest.json: files, rows, checksums, partitions",
+        },
+    },
+)
+def export_manifest(project_id: ProjectId, task_id: TaskId, svc: Svc, who: Who) -> Response:
+    """The task's manifest.json."""
     svc.authorize(who, project_id, Role.READER)
     return Response(svc.manifest(project_id, task_id), media_type="application/json")
+
+
+@router.get(
+    "/projects/{project_id}/exports/{task_id}/events",
+    tags=["exports"],
+    response_class=StreamingResponse,
+    responses={
+        **READ_ERRORS,
+        200: {
+            "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
+            "description": "server-sent events `status`, `stage` and `progress` (each with "
+            "the task's state as JSON, `id` = the task's version), then `end` once terminal",
+        },
+    },
+)
+def export_events(
+    project_id: ProjectId, task_id: TaskId, request: Request, svc: Svc, who: Who
+) -> StreamingResponse:
+    """Live progress: every status, stage and progress change, until the task ends."""
+    svc.authorize(who, project_id, Role.READER)
+    svc.get(project_id, task_id)  # 404 before the stream starts
+    settings = request.app.state.runtime.settings
+    stream = task_events(
+        svc, project_id, task_id, settings.events_poll_seconds, settings.events_heartbeat_seconds
+    )
+    return StreamingResponse(
+        stream,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from exportd.api.seed_mapping import current_state
 from exportd.domain import (
     Dataset,
     FileRecord,
@@ -21,12 +22,19 @@ def iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
 
 
+RETRY_AFTER_MAX = 30
+RETRY_AFTER_DOUBLING_SECONDS = 15
+
+
 def retry_after_seconds(task: Task, now: datetime | None = None) -> int | None:
-    """How long a poller should wait: 1 s for a young task, growing to 30 s with its age."""
+    """How long a poller should wait (seed 002's exponential backoff, 1 s -> 30 s): 1 s for
+    a young task, doubling every 15 s of its age (1, 2, 4, 8, 16) up to 30 s; None once
+    terminal (stop polling)."""
     if task.status.is_terminal:
         return None
-    age = ((now or datetime.now(UTC)) - task.create_time).total_seconds()
-    return int(min(30, max(1, age // 10 + 1)))
+    age = max(((now or datetime.now(UTC)) - task.create_time).total_seconds(), 0.0)
+    steps = int(age // RETRY_AFTER_DOUBLING_SECONDS)
+    return RETRY_AFTER_MAX if steps >= 5 else min(RETRY_AFTER_MAX, 2**steps)
 
 
 def partition_json(p: Partition) -> dict[str, Any]:
@@ -103,7 +111,8 @@ def _rates(task: Task, now: datetime) -> tuple[float | None, float | None]:
 def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> dict[str, Any]:
     now = datetime.now(UTC)
     rate, eta = _rates(task, now)
-    done = sum(1 for p in task.partitions if p.status is PartitionStatus.DONE)
+    succeeded = [p for p in task.partitions if p.status is PartitionStatus.DONE]
+    done = len(succeeded)
     failed = [p for p in task.partitions if p.status is PartitionStatus.FAILED]
     stopped = sum(1 for p in task.partitions if p.status.is_terminal)
     request = {k: v for k, v in task.request.items() if not k.startswith("_")}
@@ -116,7 +125,7 @@ def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> di
         "is_terminal": task.status.is_terminal,
         "file_status": task.file_status.value,
         "current_state": state,
-        "currentState": {"statusId": state["status_id"], "status": state["status"]},
+        "currentState": current_state(task.stage),
         "format": task.format,
         "file_name": task.file_name,
         "columns": task.columns,
@@ -143,6 +152,7 @@ def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> di
         "download_count": task.download_count,
         "retry_after": retry_after_seconds(task, now),
         "success_rate": round(100.0 * done / stopped, 2) if stopped else None,
+        "successful_items": [{"partition": p.index, "rows": p.finished_count} for p in succeeded],
         "failed_items": [
             {"partition": p.index, "error_code": p.error_code, "error_msg": p.error_msg}
             for p in failed

@@ -51,7 +51,11 @@ def _create_source_engine(url: str) -> sa.Engine:
     try:
         u = normalize_url(url)
         if u.startswith("sqlite"):
-            engine = sa.create_engine(u, connect_args={"timeout": 60, "check_same_thread": False})
+            engine = sa.create_engine(
+                u,
+                connect_args={"timeout": 60, "check_same_thread": False},
+                hide_parameters=True,  # filter values are the caller's data: not for logs
+            )
         elif u.startswith("postgresql"):
             engine = sa.create_engine(
                 u,
@@ -59,9 +63,12 @@ def _create_source_engine(url: str) -> sa.Engine:
                 pool_size=4,
                 max_overflow=8,
                 connect_args={"options": "-c default_transaction_read_only=on"},
+                hide_parameters=True,
             )
         else:
-            engine = sa.create_engine(u, pool_pre_ping=True, pool_size=4, max_overflow=8)
+            engine = sa.create_engine(
+                u, pool_pre_ping=True, pool_size=4, max_overflow=8, hide_parameters=True
+            )
     except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ValueError) as exc:
         raise BadRequest(f"unusable database URL ({type(exc).__name__})", "INVALID_URL") from None
     event.listen(engine, "connect", _read_only_session(engine.dialect.name))

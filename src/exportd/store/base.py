@@ -165,6 +165,8 @@ def task_from_row(row: Any) -> Task:
         deadline=as_utc(row["deadline"]),
         file_expires_at=as_utc(row["file_expires_at"]),
         version=row["version"],
+        created_by=row["created_by"],
+        created_by_name=row["created_by_name"],
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -10,6 +11,16 @@ from exportd.domain import Dataset, Role
 from exportd.errors import Conflict, NotFound
 from exportd.store.base import StoreBase, as_utc, utcnow
 from exportd.store.tables import datasets, projects, tokens
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """What a project token grants, and which token it is (never the token itself)."""
+
+    project_id: str
+    role: Role
+    token_id: str
+    name: str | None
 
 
 class CatalogStore(StoreBase):
@@ -94,14 +105,15 @@ class CatalogStore(StoreBase):
                 )
             )
 
-    def find_token(self, token_hash: str) -> tuple[str, Role] | None:
+    def find_token(self, token_hash: str) -> TokenInfo | None:
         with self.read() as conn:
             row = conn.execute(
-                sa.select(tokens.c.project_id, tokens.c.role).where(
-                    tokens.c.token_hash == token_hash
-                )
+                sa.select(tokens.c.project_id, tokens.c.role, tokens.c.token_id, tokens.c.name)
+                .where(tokens.c.token_hash == token_hash)
             ).first()
-        return (row.project_id, Role(row.role)) if row else None
+        if row is None:
+            return None
+        return TokenInfo(row.project_id, Role(row.role), row.token_id, row.name)
 
     def add_dataset(self, ds: Dataset) -> None:
         with self.write() as conn:

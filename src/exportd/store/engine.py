@@ -23,15 +23,23 @@ def normalize_url(url: str) -> str:
 
 
 def create_store_engine(url: str) -> sa.Engine:
+    """The store's engine. Statement parameters are never logged nor put into error
+    texts (`hide_parameters`): they carry dataset URLs with passwords."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
         sa_url = sa.make_url(url)
         if sa_url.database:
             Path(sa_url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+        engine = sa.create_engine(
+            url,
+            connect_args={"timeout": 60, "check_same_thread": False},
+            hide_parameters=True,
+        )
         _sqlite_pragmas(engine)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return sa.create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True
+    )
 
 
 def _sqlite_pragmas(engine: sa.Engine) -> None:

@@ -34,7 +34,7 @@ from exportd.store.base import (
     utcnow,
 )
 from exportd.store.catalog import CatalogStore
-from exportd.store.outbox import OutboxStore
+from exportd.store.outbox import OutboxStore, notification_from_row
 from exportd.store.tables import files, notifications, partitions, tasks
 from exportd.transitions import Outcome
 
@@ -43,9 +43,11 @@ SORT_FIELDS = ("create_time", "update_time", "end_time", "file_name", "status", 
 
 @dataclass(frozen=True)
 class TaskQuery:
-    """Filters, order and page of a task listing."""
+    """Filters, order and page of a task listing. A status tuple of None selects any
+    status; an empty tuple selects none."""
 
-    statuses: tuple[TaskStatus, ...] = ()
+    statuses: tuple[TaskStatus, ...] | None = None
+    file_statuses: tuple[FileStatus, ...] | None = None
     file_name: str | None = None
     file_name_prefix: str | None = None
     task_id: str | None = None
@@ -117,8 +119,10 @@ class Store(CatalogStore, OutboxStore):
 
     def list_tasks(self, project_id: str, q: TaskQuery) -> tuple[list[Task], int]:
         cond = [tasks.c.project_id == project_id]
-        if q.statuses:
+        if q.statuses is not None:
             cond.append(tasks.c.status.in_([s.value for s in q.statuses]))
+        if q.file_statuses is not None:
+            cond.append(tasks.c.file_status.in_([s.value for s in q.file_statuses]))
         if q.file_name is not None:
             cond.append(tasks.c.file_name == q.file_name)
         if q.file_name_prefix is not None:
@@ -145,9 +149,35 @@ class Store(CatalogStore, OutboxStore):
                 sa.select(tasks).where(*cond).order_by(*order).offset(q.offset).limit(q.limit)
             ).all()
             result = [task_from_row(r._mapping) for r in rows]
-            for t in result:
-                t.files = self._files(conn, t.task_id)
+            self._attach_children(conn, result)
         return result, int(count or 0)
+
+    def _attach_children(self, conn: sa.Connection, found: list[Task]) -> None:
+        """Load the partitions and files of a page of tasks in two queries."""
+        by_id = {t.task_id: t for t in found}
+        if not by_id:
+            return
+        prows = conn.execute(
+            sa.select(partitions)
+            .where(partitions.c.task_id.in_(list(by_id)))
+            .order_by(partitions.c.task_id, partitions.c.idx)
+        ).all()
+        for r in prows:
+            by_id[r.task_id].partitions.append(partition_from_row(r._mapping))
+        frows = conn.execute(
+            sa.select(files)
+            .where(files.c.task_id.in_(list(by_id)))
+            .order_by(files.c.task_id, files.c.name)
+        ).all()
+        for r in frows:
+            by_id[r.task_id].files.append(file_from_row(r._mapping))
+        nrows = conn.execute(
+            sa.select(notifications)
+            .where(notifications.c.task_id.in_(list(by_id)))
+            .order_by(notifications.c.create_time, notifications.c.channel, notifications.c.target)
+        ).all()
+        for r in nrows:
+            by_id[r.task_id].notifications.append(notification_from_row(r._mapping))
 
     def request_cancel(self, project_id: str, task_id: str) -> Task:
         """PENDING -> CANCELED at once; RUNNING -> CANCELING (workers stop, the
@@ -304,6 +334,22 @@ class Store(CatalogStore, OutboxStore):
                 .values(coord_expires_at=later(lease_seconds))
             ).rowcount
         return n == 1
+
+    def count_coordinator_error(self, task_id: str, token: str) -> int | None:
+        """One more failed coordinator run of the task (fenced); None if the lease is lost."""
+        with self.write() as conn:
+            n = conn.execute(
+                sa.update(tasks)
+                .where(tasks.c.task_id == task_id, tasks.c.coord_token == token)
+                .values(coord_errors=tasks.c.coord_errors + 1)
+            ).rowcount
+            if n != 1:
+                return None
+            return int(
+                conn.execute(
+                    sa.select(tasks.c.coord_errors).where(tasks.c.task_id == task_id)
+                ).scalar_one()
+            )
 
     def release_coordinator(
         self, task_id: str, token: str, *, due: bool, retry_after: float | None = None
@@ -904,12 +950,15 @@ def _task_values(task: Task) -> dict[str, Any]:
         "deadline": None,
         "file_expires_at": None,
         "version": 0,
+        "created_by": task.created_by,
+        "created_by_name": task.created_by_name,
         "coordinator_due": True,
         "coord_not_before": None,
         "coord_owner": None,
         "coord_token": None,
         "coord_expires_at": None,
         "coord_attempts": 0,
+        "coord_errors": 0,
     }
 
 

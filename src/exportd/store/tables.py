@@ -93,6 +93,9 @@ tasks = sa.Table(
     sa.Column("deadline", TS, nullable=True),
     sa.Column("file_expires_at", TS, nullable=True),
     sa.Column("version", sa.Integer, nullable=False),
+    # who created it: the token's id ("admin" for the administrator) and name
+    sa.Column("created_by", sa.String(32), nullable=True),
+    sa.Column("created_by_name", sa.String(200), nullable=True),
     # coordinator ("master task") work: due flag plus its own lease
     sa.Column("coordinator_due", sa.Boolean, nullable=False),
     sa.Column("coord_not_before", TS, nullable=True),
@@ -100,6 +103,7 @@ tasks = sa.Table(
     sa.Column("coord_token", sa.String(64), nullable=True),
     sa.Column("coord_expires_at", TS, nullable=True),
     sa.Column("coord_attempts", sa.Integer, nullable=False),
+    sa.Column("coord_errors", sa.Integer, nullable=False, server_default="0"),
     sa.UniqueConstraint("project_id", "idempotency_key", name="uq_tasks_idempotency"),
     sa.Index("ix_tasks_project_create", "project_id", "create_time"),
     sa.Index("ix_tasks_coordinator_due", "coordinator_due"),

@@ -1,0 +1,75 @@
+"""What every route shares: the service, who is calling, and the documented error bodies."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Path, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from exportd.api.schemas import ErrorBody
+from exportd.links import LinkSigner
+from exportd.service import ExportService, Principal
+
+ERROR_TEXTS: dict[int, str] = {
+    400: "bad input (error_code names the problem)",
+    401: "no token, or a token exportd does not know",
+    403: "the token's role does not allow this",
+    404: "not found; also another project's objects, which are never revealed",
+    409: "conflict with the task's state or an earlier request",
+    413: "request body larger than the limit",
+    500: "internal error (details only in the server log)",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses, all with the error body."""
+    return {c: {"model": ErrorBody, "description": ERROR_TEXTS[c]} for c in codes}
+
+
+bearer = HTTPBearer(
+    scheme_name="bearer",
+    auto_error=False,
+    description="`Authorization: Bearer <token>`: a project token or the administrator token",
+)
+auth_token_header = APIKeyHeader(
+    name="X-Auth-Token",
+    scheme_name="X-Auth-Token",
+    auto_error=False,
+    description="the same tokens in the `X-Auth-Token` header (the seed documents' way)",
+)
+
+
+def service(request: Request) -> ExportService:
+    svc: ExportService = request.app.state.service
+    return svc
+
+
+def principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None,
+    x_auth_token: Annotated[str | None, Security(auth_token_header)] = None,
+) -> Principal:
+    """The caller, from `Authorization: Bearer` or `X-Auth-Token` (401 without either)."""
+    token = credentials.credentials if credentials else x_auth_token
+    return service(request).authenticate(token.strip() if token else None)
+
+
+def links(request: Request) -> LinkSigner:
+    signer: LinkSigner = request.app.state.runtime.links
+    return signer
+
+
+def base_url(request: Request) -> str:
+    configured = request.app.state.runtime.settings.public_url
+    return (configured or str(request.base_url)).rstrip("/")
+
+
+Svc = Annotated[ExportService, Depends(service)]
+Who = Annotated[Principal, Depends(principal)]
+
+ProjectId = Annotated[str, Path(min_length=1, max_length=64, description="the project")]
+TaskId = Annotated[str, Path(min_length=1, max_length=64, description="the export task")]
+DatasetId = Annotated[
+    str, Path(min_length=1, max_length=200, description="a dataset's id or name")
+]

@@ -1,0 +1,34 @@
+"""Task records for tests that need one without running an export."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from exportd.domain import FileStatus, Stage, Task, TaskStatus
+
+T0 = datetime(2022, 3, 28, 0, 0, 0, 7000, tzinfo=UTC)
+
+
+def make_task(**over: Any) -> Task:
+    values: dict[str, Any] = dict(
+        task_id="t" * 32,
+        project_id="acme",
+        dataset_id="ds_1",
+        status=TaskStatus.PENDING,
+        stage=Stage.NOT_STARTED,
+        file_status=FileStatus.PREPARING,
+        request={"dataset_id": "ds_1", "format": "csv", "_fingerprint": "x"},
+        format="csv",
+        file_name="out.csv",
+        columns=["a"],
+        parallelism=2,
+        allow_partial=False,
+        max_error_rate=1.0,
+        timeout_seconds=None,
+        expires_in=3600,
+        create_time=T0,
+        update_time=T0 + timedelta(seconds=5),
+    )
+    values.update(over)
+    return Task(**values)
