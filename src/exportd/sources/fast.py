@@ -18,6 +18,7 @@ reads float4 bits, psycopg its decimal text), or a driver that is not installed.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -37,6 +38,7 @@ from exportd.sources.sql import SqlSource
 log = logging.getLogger(__name__)
 
 COPY_CHUNK = 1 << 20
+FLUSH_SECONDS = 0.25
 _COPY_SAFE_CHARS = set(",;|\t:#!$%&*~^ '\"`/")
 _CSV_KINDS = {"int", "decimal", "float", "str", "bool", "date", "datetime", "bytes"}
 
@@ -146,13 +148,17 @@ class PgCopyCsv:
     def _stream(
         self, cur: Any, statement: str, params: dict[str, Any], out: PartOutput, hb: Heartbeat
     ) -> int:
+        """Copy the server's CSV into the part, in chunks of up to COPY_CHUNK bytes or
+        FLUSH_SECONDS (progress stays live when rows arrive slowly)."""
         buf = bytearray()
         lines = 0
+        due = time.monotonic() + FLUSH_SECONDS
         with cur.copy(statement, params) as copy:
             for data in copy:
                 buf += data
-                if len(buf) >= COPY_CHUNK:
+                if len(buf) >= COPY_CHUNK or time.monotonic() >= due:
                     lines += self._flush(buf, out, hb, lines)
+                    due = time.monotonic() + FLUSH_SECONDS
         self._flush(buf, out, hb, lines)
         return int(cur.rowcount)
 
