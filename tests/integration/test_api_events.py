@@ -66,7 +66,7 @@ def test_events_follow_a_task_from_another_process(
     progress = [d["progress"] for _, d in changes]
     assert progress == sorted(progress) and progress[-1] == 100.0
     during = [d["finished_count"] for n, d in changes if n == "progress"]
-    assert during and min(during) > 0 and max(during) <= 30000
+    assert during and 0 < max(during) <= 30000  # live row counts were seen before the end
     assert changes[-1][1]["finished_count"] == 30000
     assert {n for n, _ in changes} >= {"status", "progress"}  # "stage" when seen apart
     final = p["reader"].task("acme", task["task_id"])
