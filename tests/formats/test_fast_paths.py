@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pyarrow.parquet as pq
 import pytest
 
@@ -93,6 +94,36 @@ def test_copy_csv_is_byte_identical_on_tricky_values(
     fast = run(tmp_path, src, fmt, sel, {"lo": None, "hi": None, "nulls": True}, fast=True)
     assert fast == slow
     assert b"12345678901234567890.1234567891" in fast
+
+
+EDGE_TIMES = [
+    "0001-01-01 00:00:00", "0999-12-31 23:59:59.5", "1970-01-01 00:00:00.000001",
+    "2013-06-01 23:59:59.123456", "9999-12-31 12:59:59.999999",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("options", [{}, {"timezone": "Asia/Kolkata"}])
+def test_copy_csv_timestamps_match_at_the_edges_of_the_calendar(
+    pg_database: str, engines: SqlEngines, tmp_path: Path, options: dict[str, Any]
+) -> None:
+    """In UTC, COPY renders timestamps through the ISO DateStyle instead of JSON: the
+    same text for the first and last years, fractions and naive timestamps."""
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE edge (id int PRIMARY KEY, ts timestamptz, tsn timestamp)")
+        for i, t in enumerate(EDGE_TIMES):
+            conn.execute(
+                "INSERT INTO edge VALUES (%s, %s::timestamp AT TIME ZONE 'UTC', %s)", [i, t, t]
+            )
+        conn.execute("INSERT INTO edge VALUES (99, NULL, NULL)")
+    src = make_source(engines, pg_database, "edge")
+    fmt = get_format("csv", options)
+    sel = Selection(["id", "ts", "tsn"], [])
+    bounds = {"lo": None, "hi": None, "nulls": True}
+    fast = run(tmp_path, src, fmt, sel, bounds, fast=True)
+    assert fast == run(tmp_path, src, fmt, sel, bounds, fast=False)
+    if not options:
+        assert b"0,0001-01-01T00:00:00+00:00,0001-01-01T00:00:00\n" in fast
+        assert b"9999-12-31T12:59:59.999999+00:00" in fast
 
 
 def test_copy_csv_with_filter_projection_bounds_and_gzip(

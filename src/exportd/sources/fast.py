@@ -29,7 +29,7 @@ from exportd.errors import SourceError
 from exportd.formats import Column, Format
 from exportd.formats.cells import SPREADSHEET_TRIGGERS
 from exportd.formats.layout import Layout, PartOutput
-from exportd.formats.parquet import ParquetFormat, ParquetRowWriter
+from exportd.formats.parquet import _TZ, ParquetFormat, ParquetRowWriter
 from exportd.formats.text import CsvFormat, CsvOptions
 from exportd.heartbeat import Heartbeat
 from exportd.sources import Selection, Source
@@ -82,17 +82,38 @@ def _text_expr(col: Any, c: Column, opts: CsvOptions) -> Any:
     if c.kind == "str":
         if not opts.spreadsheet_safe:
             return col
-        risky = sa.func.left(col, 1).in_([sa.literal(t) for t in SPREADSHEET_TRIGGERS])
+        # ascii() reads the first character's code without making a text (left() does)
+        risky = sa.func.ascii(col).in_([ord(t) for t in SPREADSHEET_TRIGGERS])
         return sa.case((risky, sa.literal("'") + col), else_=col)
     if c.kind == "bool":
         return sa.case((col.is_(True), sa.literal("true")), (col.is_(False), sa.literal("false")))
+    if c.kind == "datetime" and opts.times.zone_name.upper() == "UTC" and c.type != "unknown":
+        return _utc_timestamp_text(col, bool(_TZ.search(c.type)))
     if c.kind in ("date", "datetime"):
-        return sa.func.to_json(col).op("#>>")(sa.literal_column("'{}'"))
+        return _json_text(col)
     if c.kind == "bytes":
         return sa.func.translate(sa.func.encode(col, "base64"), "\n", "")
     if c.kind == "float" and c.type.upper() in ("REAL", "FLOAT4", "FLOAT(24)"):
         return sa.cast(col, pg.DOUBLE_PRECISION)  # as psycopg hands it to the generic path
     return col
+
+
+def _json_text(col: Any) -> Any:
+    """ISO 8601 as JSON writes it: exact in every zone and for every year, but costly
+    (the value goes through a JSON text)."""
+    return sa.func.to_json(col).op("#>>")(sa.literal_column("'{}'"))
+
+
+def _utc_timestamp_text(col: Any, aware: bool) -> Any:
+    """The same text as `_json_text` for years 1-9999 in UTC, at a third of its cost:
+    the ISO DateStyle's `2013-01-01 05:00:00+00` with a `T` and the offset's minutes
+    (UTC's offset is always +00). Other years (and infinities) take the JSON route."""
+    text: Any = sa.func.replace(sa.cast(col, sa.Text), " ", "T")
+    if aware:
+        text = text + sa.literal(":00")
+    first: Any = sa.literal_column("'0001-01-01'")
+    usual = sa.and_(col >= first, col < sa.literal_column("'10000-01-01'"))
+    return sa.case((usual, text), else_=_json_text(col))
 
 
 def _compiled(source: SqlSource, stmt: sa.Select[Any]) -> tuple[str, dict[str, Any]]:
@@ -138,6 +159,7 @@ class PgCopyCsv:
                 cur.execute("SET TRANSACTION READ ONLY")
                 cur.execute("SELECT set_config('TimeZone', %s, true)", [self.opts.times.zone_name])
                 cur.execute("SET LOCAL extra_float_digits = 1")
+                cur.execute("SET LOCAL DateStyle = 'ISO, YMD'")
                 rows = self._stream(cur, statement, params, out, hb)
             out.count(rows)
         except psycopg.Error as exc:
