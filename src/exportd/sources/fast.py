@@ -18,8 +18,9 @@ reads float4 bits, psycopg its decimal text), or a driver that is not installed.
 from __future__ import annotations
 
 import logging
+import select
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -152,47 +153,113 @@ class PgCopyCsv:
 
         statement, params = self.statement(sel, bounds)
         raw = self.source.engine.raw_connection()
+        done = False
         try:
             conn: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
             conn.rollback()
-            with conn.transaction(), conn.cursor() as cur:
+            with conn.cursor() as cur:  # one read-only transaction, rolled back at the end
                 cur.execute("SET TRANSACTION READ ONLY")
                 cur.execute("SELECT set_config('TimeZone', %s, true)", [self.opts.times.zone_name])
                 cur.execute("SET LOCAL extra_float_digits = 1")
                 cur.execute("SET LOCAL DateStyle = 'ISO, YMD'")
-                rows = self._stream(cur, statement, params, out, hb)
-            out.count(rows)
+                sql = psycopg.ClientCursor(conn).mogrify(statement, params)
+            copy = CopyOut(conn)
+            self._stream(copy.chunks(sql.encode()), out, hb)
+            conn.rollback()
+            done = True
+            out.count(copy.rows)
         except psycopg.Error as exc:
             raise SourceError(_first_line(exc), "SOURCE_QUERY_FAILED") from None
         finally:
-            raw.close()
+            if done:
+                raw.close()
+            else:  # maybe mid-COPY: the connection is closed, never reused
+                raw.invalidate()
 
-    def _stream(
-        self, cur: Any, statement: str, params: dict[str, Any], out: PartOutput, hb: Heartbeat
-    ) -> int:
-        """Copy the server's CSV into the part, in chunks of up to COPY_CHUNK bytes or
-        FLUSH_SECONDS (progress stays live when rows arrive slowly)."""
-        buf = bytearray()
+    def _stream(self, chunks: Iterator[bytes], out: PartOutput, hb: Heartbeat) -> None:
+        """Write the server's CSV into the part chunk by chunk."""
         lines = 0
-        due = time.monotonic() + FLUSH_SECONDS
-        with cur.copy(statement, params) as copy:
-            for data in copy:
-                buf += data
-                if len(buf) >= COPY_CHUNK or time.monotonic() >= due:
-                    lines += self._flush(buf, out, hb, lines)
-                    due = time.monotonic() + FLUSH_SECONDS
-        self._flush(buf, out, hb, lines)
-        return int(cur.rowcount)
+        for chunk in chunks:
+            lines += self._flush(chunk, out, hb, lines)
 
     @staticmethod
-    def _flush(buf: bytearray, out: PartOutput, hb: Heartbeat, lines: int) -> int:
-        """Write the buffer; progress counts lines (rows, but for text holding newlines)."""
+    def _flush(data: bytes, out: PartOutput, hb: Heartbeat, lines: int) -> int:
+        """Write a chunk; progress counts lines (rows, but for text holding newlines)."""
         hb.check()
-        n = buf.count(b"\n")
-        out.write_encoded(bytes(buf), 0)
-        buf.clear()
+        if not data:
+            return 0
+        n = data.count(b"\n")
+        out.write_encoded(data, 0)
         hb.progress(lines + n, out.size)
         return n
+
+
+class CopyOut:
+    """`COPY ... TO STDOUT` read at libpq's level, in chunks of up to COPY_CHUNK bytes.
+
+    The server sends one message per row; psycopg's `Copy` hands them over one at a time
+    through a few generator layers, which cost as much CPU as the rest of the export.
+    This loop drains what libpq has buffered in one go and waits on the socket (never
+    holding the GIL) when it has nothing. A chunk is handed over at least every
+    FLUSH_SECONDS (empty when no row came: the caller can still notice a cancel)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn, self.pg = conn, conn.pgconn
+        self.rows = 0
+
+    def chunks(self, sql: bytes) -> Iterator[bytes]:
+        from psycopg import pq
+
+        self.pg.send_query(sql)
+        self._flush_query()
+        self._result(pq.ExecStatus.COPY_OUT)
+        yield from self._data()
+        self.rows = self._result(pq.ExecStatus.COMMAND_OK).command_tuples or 0
+
+    def _data(self) -> Iterator[bytes]:
+        pg, buf = self.pg, bytearray()
+        due = time.monotonic() + FLUSH_SECONDS
+        while True:
+            n, data = pg.get_copy_data(1)
+            if n > 0:
+                buf += data
+                if len(buf) < COPY_CHUNK:
+                    continue
+            elif n < 0:
+                break
+            elif time.monotonic() < due:
+                self._wait(due - time.monotonic())
+                continue
+            yield bytes(buf)
+            buf.clear()
+            due = time.monotonic() + FLUSH_SECONDS
+        if buf:
+            yield bytes(buf)
+
+    def _wait(self, timeout: float, write: bool = False) -> None:
+        sock = [self.pg.socket]
+        select.select(sock, sock if write else [], [], max(timeout, 0.0))
+        self.pg.consume_input()
+
+    def _flush_query(self) -> None:
+        while self.pg.flush():  # a non-blocking connection sends the query in pieces
+            self._wait(FLUSH_SECONDS, write=True)
+
+    def _result(self, want: Any) -> Any:
+        """The next result, which must have status `want` (the server's error otherwise);
+        after the COPY's final result, libpq's queue is drained."""
+        import psycopg
+
+        while self.pg.is_busy():
+            self._wait(FLUSH_SECONDS)
+        res = self.pg.get_result()
+        if want != res.status:
+            raise psycopg.errors.error_from_result(res, encoding=self.conn.info.encoding)
+        if res.status != psycopg.pq.ExecStatus.COPY_OUT:
+            while self.pg.is_busy():
+                self._wait(FLUSH_SECONDS)
+            assert self.pg.get_result() is None
+        return res
 
 
 def adbc_supports(columns: Sequence[Column]) -> bool:
