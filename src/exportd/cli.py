@@ -391,4 +391,8 @@ def _free_port() -> int:
 
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    # Arrow's default allocator (mimalloc) keeps what a Parquet part freed and the file's
+    # assembly then allocates on top: a worker peaked at 344 MB, 270 MB with malloc's,
+    # at the same speed (docs/benchmarks.md). Read by pyarrow at its import; overridable.
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     app()

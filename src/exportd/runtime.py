@@ -36,7 +36,6 @@ class Runtime:
 
     def source(self, dataset: Dataset) -> Source:
         from exportd.sources.documents import JsonLinesDocumentSource, SqlDocumentSource
-        from exportd.sources.files import ArrowFilesSource
 
         if dataset.kind == "sql":
             return SqlSource(dataset, self.engines.get(dataset.url))
@@ -44,7 +43,9 @@ class Runtime:
             return JsonLinesDocumentSource(dataset)
         if dataset.kind == "documents":
             return SqlDocumentSource(dataset, self.engines.get(dataset.url))
-        if dataset.kind == "files":
+        if dataset.kind == "files":  # imported here: pyarrow.dataset is 50 MB of memory
+            from exportd.sources.files import ArrowFilesSource
+
             return ArrowFilesSource(dataset)
         raise BadRequest(f"unsupported dataset kind {dataset.kind!r}", "INVALID_DATASET")
 

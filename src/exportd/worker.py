@@ -21,6 +21,7 @@ from exportd.errors import Canceled, LeaseLost, NotFound, SourceError
 from exportd.formats import Format, NestingFormat, RowWriter
 from exportd.formats.layout import Layout, PartOutput
 from exportd.heartbeat import Heartbeat
+from exportd.memory import release_memory
 from exportd.notify import Notifier
 from exportd.runtime import Runtime, columns_for, selection_for
 from exportd.sources import Selection, Source
@@ -180,12 +181,14 @@ class Worker:
         claim = store.claim_coordinator(self.owner, lease_s)
         if claim is not None:
             coordinator.run(self.rt, *claim)
+            release_memory()
             return True
         if self.notifier.deliver_next():  # quick, and people are waiting for it
             return True
         pclaim = store.claim_partition(self.owner, lease_s)
         if pclaim is not None:
             run_partition(self.rt, *pclaim)
+            release_memory()
             return True
         return False
 

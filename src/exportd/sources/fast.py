@@ -264,7 +264,7 @@ class CopyOut:
 
 def adbc_supports(columns: Sequence[Column]) -> bool:
     try:
-        import adbc_driver_postgresql.dbapi  # noqa: F401
+        import adbc_driver_postgresql  # noqa: F401
     except ImportError:
         return False
     kinds = {"int", "decimal", "float", "str", "bool", "date", "datetime", "bytes"}
@@ -292,25 +292,37 @@ class AdbcParquet:
     def export(
         self, sel: Selection, bounds: dict[str, Any], out: PartOutput, hb: Heartbeat
     ) -> None:
-        import adbc_driver_postgresql.dbapi as adbc
+        import adbc_driver_manager as adbc
 
         query = self.query(sel, bounds)
         writer = out.writer()
         assert isinstance(writer, ParquetRowWriter)
-        url = self.source.engine.url.set(drivername="postgresql")
         try:
-            with (
-                adbc.connect(url.render_as_string(hide_password=False)) as conn,
-                conn.cursor() as cur,
-            ):
-                cur.execute(query)
-                for batch in cur.fetch_record_batch():
-                    hb.check()
-                    writer.write_arrow(batch)
-                    out.count(batch.num_rows)
-                    hb.progress(out.rows, out.size)
+            for batch in self._batches(query):
+                hb.check()
+                writer.write_arrow(batch)
+                out.count(batch.num_rows)
+                hb.progress(out.rows, out.size)
         except adbc.Error as exc:
             raise SourceError(_first_line(exc), "SOURCE_QUERY_FAILED") from None
+
+    def _batches(self, query: str) -> Iterator[Any]:
+        """The query's record batches through ADBC's low-level API: its DB-API module
+        imports pandas and polars when they are installed (80 MB of a worker's memory)."""
+        import adbc_driver_manager as adbc
+        import adbc_driver_postgresql
+        import pyarrow as pa
+
+        url = self.source.engine.url.set(drivername="postgresql")
+        with (
+            adbc_driver_postgresql.connect(url.render_as_string(hide_password=False)) as db,
+            adbc.AdbcConnection(db) as conn,
+            adbc.AdbcStatement(conn) as stmt,
+        ):
+            stmt.set_sql_query(query)
+            stream, _ = stmt.execute_query()
+            with pa.RecordBatchReader._import_from_c(stream.address) as reader:
+                yield from reader
 
 
 def _first_line(exc: BaseException) -> str:

@@ -10,7 +10,6 @@ from typing import Any
 
 from exportd.errors import BadRequest
 from exportd.requests import DatasetRequest
-from exportd.sources.files import describe_files, file_format_of
 from exportd.sources.paths import check_pattern
 from exportd.sources.sql import SqlEngines, check_query, describe_sql
 
@@ -98,6 +97,8 @@ def _jsonl_documents(req: DatasetRequest, source_dirs: list[Path]) -> DatasetSpe
 
 
 def _files(req: DatasetRequest, source_dirs: list[Path]) -> DatasetSpec:
+    from exportd.sources.files import describe_files, file_format_of  # 50 MB: on demand
+
     _refuse(req, ("url", "table", "query", "key", "document"), "for a files dataset")
     if req.path is None:
         raise BadRequest("path is required for a files dataset", "INVALID_DATASET")
