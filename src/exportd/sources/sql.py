@@ -291,6 +291,9 @@ class SqlSource:
         stmt = self.partition_select(sel, bounds)
         try:
             with self.engine.connect() as conn, conn.begin():
+                if self.engine.dialect.name == "sqlite":
+                    yield from _sqlite_batches(conn, stmt, batch_size)
+                    return
                 result = conn.execute(
                     stmt.execution_options(stream_results=True, max_row_buffer=batch_size)
                 )
@@ -310,6 +313,17 @@ class SqlSource:
                 return int(conn.execute(stmt).scalar() or 0)
         except sa_exc.DBAPIError as exc:
             raise SourceError(_db_error_text(exc), "SOURCE_QUERY_FAILED") from None
+
+
+def _sqlite_batches(
+    conn: sa.Connection, stmt: sa.Select[Any], batch_size: int
+) -> Iterator[list[tuple[Any, ...]]]:
+    """SQLite's own cursor, which reads lazily: its tuples are the rows. The columns are
+    untyped (no result processing), so SQLAlchemy would only wrap each row in a Row, at
+    a third of the export's time."""
+    cursor = conn.execute(stmt).cursor  # no stream_results: nothing is read ahead
+    while batch := cursor.fetchmany(batch_size):
+        yield batch  # type: ignore[misc]
 
 
 def _even_cuts(lo: Any, hi: Any, parts: int) -> list[Any]:
