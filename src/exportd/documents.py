@@ -149,6 +149,29 @@ class Flattener:
             out[path] = value
 
 
+    def add_paths(self, doc: Any, keys: dict[str, None]) -> None:
+        """The paths `flatten` gives, added to `keys` in order of first appearance,
+        without making the cells (the header pass needs no values, no JSON text)."""
+        if isinstance(doc, dict):
+            self._object_paths(doc, "", keys)
+        elif doc is not None:
+            self._value_paths(doc, ROOT, keys)
+
+    def _object_paths(self, obj: dict[str, Any], prefix: str, keys: dict[str, None]) -> None:
+        for key, value in obj.items():
+            k = escape_key(key)
+            self._value_paths(value, f"{prefix}.{k}" if prefix else k, keys)
+
+    def _value_paths(self, value: Any, path: str, keys: dict[str, None]) -> None:
+        if value and isinstance(value, dict):
+            self._object_paths(value, path, keys)
+        elif value and self.index_arrays and isinstance(value, list):
+            for i, item in enumerate(value):
+                self._value_paths(item, f"{path}.{i}", keys)
+        else:
+            keys[path] = None
+
+
 class KeyCollector:
     """A partition's header pass: the flattened paths of its documents, in order of first
     appearance, and how many documents it read."""
@@ -159,11 +182,9 @@ class KeyCollector:
         self.documents = 0
 
     def add(self, rows: Iterable[Sequence[Any]]) -> None:
-        keys = self._keys
+        keys, add = self._keys, self._flat.add_paths
         for row in rows:
-            for k in self._flat.flatten(row[0]):
-                if k not in keys:
-                    keys[k] = None
+            add(row[0], keys)
             self.documents += 1
         if len(keys) > MAX_COLUMNS:
             raise SourceError(

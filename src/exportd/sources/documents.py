@@ -188,10 +188,14 @@ class JsonLinesDocumentSource:
             yield batch
 
     def _documents(self, path: str, start: int, end: int) -> Iterator[Any]:
+        loads = orjson.loads
         try:
             for offset, line in read_lines(path, start, end):
-                if line.strip():
-                    yield load_document(line, f"{Path(path).name} at byte {offset}")
+                try:
+                    yield loads(line)
+                except orjson.JSONDecodeError:
+                    if line.strip():  # a blank line is skipped; anything else is an error
+                        load_document(line, f"{Path(path).name} at byte {offset}")
         except OSError as exc:
             raise SourceError(
                 f"cannot read {Path(path).name}: {exc.strerror}", "SOURCE_UNAVAILABLE"
