@@ -175,7 +175,7 @@ class XlsxFormat:
     def __init__(self, options: dict[str, Any], sheet_rows: int = EXCEL_MAX_ROWS) -> None:
         self.options = XlsxOptions(options)
         self.sheet_rows = min(sheet_rows, EXCEL_MAX_ROWS)
-        self.parts = ParquetOptions({"compression": "lz4"})
+        self.parts = ParquetOptions({"compression": "lz4"}, intermediate=True)
 
     def part_writer(self, out: BinaryIO, columns: Sequence[Column]) -> ParquetRowWriter:
         return ParquetRowWriter(out, columns, self.parts)
