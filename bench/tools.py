@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+from typing import Any
 
 QUERY = "SELECT * FROM flights ORDER BY id"
 
@@ -68,7 +69,54 @@ def duckdb_run(source: str, out: str) -> None:
     con.execute(f"COPY (SELECT * FROM src.flights ORDER BY id) TO '{out}' (FORMAT {fmt})")
 
 
-TOOLS = {"pandas": pandas_run, "polars": polars_run, "adbc": adbc_run, "duckdb": duckdb_run}
+def _flat(doc: dict[str, Any], prefix: str, out: dict[str, Any]) -> dict[str, Any]:
+    import orjson
+
+    for k, v in doc.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict):
+            _flat(v, key, out)
+        elif isinstance(v, list):
+            out[key] = orjson.dumps(v).decode()
+        else:
+            out[key] = v
+    return out
+
+
+def docs_python_run(source: str, out: str) -> None:
+    """A straightforward two-pass script: every flattened key, then the rows (csv module)."""
+    import csv
+
+    import orjson
+
+    keys: dict[str, None] = {}
+    with open(source, "rb") as f:
+        for line in f:
+            for k in _flat(orjson.loads(line), "", {}):
+                keys.setdefault(k, None)
+    header = list(keys)
+    with open(source, "rb") as f, open(out, "w", newline="") as o:
+        w = csv.writer(o)
+        w.writerow(header)
+        for line in f:
+            d = _flat(orjson.loads(line), "", {})
+            w.writerow([d.get(k) for k in header])
+
+
+def docs_duckdb_run(source: str, out: str) -> None:
+    """DuckDB's read_json sampling every document, nested objects unnested to columns."""
+    import duckdb
+
+    duckdb.connect().execute(
+        f"COPY (SELECT unnest(j, recursive := true) FROM read_json('{source}', "
+        f"sample_size = -1) j) TO '{out}' (FORMAT csv, HEADER true)"
+    )
+
+
+TOOLS = {
+    "pandas": pandas_run, "polars": polars_run, "adbc": adbc_run, "duckdb": duckdb_run,
+    "docs-python": docs_python_run, "docs-duckdb": docs_duckdb_run,
+}  # fmt: skip
 
 if __name__ == "__main__":
     TOOLS[sys.argv[1]](sys.argv[2], sys.argv[3])
