@@ -21,6 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from exportd.client import ClientError, ExportdClient
+from exportd.memory import configure_allocator
 from exportd.settings import Settings
 
 app = typer.Typer(help="exportd: asynchronous data exports.", no_args_is_help=True)
@@ -208,7 +209,9 @@ def follow(c: ExportdClient, project_id: str, task: dict[str, Any]) -> dict[str,
 def export(
     project_id: str,
     dataset: str,
-    fmt: Annotated[str, typer.Option("--format", help="csv, tsv, jsonl, json, parquet or xlsx")] = "csv",
+    fmt: Annotated[
+        str, typer.Option("--format", help="csv, tsv, jsonl, json, parquet or xlsx")
+    ] = "csv",
     fields: Annotated[str | None, typer.Option(help="comma-separated fields")] = None,
     filter_json: Annotated[str | None, typer.Option("--filter", help="filter as JSON")] = None,
     file_name: Annotated[str | None, typer.Option(help="output file name")] = None,
@@ -395,4 +398,5 @@ def main() -> None:
     # assembly then allocates on top: a worker peaked at 344 MB, 270 MB with malloc's,
     # at the same speed (docs/benchmarks.md). Read by pyarrow at its import; overridable.
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    configure_allocator()
     app()
