@@ -115,7 +115,11 @@ def _document(r: tuple[Any, ...]) -> dict[str, Any]:
     has NULLs, and objects and arrays present on some flights only."""
     (id_, year, month, day, dep_time, sched_dep, dep_delay, arr_time, sched_arr, arr_delay,
      carrier, flight, tailnum, origin, dest, air_time, distance, hour, _minute, time_hour) = r  # fmt: skip
-    dep = {k: v for k, v in (("time", dep_time), ("scheduled", sched_dep), ("delay", dep_delay)) if v is not None}
+    dep = {
+        k: v
+        for k, v in (("time", dep_time), ("scheduled", sched_dep), ("delay", dep_delay))
+        if v is not None
+    }
     arr = {k: v for k, v in (("time", arr_time), ("scheduled", sched_arr), ("delay", arr_delay)) if v is not None}  # fmt: skip
     doc: dict[str, Any] = {
         "id": id_, "date": {"year": year, "month": month, "day": day},

@@ -94,8 +94,9 @@ class Exportd:
             assert r.status_code < 300, r.text
 
     def export(
-        self, dataset: str, fmt: str, workers: int, fast: bool = True, parallelism: int = 4
-    ) -> tuple[float, float, int, str]:
+        self, dataset: str, fmt: str, workers: int, fast: bool = True, parallelism: int = 4,
+        options: dict[str, Any] | None = None,
+    ) -> tuple[float, float, int, str]:  # fmt: skip
         """(seconds request -> COMPLETED, peak RSS of the largest worker, rows, error)."""
         env = dict(self.env, EXPORTD_FAST_PATHS="true" if fast else "false")
         procs = [
@@ -112,7 +113,12 @@ class Exportd:
             t0 = time.monotonic()
             r = self.http.post(
                 "/v1/projects/bench/exports",
-                json={"dataset_id": dataset, "format": fmt, "parallelism": parallelism},
+                json={
+                    "dataset_id": dataset,
+                    "format": fmt,
+                    "parallelism": parallelism,
+                    "format_options": options or {},
+                },
             )
             task: dict[str, Any] = r.json()
             while not task.get("is_terminal"):
