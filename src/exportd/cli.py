@@ -358,8 +358,8 @@ def demo(
                 task = follow(user, "demo", task)
                 _summary(task)
                 files = settings.data_dir / "files" / "exports" / "demo" / task["task_id"]
-                console.print(f"file:     {files / task['file_name']}")
-                console.print(f"manifest: {files / 'manifest.json'}")
+                console.print(f"file:     {files / task['file_name']}", soft_wrap=True)
+                console.print(f"manifest: {files / 'manifest.json'}", soft_wrap=True)
         if serve_:
             console.print(f"serving on {url}; project 'demo', token {token}; Ctrl-C stops")
             while thread.is_alive():
