@@ -144,6 +144,16 @@ def test_copy_csv_with_filter_projection_bounds_and_gzip(
     assert slow.count(b"\n") > 1000
 
 
+def test_copy_csv_of_an_empty_partition_is_an_empty_part(
+    pg_source: str, engines: SqlEngines, tmp_path: Path
+) -> None:
+    src = make_source(engines, pg_source, "flights")
+    sel = Selection(["id", "carrier"], [])
+    bounds = {"lo": -10, "hi": 0, "nulls": False, "kind": "int"}
+    fast = run(tmp_path, src, get_format("csv"), sel, bounds, fast=True)
+    assert fast == run(tmp_path, src, get_format("csv"), sel, bounds, fast=False) == b"id,carrier\n"
+
+
 def test_copy_steps_aside_when_it_cannot_match(pg_source: str, engines: SqlEngines) -> None:
     src = make_source(engines, pg_source, "flights")
     cols = columns_of(src, ["id", "note"])

@@ -177,7 +177,9 @@ class PgCopyCsv:
                 raw.invalidate()
 
     def _stream(self, chunks: Iterator[bytes], out: PartOutput, hb: Heartbeat) -> None:
-        """Write the server's CSV into the part chunk by chunk."""
+        """Write the server's CSV into the part chunk by chunk (the part exists, empty,
+        when the COPY sends no row)."""
+        out.write_encoded(b"", 0)
         lines = 0
         for chunk in chunks:
             lines += self._flush(chunk, out, hb, lines)
