@@ -652,16 +652,19 @@ class Store(CatalogStore, OutboxStore):
     def _refresh_task_progress(
         self, conn: sa.Connection, task_id: str, now: datetime
     ) -> TaskStatus:
+        # the task row first, locked: two partitions' heartbeats would otherwise each sum
+        # the other's count as it was before, and the last to commit would write a total
+        # that lacks the other's rows (PostgreSQL's read committed; SQLite serialises)
+        row = conn.execute(
+            sa.select(tasks.c.status, tasks.c.total_count, tasks.c.progress)
+            .where(tasks.c.task_id == task_id)
+            .with_for_update()
+        ).one()
         sums = conn.execute(
             sa.select(
                 sa.func.coalesce(sa.func.sum(partitions.c.finished_count), 0),
                 sa.func.coalesce(sa.func.sum(partitions.c.bytes_written), 0),
             ).where(partitions.c.task_id == task_id)
-        ).one()
-        row = conn.execute(
-            sa.select(tasks.c.status, tasks.c.total_count, tasks.c.progress).where(
-                tasks.c.task_id == task_id
-            )
         ).one()
         finished, written = int(sums[0]), int(sums[1])
         progress = row.progress
