@@ -32,7 +32,7 @@ from exportd.api.schemas import (
 from exportd.api.seed_mapping import StatusFilter, statuses_for_filter
 from exportd.api.views import dataset_json, retry_after_seconds, task_json
 from exportd.domain import Role, Task
-from exportd.errors import BadRequest, Forbidden
+from exportd.errors import Forbidden
 from exportd.requests import (
     DatasetRequest,
     ExportRequest,
@@ -41,7 +41,7 @@ from exportd.requests import (
     TokenRequest,
 )
 from exportd.service import Download
-from exportd.store.sql import SORT_FIELDS, TaskQuery
+from exportd.store.sql import SORT_FIELDS, TaskQuery, sort_order
 
 router = APIRouter(prefix="/v1")
 
@@ -274,8 +274,7 @@ def list_exports(
     """List a project's exports, newest first unless `sort_field` (+ `sort_type`, default
     asc) says; ties are broken by task_id, so pages never overlap or skip."""
     svc.authorize(who, project_id, Role.READER)
-    if sort_type is not None and sort_field is None:
-        raise BadRequest("sort_type must be used together with sort_field", "INVALID_SORT")
+    sort_by, descending = sort_order(sort_field, sort_type)
     statuses = None
     if status:
         statuses = tuple(dict.fromkeys(s for v in status for s in statuses_for_filter(v.value)))
@@ -288,8 +287,8 @@ def list_exports(
         is_download=is_download,
         created_from=created_from,
         created_to=created_to,
-        sort_field=sort_field or "create_time",
-        descending=(sort_type == "desc") if sort_field else True,
+        sort_field=sort_by,
+        descending=descending,
         offset=offset,
         limit=limit,
     )

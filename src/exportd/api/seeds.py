@@ -21,8 +21,7 @@ from exportd.api.seed_mapping import (
 )
 from exportd.api.views import retry_after_seconds
 from exportd.domain import FileStatus, Role, Task, TaskStatus
-from exportd.errors import BadRequest
-from exportd.store.sql import TaskQuery
+from exportd.store.sql import TaskQuery, sort_order
 
 router = APIRouter(prefix="/v2", tags=["seed-compatible"])
 
@@ -84,8 +83,7 @@ def list_export_tasks(
 ) -> dict[str, Any]:
     """Seed 004's list. Without `sort_field`, newest first; ties break by task_id."""
     svc.authorize(who, project_id, Role.READER)
-    if sort_type is not None and sort_field is None:
-        raise BadRequest("sort_type must be used together with sort_field", "INVALID_SORT")
+    sort_by, descending = sort_order(sort_field, sort_type)
     statuses, file_statuses = seed004_filter(status) if status else (None, None)
     q = TaskQuery(
         statuses=statuses,
@@ -93,8 +91,8 @@ def list_export_tasks(
         file_name=file_name,
         task_id=task_id,
         is_download=is_download,
-        sort_field=sort_field or "create_time",
-        descending=(sort_type == "desc") if sort_field else True,
+        sort_field=sort_by,
+        descending=descending,
         offset=offset,
         limit=limit,
     )

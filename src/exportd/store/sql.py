@@ -24,7 +24,7 @@ from exportd.domain import (
     Task,
     TaskStatus,
 )
-from exportd.errors import Conflict, NotFound
+from exportd.errors import BadRequest, Conflict, NotFound
 from exportd.store.base import (
     as_utc,
     file_from_row,
@@ -39,6 +39,14 @@ from exportd.store.tables import files, notifications, partitions, tasks
 from exportd.transitions import Outcome
 
 SORT_FIELDS = ("create_time", "update_time", "end_time", "file_name", "status", "task_id")
+
+
+def sort_order(sort_field: str | None, sort_type: str | None) -> tuple[str, bool]:
+    """(field, descending) of a listing: newest first without `sort_field`; with it,
+    ascending unless `sort_type` is "desc". `sort_type` alone is a 400."""
+    if sort_type is not None and sort_field is None:
+        raise BadRequest("sort_type must be used together with sort_field", "INVALID_SORT")
+    return (sort_field or "create_time", sort_type == "desc" if sort_field else True)
 
 
 @dataclass(frozen=True)
