@@ -131,13 +131,30 @@ def oracle_flatten(doc: Any, arrays: str = "json") -> dict[str, str]:
     return out
 
 
+def _segments(path: str) -> tuple[str, ...]:
+    """A column's keys (a backslash escapes the next character; a bare dot separates)."""
+    return tuple(
+        s.replace("\x00", ".").replace("\x01", "\\")
+        for s in path.replace("\\\\", "\x01").replace("\\.", "\x00").split(".")
+    )
+
+
 def oracle_header(docs: list[Any], arrays: str = "json") -> list[str]:
-    """Columns in order of first appearance, reading the documents in order."""
-    seen: dict[str, None] = {}
+    """Columns in tree order (docs/documents.md): the keys of each object in order of
+    first appearance over all documents, depth first, a column before those under it.
+    Written as a sort: a column's sort key is, for each of its key prefixes, when that
+    prefix first appeared (reading the documents in order)."""
+    first: dict[tuple[str, ...], int] = {}
+    columns: dict[str, None] = {}
     for d in docs:
         for k in oracle_flatten(d, arrays):
-            seen.setdefault(k)
-    return list(seen)
+            columns.setdefault(k)
+            segs = _segments(k)
+            for n in range(1, len(segs) + 1):
+                first.setdefault(segs[:n], len(first))
+    return sorted(
+        columns, key=lambda k: [first[_segments(k)[:n]] for n in range(1, len(_segments(k)) + 1)]
+    )
 
 
 def oracle_rows(

@@ -6,14 +6,17 @@ Every flattened path is kept, so documents of conflicting shapes lose nothing: a
 at `a` in one document and an object at `a` in another give both a column `a` and
 columns `a.b`, ... (see docs/documents.md for the full rules).
 
-The header pass of a partition collects its paths in order of first appearance
-(`KeyCollector`); the coordinator merges the partitions' lists in partition order
-(`merge_headers`), which is the order of first appearance over the whole dataset."""
+The header is in tree order: top-level keys in order of first appearance, the keys of
+each object in order of first appearance (over all documents), depth first, a value at
+`a` before the paths under `a`. A partition's header pass reports its paths in that
+order (`KeyCollector`); the coordinator merges the partitions' lists as trees, in
+partition order (`merge_headers`), which gives the order over the whole dataset whatever
+the number of partitions."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any, Literal
 
 import orjson
@@ -148,7 +151,6 @@ class Flattener:
         else:
             out[path] = value
 
-
     def add_paths(self, doc: Any, keys: dict[str, None]) -> None:
         """The paths `flatten` gives, added to `keys` in order of first appearance,
         without making the cells (the header pass needs no values, no JSON text)."""
@@ -172,6 +174,15 @@ class Flattener:
             keys[path] = None
 
 
+def check_width(keys: Sized) -> None:
+    if len(keys) > MAX_COLUMNS:
+        raise SourceError(
+            f"the documents have more than {MAX_COLUMNS} distinct flattened keys; "
+            'choose fields, or arrays="json"',
+            "TOO_MANY_COLUMNS",
+        )
+
+
 class KeyCollector:
     """A partition's header pass: the flattened paths of its documents, in order of first
     appearance, and how many documents it read."""
@@ -186,27 +197,45 @@ class KeyCollector:
         for row in rows:
             add(row[0], keys)
             self.documents += 1
-        if len(keys) > MAX_COLUMNS:
-            raise SourceError(
-                f"the documents have more than {MAX_COLUMNS} distinct flattened keys; "
-                'choose fields, or arrays="json"',
-                "TOO_MANY_COLUMNS",
-            )
+        check_width(keys)
 
     @property
     def keys(self) -> list[str]:
-        return list(self._keys)
+        """The paths in tree order (made from their order of first appearance: a key's
+        first path is where the key first appears)."""
+        return merge_headers([self._keys])
 
 
-def merge_headers(headers: Iterable[Sequence[str]]) -> list[str]:
-    """The union of the partitions' headers (given in partition order), each key where it
-    first appears: a stable order, the same whatever the number of partitions."""
-    merged: dict[str, None] = {}
+# A node of the header tree: [whether the path itself is a column, children by segment].
+_Tree = dict[str, list[Any]]
+
+
+def merge_headers(headers: Iterable[Iterable[str]]) -> list[str]:
+    """The union of path lists (given in order: partitions, or chunks of one) in tree
+    order: each object's keys where they first appear, depth first, a path before the
+    paths under it. Lists in tree order (or in order of first appearance) merge into
+    the tree order of their concatenation, so the header does not depend on the split."""
+    root: _Tree = {}
     for keys in headers:
-        for k in keys:
-            if k not in merged:
-                merged[k] = None
-    return list(merged)
+        for path in keys:
+            node = root
+            segments = split_path(path)
+            for seg in segments[:-1]:
+                node = node.setdefault(seg, [False, {}])[1]
+            node.setdefault(segments[-1], [False, {}])[0] = True
+    out: list[str] = []
+
+    def walk(prefix: str | None, tree: _Tree) -> None:
+        for seg, (is_column, children) in tree.items():
+            k = escape_key(seg)
+            path = k if prefix is None else f"{prefix}.{k}"
+            if is_column:
+                out.append(path)
+            if children:
+                walk(path, children)
+
+    walk(None, root)
+    return out
 
 
 def flat_rows(

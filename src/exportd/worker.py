@@ -15,16 +15,19 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
 from exportd import coordinator
-from exportd.documents import DEFAULT_ARRAYS, KeyCollector, flat_rows
+from exportd.documents import DEFAULT_ARRAYS, KeyCollector, check_width, flat_rows
 from exportd.domain import Lease, Partition, PartitionPhase, Task, TaskStatus
 from exportd.errors import Canceled, LeaseLost, NotFound, SourceError
 from exportd.formats import Format, NestingFormat, RowWriter
 from exportd.formats.layout import Layout, PartOutput
+from exportd.formats.text import CsvFormat
 from exportd.heartbeat import Heartbeat
 from exportd.memory import release_memory
 from exportd.notify import Notifier
 from exportd.runtime import Runtime, columns_for, selection_for
 from exportd.sources import Selection, Source
+from exportd.sources.documents import JsonLinesDocumentSource
+from exportd.sources.documents_arrow import ArrowDocumentCsv, chunks_of, collect_headers, schema_of
 from exportd.sources.fast import fast_path
 from exportd.transitions import retry_decision
 
@@ -101,15 +104,55 @@ def _failed_attempt(run: PartitionRun, exc: Exception) -> None:
 def _collect_headers(run: PartitionRun, hb: Heartbeat) -> None:
     """Header pass (stage 20): the flattened keys of every document of the partition,
     committed with the lease; the partition then waits for the merge (stage 40)."""
-    keys = KeyCollector(run.task.request.get("arrays", DEFAULT_ARRAYS))
-    for batch in run.batches():
-        hb.check()
-        keys.add(batch)
+    arrays = run.task.request.get("arrays", DEFAULT_ARRAYS)
+    schema = None
+    if _arrow_documents(run) and arrays == "json":
+        paths, documents, schema = collect_headers(run.part.bounds["segments"], hb.check)
+        check_width(paths)
+    else:
+        keys = KeyCollector(arrays)
+        for batch in run.batches():
+            hb.check()
+            keys.add(batch)
+        paths, documents = keys.keys, keys.documents
     hb.check()
     if not run.rt.store.commit_headers(
-        run.task.task_id, run.part.index, run.lease.token, keys.keys, keys.documents
+        run.task.task_id, run.part.index, run.lease.token, paths, documents, schema
     ):
         log.warning("%s: lease lost before the header commit", run.where)
+
+
+def _arrow_documents(run: PartitionRun) -> bool:
+    """Whether this partition's documents can go through Arrow (JSON Lines, no filter)."""
+    return (
+        run.rt.settings.fast_paths
+        and isinstance(run.source, JsonLinesDocumentSource)
+        and not run.sel.filter
+    )
+
+
+def _export_arrow_documents(run: PartitionRun, fmt: Format, out: PartOutput, hb: Heartbeat) -> bool:
+    """The export pass of JSON Lines documents to CSV/TSV through Arrow, when its header
+    pass went through Arrow too (False: the generic path runs)."""
+    schema = (run.part.header or {}).get("arrow_schema")
+    if (
+        schema is None
+        or not isinstance(fmt, CsvFormat)
+        or run.task.request.get("_documents") != "discover"
+        or not _arrow_documents(run)
+        or out.layout.split
+    ):
+        return False
+    export = ArrowDocumentCsv(schema_of(schema), run.task.columns, fmt.options)
+    out.write_encoded(b"", 0)  # the part exists, even without rows
+    for name, chunk in chunks_of(run.part.bounds["segments"]):
+        hb.check()
+        data, rows = export.chunk_csv(name, chunk)
+        out.write_encoded(data, rows)
+        hb.progress(out.rows, out.size)
+    if export.python_chunks:
+        log.info("%s: %d chunks through the Python path", run.where, export.python_chunks)
+    return True
 
 
 def _rows(run: PartitionRun) -> Iterator[Sequence[Sequence[Any]]]:
@@ -135,9 +178,15 @@ def _export(run: PartitionRun, hb: Heartbeat) -> None:
     try:
         with PartOutput(rt.storage, folder, fmt, columns, layout, _writer(fmt, task)) as out:
             documents = task.request.get("_documents") is not None
-            fast = None if documents else fast_path(run.source, fmt, layout, columns, rt.settings.fast_paths)
+            fast = (
+                None
+                if documents
+                else fast_path(run.source, fmt, layout, columns, rt.settings.fast_paths)
+            )
             if fast is not None:
                 fast.export(run.sel, part.bounds, out, hb)
+            elif documents and _export_arrow_documents(run, fmt, out, hb):
+                pass
             else:
                 for batch in _rows(run):
                     hb.check()

@@ -90,7 +90,7 @@ def test_documents_that_are_not_objects() -> None:
 
 
 @pytest.mark.parametrize("parts", [1, 2, 3, 7, 50])
-def test_merged_header_is_first_appearance_order_whatever_the_split(parts: int) -> None:
+def test_merged_header_is_tree_order_whatever_the_split(parts: int) -> None:
     docs = make_docs(600)
     size = -(-len(docs) // parts)
     headers = [KeyCollectorOf(docs[i : i + size], "index") for i in range(0, len(docs), size)]

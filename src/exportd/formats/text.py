@@ -149,8 +149,7 @@ class CsvEncoder:
                 return [null if v is None else render(v) for v in col]
             return [null if v is None else cell(render(v)) for v in col]
         except (TypeError, AttributeError, ValueError):  # a value of another type
-            times = self.o.times
-            return [null if v is None else cell(_any_text(v, times)) for v in col]
+            return [self.text_cell(v) for v in col]  # each by its own type, as text is
 
     def _text_column(self, col: Sequence[Any]) -> list[str]:
         """A text column: when no cell needs quoting or neutralising (checked on the whole

@@ -795,18 +795,23 @@ class Store(CatalogStore, OutboxStore):
     # ---- header pass (documents exported to a flat format) ------------------------------
 
     def commit_headers(
-        self, task_id: str, index: int, token: str, keys: list[str], documents: int
-    ) -> bool:
+        self, task_id: str, index: int, token: str, keys: list[str], documents: int,
+        arrow_schema: str | None = None,
+    ) -> bool:  # fmt: skip
         """Fenced commit of a partition's header pass: its key set is stored and it waits
-        (stage 40) for the others. The last one to commit makes the merge due."""
+        (stage 40) for the others. The last one to commit makes the merge due.
+        `arrow_schema`: how its export pass reads the partition (JSON Lines through Arrow)."""
         now = utcnow()
+        header: dict[str, Any] = {"keys": keys, "documents": documents}
+        if arrow_schema is not None:
+            header["arrow_schema"] = arrow_schema
         with self.write() as conn:
             ok = self._move_partition(
                 conn, task_id, index, PartitionStatus.WAITING, now,
                 *self._fence(task_id, index, token)[2:],
                 partitions.c.phase == PartitionPhase.HEADERS.value,
                 stage=Stage.WAIT_PARALLEL_HEADERS.value,
-                header={"keys": keys, "documents": documents},
+                header=header,
                 lease_token=None, lease_expires_at=None, error_code=None, error_msg=None,
             )  # fmt: skip
             if ok:
