@@ -20,14 +20,15 @@ from exportd.domain import Lease, Partition, PartitionPhase, Task, TaskStatus
 from exportd.errors import Canceled, LeaseLost, NotFound, SourceError
 from exportd.formats import Format, NestingFormat, RowWriter
 from exportd.formats.layout import Layout, PartOutput
-from exportd.formats.text import CsvFormat
+from exportd.formats.text import CsvFormat, CsvOptions
 from exportd.heartbeat import Heartbeat
+from exportd.layout import parts_prefix
 from exportd.memory import release_memory
 from exportd.notify import Notifier
 from exportd.runtime import Runtime, columns_for, selection_for
 from exportd.sources import Selection, Source
 from exportd.sources.documents import JsonLinesDocumentSource
-from exportd.sources.documents_arrow import ArrowDocumentCsv, chunks_of, collect_headers, schema_of
+from exportd.sources.documents_arrow import CellCache, cached_csv, collect_headers
 from exportd.sources.fast import fast_path
 from exportd.transitions import retry_decision
 
@@ -103,23 +104,32 @@ def _failed_attempt(run: PartitionRun, exc: Exception) -> None:
 
 def _collect_headers(run: PartitionRun, hb: Heartbeat) -> None:
     """Header pass (stage 20): the flattened keys of every document of the partition,
-    committed with the lease; the partition then waits for the merge (stage 40)."""
+    committed with the lease; the partition then waits for the merge (stage 40). JSON
+    Lines documents go through Arrow, which also renders the rows for a CSV export."""
     arrays = run.task.request.get("arrays", DEFAULT_ARRAYS)
-    schema = None
-    if _arrow_documents(run) and arrays == "json":
-        paths, documents, schema = collect_headers(run.part.bounds["segments"], hb.check)
-        check_width(paths)
-    else:
-        keys = KeyCollector(arrays)
-        for batch in run.batches():
-            hb.check()
-            keys.add(batch)
-        paths, documents = keys.keys, keys.documents
-    hb.check()
-    if not run.rt.store.commit_headers(
-        run.task.task_id, run.part.index, run.lease.token, paths, documents, schema
-    ):
-        log.warning("%s: lease lost before the header commit", run.where)
+    cache = _cell_cache(run) if arrays == "json" and _arrow_documents(run) else None
+    committed = False
+    try:
+        if arrays == "json" and _arrow_documents(run):
+            segments = run.part.bounds["segments"]
+            paths, documents, chunks = collect_headers(segments, hb.check, cache)
+            check_width(paths)
+        else:
+            keys = KeyCollector(arrays)
+            for batch in run.batches():
+                hb.check()
+                keys.add(batch)
+            paths, documents = keys.keys, keys.documents
+        hb.check()
+        stored = None if cache is None else {"folder": cache.folder, "chunks": chunks}
+        committed = run.rt.store.commit_headers(
+            run.task.task_id, run.part.index, run.lease.token, paths, documents, stored
+        )
+        if not committed:
+            log.warning("%s: lease lost before the header commit", run.where)
+    finally:
+        if cache is not None and not committed:
+            run.rt.storage.delete_prefix(cache.folder)
 
 
 def _arrow_documents(run: PartitionRun) -> bool:
@@ -131,27 +141,42 @@ def _arrow_documents(run: PartitionRun) -> bool:
     )
 
 
-def _export_arrow_documents(run: PartitionRun, fmt: Format, out: PartOutput, hb: Heartbeat) -> bool:
-    """The export pass of JSON Lines documents to CSV/TSV through Arrow, when its header
-    pass went through Arrow too (False: the generic path runs)."""
-    schema = (run.part.header or {}).get("arrow_schema")
+def _csv_options(run: PartitionRun) -> CsvOptions | None:
+    """The CSV dialect when the export pass can write rows rendered by the header pass:
+    CSV/TSV with the merged header, in one file per partition's part (no split)."""
+    fmt = run.rt.format(run.task)
     if (
-        schema is None
-        or not isinstance(fmt, CsvFormat)
+        not isinstance(fmt, CsvFormat)
         or run.task.request.get("_documents") != "discover"
-        or not _arrow_documents(run)
-        or out.layout.split
+        or Layout.from_request(run.task.request).split
     ):
+        return None
+    return fmt.options
+
+
+def _cell_cache(run: PartitionRun, stored: dict[str, Any] | None = None) -> CellCache | None:
+    opts = _csv_options(run)
+    if opts is None:
+        return None
+    if stored is not None:
+        return CellCache(run.rt.storage, stored["folder"], opts)
+    task, part, lease = run.task, run.part, run.lease
+    folder = f"{parts_prefix(task)}{part.index:05d}-h{lease.attempt}-{lease.token[:12]}/"
+    return CellCache(run.rt.storage, folder, opts)
+
+
+def _export_cached_documents(run: PartitionRun, out: PartOutput, hb: Heartbeat) -> bool:
+    """The export pass from the rows the header pass rendered (False: none were kept)."""
+    stored: dict[str, Any] | None = (run.part.header or {}).get("cache")
+    if stored is None or not run.task.columns:
         return False
-    export = ArrowDocumentCsv(schema_of(schema), run.task.columns, fmt.options)
+    cache = _cell_cache(run, stored)
+    if cache is None:
+        return False
     out.write_encoded(b"", 0)  # the part exists, even without rows
-    for name, chunk in chunks_of(run.part.bounds["segments"]):
-        hb.check()
-        data, rows = export.chunk_csv(name, chunk)
+    for data, rows in cached_csv(cache, int(stored["chunks"]), run.task.columns, hb.check):
         out.write_encoded(data, rows)
         hb.progress(out.rows, out.size)
-    if export.python_chunks:
-        log.info("%s: %d chunks through the Python path", run.where, export.python_chunks)
     return True
 
 
@@ -185,7 +210,7 @@ def _export(run: PartitionRun, hb: Heartbeat) -> None:
             )
             if fast is not None:
                 fast.export(run.sel, part.bounds, out, hb)
-            elif documents and _export_arrow_documents(run, fmt, out, hb):
+            elif documents and _export_cached_documents(run, out, hb):
                 pass
             else:
                 for batch in _rows(run):

@@ -44,6 +44,7 @@ def _re2_class(chars: str) -> str:
     return "[" + "".join(f"\\x{{{ord(c):x}}}" for c in chars) + "]"
 
 
+_PLAIN_CHARS = set("0123456789+-.eEaNIifnty" + "truefals")  # numbers' and booleans' text
 _TRIGGERS = "^" + _re2_class("".join(SPREADSHEET_TRIGGERS))
 _JSON_CONTROL = _re2_class("".join(chr(i) for i in range(32)))
 
@@ -64,6 +65,7 @@ class ArrowCsv:
         self.width = width
         self._special = _re2_class(opts.delimiter + opts.quote + "\r\n")
         self._qq = opts.quote * 2
+        self._plain = not ({opts.delimiter, opts.quote} & _PLAIN_CHARS) and opts.null == ""
 
     # ---- one column ------------------------------------------------------------------
 
@@ -72,10 +74,10 @@ class ArrowCsv:
         t = arr.type
         if pa.types.is_null(t) or arr.null_count == len(arr):
             return None
-        if pa.types.is_boolean(t) or _is_integer(t):
-            text = pc.cast(arr, pa.string())
-        elif pa.types.is_float64(t):
-            text = self._floats(arr)
+        if pa.types.is_boolean(t) or _is_integer(t) or pa.types.is_float64(t):
+            text = self._floats(arr) if pa.types.is_float64(t) else pc.cast(arr, pa.string())
+            if self._plain:  # no number or boolean text needs quoting in this dialect
+                return text.fill_null(self.o.null)
         elif pa.types.is_string(t) or pa.types.is_large_string(t):
             text = self._neutralised(arr.cast(pa.string()))
         elif pa.types.is_list(t) or pa.types.is_large_list(t):

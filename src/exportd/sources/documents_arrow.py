@@ -1,32 +1,35 @@
-"""JSON Lines documents through Arrow (pyarrow.json, in C++), for both passes of a CSV/TSV
-export with the merged header: the header pass infers each chunk's schema instead of
-walking documents in Python, and the export pass reads each chunk with that schema and
-renders it with `ArrowCsv`. The result is byte-identical to the Python path.
+"""JSON Lines documents through Arrow (pyarrow.json, in C++) for a CSV/TSV export with the
+merged header, byte-identical to the Python path (`Flattener` and the generic CSV writer).
 
-A partition is read in chunks of whole lines (about CHUNK_BYTES). Any chunk that Arrow
-cannot give exactly as the Python path would goes through the Python path instead
-(`flat_rows` and the generic CSV encoder; with the generic writer's rule for a column
-of mixed types, cells do not depend on how rows are batched), so the output is the same:
+The header pass reads the partition in chunks of whole lines (about CHUNK_BYTES): each
+chunk's inferred schema gives its paths (Arrow adds an object's keys in order of first
+appearance: tree order), and its cells are rendered at once by `ArrowCsv` and kept in the
+storage, under the task's parts prefix (`CellCache`). The export pass then only joins
+each chunk's cells in the merged header's order: the documents are read once.
+
+A chunk that Arrow cannot give exactly as the Python path would goes through the Python
+path (its paths by `Flattener`, its cells by the generic CSV encoder, which renders each
+value by its own type, so cells do not depend on the rows around them):
 
 - Arrow refuses it: a key whose type changes (a scalar in one document, an object or
-  text in another), a document that is not an object, a key given twice, bad surrogates;
+  text in another), a document that is not an object, a key given twice, bad
+  surrogates, or a line holding more than one document;
 - not valid UTF-8 (Arrow would replace bytes that orjson refuses);
-- a key holding an object somewhere and JSON `null` or `{}` elsewhere (the Python path
-  gives that key a column of its own, Arrow cannot tell null from a missing key);
-- in the export pass: a key outside the partition's header-pass schema (the file changed:
-  the Python path then fails with DOCUMENTS_CHANGED if a column would be lost), a float
-  column holding an integral value of 2**53 or more, or -0 (integers and floats share a
-  float64 column in Arrow), arrays of floats or of objects, an unexpected type.
+- a key holding an object with keys somewhere and JSON `null` or `{}` elsewhere (the
+  Python path gives that key a column of its own; Arrow cannot tell them from a missing
+  key or from an object of nulls);
+- a float column holding an integral value of 2**53 or more, or -0 (integers and floats
+  share a float64 column in Arrow), arrays of floats or of objects (their JSON text).
 
-Strings that look like timestamps are read as text (the header pass stores its schema
-with every inferred timestamp as a string, and the export pass reads with it).
+Strings that Arrow infers as timestamps are read again as text.
 """
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import re
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -36,12 +39,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from exportd.documents import Flattener, escape_key, flat_rows, merge_headers
+from exportd.documents import Flattener, escape_key, merge_headers
 from exportd.errors import SourceError
 from exportd.formats.arrow_csv import ArrowCsv, Unsupported
 from exportd.formats.text import CsvEncoder, CsvOptions
+from exportd.storage import Storage
 
-CHUNK_BYTES = 16 << 20
+CHUNK_BYTES = 8 << 20
 BLOCK_BYTES = 4 << 20
 _INT_LIMIT = float(2**53)
 _KEY_NULL = re.compile(rb'"((?:[^"\\]|\\.)*)"\s*:\s*null')
@@ -65,7 +69,7 @@ def line_chunks(path: str, start: int, end: int, size: int | None = None) -> Ite
                 fh.readline()  # a line begun before `start` belongs to the previous segment
             pos = fh.tell()
             carry = b""
-            while pos < end:
+            while pos - len(carry) < end:  # the next line starts in the range
                 block = fh.read(size)
                 data = carry + block
                 base = pos - len(carry)
@@ -116,48 +120,6 @@ def _as_text(t: pa.DataType) -> pa.DataType:
     return t
 
 
-def _unify(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
-    """One type to read both with, or None."""
-    if a == b or pa.types.is_null(b):
-        return a
-    if pa.types.is_null(a):
-        return b
-    if {a, b} == {pa.int64(), pa.float64()}:
-        return pa.float64()
-    if pa.types.is_struct(a) and pa.types.is_struct(b):
-        fields = {f.name: f.type for f in a}
-        for f in b:
-            t = _unify(fields[f.name], f.type) if f.name in fields else f.type
-            if t is None:
-                return None
-            fields[f.name] = t
-        return pa.struct(list(fields.items()))
-    if pa.types.is_list(a) and pa.types.is_list(b):
-        t = _unify(a.value_type, b.value_type)
-        return None if t is None else pa.list_(t)
-    return None
-
-
-def unify_schemas(schemas: Iterable[pa.Schema]) -> pa.Schema | None:
-    """One schema for the chunks: where two chunks disagree on a key's type, the first
-    chunk's is kept (the chunks that disagree take the Python path in the export)."""
-    fields: dict[str, pa.DataType] = {}
-    for schema in schemas:
-        for f in schema:
-            t = _unify(fields[f.name], f.type) if f.name in fields else f.type
-            if t is not None:
-                fields[f.name] = t
-    return pa.schema(list(fields.items())) if fields else None
-
-
-def schema_text(schema: pa.Schema) -> str:
-    return base64.b64encode(schema.serialize().to_pybytes()).decode("ascii")
-
-
-def schema_of(text: str) -> pa.Schema:
-    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
-
-
 def _object_keys(t: pa.DataType | pa.Schema, out: set[bytes]) -> None:
     """The names (JSON-encoded) of keys holding an object with keys, at any depth."""
     for f in t:
@@ -184,10 +146,11 @@ def _key_names(pattern: re.Pattern[bytes], chunk: bytes) -> set[bytes]:
 
 def _check_bytes(chunk: bytes, schema: pa.Schema) -> None:
     """What Arrow reads differently from orjson, looked for in the raw text."""
-    try:
-        chunk.decode("utf-8")
-    except UnicodeDecodeError:
-        raise NotExact("not UTF-8") from None
+    if not chunk.isascii():
+        try:
+            chunk.decode("utf-8")
+        except UnicodeDecodeError:
+            raise NotExact("not UTF-8") from None
     objects: set[bytes] = set()
     _object_keys(schema, objects)
     if not objects:
@@ -207,11 +170,11 @@ def _check_rows(chunk: bytes, rows: int) -> None:
             raise NotExact("lines holding more than one document")
 
 
-def _read(chunk: bytes, schema: pa.Schema | None) -> pa.Table:
+def _read(chunk: bytes, schema: pa.Schema | None, unexpected: str = "error") -> pa.Table:
     parse = (
         pj.ParseOptions()
         if schema is None
-        else pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
+        else pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior=unexpected)
     )
     read = pj.ReadOptions(use_threads=False, block_size=BLOCK_BYTES)
     try:
@@ -288,70 +251,156 @@ def chunks_of(segments: Iterable[list[Any]]) -> Iterator[tuple[str, bytes]]:
             yield Path(str(path)).name, chunk
 
 
-def collect_headers(
-    segments: Iterable[list[Any]], check: Check
-) -> tuple[list[str], int, str | None]:
-    """The header pass of a partition: its paths in tree order, its document count, and
-    the schema to read it with in the export pass (None when no chunk could be read
-    by Arrow)."""
-    lists: list[list[str]] = []
-    schemas: list[pa.Schema] = []
-    documents = 0
+def _known(t: pa.DataType | pa.Schema) -> list[pa.Field]:
+    """The fields worth giving the reader of the next chunk: not the ones that have held
+    only nulls, `{}` or `[]` so far (their type is still open)."""
+    out = []
+    for f in t:
+        ft = f.type
+        if pa.types.is_struct(ft):
+            fields = _known(ft)
+            if fields:
+                out.append(f.with_type(pa.struct(fields)))
+        elif pa.types.is_list(ft):
+            if not pa.types.is_null(ft.value_type) and not pa.types.is_struct(ft.value_type):
+                out.append(f)
+        elif not pa.types.is_null(ft):
+            out.append(f)
+    return out
+
+
+def _read_inferring(chunk: bytes, known: pa.Schema | None) -> pa.Table:
+    """A chunk read with the types known from the chunks before (faster: they are not
+    inferred again) and new keys inferred; timestamps inferred are read again as text."""
+    table = None
+    if known is not None:
+        with contextlib.suppress(NotExact):  # a type changed: infer it all
+            table = _read(chunk, known, "infer")
+    if table is None:
+        table = _read(chunk, None)
+    as_text = pa.schema([f.with_type(_as_text(f.type)) for f in table.schema])
+    if as_text != table.schema:
+        table = _read(chunk, as_text)
+    return table
+
+
+@dataclass(frozen=True)
+class CellCache:
+    """Where a header pass keeps the rendered cells of its chunks (Arrow IPC streams, one
+    per chunk, under the task's parts prefix) for the export pass to join."""
+
+    storage: Storage
+    folder: str
+    opts: CsvOptions
+
+    def key(self, index: int) -> str:
+        return f"{self.folder}c{index:05d}.arrows"
+
+
+def _arrow_cells(table: pa.Table, csv: ArrowCsv) -> dict[str, pa.Array]:
+    columns = table_columns(table)
+    _check_numbers(columns)
+    out = {}
+    try:
+        for path, arr in columns.items():
+            cells = csv.cells(arr)
+            if cells is not None:
+                out[path] = cells
+    except Unsupported as exc:
+        raise NotExact(str(exc)) from None
+    return out
+
+
+def _python_cells(docs: list[Any], paths: list[str], opts: CsvOptions) -> dict[str, pa.Array]:
+    """The cells of a chunk by the generic writer (which renders each value by its type,
+    so a column's cells do not depend on the rows around them)."""
     flat = Flattener("json")
+    rows = [flat.flatten(d) for d in docs]
+    enc = CsvEncoder(opts, max(len(paths), 2))
+    return {
+        p: pa.array(enc.column(i, [r.get(p) for r in rows]), pa.string())
+        for i, p in enumerate(paths)
+    }
+
+
+def collect_headers(
+    segments: Iterable[list[Any]], check: Check, cache: CellCache | None
+) -> tuple[list[str], int, int]:
+    """The header pass of a partition: its paths in tree order and its document count;
+    with a cache, also the CSV cells of every chunk (returns how many chunks it wrote)."""
+    lists: list[list[str]] = []
+    documents = written = 0
+    known: pa.Schema | None = None
+    flat = Flattener("json")
+    csv = ArrowCsv(cache.opts, 2) if cache else None
     for name, chunk in chunks_of(segments):
         check()
+        cells: dict[str, pa.Array] = {}
         try:
-            table = _read(chunk, None)
+            table = _read_inferring(chunk, known)
             _check_bytes(chunk, table.schema)
+            paths, rows = _paths(table.schema), table.num_rows
+            if csv is not None:
+                cells = _arrow_cells(table, csv)
+            known = pa.schema(_known(table.schema))
         except NotExact:
-            keys: dict[str, None] = {}
             docs = documents_of(chunk, f"{name} (a line of it)")
+            keys: dict[str, None] = {}
             for doc in docs:
                 flat.add_paths(doc, keys)
-            lists.append(list(keys))
-            documents += len(docs)
-            continue
-        lists.append(_paths(table.schema))
-        schemas.append(pa.schema([f.with_type(_as_text(f.type)) for f in table.schema]))
-        documents += table.num_rows
-    schema = unify_schemas(schemas)
-    return merge_headers(lists), documents, None if schema is None else schema_text(schema)
+            paths, rows = list(keys), len(docs)
+            if cache is not None:
+                cells = _python_cells(docs, paths, cache.opts)
+        lists.append(paths)
+        documents += rows
+        if cache is not None and rows:
+            table = pa.Table.from_arrays(list(cells.values()), names=list(cells))
+            _write_table(cache.storage, cache.key(written), table, rows)
+            written += 1
+    return merge_headers(lists), documents, written
 
 
-class ArrowDocumentCsv:
-    """The export pass of a partition into CSV rows in the merged header's order."""
+def _write_table(storage: Storage, key: str, table: pa.Table, rows: int) -> None:
+    sink = pa.BufferOutputStream()
+    meta = table.replace_schema_metadata({"rows": str(rows)})
+    with pa.ipc.new_stream(sink, meta.schema) as writer:
+        writer.write_table(meta)
+    with storage.open_write(key) as out:
+        out.write(sink.getvalue().to_pybytes())
 
-    def __init__(self, schema: pa.Schema, header: list[str], opts: CsvOptions) -> None:
-        self.schema = schema
-        self.header = header
-        self.opts = opts
-        self.csv = ArrowCsv(opts, len(header))
-        self.python_chunks = 0
 
-    def chunk_csv(self, name: str, chunk: bytes) -> tuple[bytes, int]:
-        """The CSV text of one chunk and its row count."""
-        try:
-            if not self.header:
-                raise NotExact("no columns")
-            table = _read(chunk, self.schema)
-            _check_bytes(chunk, self.schema)
-            columns = table_columns(table)
-            _check_numbers(columns)
-            if not columns.keys() <= set(self.header):
-                raise NotExact("a path outside the header")
-            cells = [
-                None if (c := columns.get(k)) is None else self.csv.cells(c) for k in self.header
-            ]
-            return self.csv.rows(cells, table.num_rows), table.num_rows
-        except (NotExact, Unsupported):
-            self.python_chunks += 1
-            return self._python(name, chunk)
+def _read_table(storage: Storage, key: str) -> tuple[pa.Table, int]:
+    fh = storage.open_read(key)
+    try:
+        data = fh.read()
+    finally:
+        fh.close()
+    table = pa.ipc.open_stream(data).read_all()
+    return table, int((table.schema.metadata or {})[b"rows"])
 
-    def _python(self, name: str, chunk: bytes) -> tuple[bytes, int]:
-        docs = documents_of(chunk, f"{name} (a line of it)")
-        rows = [
-            r
-            for batch in flat_rows([[(d,) for d in docs]], self.header, "json", True)
-            for r in batch
-        ]
-        return CsvEncoder(self.opts, len(self.header)).encode(rows).encode("utf-8"), len(rows)
+
+def cached_csv(
+    cache: CellCache, chunks: int, header: list[str], check: Check
+) -> Iterator[tuple[bytes, int]]:
+    """The export pass from a header pass's cells: each chunk's cells joined in the merged
+    header's order (the documents are not read again: the export writes what the
+    header pass read, so no document can bring a key outside the header)."""
+    csv = ArrowCsv(cache.opts, len(header))
+    known = set(header)
+    quote = cache.opts.quote
+    for i in range(chunks):
+        check()
+        table, rows = _read_table(cache.storage, cache.key(i))
+        columns = {
+            name: col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+            for name, col in zip(table.column_names, table.columns, strict=True)
+        }
+        if not columns.keys() <= known:
+            extra = sorted(columns.keys() - known)[:3]
+            raise SourceError(
+                f"documents changed since the header pass: new keys {extra}", "DOCUMENTS_CHANGED"
+            )
+        if len(header) == 1 and header[0] in columns:  # `\.` alone on a line is quoted
+            col = columns[header[0]]
+            columns[header[0]] = pc.if_else(pc.equal(col, "\\."), f"{quote}\\.{quote}", col)
+        yield csv.rows([columns.get(k) for k in header], rows), rows

@@ -796,15 +796,15 @@ class Store(CatalogStore, OutboxStore):
 
     def commit_headers(
         self, task_id: str, index: int, token: str, keys: list[str], documents: int,
-        arrow_schema: str | None = None,
+        cache: dict[str, Any] | None = None,
     ) -> bool:  # fmt: skip
         """Fenced commit of a partition's header pass: its key set is stored and it waits
         (stage 40) for the others. The last one to commit makes the merge due.
-        `arrow_schema`: how its export pass reads the partition (JSON Lines through Arrow)."""
+        `cache`: where the pass left its rendered rows for the export pass, if it did."""
         now = utcnow()
         header: dict[str, Any] = {"keys": keys, "documents": documents}
-        if arrow_schema is not None:
-            header["arrow_schema"] = arrow_schema
+        if cache is not None:
+            header["cache"] = cache
         with self.write() as conn:
             ok = self._move_partition(
                 conn, task_id, index, PartitionStatus.WAITING, now,

@@ -1,0 +1,172 @@
+"""JSON Lines documents through Arrow (both passes) against the Python path: the same
+header and the same CSV bytes on tricky documents, whatever the chunk size and the split
+into partitions; chunks Arrow cannot read exactly take the Python path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import exportd.sources.documents_arrow as docs_arrow
+from exportd.documents import KeyCollector, flat_rows, merge_headers
+from exportd.errors import SourceError
+from exportd.formats.text import CsvEncoder, CsvOptions
+from exportd.sources.documents_arrow import CellCache, cached_csv, collect_headers, line_chunks
+from exportd.sources.paths import byte_ranges, read_lines
+from exportd.storage.local import LocalStorage
+from tests.documents_support import make_docs, oracle_header
+
+TRICKY: dict[str, list[Any]] = {
+    "floats": [{"x": v} for v in (91.0, 1.5, 1e-5, 1e20, 123456789012.5, 0.0, 3, -7, 1e300)],
+    "ints and floats": [{"x": 1}, {"x": 2.5}, {"x": 2**60}],
+    "negative zero": [{"x": -0.0}, {"x": 1.5}],
+    "int -0": [{"x": 1.5}, {"x": 0}],
+    "strings": [
+        {"s": v} for v in ["=1+1", "-x", "@a", "\tt", "\rr", "a,b", 'q"q', "l\nl", "", "é☕"]
+    ],
+    "arrays": [
+        {"t": ["a", 'b"c', "d\\e"]},
+        {"t": []},
+        {"t": None},
+        {"n": [1, None]},
+        {"c": ["\x01"]},
+    ],
+    "arrays of objects or floats": [{"l": [{"k": 1}, {"k": 2, "e": None}]}, {"f": [1, 2.5]}],
+    "null then object": [{"a": None}, {"a": {"b": 1}}],
+    "object then null": [{"a": {"b": 1}}, {"a": None}],
+    "{} then object": [{"a": {}}, {"a": {"b": 1}}],
+    "{} only": [{"m": {}}, {"m": None}, {}],
+    "object of nulls": [{"a": {"b": None}}, {"c": 1}],
+    "dots and backslashes": [{"a.b": 1, "a": {"b": 2}, "c\\d": 3, "": 4, "e": {"f.g": 5}}],
+    "type conflict": [{"a": 1}, {"a": "x"}, {"a": {"b": True}}],
+    "booleans": [{"f": True}, {"f": False}, {"f": None}],
+    "not objects": [{"a": 1}, 5, [1], "text", None],
+    "tree order": [
+        {"z": 1, "a": {"y": 1}},
+        {"a": {"x": 2, "y": 3}, "b": {"k": {"j": 1}}},
+        {"a": {"w": {"q": 1}}, "z": 2},
+    ],
+    "timestamps as text": [{"t": "2013-01-01T10:00:00+00:00"}, {"t": "2013-01-01"}, {"u": "10:00"}],
+    "big numbers": [{"i": 2**62}, {"i": -5}, {"j": 2**64 - 1}],
+}
+
+
+def python_csv(data: bytes, opts: CsvOptions) -> tuple[list[str], int, bytes]:
+    docs = [json.loads(line) for line in data.split(b"\n") if line.strip()]
+    keys = KeyCollector("json")
+    keys.add([(d,) for d in docs])
+    rows = [r for b in flat_rows([[(d,) for d in docs]], keys.keys, "json", True) for r in b]
+    return keys.keys, len(docs), CsvEncoder(opts, len(keys.keys)).encode(rows).encode()
+
+
+def arrow_csv(
+    tmp_path: Path, path: Path, opts: CsvOptions, parts: int = 1
+) -> tuple[list[str], int, bytes]:
+    storage = LocalStorage(tmp_path / "storage")
+    ranges = byte_ranges([str(path)], parts)
+    caches, lists, documents = [], [], 0
+    for i, r in enumerate(ranges):
+        cache = CellCache(storage, f"parts/t/{i:05d}-h1-x/", opts)
+        keys, n, chunks = collect_headers(r["segments"], lambda: None, cache)
+        caches.append((cache, chunks))
+        lists.append(keys)
+        documents += n
+    header = merge_headers(lists)
+    out = b"".join(
+        data
+        for cache, chunks in caches
+        for data, _ in cached_csv(cache, chunks, header, lambda: None)
+    )
+    return header, documents, out
+
+
+def write(path: Path, docs: list[Any], blank: bool = False) -> bytes:
+    text = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs)
+    if blank:
+        text = "\n  \n" + text.replace("\n", "\n\r\n", 3)
+    path.write_text(text, encoding="utf-8")
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "opts", [CsvOptions(), CsvOptions(delimiter=";", null="NULL", line_ending="\r\n")]
+)
+@pytest.mark.parametrize("case", list(TRICKY))
+def test_tricky_documents_give_the_same_bytes(tmp_path: Path, case: str, opts: CsvOptions) -> None:
+    data = write(tmp_path / "d.jsonl", TRICKY[case], blank=True)
+    assert arrow_csv(tmp_path, tmp_path / "d.jsonl", opts) == python_csv(data, opts)
+
+
+@pytest.mark.parametrize("chunk", [200, 1500, 30_000, 8 << 20])
+@pytest.mark.parametrize("parts", [1, 3, 7])
+def test_any_chunk_size_and_split_give_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int, parts: int
+) -> None:
+    """Chunks of clean documents go through Arrow, the others through Python, mixed
+    within one partition; the header is the tree order of all documents."""
+    monkeypatch.setattr(docs_arrow, "CHUNK_BYTES", chunk)
+    docs = [d for case in TRICKY.values() for d in case if isinstance(d, dict)]
+    docs = make_docs(400) + docs + make_docs(800)[400:]
+    data = write(tmp_path / "d.jsonl", docs)
+    header, n, out = arrow_csv(tmp_path, tmp_path / "d.jsonl", CsvOptions(), parts)
+    want = python_csv(data, CsvOptions())
+    assert header == oracle_header(docs)
+    assert (header, n, out) == want
+
+
+def test_clean_documents_go_through_arrow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback must not hide that Arrow does the work: count Python chunks."""
+    calls: list[int] = []
+    real = docs_arrow._python_cells
+    monkeypatch.setattr(
+        docs_arrow,
+        "_python_cells",
+        lambda *a: calls.append(1) or real(*a),  # type: ignore[func-returns-value]
+    )
+    docs = [{k: v for k, v in d.items() if not k.startswith("rare")} for d in make_docs(500)]
+    docs = [{**d, "meta": {"n": 1}} if "meta" in d else d for d in docs]  # no {}
+    data = write(tmp_path / "d.jsonl", docs)
+    assert arrow_csv(tmp_path, tmp_path / "d.jsonl", CsvOptions()) == python_csv(data, CsvOptions())
+    assert calls == []
+    write(tmp_path / "e.jsonl", make_docs(500))  # {} where an object is elsewhere
+    arrow_csv(tmp_path, tmp_path / "e.jsonl", CsvOptions())
+    assert calls == [1]
+
+
+@pytest.mark.parametrize(
+    "line", [b'{"a":1} {"a":2}', b'{"a":1', b'{"a":"\xff"}', b'{"a":"\\ud800"}', b'{"a":1,"a":2}x']
+)
+def test_bad_lines_fail_as_in_the_python_path(tmp_path: Path, line: bytes) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"a":0}\n' + line + b"\n")
+    with pytest.raises(SourceError) as err:
+        arrow_csv(tmp_path, path, CsvOptions())
+    assert err.value.error_code == "INVALID_DOCUMENT"
+
+
+def test_a_key_outside_the_merged_header_is_refused(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "storage")
+    path = tmp_path / "d.jsonl"
+    write(path, [{"a": 1, "b": 2}])
+    cache = CellCache(storage, "parts/t/00000-h1-x/", CsvOptions())
+    _, _, chunks = collect_headers([[str(path), 0, path.stat().st_size]], lambda: None, cache)
+    with pytest.raises(SourceError) as err:
+        list(cached_csv(cache, chunks, ["a"], lambda: None))
+    assert err.value.error_code == "DOCUMENTS_CHANGED"
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 150, 300, 1 << 20])
+@pytest.mark.parametrize("parts", [1, 2, 5, 40])
+def test_line_chunks_hold_the_lines_of_each_range(tmp_path: Path, size: int, parts: int) -> None:
+    path = tmp_path / "d.jsonl"
+    write(path, make_docs(120), blank=True)
+    with open(path, "ab") as fh:
+        fh.write(b'{"last": "no newline"}')
+    for r in byte_ranges([str(path)], parts):
+        for p, start, end in r["segments"]:
+            chunks = list(line_chunks(str(p), int(start), int(end), size))
+            assert b"".join(chunks) == b"".join(line for _, line in read_lines(str(p), start, end))
+            assert all(c.endswith(b"\n") for c in chunks[:-1])
