@@ -132,8 +132,9 @@ def _plan(rt: Runtime, task: Task, lease: Lease) -> None:
 
 
 def _merge_headers(rt: Runtime, task: Task, lease: Lease) -> None:
-    """Stage 30: every header pass is in. The waiting partitions' key sets are merged in
-    partition order (a stable order) and the partitions open for export with it. When
+    """Stage 30: every header pass is in. The waiting partitions' key lists are merged as
+    trees, in partition order (the documented tree order, whatever the split), and the
+    partitions open for export with it. When
     header passes failed beyond what the request allows, the task fails now instead."""
     store = rt.store
     waiting = sorted(
