@@ -19,21 +19,20 @@ class Composed:
     sha256: str
 
 
-class HashingWriter:
-    """A binary sink that counts and hashes what passes through it (enough of the io
-    protocol for io.TextIOWrapper and pyarrow's output streams)."""
+class CountingWriter:
+    """A binary sink that counts what passes through it (enough of the io protocol for
+    io.TextIOWrapper and pyarrow's output streams)."""
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
         self.count = 0
-        self._sha = hashlib.sha256()
 
     def write(self, data: Any) -> int:
-        b = data if isinstance(data, bytes) else bytes(data)
-        self._sha.update(b)
-        self.count += len(b)
-        self._raw.write(b)
-        return len(b)
+        """Any bytes-like object (bytes, memoryview, a pyarrow Buffer), never copied."""
+        n = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+        self._raw.write(data)
+        self.count += n
+        return n
 
     def flush(self) -> None:
         self._raw.flush()
@@ -57,6 +56,18 @@ class HashingWriter:
     @property
     def closed(self) -> bool:
         return False
+
+
+class HashingWriter(CountingWriter):
+    """A counting sink that also hashes (sha256) what passes through it."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__(raw)
+        self._sha = hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        self._sha.update(data)
+        return super().write(data)
 
     def hexdigest(self) -> str:
         return self._sha.hexdigest()
