@@ -56,6 +56,10 @@ def fast_path(
     """The fast path for this source and format, or None for the generic path."""
     if not enabled or layout.split or type(source) is not SqlSource:
         return None  # subclasses (documents in a JSON column) read otherwise
+    if source.engine.dialect.name == "sqlite":
+        from exportd.sources.fast_sqlite import sqlite_fast_path
+
+        return sqlite_fast_path(source, fmt, columns)
     if source.engine.dialect.name != "postgresql" or source.engine.dialect.driver != "psycopg":
         return None
     if isinstance(fmt, CsvFormat) and copy_supports(fmt.options, columns):
