@@ -35,6 +35,7 @@ from exportd.formats.cells import SPREADSHEET_TRIGGERS, float_text
 from exportd.formats.layout import PartOutput
 from exportd.formats.text import _PLAIN_CHARS, CsvFormat, CsvOptions
 from exportd.heartbeat import Heartbeat
+from exportd.prefetch import prefetched
 from exportd.sources import Selection
 from exportd.sources.sql import SqlSource
 
@@ -158,7 +159,9 @@ class SqliteArrowCsv:
             out.write(batch)
             hb.progress(out.rows, out.size)
 
-    def _render(self, sel: Selection, bounds: dict[str, Any], spool: BinaryIO, hb: Heartbeat) -> int:
+    def _render(
+        self, sel: Selection, bounds: dict[str, Any], spool: BinaryIO, hb: Heartbeat
+    ) -> int:
         import adbc_driver_manager as adbc
         import pyarrow as pa
 
@@ -177,7 +180,9 @@ class SqliteArrowCsv:
         types = [want[k] for k in kinds]
         rows = 0
         try:
-            for batch in self._batches(sql):
+            for batch in prefetched(
+                lambda: self._batches(sql)
+            ):  # read on one core, render on the other
                 hb.check()
                 data = self._encode(batch, types)
                 spool.write(data)
@@ -267,9 +272,7 @@ class SqliteArrowCsv:
         if not pc.any(need).as_py():
             return col
         q = self.opts.quote
-        quoted = pc.binary_join_element_wise(
-            q, pc.replace_substring(col, q, self._qq), q, ""
-        )
+        quoted = pc.binary_join_element_wise(q, pc.replace_substring(col, q, self._qq), q, "")
         return pc.if_else(need, quoted, col)
 
     @staticmethod
@@ -297,4 +300,3 @@ class SqliteArrowCsv:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:300]
-
