@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from exportd.storage import Composed, Piece
+from exportd.storage import Composed, Piece, Span
 
 CHUNK = 1 << 20
 
@@ -44,6 +44,11 @@ class LocalStorage:
     def open_read(self, key: str) -> BinaryIO:
         return open(self._path(key), "rb")
 
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        with open(self._path(key), "rb") as fh:
+            fh.seek(start)
+            return fh.read(max(0, end - start))
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
@@ -75,6 +80,8 @@ class LocalStorage:
             for piece in pieces:
                 if isinstance(piece, bytes):
                     chunks: Iterator[bytes] = iter([piece])
+                elif isinstance(piece, Span):
+                    chunks = _chunks(self._path(piece.key), piece.start, piece.end)
                 else:
                     chunks = _chunks(self._path(piece))
                 for chunk in chunks:
@@ -93,7 +100,13 @@ class LocalStorage:
         return 0  # writes are atomic renames: nothing is left half uploaded
 
 
-def _chunks(path: Path) -> Iterator[bytes]:
+def _chunks(path: Path, start: int = 0, end: int | None = None) -> Iterator[bytes]:
     with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
+        fh.seek(start)
+        left = end - start if end is not None else None
+        while chunk := fh.read(CHUNK if left is None else min(CHUNK, left)):
             yield chunk
+            if left is not None:
+                left -= len(chunk)
+    if left:
+        raise OSError(f"{path.name} is shorter than the span composed from it")
