@@ -94,7 +94,7 @@ def exportd(ex: Exportd, db: str, workers: int) -> dict[str, Any]:
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         for _ in range(workers)
     ]
     time.sleep(4.0)
