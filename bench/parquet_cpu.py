@@ -3,7 +3,7 @@ exportd with 1 and 2 workers (4 partitions), repeated, with wall time, worker pe
 CPU accounting: user+sys seconds of the tool or of the workers, and of the PostgreSQL
 backends serving the source database (sampled from /proc while the run lasts).
 
-    python -m bench.parquet_cpu SOURCE_DB [--repeat 3] [--port 8791]
+    python -m bench.parquet_cpu SOURCE_DB [--repeat 3] [--port 8797]
 
 SOURCE_DB: a database built by `bench.data.build_pg` (table flights)."""
 
@@ -124,7 +124,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("db")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--port", type=int, default=8791)
+    ap.add_argument("--port", type=int, default=8797)
     args = ap.parse_args()
     source = pg_url(args.db)
     with tempfile.TemporaryDirectory(prefix="bench-pq-") as tmp:
