@@ -86,8 +86,11 @@ def _text_expr(col: Any, c: Column, opts: CsvOptions) -> Any:
     if c.kind == "str":
         if not opts.spreadsheet_safe:
             return col
-        # ascii() reads the first character's code without making a text (left() does)
-        risky = sa.func.ascii(col).in_([ord(t) for t in SPREADSHEET_TRIGGERS])
+        # ascii() reads the first character's code without making a text (left() does);
+        # most text starts above every trigger, so one comparison settles most cells
+        codes = sorted(ord(t) for t in SPREADSHEET_TRIGGERS)
+        first = sa.func.ascii(col)
+        risky = sa.and_(first <= codes[-1], first.in_(codes))
         return sa.case((risky, sa.literal("'") + col), else_=col)
     if c.kind == "bool":
         return sa.case((col.is_(True), sa.literal("true")), (col.is_(False), sa.literal("false")))
