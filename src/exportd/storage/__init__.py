@@ -73,7 +73,16 @@ class HashingWriter(CountingWriter):
         return self._sha.hexdigest()
 
 
-Piece = bytes | str  # inline bytes, or the key of a stored part
+@dataclass(frozen=True)
+class Span:
+    """Bytes [start, end) of a stored object: a piece of `compose` that is part of one."""
+
+    key: str
+    start: int
+    end: int
+
+
+Piece = bytes | str | Span  # inline bytes, the key of a stored part, or a span of one
 
 
 class Storage(Protocol):
@@ -94,6 +103,10 @@ class Storage(Protocol):
         ...
 
     def list(self, prefix: str) -> Iterator[str]: ...
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of an object (fewer when it is shorter)."""
+        ...
 
     def compose(self, key: str, pieces: Sequence[Piece]) -> Composed:
         """Write `key` as the concatenation of `pieces`, atomically (never half visible)."""
