@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -142,23 +143,44 @@ def tokens_create(
         console.print_json(data=c.create_token(project_id, role))
 
 
+class DatasetKind(StrEnum):
+    sql = "sql"
+    documents = "documents"
+    files = "files"
+
+
 @datasets_app.command("add")
 def datasets_add(
     project_id: str,
     name: str,
-    db_url: Annotated[str, typer.Option("--db-url", help="SQLAlchemy URL of the source")],
-    key: Annotated[str, typer.Option(help="partitioning key column")],
+    kind: Annotated[DatasetKind, typer.Option(help="sql, documents or files")] = DatasetKind.sql,
+    db_url: Annotated[
+        str | None, typer.Option("--db-url", help="SQLAlchemy URL of the source database")
+    ] = None,
+    key: Annotated[str | None, typer.Option(help="partitioning key column")] = None,
     table: Annotated[str | None, typer.Option(help="table name")] = None,
     query: Annotated[str | None, typer.Option(help="read-only SELECT")] = None,
+    document: Annotated[
+        str | None, typer.Option(help="documents in a database: the JSON column")
+    ] = None,
+    path: Annotated[
+        str | None,
+        typer.Option(help="files, or JSON Lines documents: an absolute path or glob"),
+    ] = None,
+    file_format: Annotated[
+        str | None, typer.Option("--file-format", help="files: csv, jsonl or parquet")
+    ] = None,
     url: Url = DEFAULT_URL,
     token: Token = None,
 ) -> None:
-    """Register a SQL dataset."""
-    body: dict[str, Any] = {"name": name, "kind": "sql", "url": db_url, "key": key}
-    if table:
-        body["table"] = table
-    if query:
-        body["query"] = query
+    """Register a dataset: a SQL table or query, JSON documents (a JSON column or JSON
+    Lines files) or files (CSV, JSON Lines, Parquet). The service checks the combination."""
+    given = {
+        "url": db_url, "key": key, "table": table, "query": query, "document": document,
+        "path": path, "file_format": file_format,
+    }  # fmt: skip
+    body: dict[str, Any] = {"name": name, "kind": kind.value}
+    body.update({k: v for k, v in given.items() if v is not None})
     with _api(url, token) as c:
         console.print_json(data=c.add_dataset(project_id, **body))
 

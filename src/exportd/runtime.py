@@ -12,7 +12,6 @@ from exportd.domain import Dataset, Task
 from exportd.errors import BadRequest
 from exportd.filters import validate_filter
 from exportd.formats import Column, Format, FormatLimits, get_format
-from exportd.formats.layout import Layout
 from exportd.links import LinkSigner, secret_file
 from exportd.settings import Settings
 from exportd.sources import Selection, Source
@@ -54,10 +53,7 @@ class Runtime:
             task.format,
             task.request.get("format_options") or {},
             task.request.get("compression"),
-            FormatLimits(
-                xlsx_sheet_rows=self.settings.xlsx_sheet_rows,
-                parts_rewritten=task.parallelism > 1 or Layout.from_request(task.request).split,
-            ),
+            FormatLimits(xlsx_sheet_rows=self.settings.xlsx_sheet_rows),
         )
 
     def close(self) -> None:

@@ -68,6 +68,39 @@ def test_cli_round_trip(sqlite_source: str, live_server: Any, tmp_path: Path) ->
     assert bad.returncode == 1 and "INVALID_FIELD" in bad.stderr
 
 
+def test_cli_registers_documents_and_files(live_server: Any, tmp_path: Path) -> None:
+    """`datasets add --kind documents|files --path ...`: every dataset kind from the shell."""
+    src = tmp_path / "src"
+    src.mkdir()
+    docs = [{"id": i, "user": {"name": f"u{i}"}, **({"tags": ["a"]} if i % 2 else {})} for i in range(50)]  # fmt: skip
+    (src / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (src / "rows.csv").write_text("id,name\n" + "".join(f"{i},n{i}\n" for i in range(30)))
+    server = live_server(workers=2, source_dirs=[src])
+    env = server.env() | {"EXPORTD_URL": server.url, "EXPORTD_TOKEN": server.admin_token}
+    assert run(["projects", "add", "kinds"], env).returncode == 0
+    for name, args in (
+        ("docs", ["--kind", "documents", "--path", str(src / "docs.jsonl")]),
+        ("rows", ["--kind", "files", "--path", str(src / "*.csv")]),
+    ):
+        added = run(["datasets", "add", "kinds", name, *args], env)
+        assert added.returncode == 0, added.stderr
+        assert json.loads(added.stdout)["kind"] == args[1]
+    outside = ["--kind", "files", "--path", "/etc/hosts", "--file-format", "csv"]
+    bad = run(["datasets", "add", "kinds", "x", *outside], env)
+    assert bad.returncode == 1 and bad.stderr.startswith("400 "), bad.stderr
+    assert "x" not in run(["datasets", "list", "kinds"], env).stdout.split()
+
+    out = run(["export", "kinds", "docs", "--file-name", "docs.csv"], env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "COMPLETED rows=50" in out.stdout
+    task_id = out.stdout.split("task ")[1].split()[0]
+    assert run(["download", "kinds", task_id, "-o", str(tmp_path)], env).returncode == 0
+    with open(tmp_path / "docs.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["id", "user.name", "tags"] and len(rows) == 51
+    assert rows[2] == ["1", "u1", '["a"]'] and rows[1] == ["0", "u0", ""]
+
+
 def test_demo_runs_on_a_fresh_directory(tmp_path: Path) -> None:
     import os
 

@@ -8,9 +8,13 @@ import hashlib
 import io
 import json
 from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import duckdb
 import psycopg
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
@@ -126,3 +130,76 @@ def test_filter_projection_and_renames_jsonl(
     assert [(r["id"], r["from"], r["dep_delay"]) for r in rows] == want
     assert list(rows[0]) == ["id", "from", "dep_delay"]
     assert done["finished_count"] == len(want)
+
+
+def check_parquet_export(
+    data: bytes, done: dict[str, Any], source: str, row_group_size: int, tmp_path: Path
+) -> None:
+    """A PostgreSQL -> Parquet export of the flights read back by pyarrow and by DuckDB
+    equal to the source, made of the partitions' row groups (copied through: each
+    partition's rows in row groups of `row_group_size`, its last one shorter), with
+    statistics that hold for the rows of their row group."""
+    path = tmp_path / "flights.parquet"
+    path.write_bytes(data)
+    with psycopg.connect(source) as conn:
+        want = conn.execute(
+            f"SELECT {', '.join(FLIGHT_COLUMNS)} FROM flights ORDER BY id"
+        ).fetchall()
+    pf = pq.ParquetFile(path)
+    table = pf.read()
+    assert table.column_names == FLIGHT_COLUMNS
+    got = sorted((tuple(r.values()) for r in table.to_pylist()), key=lambda r: r[0])
+    assert got == want
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    by_duckdb = duckdb.sql(
+        f"SELECT {', '.join(FLIGHT_COLUMNS[:-1])}, epoch_us(dep_time) "
+        f"FROM read_parquet('{path}') ORDER BY id"
+    ).fetchall()
+    assert by_duckdb == [(*r[:-1], (r[-1] - epoch) // timedelta(microseconds=1)) for r in want]
+
+    md = pf.metadata
+    sizes = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
+    want_sizes = []
+    for p in done["partitions"]:
+        n = p["finished_count"]
+        want_sizes += [row_group_size] * (n // row_group_size) + [n % row_group_size] * bool(
+            n % row_group_size
+        )
+    assert sorted(sizes) == sorted(want_sizes) and len(done["partitions"]) > 1
+    start = 0
+    for g, n in enumerate(sizes):
+        ids = table.column("id").slice(start, n).to_pylist()
+        start += n
+        st = md.row_group(g).column(0).statistics
+        assert st is not None and (st.min, st.max, st.null_count) == (min(ids), max(ids), 0)
+        delay = md.row_group(g).column(FLIGHT_COLUMNS.index("dep_delay")).statistics
+        nulls = sum(
+            1 for v in table.column("dep_delay").slice(start - n, n).to_pylist() if v is None
+        )
+        assert delay is not None and delay.null_count == nulls
+        assert md.row_group(g).column(0).compression == "ZSTD"
+
+
+def test_postgresql_to_parquet_in_partitions_is_one_file_of_their_row_groups(
+    pg_source: str, pg_database: str, live_server: Any, tmp_path: Path
+) -> None:
+    server = live_server(store_url=pg_database, workers=2)
+    admin = server.client()
+    token = admin.project("p")
+    admin.dataset("p", name="flights", url=pg_source, table="flights", key="id")
+    api = server.client(token)
+    task = api.export(
+        "p",
+        dataset_id="flights",
+        format="parquet",
+        format_options={"row_group_size": 30_000},
+        parallelism=4,
+    )
+    done = api.wait("p", task["task_id"])
+    assert done["status"] == "COMPLETED", done
+    r = api.http.get(f"/v1/projects/p/exports/{task['task_id']}/download")
+    assert r.status_code == 200
+    check_parquet_export(r.content, done, pg_source, 30_000, tmp_path)
+    [entry] = [f for f in done["files"] if f["kind"] == "data"]
+    assert entry["sha256"] == hashlib.sha256(r.content).hexdigest()
+    assert entry["bytes"] == len(r.content)

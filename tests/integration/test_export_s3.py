@@ -8,6 +8,7 @@ import hashlib
 import json
 import signal
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -15,7 +16,7 @@ import httpx
 import psycopg
 
 from tests.conftest import SOURCE_ROWS
-from tests.integration.test_export_e2e import read_csv, source_rows
+from tests.integration.test_export_e2e import check_parquet_export, read_csv, source_rows
 from tests.support import FLIGHT_COLUMNS, s3_client
 
 MiB = 1024 * 1024
@@ -151,3 +152,28 @@ def test_large_parts_are_copied_server_side(
     assert objects(s3_storage_url, "") == {}
     r = api.http.get(f"/v1/projects/acme/exports/{task['task_id']}/download")
     assert r.status_code == 404 and r.json()["error_code"] == "FILE_DELETED"
+
+
+def test_parquet_partitions_are_assembled_on_s3(
+    pg_database: str, pg_source: str, s3_storage_url: str, live_server: Any, tmp_path: Path
+) -> None:
+    """PostgreSQL -> Parquet in 4 partitions on S3: the parts' row groups are copied into
+    one object (byte ranges of the part objects) under one footer."""
+    server = live_server(store_url=pg_database, workers=2, storage_url=s3_storage_url)
+    api = setup(server, pg_source)
+    task = api.export(
+        "acme",
+        dataset_id="flights",
+        format="parquet",
+        format_options={"row_group_size": 30_000},
+        parallelism=4,
+    )
+    done = api.wait("acme", task["task_id"], timeout=180)
+    assert done["status"] == "COMPLETED", done
+    data = download(api, "acme", task["task_id"])
+    check_parquet_export(data, done, pg_source, 30_000, tmp_path)
+    [entry] = [f for f in done["files"] if f["kind"] == "data"]
+    assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+    assert entry["bytes"] == len(data)
+    assert objects(s3_storage_url, "parts/") == {}
+    assert open_uploads(s3_storage_url) == []

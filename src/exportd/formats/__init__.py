@@ -3,8 +3,8 @@ and assembles runs of committed segments (in partition order) into the output fi
 
 Text formats (CSV, TSV, JSON Lines, JSON) write segments that concatenate into the file,
 optionally as gzip members / zstd frames; Parquet segments are Parquet files whose row
-groups are rewritten into the output; XLSX segments are Parquet too, and the workbook is
-written from them in constant memory."""
+groups are copied into the output under one footer; XLSX segments are Parquet too, and
+the workbook is written from them in constant memory."""
 
 from __future__ import annotations
 
@@ -100,12 +100,9 @@ def keeps_nesting(fmt: Format) -> bool:
 
 @dataclass(frozen=True)
 class FormatLimits:
-    """What a format is told besides the request's options: settings, and whether the
-    parts will be rewritten at assembly (several partitions or files: Parquet parts then
-    use a fast codec, since the coordinator compresses the output anyway)."""
+    """What a format is told besides the request's options: settings."""
 
     xlsx_sheet_rows: int = 1_048_576
-    parts_rewritten: bool = True
 
 
 def get_format(
@@ -133,7 +130,7 @@ def get_format(
     if name == "parquet":
         from exportd.formats.parquet import ParquetFormat
 
-        return ParquetFormat(options, (limits or FormatLimits()).parts_rewritten)
+        return ParquetFormat(options)
     if name == "xlsx":
         from exportd.formats.xlsx import XlsxFormat
 

@@ -64,7 +64,7 @@ def decimal_text(d: Decimal) -> str:
 
 
 def bytes_text(b: Any) -> str:
-    return base64.b64encode(bytes(b)).decode("ascii")
+    return base64.b64encode(memoryview(b)).decode("ascii")  # TypeError for a number
 
 
 def json_text(v: Any) -> str:

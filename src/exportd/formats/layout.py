@@ -23,7 +23,7 @@ import orjson
 
 from exportd.errors import BadRequest
 from exportd.formats import Column, EncodingWriter, Format, RowWriter, Segment
-from exportd.storage import HashingWriter, Storage
+from exportd.storage import CountingWriter, HashingWriter, Storage
 
 INDEX = "index.json"
 
@@ -70,7 +70,7 @@ class PartResult:
 class _Open:
     """The segment being written."""
 
-    def __init__(self, key: str, out: HashingWriter, writer: RowWriter) -> None:
+    def __init__(self, key: str, out: CountingWriter, writer: RowWriter) -> None:
         self.key, self.out, self.writer, self.rows = key, out, writer, 0
 
 
@@ -117,7 +117,7 @@ class PartOutput:
     def _open(self) -> _Open:
         key = f"{self.folder}s{len(self.segments):05d}{self.fmt.extension}"
         raw: BinaryIO = self._stack.enter_context(self.storage.open_write(key))
-        out = HashingWriter(raw)
+        out = CountingWriter(raw)  # a segment's own hash is never used: the files' are
         if self._make_writer is not None:
             writer = self._make_writer(out)  # type: ignore[arg-type]
         else:

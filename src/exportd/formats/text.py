@@ -97,7 +97,8 @@ class CsvEncoder:
     """Renders rows to CSV text column by column (the rules are in the module docstring).
 
     A column's renderer is chosen from its first non-null value (a SQL column holds one
-    type); a value of another type (SQLite allows that) falls back to the general rule."""
+    type); a value of another type (SQLite allows that) falls back to the general rule,
+    so a cell's text depends on its value alone (a text is neutralised in any column)."""
 
     def __init__(self, opts: CsvOptions, width: int) -> None:
         self.o = opts
@@ -148,8 +149,8 @@ class CsvEncoder:
             if render in _PLAIN and self._plain_ok:
                 return [null if v is None else render(v) for v in col]
             return [null if v is None else cell(render(v)) for v in col]
-        except (TypeError, AttributeError, ValueError):  # a value of another type
-            return [self.text_cell(v) for v in col]  # each by its own type, as text is
+        except (TypeError, AttributeError, ValueError):  # a value of another type (SQLite)
+            return [self.text_cell(v) for v in col]  # each value by its own type
 
     def _text_column(self, col: Sequence[Any]) -> list[str]:
         """A text column: when no cell needs quoting or neutralising (checked on the whole

@@ -17,10 +17,13 @@ reads float4 bits, psycopg its decimal text), or a driver that is not installed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from queue import Empty, Full, Queue
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -56,6 +59,10 @@ def fast_path(
     """The fast path for this source and format, or None for the generic path."""
     if not enabled or layout.split or type(source) is not SqlSource:
         return None  # subclasses (documents in a JSON column) read otherwise
+    if source.engine.dialect.name == "sqlite":
+        from exportd.sources.fast_sqlite import sqlite_fast_path
+
+        return sqlite_fast_path(source, fmt, columns)
     if source.engine.dialect.name != "postgresql" or source.engine.dialect.driver != "psycopg":
         return None
     if isinstance(fmt, CsvFormat) and copy_supports(fmt.options, columns):
@@ -83,8 +90,11 @@ def _text_expr(col: Any, c: Column, opts: CsvOptions) -> Any:
     if c.kind == "str":
         if not opts.spreadsheet_safe:
             return col
-        # ascii() reads the first character's code without making a text (left() does)
-        risky = sa.func.ascii(col).in_([ord(t) for t in SPREADSHEET_TRIGGERS])
+        # ascii() reads the first character's code without making a text (left() does);
+        # most text starts above every trigger, so one comparison settles most cells
+        codes = sorted(ord(t) for t in SPREADSHEET_TRIGGERS)
+        first = sa.func.ascii(col)
+        risky = sa.and_(first <= codes[-1], first.in_(codes))
         return sa.case((risky, sa.literal("'") + col), else_=col)
     if c.kind == "bool":
         return sa.case((col.is_(True), sa.literal("true")), (col.is_(False), sa.literal("false")))
@@ -300,7 +310,7 @@ class AdbcParquet:
         writer = out.writer()
         assert isinstance(writer, ParquetRowWriter)
         try:
-            for batch in self._batches(query):
+            for batch in prefetched(lambda: self._batches(query)):
                 hb.check()
                 writer.write_arrow(batch)
                 out.count(batch.num_rows)
@@ -325,6 +335,50 @@ class AdbcParquet:
             stream, _ = stmt.execute_query()
             with pa.RecordBatchReader._import_from_c(stream.address) as reader:
                 yield from reader
+
+
+_DONE = object()
+
+
+def prefetched(make: Callable[[], Iterator[Any]], depth: int = 2) -> Iterator[Any]:
+    """The items of `make()`, produced on a thread of their own up to `depth` ahead: the
+    source's decoding (ADBC reads PostgreSQL's COPY stream on the thread that asks for a
+    batch) overlaps the Parquet encoding of the batch before; both release the GIL. The
+    iterator is made, used and closed on that thread; its errors are raised here."""
+    queue: Queue[Any] = Queue(depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        items = make()
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        queue.put(item, timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            queue.put(exc)
+        finally:
+            getattr(items, "close", lambda: None)()  # a generator's `with` blocks end here
+
+    thread = threading.Thread(target=produce, name="exportd-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := queue.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting to put, then let it end
+            with contextlib.suppress(Empty):
+                queue.get(timeout=0.1)
+        thread.join()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -19,21 +19,20 @@ class Composed:
     sha256: str
 
 
-class HashingWriter:
-    """A binary sink that counts and hashes what passes through it (enough of the io
-    protocol for io.TextIOWrapper and pyarrow's output streams)."""
+class CountingWriter:
+    """A binary sink that counts what passes through it (enough of the io protocol for
+    io.TextIOWrapper and pyarrow's output streams)."""
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
         self.count = 0
-        self._sha = hashlib.sha256()
 
     def write(self, data: Any) -> int:
-        b = data if isinstance(data, bytes) else bytes(data)
-        self._sha.update(b)
-        self.count += len(b)
-        self._raw.write(b)
-        return len(b)
+        """Any bytes-like object (bytes, memoryview, a pyarrow Buffer), never copied."""
+        n = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+        self._raw.write(data)
+        self.count += n
+        return n
 
     def flush(self) -> None:
         self._raw.flush()
@@ -58,11 +57,32 @@ class HashingWriter:
     def closed(self) -> bool:
         return False
 
+
+class HashingWriter(CountingWriter):
+    """A counting sink that also hashes (sha256) what passes through it."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__(raw)
+        self._sha = hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        self._sha.update(data)
+        return super().write(data)
+
     def hexdigest(self) -> str:
         return self._sha.hexdigest()
 
 
-Piece = bytes | str  # inline bytes, or the key of a stored part
+@dataclass(frozen=True)
+class Span:
+    """Bytes [start, end) of a stored object: a piece of `compose` that is part of one."""
+
+    key: str
+    start: int
+    end: int
+
+
+Piece = bytes | str | Span  # inline bytes, the key of a stored part, or a span of one
 
 
 class Storage(Protocol):
@@ -83,6 +103,10 @@ class Storage(Protocol):
         ...
 
     def list(self, prefix: str) -> Iterator[str]: ...
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of an object (fewer when it is shorter)."""
+        ...
 
     def compose(self, key: str, pieces: Sequence[Piece]) -> Composed:
         """Write `key` as the concatenation of `pieces`, atomically (never half visible)."""

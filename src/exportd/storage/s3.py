@@ -23,7 +23,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from exportd.storage import Composed, Piece, check_key
+from exportd.storage import Composed, Piece, Span, check_key
 
 MIN_PART = 5 * 1024 * 1024  # S3: every part but the last
 MAX_PART = 5 * 1024**3  # S3: the largest part (and the largest single copy)
@@ -112,6 +112,23 @@ class S3Storage:
             raise
         return cast(BinaryIO, io.BufferedReader(_Body(body), CHUNK))
 
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        if end <= start:
+            return b""
+        try:
+            obj = self.client.get_object(
+                Bucket=self.bucket, Key=self._k(key), Range=f"bytes={start}-{end - 1}"
+            )
+        except ClientError as exc:
+            if _missing(exc):
+                raise FileNotFoundError(key) from None
+            raise
+        body = obj["Body"]
+        try:
+            return cast(bytes, body.read())
+        finally:
+            body.close()
+
     def _head(self, key: str) -> dict[str, Any] | None:
         try:
             head: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=self._k(key))
@@ -192,8 +209,8 @@ class S3Storage:
         return len(stale)
 
     def compose(self, key: str, pieces: Sequence[Piece]) -> Composed:
-        """Write `key` as the concatenation of `pieces` (inline bytes or stored keys)."""
-        sizes = [len(p) if isinstance(p, bytes) else self.size(p) for p in pieces]
+        """Write `key` as the concatenation of `pieces` (inline bytes, stored keys, spans)."""
+        sizes = [_length(p) if isinstance(p, (bytes, Span)) else self.size(p) for p in pieces]
         total = sum(sizes)
         if total < self.min_part:  # too small for a multipart upload: one PUT
             return self._compose_small(key, pieces)
@@ -202,6 +219,8 @@ class S3Storage:
             for piece, size in zip(pieces, sizes, strict=True):
                 if isinstance(piece, bytes):
                     asm.add_bytes(piece)
+                elif isinstance(piece, Span):
+                    asm.add_object(self._k(piece.key), size, piece)
                 else:
                     asm.add_object(self._k(piece), size)
             return asm.complete()
@@ -211,12 +230,21 @@ class S3Storage:
         for piece in pieces:
             if isinstance(piece, bytes):
                 buf += piece
+            elif isinstance(piece, Span):
+                data = self.read_range(piece.key, piece.start, piece.end)
+                if len(data) != piece.end - piece.start:
+                    raise OSError(f"{piece.key!r} is shorter than the span composed from it")
+                buf += data
             else:
                 with self.open_read(piece) as fh:
                     buf += fh.read()
         data = bytes(buf)
         self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data)
         return Composed(len(data), hashlib.sha256(data).hexdigest())
+
+
+def _length(piece: bytes | Span) -> int:
+    return len(piece) if isinstance(piece, bytes) else piece.end - piece.start
 
 
 class Assembly:
@@ -264,13 +292,17 @@ class Assembly:
         self.total += len(data)
         self._buffer(data)
 
-    def add_object(self, source: str, size: int) -> None:
-        """Stream the object through the hash; buffer the bytes that must be merged and
-        copy the rest server-side when it is a part of its own."""
+    def add_object(self, source: str, size: int, span: Span | None = None) -> None:
+        """Stream the object (or the span of it) through the hash; buffer the bytes that
+        must be merged and copy the rest server-side when it is a part of its own."""
+        if span is not None and size == 0:
+            return
         head = min(size, self.part_size - len(self.buffer)) if self.buffer else 0
         copy_rest = size - head >= self.part_size
         keep = head if copy_rest else size
-        obj = self.s3.get_object(Bucket=self.bucket, Key=source)
+        start = span.start if span is not None else 0
+        ranged = {"Range": f"bytes={start}-{start + size - 1}"} if span is not None else {}
+        obj = self.s3.get_object(Bucket=self.bucket, Key=source, **ranged)
         pos = 0
         body = obj["Body"]
         try:
@@ -285,7 +317,7 @@ class Assembly:
             raise OSError(f"part {source!r} changed while being assembled")
         self.total += size
         if copy_rest:
-            self._copy(source, obj["ETag"], head, size)
+            self._copy(source, obj["ETag"], start + head, start + size)
 
     def _buffer(self, data: bytes) -> None:
         self.buffer += data
