@@ -28,7 +28,7 @@ from exportd.notify import Notifier
 from exportd.runtime import Runtime, columns_for, selection_for
 from exportd.sources import Selection, Source
 from exportd.sources.documents import JsonLinesDocumentSource
-from exportd.sources.documents_arrow import CellCache, cached_csv, collect_headers
+from exportd.sources.documents_arrow import CellCache, cached_csv, collect_headers, warm_up
 from exportd.sources.fast import fast_path
 from exportd.transitions import retry_decision
 
@@ -333,6 +333,8 @@ class WorkerPool:
         ]
 
     def start(self) -> None:
+        if self.threads:  # what pyarrow loads on its first compute call, while idle
+            threading.Thread(target=warm_up, name="exportd-warm-up", daemon=True).start()
         for t in self.threads:
             t.start()
 

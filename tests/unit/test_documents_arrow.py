@@ -109,6 +109,7 @@ def test_any_chunk_size_and_split_give_the_same_bytes(
     """Chunks of clean documents go through Arrow, the others through Python, mixed
     within one partition; the header is the tree order of all documents."""
     monkeypatch.setattr(docs_arrow, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(docs_arrow, "SAMPLE_BYTES", chunk // 3)  # types from a first sample
     docs = [d for case in TRICKY.values() for d in case if isinstance(d, dict)]
     docs = make_docs(400) + docs + make_docs(800)[400:]
     data = write(tmp_path / "d.jsonl", docs)

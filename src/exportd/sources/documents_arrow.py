@@ -46,6 +46,7 @@ from exportd.formats.text import CsvEncoder, CsvOptions
 from exportd.storage import Storage
 
 CHUNK_BYTES = 8 << 20
+SAMPLE_BYTES = 256 << 10
 BLOCK_BYTES = 4 << 20
 _INT_LIMIT = float(2**53)
 _KEY_NULL = re.compile(rb'"((?:[^"\\]|\\.)*)"\s*:\s*null')
@@ -269,9 +270,25 @@ def _known(t: pa.DataType | pa.Schema) -> list[pa.Field]:
     return out
 
 
+def warm_up() -> None:
+    """Load what pyarrow loads on its first compute call (pandas, when installed: about
+    0.4 s), so that a worker does it once, while idle, not during its first export."""
+    pc.cast(pa.array([1]), pa.string())
+
+
 def _read_inferring(chunk: bytes, known: pa.Schema | None) -> pa.Table:
     """A chunk read with the types known from the chunks before (faster: they are not
-    inferred again) and new keys inferred; timestamps inferred are read again as text."""
+    inferred again) and new keys inferred; timestamps inferred are read again as text.
+    The first chunk's types come from its first lines (read twice, instead of the
+    whole chunk when a timestamp is inferred)."""
+    if known is None and len(chunk) > SAMPLE_BYTES:
+        cut = chunk.rfind(b"\n", 0, SAMPLE_BYTES) + 1
+        with contextlib.suppress(NotExact):
+            sample = _read(chunk[:cut], None) if cut else None
+            if sample is not None:
+                known = pa.schema(
+                    _known(pa.schema([f.with_type(_as_text(f.type)) for f in sample.schema]))
+                )
     table = None
     if known is not None:
         with contextlib.suppress(NotExact):  # a type changed: infer it all
