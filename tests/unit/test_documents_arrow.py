@@ -147,6 +147,7 @@ def test_bad_lines_fail_as_in_the_python_path(tmp_path: Path, line: bytes) -> No
     with pytest.raises(SourceError) as err:
         arrow_csv(tmp_path, path, CsvOptions())
     assert err.value.error_code == "INVALID_DOCUMENT"
+    assert "d.jsonl at byte 8:" in err.value.error_msg  # as the Python path says it
 
 
 def test_a_key_outside_the_merged_header_is_refused(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from exportd.documents import Flattener, escape_key, merge_headers
+from exportd.documents import Flattener, check_width, escape_key, merge_headers
 from exportd.errors import SourceError
 from exportd.formats.arrow_csv import ArrowCsv, Unsupported
 from exportd.formats.text import CsvEncoder, CsvOptions
@@ -93,17 +93,19 @@ def line_chunks(path: str, start: int, end: int, size: int | None = None) -> Ite
         ) from None
 
 
-def documents_of(chunk: bytes, where: str) -> list[Any]:
-    """The documents of a chunk as the Python path reads them (blank lines skipped)."""
+def documents_of(chunk: bytes, name: str, offset: int) -> list[Any]:
+    """The documents of a chunk (at `offset` in file `name`) as the Python path reads
+    them: blank lines skipped, anything else that is not JSON an INVALID_DOCUMENT."""
     from exportd.sources.documents import load_document
 
-    loads, docs = orjson.loads, []
+    loads, docs, pos = orjson.loads, [], offset
     for line in chunk.split(b"\n"):
         try:
             docs.append(loads(line))
         except orjson.JSONDecodeError:
             if line.strip():
-                load_document(line, where)
+                load_document(line, f"{name} at byte {pos}")
+        pos += len(line) + 1
     return docs
 
 
@@ -246,10 +248,25 @@ def _paths(schema: pa.Schema) -> list[str]:
 Check = Callable[[], None]
 
 
-def chunks_of(segments: Iterable[list[Any]]) -> Iterator[tuple[str, bytes]]:
+def chunks_of(segments: Iterable[list[Any]]) -> Iterator[tuple[str, int, bytes]]:
+    """(file name, offset, chunk) of a partition's segments."""
     for path, start, end in segments:
+        offset = None
         for chunk in line_chunks(str(path), int(start), int(end)):
-            yield Path(str(path)).name, chunk
+            if offset is None:
+                offset = _first_line(str(path), int(start))
+            yield Path(str(path)).name, offset, chunk
+            offset += len(chunk)
+
+
+def _first_line(path: str, start: int) -> int:
+    """Where the first line that starts at or after `start` starts."""
+    if start == 0:
+        return 0
+    with open(path, "rb") as fh:
+        fh.seek(start - 1)
+        fh.readline()
+        return fh.tell()
 
 
 def _known(t: pa.DataType | pa.Schema) -> list[pa.Field]:
@@ -350,22 +367,24 @@ def collect_headers(
     known: pa.Schema | None = None
     flat = Flattener("json")
     csv = ArrowCsv(cache.opts, 2) if cache else None
-    for name, chunk in chunks_of(segments):
+    for name, offset, chunk in chunks_of(segments):
         check()
         cells: dict[str, pa.Array] = {}
         try:
             table = _read_inferring(chunk, known)
             _check_bytes(chunk, table.schema)
             paths, rows = _paths(table.schema), table.num_rows
+            check_width(paths)
             if csv is not None:
                 cells = _arrow_cells(table, csv)
             known = pa.schema(_known(table.schema))
         except NotExact:
-            docs = documents_of(chunk, f"{name} (a line of it)")
+            docs = documents_of(chunk, name, offset)
             keys: dict[str, None] = {}
             for doc in docs:
                 flat.add_paths(doc, keys)
             paths, rows = list(keys), len(docs)
+            check_width(paths)
             if cache is not None:
                 cells = _python_cells(docs, paths, cache.opts)
         lists.append(paths)
