@@ -95,13 +95,14 @@ class Exportd:
 
     def export(
         self, dataset: str, fmt: str, workers: int, fast: bool = True, parallelism: int = 4,
-        options: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None, threads: int = 1,
     ) -> tuple[float, float, int, str]:  # fmt: skip
-        """(seconds request -> COMPLETED, peak RSS of the largest worker, rows, error)."""
+        """(seconds request -> COMPLETED, peak RSS of the largest worker, rows, error);
+        each worker process runs `threads` worker threads (`--concurrency`)."""
         env = dict(self.env, EXPORTD_FAST_PATHS="true" if fast else "false")
         procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "exportd", "worker", "--concurrency", "1"],
+                [sys.executable, "-m", "exportd", "worker", "--concurrency", str(threads)],
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

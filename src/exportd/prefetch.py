@@ -45,7 +45,7 @@ def prefetched(make: Callable[[], Iterator[T]], depth: int = 2) -> Iterator[T]:
         except BaseException as exc:  # handed to the consumer
             put((_ERROR, exc))
 
-    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+    thread = threading.Thread(target=produce, name="exportd-prefetch", daemon=True)
     thread.start()
     try:
         while True:

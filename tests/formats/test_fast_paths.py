@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from exportd.formats import Column, Format, get_format
 from exportd.formats.layout import Layout, PartOutput, read_index
 from exportd.heartbeat import Heartbeat
 from exportd.sources import Selection
-from exportd.sources.fast import AdbcParquet, PgCopyCsv, fast_path, prefetched
+from exportd.sources.fast import AdbcParquet, PgCopyCsv, fast_path
 from exportd.sources.sql import SqlEngines, SqlSource, describe_sql
 from exportd.storage.local import LocalStorage
 from tests.formats.test_golden import COLUMNS as TRICKY_COLUMNS
@@ -206,26 +204,3 @@ def test_end_to_end_fast_and_generic_files_are_identical(
         digests.append((hashlib.sha256(body).hexdigest(), done["finished_count"]))
     assert digests[0] == digests[1]
     assert digests[0][1] > 10_000
-
-
-def test_prefetched_items_errors_and_early_stop() -> None:
-    """The prefetching thread (ADBC batches): items in order, the producer's error raised
-    in the consumer, and a consumer that stops early ends (and closes) the producer."""
-    closed: list[str] = []
-
-    def items(n: int, fail: bool = False) -> Iterator[int]:
-        try:
-            yield from range(n)
-            if fail:
-                raise ValueError("source broke")
-        finally:
-            closed.append(threading.current_thread().name)
-
-    assert list(prefetched(lambda: items(50))) == list(range(50))
-    with pytest.raises(ValueError, match="source broke"):
-        list(prefetched(lambda: items(3, fail=True)))
-    it = prefetched(lambda: items(1_000_000))
-    assert [next(it) for _ in range(5)] == [0, 1, 2, 3, 4]
-    it.close()  # the consumer leaves (e.g. the lease is lost)
-    assert closed == ["exportd-prefetch"] * 3
-    assert not any(t.name == "exportd-prefetch" for t in threading.enumerate())

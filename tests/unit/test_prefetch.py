@@ -18,7 +18,7 @@ def test_items_arrive_in_order_made_in_the_producer_thread() -> None:
         yield from range(1000)
 
     assert list(prefetched(make, depth=3)) == list(range(1000))
-    assert seen == ["prefetch"]
+    assert seen == ["exportd-prefetch"]
 
 
 def test_an_error_in_the_producer_is_raised_to_the_consumer() -> None:
@@ -45,5 +45,5 @@ def test_leaving_early_closes_the_iterator_in_its_own_thread() -> None:
     for item in prefetched(make):
         if item == 5:
             break
-    assert closed == ["prefetch"]
-    assert not any(t.name == "prefetch" for t in threading.enumerate())
+    assert closed == ["exportd-prefetch"]
+    assert not any(t.name == "exportd-prefetch" for t in threading.enumerate())

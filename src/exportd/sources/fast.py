@@ -17,13 +17,10 @@ reads float4 bits, psycopg its decimal text), or a driver that is not installed.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import select
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from queue import Empty, Full, Queue
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -36,6 +33,7 @@ from exportd.formats.layout import Layout, PartOutput
 from exportd.formats.parquet import _TZ, ParquetFormat, ParquetRowWriter
 from exportd.formats.text import CsvFormat, CsvOptions
 from exportd.heartbeat import Heartbeat
+from exportd.prefetch import prefetched
 from exportd.sources import Selection, Source
 from exportd.sources.sql import SqlSource
 
@@ -335,50 +333,6 @@ class AdbcParquet:
             stream, _ = stmt.execute_query()
             with pa.RecordBatchReader._import_from_c(stream.address) as reader:
                 yield from reader
-
-
-_DONE = object()
-
-
-def prefetched(make: Callable[[], Iterator[Any]], depth: int = 2) -> Iterator[Any]:
-    """The items of `make()`, produced on a thread of their own up to `depth` ahead: the
-    source's decoding (ADBC reads PostgreSQL's COPY stream on the thread that asks for a
-    batch) overlaps the Parquet encoding of the batch before; both release the GIL. The
-    iterator is made, used and closed on that thread; its errors are raised here."""
-    queue: Queue[Any] = Queue(depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        items = make()
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        queue.put(item, timeout=0.1)
-                        break
-                    except Full:
-                        continue
-                if stop.is_set():
-                    return
-            queue.put(_DONE)
-        except BaseException as exc:  # handed to the consumer, which raises it
-            queue.put(exc)
-        finally:
-            getattr(items, "close", lambda: None)()  # a generator's `with` blocks end here
-
-    thread = threading.Thread(target=produce, name="exportd-prefetch", daemon=True)
-    thread.start()
-    try:
-        while (item := queue.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting to put, then let it end
-            with contextlib.suppress(Empty):
-                queue.get(timeout=0.1)
-        thread.join()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -6,6 +6,7 @@ fenced by its lease token, and a change commits together with the work it enable
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -161,31 +162,22 @@ class Store(CatalogStore, OutboxStore):
         return result, int(count or 0)
 
     def _attach_children(self, conn: sa.Connection, found: list[Task]) -> None:
-        """Load the partitions and files of a page of tasks in two queries."""
+        """Load the partitions, files and notifications of a page of tasks: one query each."""
         by_id = {t.task_id: t for t in found}
         if not by_id:
             return
-        prows = conn.execute(
-            sa.select(partitions)
-            .where(partitions.c.task_id.in_(list(by_id)))
-            .order_by(partitions.c.task_id, partitions.c.idx)
-        ).all()
-        for r in prows:
-            by_id[r.task_id].partitions.append(partition_from_row(r._mapping))
-        frows = conn.execute(
-            sa.select(files)
-            .where(files.c.task_id.in_(list(by_id)))
-            .order_by(files.c.task_id, files.c.name)
-        ).all()
-        for r in frows:
-            by_id[r.task_id].files.append(file_from_row(r._mapping))
-        nrows = conn.execute(
-            sa.select(notifications)
-            .where(notifications.c.task_id.in_(list(by_id)))
-            .order_by(notifications.c.create_time, notifications.c.channel, notifications.c.target)
-        ).all()
-        for r in nrows:
-            by_id[r.task_id].notifications.append(notification_from_row(r._mapping))
+        n = notifications.c
+        children: tuple[tuple[sa.Table, tuple[Any, ...], Callable[[Any], Any], str], ...] = (
+            (partitions, (partitions.c.task_id, partitions.c.idx), partition_from_row, "partitions"),
+            (files, (files.c.task_id, files.c.name), file_from_row, "files"),
+            (notifications, (n.create_time, n.channel, n.target), notification_from_row, "notifications"),
+        )  # fmt: skip
+        for table, order, from_row, attr in children:
+            rows = conn.execute(
+                sa.select(table).where(table.c.task_id.in_(list(by_id))).order_by(*order)
+            ).all()
+            for r in rows:
+                getattr(by_id[r.task_id], attr).append(from_row(r._mapping))
 
     def request_cancel(self, project_id: str, task_id: str) -> Task:
         """PENDING -> CANCELED at once; RUNNING -> CANCELING (workers stop, the
@@ -764,9 +756,7 @@ class Store(CatalogStore, OutboxStore):
         extra: dict[str, Any] = {}
         if status is TaskStatus.RUNNING and counts.get(PartitionStatus.WAITING.value):
             extra = self._headers_all_in(conn, task_id, now, len(counts) == 1)
-        self._touch_task(
-            conn, task_id, now, coordinator_due=True, coord_not_before=None, **extra
-        )
+        self._touch_task(conn, task_id, now, coordinator_due=True, coord_not_before=None, **extra)
         self._notify(conn)
 
     def _headers_all_in(
