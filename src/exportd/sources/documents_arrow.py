@@ -45,7 +45,7 @@ from exportd.formats.arrow_csv import ArrowCsv, Unsupported
 from exportd.formats.text import CsvEncoder, CsvOptions
 from exportd.storage import Storage
 
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 4 << 20
 SAMPLE_BYTES = 256 << 10
 BLOCK_BYTES = 4 << 20
 _INT_LIMIT = float(2**53)
