@@ -18,8 +18,10 @@ from _pytest.logging import LogCaptureFixture
 
 from exportd.filters import validate_filter
 from exportd.formats import get_format
+from exportd.formats.arrow_csv import ArrowCsv
 from exportd.formats.cells import float_text
 from exportd.formats.layout import Layout
+from exportd.formats.text import CsvOptions
 from exportd.sources import Selection
 from exportd.sources.fast import fast_path
 from exportd.sources.fast_sqlite import SqliteArrowCsv, affinity
@@ -217,7 +219,7 @@ def test_floats_match_float_text_over_random_doubles() -> None:
     values += [rnd.randint(-(10**17), 10**17) / 10 ** rnd.randint(0, 20) for _ in range(200_000)]
     values += [10.0**e for e in range(-330, 309)] + [-(10.0**e) for e in range(-20, 20)]
     values = [v for v in values if v == v]  # SQLite stores NaN as NULL
-    got = SqliteArrowCsv._floats(pa.array(values, pa.float64())).to_pylist()
+    got = ArrowCsv(CsvOptions(), 1)._floats(pa.array(values, pa.float64())).to_pylist()
     want = [float_text(v) for v in values]
     bad = [(v, g, w) for v, g, w in zip(values, got, want, strict=True) if g != w]
     assert bad == []

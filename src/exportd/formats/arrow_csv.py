@@ -167,12 +167,17 @@ class ArrowCsv:
                 )
                 for i in range(0, count, step)
             )
-        null = pa.scalar(self.o.null)
-        parts: list[pa.Array | pa.Scalar] = [null if c is None else c for c in columns]
+        o = self.o
+        parts: list[pa.Array | pa.Scalar] = [pa.scalar(o.null) if c is None else c for c in columns]
+        # the line ending goes on the last cell: fewer bytes to copy than on whole lines
+        last = parts[-1]
+        if isinstance(last, pa.Scalar):
+            parts[-1] = pa.scalar(o.null + o.line_ending)
+        else:
+            parts[-1] = pc.binary_join_element_wise(last, o.line_ending, "")
         if all(isinstance(p, pa.Scalar) for p in parts):
-            parts[0] = pa.array([self.o.null] * count, pa.string())
-        line = pc.binary_join_element_wise(*parts, self.o.delimiter)
-        line = pc.binary_join_element_wise(line, self.o.line_ending, "")
+            parts[0] = pa.array([parts[0].as_py()] * count, pa.string())
+        line = pc.binary_join_element_wise(*parts, o.delimiter) if len(parts) > 1 else parts[0]
         return _text_bytes(line)
 
 

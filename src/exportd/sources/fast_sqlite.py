@@ -1,13 +1,7 @@
 """SQLite -> CSV/TSV fast path: ADBC's SQLite driver reads the partition into Arrow record
-batches in C (no Python object per value), and pyarrow.compute renders each batch into
-CSV text column by column, with the generic writer's rules (formats/text.py):
-
-- integers: `cast` to text; text: neutralised when it starts with a spreadsheet trigger,
-  quoted when it holds the delimiter, the quote, CR or LF or equals the null text;
-- floats: Arrow's shortest round-trip digits (the same digits as Python's `repr`) where
-  its notation is the plain one `float_text` writes (1e-4 <= |x| < 1e15, and zero);
-  every other float (exponents, infinities) goes through `float_text` itself;
-- NULL: the null text; rows joined by the delimiter and ended by the line ending.
+batches in C (no Python object per value, on a second thread), and `ArrowCsv`
+(formats/arrow_csv.py) renders each batch with pyarrow.compute, byte-identical to the
+generic writer.
 
 Exactness under SQLite's dynamic typing: the fast path runs only on a table whose selected
 columns all have INTEGER, REAL or TEXT affinity, read as int64, double and string. A value
@@ -31,9 +25,8 @@ from urllib.parse import quote as url_quote
 import sqlalchemy as sa
 
 from exportd.formats import Column, Format
-from exportd.formats.cells import SPREADSHEET_TRIGGERS, float_text
 from exportd.formats.layout import PartOutput
-from exportd.formats.text import _PLAIN_CHARS, CsvFormat, CsvOptions
+from exportd.formats.text import CsvFormat, CsvOptions
 from exportd.heartbeat import Heartbeat
 from exportd.prefetch import prefetched
 from exportd.sources import Selection
@@ -80,20 +73,12 @@ def affinity(declared: str) -> str:
     return "NUMERIC"
 
 
-def _regex_class(chars: Sequence[str]) -> str:
-    """An RE2 character class matching exactly these characters."""
-    return "[" + "".join(f"\\x{{{ord(c):x}}}" for c in chars) + "]"
-
-
 class SqliteArrowCsv:
     def __init__(self, source: SqlSource, opts: CsvOptions, columns: Sequence[Column]) -> None:
+        from exportd.formats.arrow_csv import ArrowCsv
+
         self.source, self.opts, self.columns = source, opts, list(columns)
-        self._special = _regex_class([opts.delimiter, opts.quote, "\r", "\n"])
-        self._trigger = "^" + _regex_class(SPREADSHEET_TRIGGERS)
-        self._qq = opts.quote * 2
-        self._single = len(self.columns) == 1
-        # numbers never need quoting unless the delimiter or quote can appear in them
-        self._check_numbers = bool({opts.delimiter, opts.quote} & _PLAIN_CHARS)
+        self.csv = ArrowCsv(opts, len(self.columns))
 
     # -- planning -------------------------------------------------------------------
 
@@ -216,85 +201,27 @@ class SqliteArrowCsv:
 
     # -- rendering ------------------------------------------------------------------
 
-    def _encode(self, batch: Any, types: list[Any]) -> Any:
-        """One record batch as CSV bytes (a pyarrow Buffer)."""
+    def _encode(self, batch: Any, types: list[Any]) -> bytes:
+        """One record batch as CSV bytes, once every column is of its expected type."""
         import pyarrow as pa
-        import pyarrow.compute as pc
 
         if batch.num_rows == 0:
             return b""
         guard = batch.column(batch.num_columns - 1)
         if guard.type != pa.int64():
             raise Fallback("a blob in a TEXT column")
-        cells = []
+        cells: list[Any] = []
         for i, want in enumerate(types):
             col = batch.column(i)
             if col.type != want:
                 if col.type == pa.int64() and col.null_count == len(col):
-                    cells.append(pa.nulls(len(col), pa.string()).fill_null(self.opts.null))
+                    cells.append(None)
                     continue  # all NULL here: later values of another type fail the read
                 raise Fallback(f"column {i} read as {col.type}, not {want}")
             if want == pa.string():
                 col.validate(full=True)  # UTF-8, as the generic path requires
-                text = self._text(col)
-            elif want == pa.float64():
-                text = self._quoted(self._floats(col), self._check_numbers)
-            else:
-                text = self._quoted(pc.cast(col, pa.string()), self._check_numbers)
-            cells.append(pc.fill_null(text, self.opts.null))
-        # the line ending goes on the last cell: fewer bytes to copy than on whole lines
-        cells[-1] = pc.binary_join_element_wise(cells[-1], "", self.opts.line_ending)
-        lines = pc.binary_join_element_wise(*cells, self.opts.delimiter)
-        _, offsets, data = lines.buffers()  # no validity buffer: no null line
-        first, last = lines.offset * 4, (lines.offset + len(lines)) * 4
-        start = int.from_bytes(offsets[first : first + 4], "little")
-        end = int.from_bytes(offsets[last : last + 4], "little")
-        return data[start:end]
-
-    def _text(self, col: Any) -> Any:
-        import pyarrow.compute as pc
-
-        if self.opts.spreadsheet_safe:
-            risky = pc.match_substring_regex(col, self._trigger)
-            if pc.any(risky).as_py():
-                col = pc.if_else(risky, pc.binary_join_element_wise("'", col, ""), col)
-        return self._quoted(col, True)
-
-    def _quoted(self, col: Any, check_special: bool) -> Any:
-        """Cells quoted where the generic writer's `CsvEncoder.cell` quotes them."""
-        import pyarrow.compute as pc
-
-        need = pc.equal(col, self.opts.null)
-        if check_special:
-            need = pc.or_(need, pc.match_substring_regex(col, self._special))
-        if self._single:
-            need = pc.or_(need, pc.equal(col, "\\."))
-        if not pc.any(need).as_py():
-            return col
-        q = self.opts.quote
-        quoted = pc.binary_join_element_wise(q, pc.replace_substring(col, q, self._qq), q, "")
-        return pc.if_else(need, quoted, col)
-
-    @staticmethod
-    def _floats(col: Any) -> Any:
-        """Doubles as `float_text` writes them: Arrow's text where it is the same plain
-        notation, `float_text` for the rest (exponents, infinities, NaN)."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        text = pc.cast(col, pa.string())
-        size = pc.abs(col)
-        plain = pc.and_(
-            pc.and_(pc.greater_equal(size, 1e-4), pc.less(size, 1e15)),
-            pc.invert(pc.match_substring(text, "e")),
-        )
-        plain = pc.or_(plain, pc.equal(col, 0.0))
-        odd = pc.invert(pc.fill_null(plain, True))
-        if not pc.any(odd).as_py():
-            return text
-        values = pc.filter(col, odd).to_pylist()
-        fixed = pa.array([float_text(v) for v in values], pa.string())
-        return pc.replace_with_mask(text, odd, fixed)
+            cells.append(self.csv.cells(col))
+        return self.csv.rows(cells, batch.num_rows)
 
 
 def _first_line(exc: BaseException) -> str:
