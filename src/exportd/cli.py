@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from exportd.client import ClientError, ExportdClient
-from exportd.memory import configure_allocator
+from exportd.memory import configure_allocator, keep_pandas_out
 from exportd.settings import Settings
 
 app = typer.Typer(help="exportd: asynchronous data exports.", no_args_is_help=True)
@@ -421,4 +421,5 @@ def main() -> None:
     # at the same speed (docs/benchmarks.md). Read by pyarrow at its import; overridable.
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     configure_allocator()
+    keep_pandas_out()
     app()
