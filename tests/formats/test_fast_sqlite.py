@@ -105,12 +105,16 @@ def both(tmp_path: Path, url: str, engines: SqlEngines, name: str, options: dict
 @pytest.mark.parametrize("options", OPTIONS)
 @pytest.mark.parametrize("name", ["csv", "tsv"])
 def test_byte_identical_on_tricky_values(
-    tmp_path: Path, engines: SqlEngines, options: dict[str, Any], name: str, caplog: LogCaptureFixture
+    tmp_path: Path,
+    engines: SqlEngines,
+    options: dict[str, Any],
+    name: str,
+    caplog: LogCaptureFixture,
 ) -> None:
     url = make_db(tmp_path / "t.db")
     out = both(tmp_path, url, engines, name, options, Selection(COLS, []), caplog=caplog)
     if not options and name == "csv":
-        assert b'0.30000000000000004' in out and b"1e+15" in out and b"Infinity" in out
+        assert b"0.30000000000000004" in out and b"1e+15" in out and b"Infinity" in out
         assert b"'=SUM(A1)" in out and b'"a,b"' in out and b"\n-12," not in out
 
 
@@ -198,9 +202,14 @@ def test_other_datasets_take_the_generic_path(tmp_path: Path, engines: SqlEngine
     conn.execute("CREATE VIEW tv AS SELECT * FROM tricky")
     conn.commit()
     conn.close()
-    both(tmp_path / "a", url, engines, "csv", {}, Selection(["id", "n", "b", "u"], []), table="loose")
+    both(
+        tmp_path / "a", url, engines, "csv", {}, Selection(["id", "n", "b", "u"], []), table="loose"
+    )
     both(tmp_path / "b", url, engines, "csv", {}, Selection(COLS, []), table="tv")
-    assert fast_path(make_source(engines, url, "tricky"), get_format("jsonl", {}), Layout(), []) is None
+    assert (
+        fast_path(make_source(engines, url, "tricky"), get_format("jsonl", {}), Layout(), [])
+        is None
+    )
 
 
 def test_affinity_rules() -> None:
@@ -214,7 +223,9 @@ def test_floats_match_float_text_over_random_doubles() -> None:
     """Arrow's digits and `float_text`'s notation, for random bit patterns and for the
     decimal-looking values data usually holds."""
     rnd = random.Random(20240501)
-    values = [struct.unpack("<d", rnd.getrandbits(64).to_bytes(8, "little"))[0] for _ in range(200_000)]
+    values = [
+        struct.unpack("<d", rnd.getrandbits(64).to_bytes(8, "little"))[0] for _ in range(200_000)
+    ]
     values += [round(rnd.uniform(-1e6, 1e6), rnd.randint(0, 6)) for _ in range(200_000)]
     values += [rnd.randint(-(10**17), 10**17) / 10 ** rnd.randint(0, 20) for _ in range(200_000)]
     values += [10.0**e for e in range(-330, 309)] + [-(10.0**e) for e in range(-20, 20)]
@@ -223,3 +234,21 @@ def test_floats_match_float_text_over_random_doubles() -> None:
     want = [float_text(v) for v in values]
     bad = [(v, g, w) for v, g, w in zip(values, got, want, strict=True) if g != w]
     assert bad == []
+
+
+def test_estimate_of_a_rowid_key_is_its_range_flagged(tmp_path: Path) -> None:
+    """An INTEGER PRIMARY KEY estimates the rows by its range (flagged, no count(*));
+    any other key, or a filter, counts them exactly."""
+    db = tmp_path / "est.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        conn.execute("CREATE TABLE u (id INT PRIMARY KEY, v TEXT)")  # INT: not the rowid
+        for table in ("t", "u"):
+            conn.executemany(f"INSERT INTO {table} VALUES (?, 'x')", [(i,) for i in range(5, 1005, 2)])  # fmt: skip
+    engines = SqlEngines()
+    t, u = (make_source(engines, f"sqlite:///{db}", name) for name in ("t", "u"))
+    everything = Selection(["id", "v"], [])
+    some = Selection(["id", "v"], validate_filter([{"id": {"lt": 100}}], t.kinds))
+    assert (t.estimate(everything).count, t.estimate(everything).is_estimate) == (999, True)
+    assert (t.estimate(some).count, t.estimate(some).is_estimate) == (48, False)
+    assert (u.estimate(everything).count, u.estimate(everything).is_estimate) == (500, False)

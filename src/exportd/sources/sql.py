@@ -226,9 +226,25 @@ class SqlSource:
                     plan = self._explain_rows(conn, sa.select(self.key).where(self._where(sel)))
                     if plan is not None:
                         return Estimate(plan, True)
+                if not sel.filter and self._key_is_rowid(conn):
+                    lo, hi = conn.execute(
+                        sa.select(sa.func.min(self.key), sa.func.max(self.key))
+                    ).one()
+                    return Estimate(0 if lo is None else int(hi) - int(lo) + 1, True)
                 return Estimate(int(conn.execute(stmt).scalar() or 0), False)
         except sa_exc.DBAPIError as exc:
             raise SourceError(_db_error_text(exc), "SOURCE_UNAVAILABLE") from None
+
+    def _key_is_rowid(self, conn: sa.Connection) -> bool:
+        """SQLite: the key is the table's INTEGER PRIMARY KEY (its rowid: unique, and its
+        min and max are two B-tree seeks). Its range then estimates the rows without the
+        full scan a count(*) makes (0.3 s per 3 million rows, before any row is read)."""
+        table = self.dataset.table
+        if self.engine.dialect.name != "sqlite" or not table or "." in table:
+            return False
+        info = conn.exec_driver_sql("SELECT name, type, pk FROM pragma_table_info(?)", (table,))
+        pks = [(name, (typ or "").upper()) for name, typ, pk in info if pk]
+        return pks == [(self.dataset.key, "INTEGER")]
 
     def _explain_rows(self, conn: sa.Connection, stmt: sa.Select[Any]) -> int | None:
         compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
