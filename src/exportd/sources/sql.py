@@ -227,13 +227,19 @@ class SqlSource:
                     if plan is not None:
                         return Estimate(plan, True)
                 if not sel.filter and self._key_is_rowid(conn):
-                    lo, hi = conn.execute(
-                        sa.select(sa.func.min(self.key), sa.func.max(self.key))
-                    ).one()
+                    lo, hi = self._key_bounds(conn)
                     return Estimate(0 if lo is None else int(hi) - int(lo) + 1, True)
                 return Estimate(int(conn.execute(stmt).scalar() or 0), False)
         except sa_exc.DBAPIError as exc:
             raise SourceError(_db_error_text(exc), "SOURCE_UNAVAILABLE") from None
+
+    def _key_bounds(self, conn: sa.Connection) -> tuple[Any, Any]:
+        """The key's min and max as two subqueries: SQLite reads an index end for a lone
+        min() or max(), but scans the whole table for `SELECT min(k), max(k)`."""
+        lo = sa.select(sa.func.min(self.key)).select_from(self.from_).scalar_subquery()
+        hi = sa.select(sa.func.max(self.key)).select_from(self.from_).scalar_subquery()
+        row = conn.execute(sa.select(lo, hi)).one()
+        return row[0], row[1]
 
     def _key_is_rowid(self, conn: sa.Connection) -> bool:
         """SQLite: the key is the table's INTEGER PRIMARY KEY (its rowid: unique, and its
@@ -265,7 +271,7 @@ class SqlSource:
         kind = self.kinds.get(self.dataset.key, "unknown")
         try:
             with self.engine.connect() as conn:
-                lo, hi = conn.execute(sa.select(sa.func.min(self.key), sa.func.max(self.key))).one()
+                lo, hi = self._key_bounds(conn)
                 if lo is None or parallelism <= 1:
                     return [{"lo": None, "hi": None, "nulls": True, "kind": kind}]
                 if isinstance(lo, (int, float)) and not isinstance(lo, bool):
