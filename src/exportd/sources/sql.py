@@ -278,14 +278,29 @@ class SqlSource:
                     cuts = _even_cuts(lo, hi, parallelism)
                 else:
                     cuts = self._quantile_cuts(conn, parallelism)
+                nulls = self._key_may_be_null(conn)
         except sa_exc.DBAPIError as exc:
             raise SourceError(_db_error_text(exc), "SOURCE_UNAVAILABLE") from None
         cuts = [_jsonable(c) for c in cuts]
         edges: list[Any] = [None, *cuts, None]
+        last = len(edges) - 2
         return [
-            {"lo": edges[i], "hi": edges[i + 1], "nulls": i == len(edges) - 2, "kind": kind}
+            {"lo": edges[i], "hi": edges[i + 1], "nulls": nulls and i == last, "kind": kind}
             for i in range(len(edges) - 1)
         ]
+
+    def _key_may_be_null(self, conn: sa.Connection) -> bool:
+        """Whether the last range must also take the rows whose key is NULL. A table is
+        asked (an index lookup when the key is indexed, none for SQLite's rowid): without
+        such rows, the last range stays a plain range that the key's index serves (`k >=
+        lo OR k IS NULL` makes PostgreSQL read the whole index and filter it). A query
+        dataset always takes them."""
+        if not self.dataset.table:
+            return True
+        if self._key_is_rowid(conn):
+            return False
+        probe = sa.select(sa.literal(1)).select_from(self.from_).where(self.key.is_(None)).limit(1)
+        return conn.execute(probe).first() is not None
 
     def _quantile_cuts(self, conn: sa.Connection, parallelism: int) -> list[Any]:
         n = (
