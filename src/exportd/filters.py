@@ -259,9 +259,7 @@ def _doc_clause(access: JsonAccess, path: list[str], op: str, value: Any) -> Any
     raise AssertionError(op)
 
 
-def compile_document_filter(
-    conditions: list[dict[str, dict[str, Any]]], access: JsonAccess
-) -> Any:
+def compile_document_filter(conditions: list[dict[str, dict[str, Any]]], access: JsonAccess) -> Any:
     """SQL for a validated filter on document paths: OR of ANDs, values bound."""
     if not conditions:
         return sa.true()
@@ -337,8 +335,7 @@ def document_predicate(
 
     def match(doc: Any) -> bool:
         return any(
-            all(_py_test(value_at(doc, path), op, v) for path, op, v in tests)
-            for tests in compiled
+            all(_py_test(value_at(doc, path), op, v) for path, op, v in tests) for tests in compiled
         )
 
     return match

@@ -63,9 +63,7 @@ class Destination(BaseModel):
 class ExportRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset_id: Name = Field(
-        pattern=NO_NUL, description="id (or name) of a dataset of the project"
-    )
+    dataset_id: Name = Field(pattern=NO_NUL, description="id (or name) of a dataset of the project")
     fields: list[Name | FieldSpec] | None = Field(
         default=None, max_length=2000, description="projection, order and renames; default all"
     )

@@ -70,6 +70,4 @@ Who = Annotated[Principal, Depends(principal)]
 
 ProjectId = Annotated[str, Path(min_length=1, max_length=64, description="the project")]
 TaskId = Annotated[str, Path(min_length=1, max_length=64, description="the export task")]
-DatasetId = Annotated[
-    str, Path(min_length=1, max_length=200, description="a dataset's id or name")
-]
+DatasetId = Annotated[str, Path(min_length=1, max_length=200, description="a dataset's id or name")]

@@ -108,8 +108,9 @@ class CatalogStore(StoreBase):
     def find_token(self, token_hash: str) -> TokenInfo | None:
         with self.read() as conn:
             row = conn.execute(
-                sa.select(tokens.c.project_id, tokens.c.role, tokens.c.token_id, tokens.c.name)
-                .where(tokens.c.token_hash == token_hash)
+                sa.select(
+                    tokens.c.project_id, tokens.c.role, tokens.c.token_id, tokens.c.name
+                ).where(tokens.c.token_hash == token_hash)
             ).first()
         if row is None:
             return None

@@ -47,9 +47,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("notifications", schema=None) as batch_op:
         batch_op.create_index("ix_notifications_due", ["status", "next_attempt_at"], unique=False)
-        batch_op.create_index(
-            batch_op.f("ix_notifications_task_id"), ["task_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_notifications_task_id"), ["task_id"], unique=False)
 
 
 def downgrade() -> None:
