@@ -229,6 +229,9 @@ def _assemble(rt: Runtime, task: Task, done: list[Partition], hb: Heartbeat) -> 
         if p.part_key
         for seg in read_index(rt.storage, p.part_key)
     ]
+    for seg in segments:  # parts are not fsynced: one an OS crash cut short is caught here
+        if (size := rt.storage.size(seg.key)) != seg.bytes:
+            raise RuntimeError(f"part {seg.key} holds {size} bytes, its index says {seg.bytes}")
     groups = pack(segments, fmt, columns, layout)
     names = file_names(task.file_name, fmt.extension, len(groups))
     files = []

@@ -116,7 +116,7 @@ class PartOutput:
 
     def _open(self) -> _Open:
         key = f"{self.folder}s{len(self.segments):05d}{self.fmt.extension}"
-        raw: BinaryIO = self._stack.enter_context(self.storage.open_write(key))
+        raw: BinaryIO = self._stack.enter_context(self.storage.open_write(key, durable=False))
         out = CountingWriter(raw)  # a segment's own hash is never used: the files' are
         if self._make_writer is not None:
             writer = self._make_writer(out)  # type: ignore[arg-type]
@@ -205,7 +205,7 @@ class PartOutput:
         self._roll()
         body = orjson.dumps({"segments": [s.__dict__ for s in self.segments]})
         key = self.folder + INDEX
-        with self.storage.open_write(key) as raw:
+        with self.storage.open_write(key, durable=False) as raw:
             out = HashingWriter(raw)
             out.write(body)
         return PartResult(key, self.rows, self.size, out.hexdigest())

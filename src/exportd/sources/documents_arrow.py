@@ -401,7 +401,7 @@ def _write_table(storage: Storage, key: str, table: pa.Table, rows: int) -> None
     meta = table.replace_schema_metadata({"rows": str(rows)})
     with pa.ipc.new_stream(sink, meta.schema) as writer:
         writer.write_table(meta)
-    with storage.open_write(key) as out:
+    with storage.open_write(key, durable=False) as out:
         out.write(sink.getvalue().to_pybytes())
 
 

@@ -86,7 +86,7 @@ Piece = bytes | str | Span  # inline bytes, the key of a stored part, or a span 
 
 
 class Storage(Protocol):
-    def open_write(self, key: str) -> AbstractContextManager[BinaryIO]:
+    def open_write(self, key: str, durable: bool = True) -> AbstractContextManager[BinaryIO]:
         """Write an object; it exists under `key` only once the block exits without error."""
         ...
 

@@ -95,7 +95,7 @@ class S3Storage:
     # ---- objects -----------------------------------------------------------------------
 
     @contextmanager
-    def open_write(self, key: str) -> Iterator[BinaryIO]:
+    def open_write(self, key: str, durable: bool = True) -> Iterator[BinaryIO]:
         """Spool the object (memory, then local disk) and PUT it once the block exits."""
         target = self._k(key)
         with tempfile.SpooledTemporaryFile(max_size=SPOOL) as buf:
