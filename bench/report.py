@@ -134,32 +134,38 @@ def verdicts(results: list[Result]) -> list[list[str]]:
 
 WHY = """## Where the time goes (profiled with py-spy; phase times from the store)
 
-- PostgreSQL -> CSV: the server's COPY is the bottleneck (the worker mostly waits on its
-  socket). exportd's SELECT renders every cell exactly as its generic CSV writer does:
-  spreadsheet neutralisation of the four text columns (`CASE WHEN ascii(col) IN ...`)
-  and ISO 8601 timestamps; `psql \\copy` of `SELECT *` renders neither. In psql, that
-  COPY takes 4.0 s against 2.9 s for the bare one. One worker then runs the four
-  partitions one after another (about 1 s each), plans (0.2 s) and assembles the file
-  (0.35 s: reading back and hashing 330 MB). Two workers share the two cores with two
-  server backends. The row "spreadsheet_safe false" shows what the default safety costs.
-- PostgreSQL -> Parquet: one output file made of several partitions is assembled by
-  decoding the parts and encoding the rows again with zstd, dictionaries and statistics
-  (1.5-1.8 s on one core at stage 70); ADBC by hand encodes once. pyarrow cannot copy row
-  groups between files without re-encoding them. With two workers, a partition takes
-  1.9 s instead of 1.1 s (the server's binary COPY, ADBC's decoding and the encoding
-  share two cores) and the assembly stays serial, hence far from 1.6x.
-- SQLite -> CSV: every value crosses into Python (sqlite3's `fetchmany`, about a third
-  of the time) and is encoded by exportd's CSV encoder (most of the rest); the `sqlite3`
-  shell writes CSV in C. Two workers scale (1.9x), still short of the shell.
-- Documents -> CSV: two passes over every document (the header pass, then the rows in
-  the merged header's order), each parsing with orjson and walking the document in
-  Python, about 12 µs per document per pass on one core; the plain script's loops are
-  tighter (no batches, no partitions, no strict header check, the csv module writing
-  rows) and DuckDB parses and writes in C++ on both cores. Two workers scale (about
-  1.7x), the passes being pure CPU in the workers.
-- Memory: a worker's peak RSS does not grow with the table (1x and 10x are close).
-  It is bounded by Arrow's working set (a row group of 131,072 rows read, converted and
-  written) on top of the interpreter and its libraries (about 110 MB idle).
+- Shapes: "1 worker" is one `exportd worker` process running one worker thread, the
+  strict reading of one worker; "1 worker, 2 threads" is the same process with its
+  default `--concurrency 2`; "2 workers" is two processes of one thread each. Every tool
+  and shape is run twice and the faster run counts.
+- PostgreSQL -> CSV: the server's COPY is the bottleneck; the worker mostly waits on its
+  socket. exportd's SELECT renders every cell exactly as its generic CSV writer does
+  (spreadsheet neutralisation of the four text columns, guarded by one comparison per
+  cell; ISO 8601 timestamps), which costs the server about 0.4 s over `SELECT *` on
+  these 3 million rows. One worker thread runs the four partitions one after another
+  (about 1 s each) and assembles the file (about 0.3 s: the parts are copied by the
+  kernel with `copy_file_range` while a second thread hashes them, then the file is
+  fsynced). Two threads or two workers run two COPYs at once on the server's two cores.
+  The row "spreadsheet_safe false" shows what the default safety costs.
+- PostgreSQL -> Parquet: parts are written with the final codec and the single file is
+  assembled by copying their row groups byte for byte behind one merged footer (about
+  0.3 s). ADBC's reader fills the next record batches on a second thread while the
+  current ones are encoded, so one worker already uses about 1.5 cores, and the
+  server's binary COPY takes a good part of the rest: two workers cannot be 1.6x faster
+  than one on two cores (`python -m bench.parquet_cpu` measures the CPU seconds of the
+  workers and of the PostgreSQL backends).
+- SQLite -> CSV: ADBC's SQLite driver reads Arrow batches in C on one thread while
+  pyarrow.compute renders the CSV on another (`ArrowCsv`); reading is the slower side
+  (about 1.2 s per 750,000 rows), close to what the `sqlite3` shell needs to read and
+  print them.
+- Documents -> CSV: the header pass reads each partition once with `pyarrow.json`
+  (one thread per worker) and renders every chunk's cells at once; the export pass only
+  joins them in the merged header's order. One worker uses one core, so two workers
+  scale (about 1.8x) while DuckDB uses both cores from one process.
+- Memory: a worker's peak RSS does not grow with the table (1x and 10x are close). It
+  is bounded by Arrow's working set (a row group read, converted and written, plus the
+  batches read ahead) on top of the interpreter and its libraries; exportd keeps pandas
+  out of its processes (pyarrow would import it, 46 MB, at its first list conversion).
 """
 
 
@@ -189,9 +195,9 @@ only), exported to CSV with the merged header of every flattened key.
 Every tool runs the same query (`SELECT * FROM flights ORDER BY id`) into the same format
 on local disk, in a process of its own. exportd is measured end to end, from the request
 to COMPLETED, as deployed: an API process and 1 or 2 `exportd worker` processes sharing a
-PostgreSQL store, 4 partitions. Peak RSS is the process's high-water mark (for exportd,
-the largest worker). The ratio column is exportd's throughput (1 worker / 2 workers)
-divided by the tool's.
+PostgreSQL store, 4 partitions (shapes below). Peak RSS is the process's high-water mark
+(for exportd, the largest worker). The ratio column is exportd's throughput (1 worker /
+2 workers, one thread each) divided by the tool's. Each figure is the faster of two runs.
 
 ![rows per second per tool](benchmarks.png)
 
