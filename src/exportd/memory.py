@@ -17,14 +17,15 @@ from typing import Any
 
 
 @cache
-def _libc() -> Any:
-    name = ctypes.util.find_library("c")
+def libc_function(name: str) -> Any:
+    """A function of the C library (glibc's malloc_trim, Linux's sync_file_range...), or
+    None where the library or the function is missing."""
+    path = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
+        libc = ctypes.CDLL(path) if path else None
     except OSError:
         return None
-    ok = libc is not None and hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt")
-    return libc if ok else None
+    return getattr(libc, name, None)
 
 
 def release_memory() -> None:
@@ -33,9 +34,9 @@ def release_memory() -> None:
     pa = sys.modules.get("pyarrow")
     if pa is not None:
         pa.default_memory_pool().release_unused()
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
+    malloc_trim = libc_function("malloc_trim")
+    if malloc_trim is not None:
+        malloc_trim(0)
 
 
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc's malloc.h)
@@ -48,9 +49,9 @@ def configure_allocator() -> None:
     buffers then stay in the heap, fragmented). Freed buffers go back to the system at
     once: a Parquet worker peaked at 281 MB, 244 MB with this, at the same speed.
     Skipped when MALLOC_MMAP_THRESHOLD_ is set (glibc already applied it)."""
-    libc = _libc()
-    if libc is not None and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    mallopt = libc_function("mallopt")
+    if mallopt is not None and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 class _NoPandas(importlib.abc.MetaPathFinder):
