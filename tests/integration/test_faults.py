@@ -180,3 +180,28 @@ def test_finishing_that_keeps_failing_ends_failed(pg_source: str, live_server: A
     assert "2 times" in done["error_msg"] and "IsADirectoryError" in done["error_msg"]
     assert done["file_status"] == "FAILED" and done["files"] == []
     assert all(p["status"] == "DONE" for p in done["partitions"])
+
+
+def test_a_part_cut_short_fails_the_assembly_not_the_file(pg_source: str, live_server: Any) -> None:
+    """Parts are not fsynced: a part an OS crash cut short after its commit must fail the
+    assembly (its size differs from its committed index), never make a shorter file."""
+    server = live_server(workers=1, max_attempts=2)  # one thread: partitions one by one
+    api = setup_project(server, pg_source, name="slow", query=SLOW_QUERY.format(every=1000))
+    task = api.export("acme", dataset_id="slow", parallelism=2, file_name="out.csv")
+    parts = server.settings.data_dir / "files" / "parts" / task["task_id"]
+    deadline = time.monotonic() + 60
+    while True:  # partition 0 is committed while partition 1 still runs
+        t = api.task("acme", task["task_id"])
+        if [p["status"] for p in t["partitions"]] == ["DONE", "RUNNING"]:
+            break
+        assert time.monotonic() < deadline, t
+        time.sleep(0.05)
+    [segment] = [p for p in parts.glob("00000-*/s00000.csv")]
+    with open(segment, "r+b") as fh:  # what a crash before write-back can leave
+        fh.truncate(segment.stat().st_size // 2)
+
+    done = api.wait("acme", task["task_id"], timeout=90)
+    assert done["status"] == "FAILED", done
+    assert done["error_code"] == "COORDINATOR_FAILED"
+    assert "its index says" in done["error_msg"]
+    assert done["files"] == []
