@@ -27,7 +27,8 @@ typecheck: install
 	$(BIN)/mypy
 
 test: install
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
 

@@ -86,7 +86,9 @@ def test_events_keep_alive_and_end_on_cancel(tmp_path: Any, live_server: Any) ->
         for name, data in read_events(r):
             seen.append((name, data))
             if name == "comment" and sum(1 for n, _ in seen if n == "comment") == 2:
-                cancel = p["writer"].http.post(f"/v1/projects/acme/exports/{task['task_id']}/cancel")
+                cancel = p["writer"].http.post(
+                    f"/v1/projects/acme/exports/{task['task_id']}/cancel"
+                )
                 assert cancel.status_code == 202
     names = [n for n, _ in seen]
     assert names[:2] == ["retry", "status"] and seen[1][1]["status"] == "PENDING"

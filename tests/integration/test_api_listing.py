@@ -110,9 +110,11 @@ def test_pages_never_overlap_or_skip(
             keys = [t[field] for t in whole["export_tasks"]]
             descending = sort_type == "desc" or field is None
             assert keys == sorted(keys, reverse=descending), field
-        ties = [
-            (t[field], t["task_id"]) for t in whole["export_tasks"]
-        ] if field in ("file_name", "status") else []
+        ties = (
+            [(t[field], t["task_id"]) for t in whole["export_tasks"]]
+            if field in ("file_name", "status")
+            else []
+        )
         assert ties == sorted(ties, reverse=sort_type == "desc")  # ties: by task_id
 
 
@@ -129,6 +131,8 @@ def test_seed004_pages_never_overlap_or_skip(
             assert whole["count"] == 16 == len(set(order))  # is_download defaults to false
             paged = []
             for offset in range(0, 16, 5):
-                page = api.get("/v2/acme/export-tasks", params={**params, "offset": offset, "limit": 5})
+                page = api.get(
+                    "/v2/acme/export-tasks", params={**params, "offset": offset, "limit": 5}
+                )
                 paged += [t["task_id"] for t in page.json()["export_tasks"]]
             assert paged == order

@@ -89,9 +89,7 @@ def endpoints(o: Objects) -> list[tuple[str, str, Callable[[], Call]]]:
 ROLES = ["reader", "writer", "admin", "root"]
 
 
-def test_every_endpoint_enforces_roles_and_project_isolation(
-    source: str, live_server: Any
-) -> None:
+def test_every_endpoint_enforces_roles_and_project_isolation(source: str, live_server: Any) -> None:
     server: LiveServer = live_server(workers=0)
     a = make_project(server, "a", source)
     b = make_project(server, "b", source)
@@ -141,7 +139,9 @@ def _store_counts(server: LiveServer) -> dict[str, int]:
     engine = sa.create_engine(normalize_url(server.settings.store_url))
     with engine.connect() as conn:
         tables = ("projects", "tokens", "datasets", "tasks", "partitions", "files")
-        counts = {t: int(conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar() or 0) for t in tables}
+        counts = {
+            t: int(conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar() or 0) for t in tables
+        }
     engine.dispose()
     return counts
 
@@ -205,7 +205,11 @@ def test_hostile_paths_and_file_names_are_refused(source: str, live_server: Any)
     ):
         r = api.get(path, headers={"workspace": "w"})
         assert r.status_code == 404 and set(r.json()) == {"error_code", "error_msg"}, path
-    for path in ("/v1/projects/a/exports/a%00b", "/v1/projects/a%00/exports", f"/v1/projects/a/exports/{'t' * 65}"):
+    for path in (
+        "/v1/projects/a/exports/a%00b",
+        "/v1/projects/a%00/exports",
+        f"/v1/projects/a/exports/{'t' * 65}",
+    ):
         assert is_error(api.get(path), 400), path
     dl = f"/v1/projects/a/exports/{done['task_id']}/download"
     for name in ("../../../admin_token", "../manifest.json/..", "/etc/passwd", "exportd.db"):
@@ -276,13 +280,23 @@ def test_oversized_and_absurd_requests_get_4xx(source: str, live_server: Any) ->
             yield b"x" * 1024
         yield b'"}'
 
-    r = api.post("/v1/projects/a/exports", content=chunks(), headers={"content-type": "application/json"})
+    r = api.post(
+        "/v1/projects/a/exports", content=chunks(), headers={"content-type": "application/json"}
+    )
     assert is_error(r, 413, "PAYLOAD_TOO_LARGE")
-    r = api.post("/v1/projects/a/tokens", content=b"{" * 60_000, headers={"content-type": "application/json"})
+    r = api.post(
+        "/v1/projects/a/tokens", content=b"{" * 60_000, headers={"content-type": "application/json"}
+    )
     assert is_error(r, 400)
-    r = api.post("/v1/projects/a/exports", content=b"[" * 60_000 + b"]" * 60_000 , headers={"content-type": "application/json"})
+    r = api.post(
+        "/v1/projects/a/exports",
+        content=b"[" * 60_000 + b"]" * 60_000,
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code in (400, 413) and set(r.json()) == {"error_code", "error_msg"}
-    r = api.post("/v1/projects/a/exports", content=b"not json", headers={"content-type": "application/json"})
+    r = api.post(
+        "/v1/projects/a/exports", content=b"not json", headers={"content-type": "application/json"}
+    )
     assert is_error(r, 400)
     for params in ({"limit": 101}, {"limit": 10**12}, {"offset": 10**12}, {"offset": -1},
                    {"status": ["PENDING"] * 21}):  # fmt: skip
@@ -351,7 +365,9 @@ def test_secrets_appear_in_no_response_and_no_log_line(
         {"url": f"nosuchdriver://{user}:{SECRET}@host/db"},
         {"url": url, "table": "no_such_table"},
     ):
-        r = root.http.post("/v1/projects/a/datasets", json={"name": "bad", "table": "flights", "key": "id", **bad})
+        r = root.http.post(
+            "/v1/projects/a/datasets", json={"name": "bad", "table": "flights", "key": "id", **bad}
+        )
         assert 400 <= r.status_code < 500, r.text
     api = server.client(token)
     api.http.event_hooks["response"].append(keep)
@@ -364,7 +380,9 @@ def test_secrets_appear_in_no_response_and_no_log_line(
         notify={"webhook_url": hook},
     )
     tid = task["task_id"]
-    done = api.wait("a", tid, until=lambda t: t["notifications"] and t["notifications"][0]["attempts"])
+    done = api.wait(
+        "a", tid, until=lambda t: t["notifications"] and t["notifications"][0]["attempts"]
+    )
     assert done["status"] == "COMPLETED" and done["notifications"][0]["last_error"]
     for path in (
         "/v1/projects/a/datasets",
@@ -381,6 +399,7 @@ def test_secrets_appear_in_no_response_and_no_log_line(
     ):
         assert api.http.get(path, headers={"workspace": "w"}).status_code == 200, path
     assert len(seen) > 20
+
     def shown(secret: str) -> list[str]:
         return [str(r.request.url.path) for r in seen if secret in r.text + str(r.headers)]
 
@@ -430,7 +449,10 @@ def test_nul_characters_get_400_on_postgresql(
         ("/v1/projects/a/exports", {"dataset_id": "flights", "fields": ["i\x00d"]}),
         ("/v1/projects/a/exports", {"dataset_id": "flights", "filter": {"carrier\x00": {"eq": 1}}}),
         ("/v1/projects/a/exports", {"dataset_id": "flights", "filter": {"carrier": {"eq\x00": 1}}}),
-        ("/v1/projects/a/exports", {"dataset_id": "flights", "filter": {"carrier": {"eq": "\x00"}}}),
+        (
+            "/v1/projects/a/exports",
+            {"dataset_id": "flights", "filter": {"carrier": {"eq": "\x00"}}},
+        ),
     ]
     for path, body in bodies:
         assert is_error(api.post(path, json=body), 400), (path, body)

@@ -62,9 +62,7 @@ def seed003(p: Project, task_id: str) -> dict[str, Any]:
     return dict(r.json())
 
 
-def test_seed_views_of_a_completed_export(
-    store_url: str, source: str, live_server: Any
-) -> None:
+def test_seed_views_of_a_completed_export(store_url: str, source: str, live_server: Any) -> None:
     server: LiveServer = live_server(store_url=store_url, workers=2)
     p = make_project(server, "acme", source)
     task = p["writer"].export("acme", dataset_id="flights", filter=JFK, file_name="jfk.csv")
@@ -150,7 +148,9 @@ def _doomed_dataset(p: Project, directory: Path) -> str:
     path = directory / "doomed.db"
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
-    ds = p["root"].dataset(p.project_id, name="doomed", url=f"sqlite:///{path}", table="t", key="id")
+    ds = p["root"].dataset(
+        p.project_id, name="doomed", url=f"sqlite:///{path}", table="t", key="id"
+    )
     with sqlite3.connect(path) as conn:
         conn.execute("DROP TABLE t")
     return str(ds["dataset_id"])
@@ -234,7 +234,9 @@ def test_seed_statuses_through_a_task_lifecycle(
         {"is_download": "maybe"},
     ],
 )
-def test_seed004_bad_parameters_are_400(params: dict[str, Any], source: str, live_server: Any) -> None:
+def test_seed004_bad_parameters_are_400(
+    params: dict[str, Any], source: str, live_server: Any
+) -> None:
     server: LiveServer = live_server(workers=0)
     p = make_project(server, "acme", source)
     r = p["reader"].http.get("/v2/acme/export-tasks", params=params)
@@ -283,7 +285,10 @@ def test_seed001_answers_500_with_an_error_body(source: str, live_server: Any) -
         f"/v2/acme/quality/resource/status/{task['task_id']}", headers={"workspace": "w"}
     )
     assert r.status_code == 500
-    assert r.json() == {"error_code": "INTERNAL_ERROR", "error_msg": "internal error; see the server log"}
+    assert r.json() == {
+        "error_code": "INTERNAL_ERROR",
+        "error_msg": "internal error; see the server log",
+    }
 
 
 def test_partial_success_as_seed_002_describes_it(
@@ -303,16 +308,20 @@ def test_partial_success_as_seed_002_describes_it(
     assert done["is_terminal"] is True and done["retry_after"] is None
     assert [i["partition"] for i in done["failed_items"]] == [1]
     [failed] = done["failed_items"]
-    assert failed["error_code"] == "SOURCE_QUERY_FAILED" and "division by zero" in failed["error_msg"]
+    assert (
+        failed["error_code"] == "SOURCE_QUERY_FAILED" and "division by zero" in failed["error_msg"]
+    )
     assert [i["partition"] for i in done["successful_items"]] == [0, 2, 3]
     assert sum(i["rows"] for i in done["successful_items"]) == 3000 == done["finished_count"]
     assert done["success_rate"] == 75.0
     assert done["error_code"] == "PARTIAL_FAILURE"
     r = p["reader"].http.get(f"/v1/projects/acme/exports/{task['task_id']}")
     assert "Retry-After" not in r.headers
-    listed = p["reader"].http.get(
-        "/v1/projects/acme/exports", params={"status": "COMPLETED_WITH_ERRORS"}
-    ).json()
+    listed = (
+        p["reader"]
+        .http.get("/v1/projects/acme/exports", params={"status": "COMPLETED_WITH_ERRORS"})
+        .json()
+    )
     assert [t["task_id"] for t in listed["export_tasks"]] == [task["task_id"]]
     assert listed["export_tasks"][0]["failed_items"] == done["failed_items"]
     [item] = seed004(p)["export_tasks"]

@@ -25,8 +25,7 @@ TRICKY: dict[str, list[Any]] = {
     "negative zero": [{"x": -0.0}, {"x": 1.5}],
     "int -0": [{"x": 1.5}, {"x": 0}],
     "strings": [
-        {"s": v}
-        for v in ["=1+1", "-x", "@a", "\tt", "\rr", "a,b", 'q"q', "l\nl", "", "é☕", "\\."]
+        {"s": v} for v in ["=1+1", "-x", "@a", "\tt", "\rr", "a,b", 'q"q', "l\nl", "", "é☕", "\\."]
     ],  # one column: `\.` alone on a line is quoted
     "arrays": [
         {"t": ["a", 'b"c', "d\\e"]},

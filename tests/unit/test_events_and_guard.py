@@ -20,7 +20,9 @@ def test_change_kinds() -> None:
     base = _snap(status=TaskStatus.RUNNING, stage=Stage.GETTING_TOTAL)
     assert change_kind(None, base) == "status"
     assert change_kind(base, base) is None
-    assert change_kind(base, _snap(status=TaskStatus.CANCELING, stage=Stage.GETTING_TOTAL)) == "status"
+    assert (
+        change_kind(base, _snap(status=TaskStatus.CANCELING, stage=Stage.GETTING_TOTAL)) == "status"
+    )
     assert change_kind(base, _snap(status=TaskStatus.RUNNING, stage=Stage.EXPORTING)) == "stage"
     moved = _snap(status=TaskStatus.RUNNING, stage=Stage.GETTING_TOTAL, finished_count=5)
     assert change_kind(base, moved) == "progress"

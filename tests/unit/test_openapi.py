@@ -69,7 +69,13 @@ def test_seed_operations_are_documented_with_their_fields(openapi: dict[str, Any
         "create_time", "end_time", "is_download", "currentState",
     ]  # fmt: skip
     assert schemas["Seed004Status"]["enum"] == ["CREATING", "SUCCESS", "FAIL", "EXPIRED"]
-    assert schemas["Seed001Status"]["enum"] == ["WAITING", "RUNNING", "TIMEOUT", "FAILED", "SUCCESS"]
+    assert schemas["Seed001Status"]["enum"] == [
+        "WAITING",
+        "RUNNING",
+        "TIMEOUT",
+        "FAILED",
+        "SUCCESS",
+    ]
     assert schemas["FileStatus"]["enum"] == ["PREPARING", "GENERATED", "DELETED", "FAILED"]
     seed003 = schemas["DatasetExportTask"]["properties"]
     assert seed003["create_time"]["type"] == "integer" and seed003["progress"]["type"] == "number"

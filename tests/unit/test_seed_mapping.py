@@ -52,7 +52,9 @@ def test_seed_time_is_utc_with_milliseconds_and_z() -> None:
     east = datetime(2022, 3, 28, 8, 30, 1, 999999, tzinfo=timezone(timedelta(hours=8)))
     assert seed_time(east) == "2022-03-28T00:30:01.999Z"
     assert seed_time(None) is None
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", seed_time(datetime.now(UTC)) or "")
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", seed_time(datetime.now(UTC)) or ""
+    )
 
 
 def test_epoch_ms() -> None:
