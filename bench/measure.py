@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,45 +94,49 @@ class Exportd:
             r = self.http.post("/v1/projects/bench/datasets", json={"name": name, **body})
             assert r.status_code < 300, r.text
 
+    @contextlib.contextmanager
+    def workers(
+        self, count: int, threads: int = 1, fast: bool = True
+    ) -> Iterator[list[subprocess.Popen[bytes]]]:
+        """`count` `exportd worker` processes of `threads` threads each, up and idle when
+        the block starts (what is measured is the export), stopped when it ends."""
+        env = dict(self.env, EXPORTD_FAST_PATHS="true" if fast else "false")
+        argv = [sys.executable, "-m", "exportd", "worker", "--concurrency", str(threads)]
+        procs = [
+            subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(count)
+        ]
+        try:
+            time.sleep(4.0)
+            yield procs
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait()
+
+    def run(self, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        """(seconds from the request to a terminal status, the final task)."""
+        t0 = time.monotonic()
+        task: dict[str, Any] = self.http.post("/v1/projects/bench/exports", json=body).json()
+        while not task.get("is_terminal"):
+            time.sleep(0.05)
+            task = self.http.get(f"/v1/projects/bench/exports/{task['task_id']}").json()
+        return time.monotonic() - t0, task
+
     def export(
         self, dataset: str, fmt: str, workers: int, fast: bool = True, parallelism: int = 4,
         options: dict[str, Any] | None = None, threads: int = 1,
     ) -> tuple[float, float, int, str]:  # fmt: skip
         """(seconds request -> COMPLETED, peak RSS of the largest worker, rows, error);
         each worker process runs `threads` worker threads (`--concurrency`)."""
-        env = dict(self.env, EXPORTD_FAST_PATHS="true" if fast else "false")
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "exportd", "worker", "--concurrency", str(threads)],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            for _ in range(workers)
-        ]
-        time.sleep(4.0)  # the workers are up and idle: what is measured is the export
-        try:
-            t0 = time.monotonic()
-            r = self.http.post(
-                "/v1/projects/bench/exports",
-                json={
-                    "dataset_id": dataset,
-                    "format": fmt,
-                    "parallelism": parallelism,
-                    "format_options": options or {},
-                },
-            )
-            task: dict[str, Any] = r.json()
-            while not task.get("is_terminal"):
-                time.sleep(0.05)
-                task = self.http.get(f"/v1/projects/bench/exports/{task['task_id']}").json()
-            seconds = time.monotonic() - t0
+        body = {
+            "dataset_id": dataset, "format": fmt, "parallelism": parallelism,
+            "format_options": options or {},
+        }  # fmt: skip
+        with self.workers(workers, threads, fast) as procs:
+            seconds, task = self.run(body)
             rss = max(peak_rss_mb(p.pid) for p in procs)
-        finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait()
         error = (
             "" if task["status"] == "COMPLETED" else f"{task['status']}: {task.get('error_msg')}"
         )

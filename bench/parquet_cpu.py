@@ -87,35 +87,14 @@ def adbc(source: str, db: str, out: Path) -> dict[str, Any]:
 
 
 def exportd(ex: Exportd, db: str, workers: int) -> dict[str, Any]:
-    env = dict(ex.env, EXPORTD_FAST_PATHS="true")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "exportd", "worker", "--concurrency", "1"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(workers)
-    ]
-    time.sleep(4.0)
-    try:
+    with ex.workers(workers) as procs:
         before = [cpu_seconds(p.pid) for p in procs]
         backends = Backends(db)
-        t0 = time.monotonic()
         body = {"dataset_id": "flights", "format": "parquet", "parallelism": 4}
-        task = ex.http.post("/v1/projects/bench/exports", json=body).json()
-        while not task.get("is_terminal"):
-            time.sleep(0.05)
-            task = ex.http.get(f"/v1/projects/bench/exports/{task['task_id']}").json()
-        secs = time.monotonic() - t0
+        secs, task = ex.run(body)
         cpu = sum(cpu_seconds(p.pid) - b for p, b in zip(procs, before, strict=True))
         pg = backends.stop()
         rss = max(peak_rss_mb(p.pid) for p in procs)
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait()
     assert task["status"] == "COMPLETED", task
     return {"secs": secs, "cpu": cpu, "pg": pg, "rss": rss, "rows": task["finished_count"]}
 

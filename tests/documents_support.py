@@ -16,6 +16,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from tests.support import expected_cell
+
 CITIES = ["Paris", "Oslo", "Lima", "Kyiv", "Quito"]
 TAGS = ["red", "green", "blue", "cyan"]
 NOTES = ['said "hi"', "a, b", "two\nlines", "café ☕", "tab\there", ""]
@@ -91,17 +93,6 @@ def _text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _cell(value: Any) -> str:
-    """A scalar as exportd's CSV writes it (docs/formats.md): floats without a trailing
-    `.0`, text that a spreadsheet would run prefixed with `'`."""
-    if isinstance(value, float):
-        text = repr(value)
-        return text[:-2] if text.endswith(".0") and abs(value) < 1e15 else text
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return str(value)
-
-
 def oracle_flatten(doc: Any, arrays: str = "json") -> dict[str, str]:
     """{column: CSV cell} of one document (docs/documents.md, "Flattening")."""
     out: dict[str, str] = {}
@@ -121,7 +112,7 @@ def oracle_flatten(doc: Any, arrays: str = "json") -> dict[str, str]:
         elif value is True or value is False:
             out[path] = "true" if value else "false"
         else:
-            out[path] = _cell(value)
+            out[path] = expected_cell(value)  # numbers and text: the CSV rules
 
     if isinstance(doc, dict):
         if doc:

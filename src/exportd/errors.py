@@ -61,3 +61,10 @@ class SourceError(Exception):
         super().__init__(error_msg)
         self.error_msg = error_msg
         self.error_code = error_code
+
+
+def first_line(exc: BaseException) -> str:
+    """A driver's message, first line only (never the statement or its parameters that
+    some drivers append), at most 300 characters; the exception's type when it is empty."""
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]

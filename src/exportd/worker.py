@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, cast
 
 from exportd import coordinator
 from exportd.documents import DEFAULT_ARRAYS, KeyCollector, check_width, flat_rows
-from exportd.domain import Lease, Partition, PartitionPhase, Task, TaskStatus
+from exportd.domain import Dataset, Lease, Partition, PartitionPhase, Task, TaskStatus
 from exportd.errors import Canceled, LeaseLost, NotFound, SourceError
 from exportd.formats import Format, NestingFormat, RowWriter
 from exportd.formats.layout import Layout, PartOutput
@@ -35,9 +35,10 @@ from exportd.transitions import retry_decision
 log = logging.getLogger(__name__)
 
 
-def part_folder(task: Task, part: Partition, lease: Lease) -> str:
-    """Where one attempt writes its segments and index: unique per attempt and token."""
-    return f"parts/{task.task_id}/{part.index:05d}-a{lease.attempt}-{lease.token[:12]}/"
+def part_folder(task: Task, part: Partition, lease: Lease, kind: str = "a") -> str:
+    """Where one attempt writes: its segments and index (`a`), or the cells its header
+    pass rendered (`h`); unique per attempt and token."""
+    return f"{parts_prefix(task)}{part.index:05d}-{kind}{lease.attempt}-{lease.token[:12]}/"
 
 
 @dataclass
@@ -48,6 +49,7 @@ class PartitionRun:
     task: Task
     part: Partition
     lease: Lease
+    dataset: Dataset
     source: Source
     sel: Selection
 
@@ -72,7 +74,8 @@ def run_partition(rt: Runtime, task: Task, part: Partition, lease: Lease) -> Non
     store = rt.store
     try:
         dataset = store.get_dataset(task.project_id, task.dataset_id)
-        run = PartitionRun(rt, task, part, lease, rt.source(dataset), selection_for(task, dataset))
+        source, sel = rt.source(dataset), selection_for(task, dataset)
+        run = PartitionRun(rt, task, part, lease, dataset, source, sel)
     except NotFound as exc:
         store.fail_partition(
             task.task_id, part.index, lease.token, exc.error_code, exc.error_msg, None
@@ -107,10 +110,11 @@ def _collect_headers(run: PartitionRun, hb: Heartbeat) -> None:
     committed with the lease; the partition then waits for the merge (stage 40). JSON
     Lines documents go through Arrow, which also renders the rows for a CSV export."""
     arrays = run.task.request.get("arrays", DEFAULT_ARRAYS)
-    cache = _cell_cache(run) if arrays == "json" and _arrow_documents(run) else None
+    arrow = arrays == "json" and _arrow_documents(run)
+    cache = _cell_cache(run) if arrow else None
     committed = False
     try:
-        if arrays == "json" and _arrow_documents(run):
+        if arrow:
             segments = run.part.bounds["segments"]
             paths, documents, chunks = collect_headers(segments, hb.check, cache)
             check_width(paths)
@@ -160,8 +164,7 @@ def _cell_cache(run: PartitionRun, stored: dict[str, Any] | None = None) -> Cell
         return None
     if stored is not None:
         return CellCache(run.rt.storage, stored["folder"], opts)
-    task, part, lease = run.task, run.part, run.lease
-    folder = f"{parts_prefix(task)}{part.index:05d}-h{lease.attempt}-{lease.token[:12]}/"
+    folder = part_folder(run.task, run.part, run.lease, kind="h")
     return CellCache(run.rt.storage, folder, opts)
 
 
@@ -198,21 +201,15 @@ def _export(run: PartitionRun, hb: Heartbeat) -> None:
     fmt = rt.format(task)
     folder = part_folder(task, part, lease)
     layout = Layout.from_request(task.request)
-    columns = columns_for(task, rt.store.get_dataset(task.project_id, task.dataset_id))
+    columns = columns_for(task, run.dataset)
     committed = False
     try:
         with PartOutput(rt.storage, folder, fmt, columns, layout, _writer(fmt, task)) as out:
             documents = task.request.get("_documents") is not None
-            fast = (
-                None
-                if documents
-                else fast_path(run.source, fmt, layout, columns, rt.settings.fast_paths)
-            )
+            fast = None if documents else fast_path(run.source, fmt, layout, columns, rt.settings.fast_paths)  # fmt: skip
             if fast is not None:
                 fast.export(run.sel, part.bounds, out, hb)
-            elif documents and _export_cached_documents(run, out, hb):
-                pass
-            else:
+            elif not (documents and _export_cached_documents(run, out, hb)):
                 for batch in _rows(run):
                     hb.check()
                     out.write(batch)

@@ -169,6 +169,9 @@ def test_line_chunks_hold_the_lines_of_each_range(tmp_path: Path, size: int, par
         fh.write(b'{"last": "no newline"}')
     for r in byte_ranges([str(path)], parts):
         for p, start, end in r["segments"]:
-            chunks = list(line_chunks(str(p), int(start), int(end), size))
+            pairs = list(line_chunks(str(p), int(start), int(end), size))
+            chunks = [c for _, c in pairs]
             assert b"".join(chunks) == b"".join(line for _, line in read_lines(str(p), start, end))
             assert all(c.endswith(b"\n") for c in chunks[:-1])
+            line_starts = {offset for offset, _ in read_lines(str(p), start, end)}
+            assert all(offset in line_starts for offset, _ in pairs)  # where each chunk starts

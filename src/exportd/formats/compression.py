@@ -34,26 +34,21 @@ class Plain:
         self._out.flush()
 
 
-class Gzip:
-    def __init__(self, out: BinaryIO, level: int = 6) -> None:
+def _compressor(codec: str) -> Any:
+    """A fresh compressor of one gzip member (level 6) or zstd frame (level 3)."""
+    if codec == "gzip":
+        return zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: gzip header and trailer
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=3).compressobj()
+
+
+class Compressing:
+    """Writes one member/frame of `codec` to `out`; `close` ends it."""
+
+    def __init__(self, out: BinaryIO, codec: str) -> None:
         self._out = out
-        self._z = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: gzip header and trailer
-
-    def write(self, data: bytes) -> Any:
-        if chunk := self._z.compress(data):
-            self._out.write(chunk)
-
-    def close(self) -> None:
-        self._out.write(self._z.flush())
-        self._out.flush()
-
-
-class Zstd:
-    def __init__(self, out: BinaryIO, level: int = 3) -> None:
-        import zstandard
-
-        self._out = out
-        self._z = zstandard.ZstdCompressor(level=level).compressobj()
+        self._z = _compressor(codec)
 
     def write(self, data: bytes) -> Any:
         if chunk := self._z.compress(data):
@@ -75,20 +70,12 @@ def check_codec(name: str | None) -> str:
 
 
 def sink(codec: str, out: BinaryIO) -> Sink:
-    if codec == "gzip":
-        return Gzip(out)
-    if codec == "zstd":
-        return Zstd(out)
-    return Plain(out)
+    return Plain(out) if codec == "none" else Compressing(out, codec)
 
 
 def compress(codec: str, data: bytes) -> bytes:
     """`data` as one complete member/frame of `codec` (as is for none)."""
     if codec == "none" or not data:
         return data
-    if codec == "gzip":
-        z = zlib.compressobj(6, zlib.DEFLATED, 31)
-        return z.compress(data) + z.flush()
-    import zstandard
-
-    return bytes(zstandard.ZstdCompressor(level=3).compress(data))
+    z = _compressor(codec)
+    return bytes(z.compress(data) + z.flush())

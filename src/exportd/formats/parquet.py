@@ -267,14 +267,12 @@ class ParquetFormat:
         full = [s for s in segments if s.rows] or list(segments[:1])
         if not full:
             return self._empty(storage, key, columns)
-        if len(full) == 1:  # complete, and as asked: kept
-            done = storage.compose(key, [full[0].key])
-            return Written(done.bytes, done.sha256)
-        pieces = self._copy_through(storage, full)
-        if pieces is not None:
-            done = storage.compose(key, pieces)
-            return Written(done.bytes, done.sha256)
-        return self._rewrite(storage, key, full)
+        # one part is a complete file as asked; several are copied through (or rewritten)
+        pieces = [full[0].key] if len(full) == 1 else self._copy_through(storage, full)
+        if pieces is None:
+            return self._rewrite(storage, key, full)
+        done = storage.compose(key, pieces)
+        return Written(done.bytes, done.sha256)
 
     def _copy_through(self, storage: Storage, segments: Sequence[Segment]) -> list[Piece] | None:
         footers = []

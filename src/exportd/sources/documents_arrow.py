@@ -59,9 +59,11 @@ class NotExact(Exception):
     """This chunk must take the Python path."""
 
 
-def line_chunks(path: str, start: int, end: int, size: int | None = None) -> Iterator[bytes]:
-    """The lines that start in [start, end) of a file (as `paths.read_lines` gives them),
-    in chunks of whole lines of about `size` bytes."""
+def line_chunks(
+    path: str, start: int, end: int, size: int | None = None
+) -> Iterator[tuple[int, bytes]]:
+    """(offset, chunk) of the lines that start in [start, end) of a file (as
+    `paths.read_lines` gives them), in chunks of whole lines of about `size` bytes."""
     size = size or CHUNK_BYTES
     try:
         with open(path, "rb") as fh:
@@ -76,15 +78,15 @@ def line_chunks(path: str, start: int, end: int, size: int | None = None) -> Ite
                 base = pos - len(carry)
                 if not block:  # end of file
                     if data:
-                        yield data
+                        yield base, data
                     return
                 stop = data.find(b"\n", max(end - 1 - base, 0))
                 if stop >= 0 and base + stop + 1 >= end:  # the last line of the range ends here
-                    yield data[: stop + 1]
+                    yield base, data[: stop + 1]
                     return
                 cut = data.rfind(b"\n") + 1
                 if cut:
-                    yield data[:cut]
+                    yield base, data[:cut]
                 carry = data[cut:]
                 pos += len(block)
     except OSError as exc:
@@ -196,14 +198,20 @@ def _columns(
     for name, arr in arrays:
         k = escape_key(name)
         path = k if prefix is None else f"{prefix}.{k}"
-        if isinstance(arr, pa.ChunkedArray):
-            arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+        arr = one_array(arr)
         t = arr.type
         if pa.types.is_struct(t) and t.num_fields:
             children = arr.flatten()  # a field is null where its object is null
             _columns(((f.name, c) for f, c in zip(t, children, strict=True)), path, out)
         else:
             out[path] = arr
+
+
+def one_array(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A column as one array (its single chunk as it is)."""
+    if isinstance(arr, pa.ChunkedArray):
+        return arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    return arr
 
 
 def table_columns(table: pa.Table) -> dict[str, pa.Array]:
@@ -251,22 +259,9 @@ Check = Callable[[], None]
 def chunks_of(segments: Iterable[list[Any]]) -> Iterator[tuple[str, int, bytes]]:
     """(file name, offset, chunk) of a partition's segments."""
     for path, start, end in segments:
-        offset = None
-        for chunk in line_chunks(str(path), int(start), int(end)):
-            if offset is None:
-                offset = _first_line(str(path), int(start))
-            yield Path(str(path)).name, offset, chunk
-            offset += len(chunk)
-
-
-def _first_line(path: str, start: int) -> int:
-    """Where the first line that starts at or after `start` starts."""
-    if start == 0:
-        return 0
-    with open(path, "rb") as fh:
-        fh.seek(start - 1)
-        fh.readline()
-        return fh.tell()
+        name = Path(str(path)).name
+        for offset, chunk in line_chunks(str(path), int(start), int(end)):
+            yield name, offset, chunk
 
 
 def _known(t: pa.DataType | pa.Schema) -> list[pa.Field]:
@@ -288,8 +283,9 @@ def _known(t: pa.DataType | pa.Schema) -> list[pa.Field]:
 
 
 def warm_up() -> None:
-    """Load what pyarrow loads on its first compute call (pandas, when installed: about
-    0.4 s), so that a worker does it once, while idle, not during its first export."""
+    """Import pyarrow and run its first compute call (about 0.1 s; more where pandas is
+    loaded, which the `exportd` command keeps out), so that a worker does it once, while
+    idle, not during its first export."""
     pc.cast(pa.array([1]), pa.string())
 
 
@@ -406,12 +402,8 @@ def _write_table(storage: Storage, key: str, table: pa.Table, rows: int) -> None
 
 
 def _read_table(storage: Storage, key: str) -> tuple[pa.Table, int]:
-    fh = storage.open_read(key)
-    try:
-        data = fh.read()
-    finally:
-        fh.close()
-    table = pa.ipc.open_stream(data).read_all()
+    with storage.open_read(key) as fh:
+        table = pa.ipc.open_stream(fh.read()).read_all()
     return table, int((table.schema.metadata or {})[b"rows"])
 
 
@@ -428,7 +420,7 @@ def cached_csv(
         check()
         table, rows = _read_table(cache.storage, cache.key(i))
         columns = {
-            name: col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+            name: one_array(col)
             for name, col in zip(table.column_names, table.columns, strict=True)
         }
         if not columns.keys() <= known:

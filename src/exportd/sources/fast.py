@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
-from exportd.errors import SourceError
+from exportd.errors import SourceError, first_line
 from exportd.formats import Column, Format
 from exportd.formats.cells import SPREADSHEET_TRIGGERS
 from exportd.formats.layout import Layout, PartOutput
@@ -177,7 +177,7 @@ class PgCopyCsv:
             done = True
             out.count(copy.rows)
         except psycopg.Error as exc:
-            raise SourceError(_first_line(exc), "SOURCE_QUERY_FAILED") from None
+            raise SourceError(first_line(exc), "SOURCE_QUERY_FAILED") from None
         finally:
             if done:
                 raw.close()
@@ -314,7 +314,7 @@ class AdbcParquet:
                 out.count(batch.num_rows)
                 hb.progress(out.rows, out.size)
         except adbc.Error as exc:
-            raise SourceError(_first_line(exc), "SOURCE_QUERY_FAILED") from None
+            raise SourceError(first_line(exc), "SOURCE_QUERY_FAILED") from None
 
     def _batches(self, query: str) -> Iterator[Any]:
         """The query's record batches through ADBC's low-level API: its DB-API module
@@ -333,8 +333,3 @@ class AdbcParquet:
             stream, _ = stmt.execute_query()
             with pa.RecordBatchReader._import_from_c(stream.address) as reader:
                 yield from reader
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]

@@ -24,6 +24,7 @@ from urllib.parse import quote as url_quote
 
 import sqlalchemy as sa
 
+from exportd.errors import first_line
 from exportd.formats import Column, Format
 from exportd.formats.layout import PartOutput
 from exportd.formats.text import CsvFormat, CsvOptions
@@ -176,7 +177,7 @@ class SqliteArrowCsv:
         except (adbc.Error, pa.ArrowException, OSError) as exc:
             if isinstance(exc, OSError) and "[SQLite]" not in str(exc):
                 raise  # the temporary file, not the data
-            raise Fallback(_first_line(exc)) from None
+            raise Fallback(first_line(exc)) from None
         return rows
 
     def _batches(self, sql: str) -> Any:
@@ -222,8 +223,3 @@ class SqliteArrowCsv:
                 col.validate(full=True)  # UTF-8, as the generic path requires
             cells.append(self.csv.cells(col))
         return self.csv.rows(cells, batch.num_rows)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]

@@ -15,7 +15,7 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 
 from exportd.domain import Dataset
-from exportd.errors import BadRequest, SourceError
+from exportd.errors import BadRequest, SourceError, first_line
 from exportd.filters import COERCE, compile_filter
 from exportd.sources import Estimate, Selection
 from exportd.store.engine import normalize_url
@@ -175,8 +175,7 @@ def check_query(query: str) -> None:
 
 def _db_error_text(exc: sa_exc.DBAPIError) -> str:
     """The database's own message, first line only, without the statement or parameters."""
-    text = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
-    return text[:300]
+    return first_line(exc.orig) if exc.orig is not None else type(exc).__name__
 
 
 class SqlSource:
