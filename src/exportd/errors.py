@@ -46,6 +46,15 @@ class PayloadTooLarge(ExportdError):
     error_code = "PAYLOAD_TOO_LARGE"
 
 
+class Unavailable(ExportdError):
+    """A service exportd depends on (the store, the storage, a source) cannot be reached
+    now; the caller may try again later (503 with Retry-After in the API)."""
+
+    status_code = 503
+    error_code = "UNAVAILABLE"
+    retry_after = 5
+
+
 class LeaseLost(Exception):
     """The worker no longer holds the lease: it must stop and commit nothing."""
 

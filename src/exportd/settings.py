@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     smtp_from: str = Field(default="exportd@localhost", description="sender address")
     smtp_timeout_seconds: float = Field(default=30.0, gt=0)
 
+    # outages of the store, the storage or a source are ridden out for this long before a
+    # unit of work gives up (and then without using up an attempt where it can be redone)
+    outage_budget_seconds: float = Field(
+        default=120.0, ge=0, description="seconds of store/storage outage ridden out"
+    )
+
     # fault injection for tests: a worker sleeps between uploading a part and committing it
     debug_pause_before_commit: float = Field(default=0.0, ge=0)
 

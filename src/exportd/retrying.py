@@ -1,0 +1,51 @@
+"""One rule for waiting between tries, and riding out outages on a time budget.
+
+`backoff` is the delay rule every retry in exportd follows (attempts, notifications,
+coordinator runs, polling clients). `ride_out` calls a function again and again, with that
+backoff, for as long as it fails with an error its caller calls transient (the store or
+the storage is unreachable), until a budget of seconds is spent; then the last error
+propagates. It is built on tenacity."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+import tenacity
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Seconds to wait after try number `attempt` (1-based): base, 2 base, 4 base, ...,
+    at most `cap`."""
+    return float(min(cap, base * 2 ** max(attempt - 1, 0)))
+
+
+def ride_out(
+    call: Callable[[], T],
+    *,
+    transient: Callable[[BaseException], bool],
+    budget: float,
+    what: str,
+    base: float = 0.2,
+    cap: float = 5.0,
+) -> T:
+    """`call()`, tried again while it raises a transient error, for at most `budget`
+    seconds (with exponential backoff and jitter between tries, from `base` to `cap`)."""
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_delay(budget),
+        wait=tenacity.wait_exponential_jitter(initial=base, max=cap),
+        retry=tenacity.retry_if_exception(transient),
+        reraise=True,
+        before_sleep=lambda state: log.warning(
+            "%s failed (%s); trying again for up to %.0f s",
+            what,
+            type(state.outcome.exception()).__name__ if state.outcome else "?",
+            budget,
+        ),
+    )
+    return retrying(call)
