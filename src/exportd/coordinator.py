@@ -31,6 +31,7 @@ from exportd.errors import ExportdError, LeaseLost, NotFound, SourceError
 from exportd.formats.layout import Layout, file_names, pack, read_index
 from exportd.heartbeat import Heartbeat
 from exportd.layout import output_prefix, parts_prefix
+from exportd.plan import DocumentMode
 from exportd.runtime import Runtime, columns_for, selection_for
 from exportd.store.base import utcnow
 from exportd.store.sql import PlannedPartition
@@ -121,7 +122,7 @@ def _plan(rt: Runtime, task: Task, lease: Lease) -> None:
         return
     phase = (
         PartitionPhase.HEADERS
-        if task.request.get("_documents") == "discover"
+        if task.plan.documents is DocumentMode.DISCOVER
         else PartitionPhase.EXPORT
     )
     planned = [PlannedPartition(b, phase) for b in bounds]
@@ -222,7 +223,7 @@ def _assemble(rt: Runtime, task: Task, done: list[Partition], hb: Heartbeat) -> 
     except NotFound:
         dataset = None
     columns = columns_for(task, dataset)
-    layout = Layout.from_request(task.request)
+    layout = Layout.of(task.plan.output)
     segments = [
         seg
         for p in sorted(done, key=lambda p: p.index)
@@ -267,7 +268,6 @@ def _manifest(
     failed_rows: int,
     expires_at: str,
 ) -> bytes:
-    request = {k: v for k, v in task.request.items() if not k.startswith("_")}
     body = {
         "task_id": task.task_id,
         "project_id": task.project_id,
@@ -281,7 +281,7 @@ def _manifest(
         "total_rows": sum(f.record.rows for f in files),
         "failed_rows": failed_rows,
         "success_rate": round(outcome.success_rate, 2),
-        "compression": task.request.get("compression", "none"),
+        "compression": task.plan.output.compression or "none",
         "files": [
             {
                 "name": f.record.name,
@@ -304,7 +304,7 @@ def _manifest(
             }
             for p in sorted((p for ps in by.values() for p in ps), key=lambda p: p.index)
         ],
-        "request": request,
+        "request": task.request,
     }
     return orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
 

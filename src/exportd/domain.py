@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from exportd.plan import ExportPlan, TaskKind
+
 
 class TaskStatus(enum.StrEnum):
     """Lifecycle of an export task (DESIGN.md, "Status")."""
@@ -221,7 +223,8 @@ class Task:
     status: TaskStatus
     stage: Stage
     file_status: FileStatus
-    request: dict[str, Any]
+    request: dict[str, Any]  # as the caller sent it (seed views show it)
+    plan: ExportPlan  # what the workers and the coordinator follow
     format: str
     file_name: str
     columns: list[str]
@@ -250,6 +253,7 @@ class Task:
     version: int = 0
     created_by: str | None = None  # id of the token that created it ("admin": the administrator)
     created_by_name: str | None = None  # that token's name
+    kind: TaskKind = TaskKind.EXPORT
     partitions: list[Partition] = field(default_factory=list)
     files: list[FileRecord] = field(default_factory=list)
     notifications: list[Notification] = field(default_factory=list)

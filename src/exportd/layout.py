@@ -51,8 +51,7 @@ def output_prefix_for(root: str, destination: str | None, task_id: str) -> str:
 
 def output_prefix(task: Task) -> str:
     """The folder of a task's outputs (fixed when it was submitted)."""
-    fixed = task.request.get("_output_prefix")
-    return fixed if isinstance(fixed, str) else f"exports/{task.project_id}/{task.task_id}/"
+    return task.plan.output.prefix
 
 
 def parts_prefix(task: Task) -> str:

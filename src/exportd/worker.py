@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
 from exportd import coordinator
-from exportd.documents import DEFAULT_ARRAYS, KeyCollector, check_width, flat_rows
+from exportd.documents import KeyCollector, check_width, flat_rows
 from exportd.domain import Dataset, Lease, Partition, PartitionPhase, Task, TaskStatus
 from exportd.errors import Canceled, LeaseLost, NotFound, SourceError
 from exportd.formats import Format, NestingFormat, RowWriter
@@ -25,6 +25,7 @@ from exportd.heartbeat import Heartbeat
 from exportd.layout import parts_prefix
 from exportd.memory import release_memory
 from exportd.notify import Notifier
+from exportd.plan import DocumentMode
 from exportd.runtime import Runtime, columns_for, selection_for
 from exportd.sources import Selection, Source
 from exportd.sources.documents import JsonLinesDocumentSource
@@ -109,7 +110,7 @@ def _collect_headers(run: PartitionRun, hb: Heartbeat) -> None:
     """Header pass (stage 20): the flattened keys of every document of the partition,
     committed with the lease; the partition then waits for the merge (stage 40). JSON
     Lines documents go through Arrow, which also renders the rows for a CSV export."""
-    arrays = run.task.request.get("arrays", DEFAULT_ARRAYS)
+    arrays = run.task.plan.arrays
     arrow = arrays == "json" and _arrow_documents(run)
     cache = _cell_cache(run) if arrow else None
     committed = False
@@ -151,8 +152,8 @@ def _csv_options(run: PartitionRun) -> CsvOptions | None:
     fmt = run.rt.format(run.task)
     if (
         not isinstance(fmt, CsvFormat)
-        or run.task.request.get("_documents") != "discover"
-        or Layout.from_request(run.task.request).split
+        or run.task.plan.documents is not DocumentMode.DISCOVER
+        or run.task.plan.output.split
     ):
         return None
     return fmt.options
@@ -186,12 +187,12 @@ def _export_cached_documents(run: PartitionRun, out: PartOutput, hb: Heartbeat) 
 def _rows(run: PartitionRun) -> Iterator[Sequence[Sequence[Any]]]:
     """The partition's rows as the format receives them: as read, documents as they
     are, or documents flattened to the merged header or to the projected paths."""
-    mode = run.task.request.get("_documents")
-    if mode is None or mode == "nested":
+    mode = run.task.plan.documents
+    if mode is None or mode is DocumentMode.NESTED:
         return run.batches()
-    arrays = run.task.request.get("arrays", DEFAULT_ARRAYS)
-    header = run.task.columns if mode == "discover" else run.sel.columns
-    return flat_rows(run.batches(), header, arrays, strict=mode == "discover")
+    discover = mode is DocumentMode.DISCOVER
+    header = run.task.columns if discover else run.sel.columns
+    return flat_rows(run.batches(), header, run.task.plan.arrays, strict=discover)
 
 
 def _export(run: PartitionRun, hb: Heartbeat) -> None:
@@ -200,12 +201,12 @@ def _export(run: PartitionRun, hb: Heartbeat) -> None:
     task, part, lease, rt = run.task, run.part, run.lease, run.rt
     fmt = rt.format(task)
     folder = part_folder(task, part, lease)
-    layout = Layout.from_request(task.request)
+    layout = Layout.of(task.plan.output)
     columns = columns_for(task, run.dataset)
     committed = False
     try:
         with PartOutput(rt.storage, folder, fmt, columns, layout, _writer(fmt, task)) as out:
-            documents = task.request.get("_documents") is not None
+            documents = task.plan.documents is not None
             fast = None if documents else fast_path(run.source, fmt, layout, columns, rt.settings.fast_paths)  # fmt: skip
             if fast is not None:
                 fast.export(run.sel, part.bounds, out, hb)
@@ -231,7 +232,7 @@ def _export(run: PartitionRun, hb: Heartbeat) -> None:
 
 def _writer(fmt: Format, task: Task) -> Callable[[BinaryIO], RowWriter] | None:
     """Documents kept nested go through the format's document writer."""
-    if task.request.get("_documents") == "nested":
+    if task.plan.documents is DocumentMode.NESTED:
         return cast(NestingFormat, fmt).document_writer
     return None
 

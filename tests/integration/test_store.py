@@ -6,8 +6,10 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
@@ -15,6 +17,7 @@ from exportd.domain import FileStatus, PartitionStatus, Stage, Task, TaskStatus
 from exportd.errors import Conflict
 from exportd.store.sql import PlannedPartition, Store
 from exportd.store.tables import metadata, tasks
+from tests.records import make_plan
 
 
 @pytest.fixture
@@ -44,7 +47,7 @@ def new_task(project: str = "p") -> Task:
     return Task(
         task_id=uuid.uuid4().hex, project_id=project, dataset_id="ds", status=TaskStatus.PENDING,
         stage=Stage.NOT_STARTED, file_status=FileStatus.PREPARING,
-        request={"_source_columns": ["id"]}, format="csv", file_name="x.csv", columns=["id"],
+        request={}, plan=make_plan(("id",)), format="csv", file_name="x.csv", columns=["id"],
         parallelism=2, allow_partial=False, max_error_rate=1.0, timeout_seconds=None,
         expires_in=3600, create_time=now, update_time=now,
     )  # fmt: skip
@@ -129,3 +132,45 @@ def test_out_of_attempts_fails_the_partition(store: Store) -> None:
     t = store.get_task("p", task_id)
     assert t.partitions[0].status is PartitionStatus.FAILED
     assert t.partitions[0].error_code == "E"
+
+
+def test_tasks_from_before_plans_get_their_plan(store_url: str) -> None:
+    """Migration 0009 moves a stored request's private keys into the typed plan."""
+    from alembic import command
+
+    from exportd.store.engine import alembic_config, create_store_engine
+
+    engine = create_store_engine(store_url)
+    command.upgrade(alembic_config(store_url), "0005")
+    old = sa.Table("tasks", sa.MetaData(), autoload_with=engine)
+    row = {c.name: _filler(c) for c in old.columns if not c.nullable and c.server_default is None}
+    row.update(
+        task_id="t1", project_id="p", dataset_id="ds", format="csv", status="PENDING",
+        stage=0, file_status="PREPARING", columns=["id", "name"], request={
+            "dataset_id": "ds", "format": "csv", "filter": {"id": {"gt": 3}},
+            "_source_columns": ["id", "name"], "_output_prefix": "exports/p/dest/t1/",
+            "_notify": {"webhook_url": "https://example.test/h", "emails": ["a@b.test"]},
+            "_fingerprint": "f" * 64,
+        },
+    )  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(old.insert().values(**row))
+    engine.dispose()
+    store = Store(store_url)  # migrates to head
+    try:
+        task = store.get_task("p", "t1")
+    finally:
+        store.close()
+    assert task.request == {"dataset_id": "ds", "format": "csv", "filter": {"id": {"gt": 3}}}
+    plan = task.plan
+    assert plan.source_columns == ("id", "name") and plan.filter == ({"id": {"gt": 3}},)
+    assert plan.output.prefix == "exports/p/dest/t1/" and plan.output.format == "csv"
+    assert plan.notify.webhook_url == "https://example.test/h"
+    assert plan.notify.emails == ("a@b.test",)
+    assert plan.fingerprint == "f" * 64 and plan.documents is None
+
+
+def _filler(col: sa.Column[Any]) -> Any:
+    """A value of a NOT NULL column's type, for a row the test does not care about."""
+    py = col.type.python_type if not isinstance(col.type, sa.JSON) else dict
+    return {str: "x", int: 0, float: 0.0, bool: False, dict: {}}.get(py, datetime.now(UTC))

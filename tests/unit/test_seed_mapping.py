@@ -244,7 +244,7 @@ def test_seed003_view_fields() -> None:
     task = make_task(
         status=TaskStatus.RUNNING,
         stage=Stage.EXPORTING,
-        request={"dataset_id": "ds_1", "filter": cond, "_source_columns": ["a"]},
+        request={"dataset_id": "ds_1", "filter": cond},
         total_count=200,
         finished_count=50,
         progress=25.0,

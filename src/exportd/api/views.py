@@ -115,7 +115,7 @@ def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> di
     done = len(succeeded)
     failed = [p for p in task.partitions if p.status is PartitionStatus.FAILED]
     stopped = sum(1 for p in task.partitions if p.status.is_terminal)
-    request = {k: v for k, v in task.request.items() if not k.startswith("_")}
+    request = task.request
     state = task.stage.as_json()
     body: dict[str, Any] = {
         "task_id": task.task_id,

@@ -23,6 +23,7 @@ import orjson
 
 from exportd.errors import BadRequest
 from exportd.formats import Column, EncodingWriter, Format, RowWriter, Segment
+from exportd.plan import OutputSpec
 from exportd.storage import CountingWriter, HashingWriter, Storage
 
 INDEX = "index.json"
@@ -38,8 +39,8 @@ class Layout:
         return bool(self.max_rows or self.max_bytes)
 
     @classmethod
-    def from_request(cls, request: dict[str, Any]) -> Layout:
-        return cls(request.get("max_rows_per_file"), request.get("max_bytes_per_file"))
+    def of(cls, output: OutputSpec) -> Layout:
+        return cls(output.max_rows_per_file, output.max_bytes_per_file)
 
     def check(self, fmt: Format, columns: Sequence[Column]) -> None:
         """A 400 for limits the format cannot keep (called at submit)."""

@@ -19,6 +19,7 @@ from exportd.domain import (
     Task,
     TaskStatus,
 )
+from exportd.plan import ExportPlan, TaskKind
 from exportd.store.engine import create_store_engine, migrate
 from exportd.store.events import enqueue_notifications
 from exportd.store.tables import partitions, tasks
@@ -139,6 +140,8 @@ def task_from_row(row: Any) -> Task:
         stage=Stage(row["stage"]),
         file_status=FileStatus(row["file_status"]),
         request=row["request"],
+        plan=ExportPlan.from_json(row["plan"]),
+        kind=TaskKind(row["kind"]),
         format=row["format"],
         file_name=row["file_name"],
         columns=list(row["columns"]),

@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from exportd.domain import Channel, NotificationStatus, TaskStatus
+from exportd.plan import ExportPlan
 from exportd.store.tables import notifications, tasks
 
 
@@ -21,13 +22,13 @@ def enqueue_notifications(
     conn: sa.Connection, task_id: str, status: TaskStatus, now: datetime
 ) -> int:
     """Write the notifications of a task that just reached `status` (terminal): to the
-    webhook and the email addresses resolved into its request at submission."""
+    webhook and the email addresses resolved into its plan at submission."""
     row = conn.execute(
-        sa.select(tasks.c.project_id, tasks.c.request).where(tasks.c.task_id == task_id)
+        sa.select(tasks.c.project_id, tasks.c.plan).where(tasks.c.task_id == task_id)
     ).one()
-    targets: dict[str, Any] = (row.request or {}).get("_notify") or {}
-    channels = [(Channel.WEBHOOK, targets["webhook_url"])] if targets.get("webhook_url") else []
-    channels += [(Channel.EMAIL, addr) for addr in targets.get("emails") or []]
+    targets = ExportPlan.from_json(row.plan).notify
+    channels = [(Channel.WEBHOOK, targets.webhook_url)] if targets.webhook_url else []
+    channels += [(Channel.EMAIL, addr) for addr in targets.emails]
     if channels:
         conn.execute(
             notifications.insert(),

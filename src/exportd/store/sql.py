@@ -930,6 +930,8 @@ def _task_values(task: Task) -> dict[str, Any]:
         "stage": task.stage.value,
         "file_status": task.file_status.value,
         "request": task.request,
+        "kind": task.kind.value,
+        "plan": task.plan.to_json(),
         "format": task.format,
         "file_name": task.file_name,
         "columns": task.columns,

@@ -67,6 +67,8 @@ tasks = sa.Table(
     sa.Column("stage", sa.Integer, nullable=False),
     sa.Column("file_status", sa.String(16), nullable=False),
     sa.Column("request", sa.JSON, nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False, server_default="export"),
+    sa.Column("plan", sa.JSON, nullable=False),
     sa.Column("format", sa.String(16), nullable=False),
     sa.Column("file_name", sa.String(255), nullable=False),
     sa.Column("columns", sa.JSON, nullable=False),
