@@ -38,8 +38,26 @@ def test_migrations_produce_exactly_the_declared_tables(store: Store) -> None:
 
 
 def test_migrating_twice_is_a_no_op(store_url: str) -> None:
+    """A second start finds the schema at head and leaves it exactly as it was."""
     Store(store_url).close()
-    Store(store_url).close()  # second start: already at head
+    store = Store(store_url)  # second start: already at head
+    try:
+        with store.engine.connect() as conn:
+            ctx = MigrationContext.configure(conn)
+            assert compare_metadata(ctx, metadata) == []
+            assert ctx.get_current_heads() == (_head(store_url),)
+    finally:
+        store.close()
+
+
+def _head(store_url: str) -> str:
+    from alembic.script import ScriptDirectory
+
+    from exportd.store.engine import alembic_config
+
+    head = ScriptDirectory.from_config(alembic_config(store_url)).get_current_head()
+    assert head is not None
+    return head
 
 
 def new_task(project: str = "p") -> Task:
