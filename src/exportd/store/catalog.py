@@ -9,7 +9,8 @@ import sqlalchemy as sa
 
 from exportd.domain import Dataset, Role
 from exportd.errors import Conflict, NotFound
-from exportd.store.base import StoreBase, as_utc, utcnow
+from exportd.store.base import StoreBase, utcnow
+from exportd.store.rows import record_from_row
 from exportd.store.tables import datasets, projects, tokens
 
 
@@ -174,16 +175,4 @@ class CatalogStore(StoreBase):
 
 
 def _dataset(row: Any) -> Dataset:
-    return Dataset(
-        dataset_id=row["dataset_id"],
-        project_id=row["project_id"],
-        name=row["name"],
-        kind=row["kind"],
-        url=row["url"],
-        table=row["table_name"],
-        query=row["query"],
-        key=row["key"],
-        fields=list(row["fields"]),
-        options=dict(row["options"]),
-        create_time=as_utc(row["create_time"]),  # type: ignore[arg-type]
-    )
+    return record_from_row(Dataset, row, {"table": "table_name"})

@@ -27,7 +27,6 @@ from exportd.domain import (
 )
 from exportd.errors import BadRequest, Conflict, NotFound
 from exportd.store.base import (
-    as_utc,
     file_from_row,
     later,
     partition_from_row,
@@ -36,6 +35,7 @@ from exportd.store.base import (
 )
 from exportd.store.catalog import CatalogStore
 from exportd.store.outbox import OutboxStore, notification_from_row
+from exportd.store.rows import as_utc, record_values
 from exportd.store.tables import files, notifications, partitions, tasks
 from exportd.transitions import Outcome
 
@@ -922,44 +922,9 @@ def _stage_of_pass() -> Any:
 
 
 def _task_values(task: Task) -> dict[str, Any]:
+    """The row of a new task: its record's fields, and no coordinator lease yet (due)."""
     return {
-        "task_id": task.task_id,
-        "project_id": task.project_id,
-        "dataset_id": task.dataset_id,
-        "status": task.status.value,
-        "stage": task.stage.value,
-        "file_status": task.file_status.value,
-        "request": task.request,
-        "kind": task.kind.value,
-        "plan": task.plan.to_json(),
-        "format": task.format,
-        "file_name": task.file_name,
-        "columns": task.columns,
-        "parallelism": task.parallelism,
-        "allow_partial": task.allow_partial,
-        "max_error_rate": task.max_error_rate,
-        "timeout_seconds": task.timeout_seconds,
-        "expires_in": task.expires_in,
-        "idempotency_key": task.idempotency_key,
-        "total_count": task.total_count,
-        "total_is_estimate": task.total_is_estimate,
-        "finished_count": 0,
-        "failed_count": 0,
-        "bytes_written": 0,
-        "progress": 0.0,
-        "error_code": None,
-        "error_msg": None,
-        "is_download": False,
-        "download_count": 0,
-        "create_time": task.create_time,
-        "update_time": task.update_time,
-        "start_time": None,
-        "end_time": None,
-        "deadline": None,
-        "file_expires_at": None,
-        "version": 0,
-        "created_by": task.created_by,
-        "created_by_name": task.created_by_name,
+        **record_values(task, tasks.c),
         "coordinator_due": True,
         "coord_not_before": None,
         "coord_owner": None,
