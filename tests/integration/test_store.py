@@ -16,7 +16,7 @@ from alembic.migration import MigrationContext
 from exportd.domain import FileStatus, PartitionStatus, Stage, Task, TaskStatus
 from exportd.errors import Conflict
 from exportd.store.sql import PlannedPartition, Store
-from exportd.store.tables import metadata, tasks
+from exportd.store.tables import metadata, partitions, tasks
 from tests.records import make_plan
 
 
@@ -171,8 +171,12 @@ def test_tasks_from_before_plans_get_their_plan(store_url: str) -> None:
             "_fingerprint": "f" * 64,
         },
     )  # fmt: skip
+    old_parts = sa.Table("partitions", sa.MetaData(), autoload_with=engine)
+    part = {c.name: _filler(c) for c in old_parts.columns if not c.nullable}
+    part.update(task_id="t1", idx=0, status="DONE", stage=90, phase="EXPORT", bounds={})
     with engine.begin() as conn:
         conn.execute(old.insert().values(**row))
+        conn.execute(old_parts.insert().values(**part))
     engine.dispose()
     store = Store(store_url)  # migrates to head
     try:
@@ -186,6 +190,28 @@ def test_tasks_from_before_plans_get_their_plan(store_url: str) -> None:
     assert plan.notify.webhook_url == "https://example.test/h"
     assert plan.notify.emails == ("a@b.test",)
     assert plan.fingerprint == "f" * 64 and plan.documents is None
+    # SQLite rebuilds tables to change them: the task's children must survive it
+    assert [(p.index, p.status) for p in task.partitions] == [(0, PartitionStatus.DONE)]
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "bogus"),
+    [
+        (tasks, "status", "ALMOST_DONE"),
+        (tasks, "stage", 55),
+        (tasks, "file_status", "LOST"),
+        (partitions, "status", "SLEEPING"),
+    ],
+)
+def test_a_status_that_does_not_exist_cannot_be_stored(
+    store: Store, table: sa.Table, column: str, bogus: object
+) -> None:
+    task_id = started(store)
+    key = table.c.task_id == task_id
+    with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as conn:
+        conn.execute(sa.update(table).where(key).values({column: bogus}))
+    with store.engine.connect() as conn:
+        assert bogus not in conn.execute(sa.select(table.c[column]).where(key)).scalars().all()
 
 
 def _filler(col: sa.Column[Any]) -> Any:
