@@ -32,10 +32,17 @@ from exportd.formats.layout import Layout, file_names, pack, read_index
 from exportd.heartbeat import Heartbeat
 from exportd.layout import output_prefix, parts_prefix
 from exportd.plan import DocumentMode
+from exportd.retrying import backoff
 from exportd.runtime import Runtime, columns_for, selection_for
 from exportd.store.base import utcnow
 from exportd.store.sql import PlannedPartition
-from exportd.transitions import CoordinatorWork, Outcome, coordinator_work, finish_outcome
+from exportd.transitions import (
+    RETRY_CAP_SECONDS,
+    CoordinatorWork,
+    Outcome,
+    coordinator_work,
+    finish_outcome,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +74,7 @@ def _after_error(rt: Runtime, task: Task, lease: Lease, exc: Exception) -> None:
     if errors is None:
         return
     if errors < rt.settings.max_attempts:
-        delay = rt.settings.retry_base_seconds * 2 ** (errors - 1)
+        delay = backoff(errors, rt.settings.retry_base_seconds, RETRY_CAP_SECONDS)
         store.release_coordinator(task.task_id, lease.token, due=True, retry_after=delay)
         return
     first_line = (str(exc).strip().splitlines() or [""])[0][:300]
@@ -115,7 +122,7 @@ def _plan(rt: Runtime, task: Task, lease: Lease) -> None:
         bounds = source.plan(sel, task.parallelism)
     except (SourceError, ExportdError) as exc:
         if lease.attempt < rt.settings.max_attempts and isinstance(exc, SourceError):
-            delay = rt.settings.retry_base_seconds * 2 ** (lease.attempt - 1)
+            delay = backoff(lease.attempt, rt.settings.retry_base_seconds, RETRY_CAP_SECONDS)
             store.release_coordinator(task.task_id, lease.token, due=True, retry_after=delay)
         else:
             store.fail_task(task.task_id, lease.token, exc.error_code, exc.error_msg)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from exportd.domain import PartitionStatus as P
 from exportd.domain import TaskStatus as T
+from exportd.retrying import backoff
 
 TASK_MOVES: frozenset[tuple[T, T]] = frozenset(
     {
@@ -53,6 +54,9 @@ def partition_sources(target: P) -> list[P]:
     return sorted(src for src, dst in PARTITION_MOVES if dst == target)
 
 
+RETRY_CAP_SECONDS = 60.0  # the longest wait between two attempts of one unit of work
+
+
 @dataclass(frozen=True)
 class RetryDecision:
     retry: bool
@@ -64,7 +68,7 @@ def retry_decision(attempt: int, max_attempts: int, base_delay: float) -> RetryD
     or give up once `max_attempts` have been spent."""
     if attempt >= max_attempts:
         return RetryDecision(retry=False, delay_seconds=0.0)
-    return RetryDecision(retry=True, delay_seconds=min(base_delay * 2 ** (attempt - 1), 60.0))
+    return RetryDecision(retry=True, delay_seconds=backoff(attempt, base_delay, RETRY_CAP_SECONDS))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from exportd.domain import (
     Task,
 )
 from exportd.links import LinkSigner
+from exportd.retrying import backoff
 
 
 def iso(value: datetime | None) -> str | None:
@@ -33,8 +34,7 @@ def retry_after_seconds(task: Task, now: datetime | None = None) -> int | None:
     if task.status.is_terminal:
         return None
     age = max(((now or datetime.now(UTC)) - task.create_time).total_seconds(), 0.0)
-    steps = int(age // RETRY_AFTER_DOUBLING_SECONDS)
-    return RETRY_AFTER_MAX if steps >= 5 else min(RETRY_AFTER_MAX, 2**steps)
+    return int(backoff(1 + int(age // RETRY_AFTER_DOUBLING_SECONDS), 1, RETRY_AFTER_MAX))
 
 
 def partition_json(p: Partition) -> dict[str, Any]:
