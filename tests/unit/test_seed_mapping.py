@@ -35,6 +35,7 @@ from exportd.api.seeds import DatasetExportTask, ExportTaskItem, ResourceTaskSta
 from exportd.api.views import retry_after_seconds, task_json
 from exportd.domain import (
     ACTIVE_STATUSES,
+    STAGE_TEXTS,
     FileRecord,
     FileStatus,
     Partition,
@@ -82,6 +83,11 @@ SEED000 = {
 @pytest.mark.parametrize("stage", list(Stage))
 def test_current_state_is_seed_000_table(stage: Stage) -> None:
     assert current_state(stage) == {"statusId": int(stage), "status": SEED000[int(stage)]}
+
+
+def test_stage_texts_are_seed_000s() -> None:
+    assert {int(s): s.text for s in Stage} == SEED000
+    assert len(STAGE_TEXTS) == 10
 
 
 def test_every_task_representation_carries_current_state() -> None:
