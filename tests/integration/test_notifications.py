@@ -24,6 +24,7 @@ from standardwebhooks import Webhook
 from tests.support import free_port
 
 FILTER = {"id": {"between": [1, 500]}}
+LOOPBACK = ["127.0.0.1/32"]  # the receivers of these tests: trusted by the administrator
 
 
 class Receiver:
@@ -117,7 +118,7 @@ def project(server: Any, source: str) -> tuple[Any, Any, str]:
 
 
 def test_webhook_retried_until_accepted_and_signed(sqlite_source: str, live_server: Any) -> None:
-    server = live_server(notify_retry_base_seconds=0.2)
+    server = live_server(notify_retry_base_seconds=0.2, webhook_allow_networks=LOOPBACK)
     admin, api, secret = project(server, sqlite_source)
     with Receiver(secret, fail_first=2) as hook:
         task = api.export(
@@ -163,7 +164,7 @@ def test_webhook_retried_until_accepted_and_signed(sqlite_source: str, live_serv
 
 def test_a_forged_signature_does_not_verify(sqlite_source: str, live_server: Any) -> None:
     """The receiver's check can fail: a receiver holding another secret rejects the call."""
-    server = live_server(notify_max_attempts=1)
+    server = live_server(notify_max_attempts=1, webhook_allow_networks=LOOPBACK)
     _, api, _secret = project(server, sqlite_source)
     other = "whsec_" + "QUJD" * 11
     with Receiver(other) as hook:
@@ -177,14 +178,16 @@ def test_a_forged_signature_does_not_verify(sqlite_source: str, live_server: Any
 def test_undeliverable_webhook_never_changes_the_export(
     sqlite_source: str, live_server: Any
 ) -> None:
-    server = live_server(notify_max_attempts=2, notify_retry_base_seconds=0.1)
+    server = live_server(
+        notify_max_attempts=2, notify_retry_base_seconds=0.1, webhook_allow_networks=LOOPBACK
+    )
     _, api, _ = project(server, sqlite_source)
     closed = f"http://127.0.0.1:{free_port()}/nobody-listens"
     task = api.export("p", dataset_id="flights", filter=FILTER, notify={"webhook_url": closed})
     done = wait_for(api, task["task_id"], lambda t: t["notifications"][0]["status"] != "PENDING")
     [note] = done["notifications"]
     assert note["status"] == "FAILED" and note["attempts"] == 2
-    assert "ConnectError" in note["last_error"]
+    assert note["last_error"] == "could not connect"  # no more than that
     assert done["status"] == "COMPLETED" and done["file_status"] == "GENERATED"
     assert done["error_code"] is None
 
