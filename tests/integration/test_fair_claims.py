@@ -5,8 +5,9 @@ webhooks cannot take every notification slot."""
 from __future__ import annotations
 
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -132,3 +133,28 @@ def test_concurrent_claims_stay_exclusive(store: Store) -> None:
     claimed = [c for r in results for c in r]
     assert len(claimed) == len(set(claimed)) == 16
     assert set(claimed) == {(t, i) for t, n in tasks.items() for i in range(n)}
+
+
+def test_one_worker_process_serves_a_single_export_before_a_long_queue(
+    store_url: str, sqlite_source: str, live_server: Any
+) -> None:
+    """End to end: A's export of 12 partitions and B's of one wait for a worker; one
+    `exportd worker` with one thread starts; B's partition is claimed second (after A's
+    first), not after A's queue is drained: by the partitions' start times."""
+    server = live_server(store_url=store_url, workers=0)
+    admin = server.client()
+    for p in ("a", "b"):
+        assert admin.http.post("/v1/projects", json={"project_id": p}).status_code == 201
+        admin.dataset(p, name="flights", url=sqlite_source, table="flights", key="id")
+    a = admin.export("a", dataset_id="flights", filter={"id": {"lte": 12_000}}, parallelism=12)
+    b = admin.export("b", dataset_id="flights", filter={"id": {"lte": 1_000}}, parallelism=1)
+    server.start_worker(concurrency=1)
+    done_a = admin.wait("a", a["task_id"])
+    done_b = admin.wait("b", b["task_id"])
+    assert done_a["status"] == done_b["status"] == "COMPLETED"
+    assert done_a["finished_count"] == 12_000 and len(done_a["partitions"]) == 12
+    starts = sorted(
+        [(p["start_time"], "a", p["index"]) for p in done_a["partitions"]]
+        + [(p["start_time"], "b", p["index"]) for p in done_b["partitions"]]
+    )
+    assert [(who, i) for _, who, i in starts[:3]] == [("a", 0), ("b", 0), ("a", 1)]

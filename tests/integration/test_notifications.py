@@ -129,9 +129,9 @@ def project(server: Any, source: str, project_id: str = "p") -> tuple[Any, Any, 
     assert r.status_code == 201
     secret = r.json()["webhook_secret"]
     assert secret.startswith("whsec_")
-    token = admin.http.post(
-        f"/v1/projects/{project_id}/tokens", json={"role": "writer"}
-    ).json()["token"]
+    token = admin.http.post(f"/v1/projects/{project_id}/tokens", json={"role": "writer"}).json()[
+        "token"
+    ]
     admin.dataset(project_id, name="flights", url=source, table="flights", key="id")
     return admin, server.client(token), secret
 
