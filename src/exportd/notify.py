@@ -204,10 +204,10 @@ def failure_class(exc: Exception) -> str:
         return "could not connect"
     if isinstance(exc, httpx.TimeoutException):
         return "timed out waiting for the receiver"
-    if isinstance(exc, httpx.TransportError):
-        return "the connection failed during the call"
     if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
         return "the webhook URL cannot be called"
+    if isinstance(exc, httpx.TransportError):
+        return "the connection failed during the call"
     if isinstance(exc, smtplib.SMTPResponseException):
         return f"{type(exc).__name__} ({exc.smtp_code})"
     if isinstance(exc, smtplib.SMTPException | OSError):
