@@ -79,7 +79,9 @@ def test_store_down_for_30_s_mid_export(
         r = api.http.get(f"/v1/projects/acme/exports/{task_id}")
         ready = api.http.get("/readyz")
         alive = api.http.get("/healthz")
-        answers.append((r.status_code, r.json()["error_code"], ready.status_code, alive.status_code))
+        answers.append(
+            (r.status_code, r.json()["error_code"], ready.status_code, alive.status_code)
+        )
         assert r.headers["Retry-After"].isdigit() and ready.headers["Retry-After"].isdigit()
         assert ready.json()["error_code"] == "STORE_UNAVAILABLE"
         time.sleep(2)
@@ -221,7 +223,9 @@ def test_a_source_unreachable_beyond_the_budget_fails_source_unavailable(
     assert failed
     for p in failed:
         assert (p["error_code"], p["attempts"]) == ("SOURCE_UNAVAILABLE", 1), p
-        assert "cannot be reached" in p["error_msg"] and str(source_proxy.port) not in p["error_msg"]
+        assert (
+            "cannot be reached" in p["error_msg"] and str(source_proxy.port) not in p["error_msg"]
+        )
     assert done["files"] == [] and done["file_status"] == "FAILED"
 
 
