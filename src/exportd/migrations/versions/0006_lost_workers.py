@@ -1,7 +1,7 @@
 """lost workers on their own budget: partitions' lost_count, and when a janitor first saw
 a partition's or a coordinator's lease expired
 
-Revision ID: 0008
+Revision ID: 0006
 Revises: 0005
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
+revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None
