@@ -34,6 +34,7 @@ import httpx
 import orjson
 
 from exportd.domain import Channel, Notification, Task
+from exportd.errors import StoreUnavailable
 from exportd.links import iso
 from exportd.outbound import OutboundPolicy, RefusedByPolicy, guarded_client
 from exportd.runtime import Runtime
@@ -234,13 +235,18 @@ class NotificationPool:
             t.start()
 
     def run(self, notifier: Notifier) -> None:
-        while not self.stop_event.is_set():
-            try:
-                if not notifier.deliver_next():
-                    self.rt.store.waker.wait(self.rt.settings.poll_seconds)
-            except Exception:  # a store blip must not end the thread
-                log.exception("notifications: delivery step failed")
-                self.stop_event.wait(1.0)
+        """Deliver until stopped; store calls ride out an outage like the workers' do."""
+        with self.rt.store.riding_out(self.rt.settings.outage_budget_seconds):
+            while not self.stop_event.is_set():
+                try:
+                    if not notifier.deliver_next():
+                        self.rt.store.waker.wait(self.rt.settings.poll_seconds)
+                except StoreUnavailable:
+                    log.warning("notifications: the store stayed unreachable")
+                    self.stop_event.wait(1.0)
+                except Exception:  # one bad delivery must not end the thread
+                    log.exception("notifications: delivery step failed")
+                    self.stop_event.wait(1.0)
 
     def stop(self, deadline: float) -> None:
         """Let each thread finish its attempt in flight (bounded by the webhook timeout),
