@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from exportd import __version__
 from exportd.api.guard import InputGuard
+from exportd.api.methods import allowed_methods
 from exportd.errors import ExportdError
 from exportd.runtime import Runtime
 from exportd.service import ExportService
@@ -77,7 +78,7 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {
             400: "INVALID_REQUEST",
             401: "UNAUTHORIZED",
@@ -87,8 +88,12 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
             413: "PAYLOAD_TOO_LARGE",
         }
         code = codes.get(exc.status_code, "HTTP_ERROR")
+        headers = exc.headers
+        if exc.status_code == 405:
+            allow = ", ".join(allowed_methods(request.app.routes, request.scope))
+            headers = {**(headers or {}), "Allow": allow}
         return JSONResponse(
-            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=headers
         )
 
     @app.exception_handler(Exception)
