@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from exportd import __version__
 from exportd.api.guard import InputGuard
+from exportd.api.limits import state_server_limits
 from exportd.api.methods import allowed_methods
 from exportd.errors import ExportdError
 from exportd.runtime import Runtime
@@ -114,11 +115,11 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "version": __version__}
 
-    _document_errors_as_served(app)
+    _document_errors_as_served(app, settings)
     return app
 
 
-def _document_errors_as_served(app: FastAPI) -> None:
+def _document_errors_as_served(app: FastAPI, settings: Settings) -> None:
     """FastAPI documents a 422 on every route; exportd answers bad input with 400 and the
     error body instead, so the OpenAPI document says that (and nothing else)."""
 
@@ -135,6 +136,7 @@ def _document_errors_as_served(app: FastAPI) -> None:
                     op.get("responses", {}).pop("422", None)
             for name in ("HTTPValidationError", "ValidationError"):
                 schema.get("components", {}).get("schemas", {}).pop(name, None)
+            state_server_limits(schema, settings)
             app.openapi_schema = schema
         return app.openapi_schema
 
