@@ -316,7 +316,7 @@ def test_bad_notify_is_400(
         ("127.0.0.1", "127.0.0.1"),
         ("localhost", "127.0.0.1"),  # a name that resolves to loopback
         ("127.0.0.2", "127.0.0.2"),
-        ("[::ffff:127.0.0.1]", "127.0.0.1"),  # IPv4-mapped IPv6
+        ("127.1", "127.0.0.1"),  # the short form, resolved by the system
         ("2130706433", "127.0.0.1"),  # 127.0.0.1 as one number, resolved by the system
     ],
 )
@@ -324,7 +324,9 @@ def test_webhook_to_loopback_is_refused_and_nothing_is_sent(
     host: str, bind: str, sqlite_source: str, live_server: Any
 ) -> None:
     """By default a webhook to a loopback address, however it is spelled, is refused where
-    the connection is made: the receiver listening there never sees a request."""
+    the connection is made: the receiver listening there never sees a request. (IPv6
+    literals are refused at submission by the URL's pattern; their IPv4-mapped forms are
+    in tests/unit/test_outbound.py.)"""
     server = live_server(notify_max_attempts=2, notify_retry_base_seconds=0.1)
     _, api, secret = project(server, sqlite_source)
     with Receiver(secret, bind=bind) as hook:
