@@ -485,7 +485,7 @@ class Assembly:
     the sha256 of the file, so they cannot stand in for it.
 
     Abandoned: leaving the block with an error aborts the upload; an upload left by a
-    process that died is aborted by the janitor (`S3Storage.abort_uploads`)."""
+    process that died is aborted by the task's cleanup and by the sweeper."""
 
     def __init__(self, storage: S3Storage, target: str, part_size: int) -> None:
         self.storage = storage
