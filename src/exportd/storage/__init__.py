@@ -210,6 +210,11 @@ class Storage(Protocol):
 
     def abort_upload(self, upload: OpenUpload) -> None: ...
 
+    def probe(self, key: str) -> None:
+        """One lookup of `key`, not ridden out (readiness): `StorageUnavailable` at once
+        when the storage cannot be reached."""
+        ...
+
 
 def check_key(key: str) -> str:
     """A storage key is relative and '/'-separated, with no empty, '.' or '..' segment;

@@ -143,6 +143,10 @@ class LocalStorage:
     def _scan(self, prefix: str) -> Sequence[StoredObject]:
         return _scan_tree(self.root, self._path(prefix) if prefix else self.root)
 
+    def probe(self, key: str) -> None:
+        with named_errors():
+            self._path(key).is_file()
+
     def uploads(self, prefix: str = "") -> Iterator[OpenUpload]:
         return iter(())  # writes are atomic renames: nothing is left half uploaded
 

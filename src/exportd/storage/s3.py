@@ -32,6 +32,7 @@ from exportd.storage import (
     Piece,
     Span,
     StorageFull,
+    StorageUnavailable,
     StoredObject,
     check_key,
     riding_out,
@@ -235,6 +236,22 @@ class S3Storage:
 
     def exists(self, key: str) -> bool:
         return self._head(key) is not None
+
+    def probe(self, key: str) -> None:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._k(key))
+        except ClientError as exc:
+            if _missing(exc):
+                return
+            if transient(exc):
+                raise StorageUnavailable(f"the storage cannot be reached ({_code(exc)})") from exc
+            raise
+        except Exception as exc:
+            if transient(exc):
+                raise StorageUnavailable(
+                    f"the storage cannot be reached ({type(exc).__name__})"
+                ) from exc
+            raise
 
     def size(self, key: str) -> int:
         head = self._head(key)
