@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -27,13 +30,15 @@ from exportd.domain import (
     Task,
     TaskStatus,
 )
-from exportd.errors import ExportdError, LeaseLost, NotFound, SourceError
+from exportd.errors import ExportdError, LeaseLost, NotFound, SourceError, StoreUnavailable
 from exportd.formats.layout import Layout, file_names, pack, read_index
 from exportd.heartbeat import Heartbeat
 from exportd.layout import output_prefix, parts_prefix
+from exportd.outages import source_outage
 from exportd.plan import DocumentMode
-from exportd.retrying import backoff
+from exportd.retrying import backoff, ride_out
 from exportd.runtime import Runtime, columns_for, selection_for
+from exportd.storage import StorageFull, StorageUnavailable, is_temporary
 from exportd.store.base import utcnow
 from exportd.store.sql import PlannedPartition
 from exportd.transitions import (
@@ -47,6 +52,9 @@ from exportd.transitions import (
 log = logging.getLogger(__name__)
 
 CLEANUP_RETRY_SECONDS = 0.5
+CLEANUP_RETRY_CAP = 300.0  # a cleanup is tried again for ever, at least every 5 minutes
+OUTAGE_RETRY_SECONDS = 5.0  # after a storage outage outlasted the budget
+T = TypeVar("T")
 
 
 def run(rt: Runtime, task: Task, lease: Lease) -> None:
@@ -61,6 +69,8 @@ def run(rt: Runtime, task: Task, lease: Lease) -> None:
             _dispatch(rt, task, lease, hb)
     except LeaseLost:
         log.warning("coordinator of %s lost its lease", task.task_id)
+    except StoreUnavailable:  # not an error of this work: the lease lapses, another takes over
+        log.warning("coordinator of %s: the store stayed unreachable", task.task_id)
     except Exception as exc:
         log.exception("coordinator of %s failed", task.task_id)
         _after_error(rt, task, lease, exc)
@@ -68,10 +78,20 @@ def run(rt: Runtime, task: Task, lease: Lease) -> None:
 
 def _after_error(rt: Runtime, task: Task, lease: Lease, exc: Exception) -> None:
     """Retry a failed coordinator run with backoff, up to `max_attempts` failures; then
-    end the task, so that no task is left RUNNING forever on an error that persists."""
+    end the task, so that no task is left RUNNING forever on an error that persists. A
+    storage that stayed unreachable for the whole outage budget is no failure of the
+    task: the work is handed back for later. A cleanup is never given up."""
     store = rt.store
+    if not task.status.is_terminal and isinstance(exc, StorageUnavailable):
+        store.release_coordinator(
+            task.task_id, lease.token, due=True, retry_after=OUTAGE_RETRY_SECONDS
+        )
+        return
     errors = store.count_coordinator_error(task.task_id, lease.token)
     if errors is None:
+        return
+    if task.status.is_terminal:
+        _cleanup_later(rt, task, lease, errors)
         return
     if errors < rt.settings.max_attempts:
         delay = backoff(errors, rt.settings.retry_base_seconds, RETRY_CAP_SECONDS)
@@ -80,11 +100,17 @@ def _after_error(rt: Runtime, task: Task, lease: Lease, exc: Exception) -> None:
     first_line = (str(exc).strip().splitlines() or [""])[0][:300]
     msg = f"finishing work failed {errors} times; last: {type(exc).__name__}: {first_line}"
     if task.status in (TaskStatus.PENDING, TaskStatus.RUNNING):
-        store.fail_task(task.task_id, lease.token, "COORDINATOR_FAILED", msg)
-    elif task.status is TaskStatus.CANCELING:
-        store.finish_cancel(task.task_id, lease.token)
-    else:  # a terminal task whose cleanup keeps failing: give it up (the janitor may retry)
-        store.release_coordinator(task.task_id, lease.token, due=False)
+        code = exc.error_code if isinstance(exc, StorageFull) else "COORDINATOR_FAILED"
+        store.fail_task(task.task_id, lease.token, code, msg)
+    else:  # CANCELING: the task ends CANCELED, its cleanup stays due
+        store.finish_cancel(task.task_id, lease.token, cleaned=False)
+
+
+def _cleanup_later(rt: Runtime, task: Task, lease: Lease, errors: int) -> None:
+    """A terminal task's cleanup failed: due again after a backoff that grows to a cap."""
+    delay = backoff(errors, max(rt.settings.retry_base_seconds, 0.1), CLEANUP_RETRY_CAP)
+    log.warning("cleanup of %s failed %d times; again in %.0f s", task.task_id, errors, delay)
+    rt.store.release_coordinator(task.task_id, lease.token, due=True, retry_after=delay)
 
 
 def _dispatch(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
@@ -114,14 +140,17 @@ def _plan(rt: Runtime, task: Task, lease: Lease) -> None:
         dataset = store.get_dataset(task.project_id, task.dataset_id)
         source = rt.source(dataset)
         sel = selection_for(task, dataset)
-        estimate = source.estimate(sel)
+        estimate = _through_outages(rt, task, lambda: source.estimate(sel))
         store.set_task_stage(
             task.task_id, lease.token, Stage.GETTING_TOTAL,
             total_count=estimate.count, total_is_estimate=estimate.is_estimate,
         )  # fmt: skip
-        bounds = source.plan(sel, task.parallelism)
+        bounds = _through_outages(rt, task, lambda: source.plan(sel, task.parallelism))
     except (SourceError, ExportdError) as exc:
-        if lease.attempt < rt.settings.max_attempts and isinstance(exc, SourceError):
+        # a source error uses a coordinator attempt; one that stayed unreachable for the
+        # whole outage budget fails the task at once
+        retry = isinstance(exc, SourceError) and not exc.transient
+        if lease.attempt < rt.settings.max_attempts and retry:
             delay = backoff(lease.attempt, rt.settings.retry_base_seconds, RETRY_CAP_SECONDS)
             store.release_coordinator(task.task_id, lease.token, due=True, retry_after=delay)
         else:
@@ -137,6 +166,16 @@ def _plan(rt: Runtime, task: Task, lease: Lease) -> None:
         task.task_id, lease.token, planned, estimate.count, estimate.is_estimate, task.columns
     ):  # canceled or timed out while planning: the cleanup is due
         store.release_coordinator(task.task_id, lease.token, due=True)
+
+
+def _through_outages(rt: Runtime, task: Task, read: Callable[[], T]) -> T:
+    """A planning read, tried again while the source cannot be reached (outage budget)."""
+    return ride_out(
+        read,
+        transient=source_outage(rt.settings.outage_budget_seconds),
+        budget=math.inf,  # counted from the first failure, by source_outage
+        what=f"planning {task.task_id}: reading the source",
+    )
 
 
 def _merge_headers(rt: Runtime, task: Task, lease: Lease) -> None:
@@ -177,11 +216,14 @@ def _finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
         task.allow_partial,
         task.max_error_rate,
     )
+    outcome = _named_cause(outcome, by[PartitionStatus.FAILED])
     finished = sum(p.finished_count for p in by[PartitionStatus.DONE])
     failed_rows = _failed_rows(rt, task, by[PartitionStatus.FAILED])
     if outcome.status is TaskStatus.FAILED:
-        storage.delete_prefix(parts_prefix(task))
-        store.finish_task(task.task_id, lease.token, outcome, [], None, finished, failed_rows, 0)
+        if store.finish_task(
+            task.task_id, lease.token, outcome, [], None, finished, failed_rows, 0
+        ):
+            _clean_up_now(rt, task, lease, generated=False)
         return
 
     store.set_task_stage(task.task_id, lease.token, Stage.COMPLETING_UPLOAD)
@@ -203,17 +245,70 @@ def _finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
         sum(r.bytes for r in records),
     )  # fmt: skip
     if ok:
-        storage.delete_prefix(parts_prefix(task))
+        if rt.settings.debug_pause_after_finish:
+            time.sleep(rt.settings.debug_pause_after_finish)
+        _clean_up_now(rt, task, lease, generated=True)
     elif not _finished_by_another(rt, task):  # canceled or timed out meanwhile
         for r in [*records, mrec]:  # this output must never be seen
             storage.delete(r.key)
         store.release_coordinator(task.task_id, lease.token, due=True)
 
 
+OUTAGE_CODES = ("SOURCE_UNAVAILABLE", "STORAGE_UNAVAILABLE", "STORE_UNAVAILABLE", "STORAGE_FULL")
+
+
+def _named_cause(outcome: Outcome, failed: list[Partition]) -> Outcome:
+    """A task that failed because every failed partition met the same outage says so in
+    its own error_code (SOURCE_UNAVAILABLE, ...) rather than PARTITIONS_FAILED."""
+    codes = {p.error_code for p in failed}
+    if outcome.status is not TaskStatus.FAILED or len(codes) != 1:
+        return outcome
+    [code] = codes
+    if code not in OUTAGE_CODES:
+        return outcome
+    msg = f"{outcome.error_msg}: {failed[0].error_msg}"
+    return Outcome(outcome.status, code, msg, outcome.success_rate)
+
+
+def _clean_up_now(rt: Runtime, task: Task, lease: Lease, *, generated: bool) -> None:
+    """Right after the terminal move (whose commit recorded the cleanup as due, the
+    lease kept): clean up and release; a failure leaves it due, tried again later."""
+    try:
+        _clean_storage(rt, task, generated=generated)
+    except Exception as exc:
+        log.warning("cleanup of %s failed: %s", task.task_id, type(exc).__name__)
+        errors = rt.store.count_coordinator_error(task.task_id, lease.token)
+        if errors is not None:
+            _cleanup_later(rt, task, lease, errors)
+        return
+    rt.store.release_coordinator(task.task_id, lease.token, due=False)
+
+
+def _clean_storage(rt: Runtime, task: Task, *, generated: bool) -> None:
+    """Delete every part of the task and abort the uploads left open in its output
+    folder; unless its files were GENERATED, delete the folder's files too (a failed
+    task never leaves a complete-looking data file). Only the folder's own files: a
+    folder below it is another task's. Any error propagates: the cleanup stays due."""
+    storage = rt.storage
+    storage.delete_prefix(parts_prefix(task))
+    folder = output_prefix(task)
+    storage.abort_uploads(folder)
+    doomed = [
+        key
+        for key in storage.list(folder)
+        if "/" not in key[len(folder) :] and (not generated or is_temporary(key))
+    ]
+    for key in doomed:
+        storage.delete(key)
+
+
 def _finished_by_another(rt: Runtime, task: Task) -> bool:
     """A coordinator that lost its lease may find the task already finished by the one
-    that took over, with the very same output keys: those must then stay."""
-    return rt.store.get_task(task.project_id, task.task_id).file_status is FileStatus.GENERATED
+    that took over, with the very same output keys: those must then stay; and so while
+    the task still runs (the one that took over, e.g. after a store outage that let this
+    lease lapse, is writing those keys now)."""
+    current = rt.store.get_task(task.project_id, task.task_id)
+    return current.file_status is FileStatus.GENERATED or current.status is TaskStatus.RUNNING
 
 
 @dataclass(frozen=True)
@@ -317,8 +412,10 @@ def _manifest(
 
 
 def _cleanup(rt: Runtime, task: Task, lease: Lease) -> None:
-    """After a cancel, timeout or failure: wait until no worker holds a live partition
-    lease, then delete every part; a CANCELING task then ends CANCELED."""
+    """After a cancel, timeout or failure, or an end whose cleanup is still due: wait
+    until no worker holds a live partition lease, then clean up (`_clean_storage`); a
+    CANCELING task then ends CANCELED. The due flag is cleared only once the storage
+    has confirmed every deletion; an error leaves it due (see `_after_error`)."""
     store = rt.store
     if store.live_partition_leases(task.task_id):
         store.release_coordinator(
@@ -326,8 +423,7 @@ def _cleanup(rt: Runtime, task: Task, lease: Lease) -> None:
         )
         return
     store.stop_abandoned_partitions(task.task_id)
-    rt.storage.delete_prefix(parts_prefix(task))
-    rt.storage.abort_uploads(output_prefix(task))  # a coordinator that died mid-assembly
+    _clean_storage(rt, task, generated=task.file_status is FileStatus.GENERATED)
     if task.status is TaskStatus.CANCELING:
         store.finish_cancel(task.task_id, lease.token)
     else:

@@ -25,7 +25,7 @@ class Runtime:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(settings.store_url)
-        self.storage: Storage = open_storage(settings.files_url)
+        self.storage: Storage = open_storage(settings.files_url, settings.outage_budget_seconds)
         self.engines = SqlEngines()
         self.admin_token = settings.admin_token or _admin_token_file(settings.data_dir)
         self.links = LinkSigner(

@@ -1,11 +1,14 @@
 """Workers: claim -> heartbeat -> run -> fenced commit, for partitions and coordinator work.
 
 `WorkerPool` runs N worker threads in a process: inside `exportd serve` (embedded) or as
-`exportd worker` processes on any host that shares the store and the storage."""
+`exportd worker` processes on any host that shares the store and the storage. Next to
+them it runs the process's notification threads (notify.NotificationPool): deliveries
+never take an export worker's time."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -17,20 +20,24 @@ from typing import Any, BinaryIO, cast
 from exportd import coordinator
 from exportd.documents import KeyCollector, check_width, flat_rows
 from exportd.domain import Dataset, Lease, Partition, PartitionPhase, Task, TaskStatus
-from exportd.errors import Canceled, LeaseLost, NotFound, SourceError
+from exportd.errors import Canceled, LeaseLost, NotFound, SourceError, StoreUnavailable
 from exportd.formats import Format, NestingFormat, RowWriter
 from exportd.formats.layout import Layout, PartOutput
 from exportd.formats.text import CsvFormat, CsvOptions
 from exportd.heartbeat import Heartbeat
 from exportd.layout import parts_prefix
 from exportd.memory import release_memory
-from exportd.notify import Notifier
+from exportd.notify import NotificationPool
+from exportd.outages import source_outage
 from exportd.plan import DocumentMode
+from exportd.retrying import ride_out
 from exportd.runtime import Runtime, columns_for, selection_for
 from exportd.sources import Selection, Source
 from exportd.sources.documents import JsonLinesDocumentSource
 from exportd.sources.documents_arrow import CellCache, cached_csv, collect_headers, warm_up
 from exportd.sources.fast import fast_path
+from exportd.storage import StorageUnavailable
+from exportd.sweeper import Sweeper
 from exportd.transitions import retry_decision
 
 log = logging.getLogger(__name__)
@@ -71,7 +78,13 @@ class PartitionRun:
 
 def run_partition(rt: Runtime, task: Task, part: Partition, lease: Lease) -> None:
     """Run one pass of a partition (its header pass, or its export into a part) and
-    commit it fenced by the lease token; every failure ends in a retry or a FAILED."""
+    commit it fenced by the lease token; every failure ends in a retry or a FAILED.
+
+    Outages are not failures of the work and use up no attempt: an unreachable source
+    is read again from the start of the pass for up to `outage_budget_seconds` (then the
+    partition fails with SOURCE_UNAVAILABLE), and the store's calls ride out their own
+    budget (a store still unreachable after it leaves the lease to lapse: the partition
+    is reclaimed as lost, not as failed)."""
     store = rt.store
     try:
         dataset = store.get_dataset(task.project_id, task.dataset_id)
@@ -85,20 +98,45 @@ def run_partition(rt: Runtime, task: Task, part: Partition, lease: Lease) -> Non
     work = _collect_headers if part.phase is PartitionPhase.HEADERS else _export
     try:
         with Heartbeat(run.beat, rt.settings.heartbeat_interval, TaskStatus.RUNNING) as hb:
-            work(run, hb)
+            ride_out(
+                lambda: work(run, hb),
+                transient=source_outage(rt.settings.outage_budget_seconds),
+                budget=math.inf,  # counted from the first failure instead, by source_outage
+                what=f"{run.where}: reading the source",
+            )
     except LeaseLost:
         log.warning("%s: lease lost; attempt abandoned", run.where)
     except Canceled:
         store.cancel_partition(task.task_id, part.index, lease.token)
+    except StoreUnavailable:  # nothing can be recorded now: the lease lapses, not an attempt
+        log.warning("%s: the store stayed unreachable; the lease is left to lapse", run.where)
     except Exception as exc:  # every failure ends in a decision: retry or fail for good
         _failed_attempt(run, exc)
 
 
+STORAGE_RETRY_SECONDS = 5.0  # a partition handed back after a storage outage
+
+
 def _failed_attempt(run: PartitionRun, exc: Exception) -> None:
+    """A failed try: again after a backoff while attempts are left, else FAILED. A
+    source that stayed unreachable for the whole outage budget fails at once: its try
+    already lasted the budget, and attempts are for failures of the work itself. A
+    storage that stayed unreachable for its budget hands the partition back for later,
+    without using an attempt: the work can only go on once the storage is back."""
     s = run.rt.settings
+    if isinstance(exc, StorageUnavailable):  # not the partition's fault: not an attempt
+        log.warning("%s handed back: %s", run.where, exc.error_msg)
+        run.rt.store.hand_back_partition(
+            run.task.task_id, run.part.index, run.lease.token, exc.error_code,
+            exc.error_msg[:2000], STORAGE_RETRY_SECONDS,
+        )  # fmt: skip
+        return
     code = getattr(exc, "error_code", "PARTITION_ERROR")
     msg = exc.error_msg if isinstance(exc, SourceError) else f"{type(exc).__name__}: {exc}"
     decision = retry_decision(run.lease.attempt, s.max_attempts, s.retry_base_seconds)
+    if isinstance(exc, SourceError) and exc.transient:
+        msg = f"the source could not be reached for {s.outage_budget_seconds:g} s: {msg}"
+        decision = retry_decision(1, 1, 0.0)
     log.warning("%s attempt %d failed: %s", run.where, run.lease.attempt, msg)
     run.rt.store.fail_partition(
         run.task.task_id, run.part.index, run.lease.token, code, msg[:2000],
@@ -134,7 +172,7 @@ def _collect_headers(run: PartitionRun, hb: Heartbeat) -> None:
             log.warning("%s: lease lost before the header commit", run.where)
     finally:
         if cache is not None and not committed:
-            run.rt.storage.delete_prefix(cache.folder)
+            _discard(run, cache.folder)
 
 
 def _arrow_documents(run: PartitionRun) -> bool:
@@ -227,7 +265,17 @@ def _export(run: PartitionRun, hb: Heartbeat) -> None:
             log.warning("%s: lease lost before commit", run.where)
     finally:
         if not committed:
-            rt.storage.delete_prefix(folder)
+            _discard(run, folder)
+
+
+def _discard(run: PartitionRun, folder: str) -> None:
+    """Delete an uncommitted attempt's folder, best effort: whatever stays is under the
+    task's parts prefix, which the task's cleanup and the sweeper delete in the end; the
+    attempt's own error is the one that counts."""
+    try:
+        run.rt.storage.delete_prefix(folder)
+    except Exception as exc:
+        log.warning("%s: attempt folder left for the cleanup (%s)", run.where, type(exc).__name__)
 
 
 def _writer(fmt: Format, task: Task) -> Callable[[BinaryIO], RowWriter] | None:
@@ -238,13 +286,13 @@ def _writer(fmt: Format, task: Task) -> Callable[[BinaryIO], RowWriter] | None:
 
 
 class Worker:
-    """One worker: does coordinator work first (it unblocks whole tasks), then partitions."""
+    """One worker: does coordinator work first (it unblocks whole tasks), then partitions
+    (claimed fairly across projects by the store)."""
 
     def __init__(self, rt: Runtime, name: str, janitor: Janitor) -> None:
         self.rt = rt
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{name}"
         self.janitor = janitor
-        self.notifier = Notifier(rt)
 
     def step(self) -> bool:
         """Do one unit of work if any is available; False when there was none."""
@@ -255,8 +303,6 @@ class Worker:
             coordinator.run(self.rt, *claim)
             release_memory()
             return True
-        if self.notifier.deliver_next():  # quick, and people are waiting for it
-            return True
         pclaim = store.claim_partition(self.owner, lease_s)
         if pclaim is not None:
             run_partition(self.rt, *pclaim)
@@ -265,26 +311,33 @@ class Worker:
         return False
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                if not self.step():
-                    self.rt.store.waker.wait(self.rt.settings.poll_seconds)
-            except Exception:  # a worker never dies of one bad unit of work or a store blip
-                log.exception("worker %s: step failed", self.owner)
-                stop.wait(1.0)
+        """Work until stopped. Every store call of this thread (claims, commits, the
+        coordinator's and the janitor's) rides out a store outage for up to
+        `outage_budget_seconds`."""
+        with self.rt.store.riding_out(self.rt.settings.outage_budget_seconds):
+            while not stop.is_set():
+                try:
+                    if not self.step():
+                        self.rt.store.waker.wait(self.rt.settings.poll_seconds)
+                except StoreUnavailable:
+                    log.warning("worker %s: the store stayed unreachable", self.owner)
+                    stop.wait(1.0)
+                except Exception:  # a worker never dies of one bad unit of work
+                    log.exception("worker %s: step failed", self.owner)
+                    stop.wait(1.0)
 
 
 class Janitor:
-    """Reclaims expired leases, times tasks out, deletes expired files and aborts
-    abandoned multipart uploads; run by the workers every few seconds."""
-
-    UPLOADS_EVERY = 300.0  # listing the open uploads is an S3 request: now and then
+    """Reclaims expired leases, times tasks out, deletes expired files and, now and
+    then, sweeps the storage for orphans (`exportd.sweeper`); run by the workers every
+    few seconds."""
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self._next = 0.0
-        self._next_uploads = 0.0
+        self._next_sweep = 0.0
         self._lock = threading.Lock()
+        self.sweeper = Sweeper(rt)
 
     def maybe_run(self) -> None:
         now = time.monotonic()
@@ -292,13 +345,12 @@ class Janitor:
             return
         try:
             self._next = now + self.rt.settings.janitor_seconds
-            done = self.rt.store.reap(self.rt.settings.max_attempts)
+            s = self.rt.settings
+            done = self.rt.store.reap(s.max_lost, grace=s.lease_seconds)
             done["files_expired"] = self.expire_files()
-            if now >= self._next_uploads:
-                self._next_uploads = now + self.UPLOADS_EVERY
-                done["uploads_aborted"] = self.rt.storage.abort_uploads(
-                    older_than=self.rt.settings.abort_uploads_after
-                )
+            if now >= self._next_sweep:  # lists the whole storage: now and then
+                self._next_sweep = now + self.rt.settings.sweep_seconds
+                done.update(self.sweeper.sweep())
             if any(done.values()):
                 log.info("janitor: %s", done)
         finally:
@@ -316,9 +368,13 @@ class Janitor:
 
 
 class WorkerPool:
+    """`count` export workers and, when there are any, the notification threads of the
+    process (a process without workers does no background work at all)."""
+
     def __init__(self, rt: Runtime, count: int) -> None:
         self.rt = rt
         self.stop_event = threading.Event()
+        self.notifications = NotificationPool(rt, rt.settings.notify_workers if count else 0)
         janitor = Janitor(rt)
         self.threads = [
             threading.Thread(
@@ -335,10 +391,15 @@ class WorkerPool:
             threading.Thread(target=warm_up, name="exportd-warm-up", daemon=True).start()
         for t in self.threads:
             t.start()
+        self.notifications.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the workers and the notification threads, each finishing the unit of work
+        in hand, all within `timeout` seconds."""
         self.stop_event.set()
+        self.notifications.stop_event.set()
         self.rt.store.waker.notify_local()
         deadline = time.monotonic() + timeout
         for t in self.threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        self.notifications.stop(deadline)

@@ -6,12 +6,13 @@ fenced by its lease token, and a change commits together with the work it enable
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from exportd.domain import (
     ACTIVE_STATUSES,
@@ -90,20 +91,52 @@ class Store(CatalogStore, OutboxStore):
 
     def insert_task(self, task: Task) -> tuple[Task, bool]:
         """Insert a new task, or return the existing one for the same idempotency key.
-        Returns (task, created)."""
-        with self.write() as conn:
-            if task.idempotency_key:
-                row = conn.execute(
-                    sa.select(tasks).where(
-                        tasks.c.project_id == task.project_id,
-                        tasks.c.idempotency_key == task.idempotency_key,
-                    )
-                ).first()
-                if row is not None:
-                    return task_from_row(row._mapping), False
-            conn.execute(tasks.insert().values(**_task_values(task)))
-            self._notify(conn)
-        return task, True
+        Returns (task, created).
+
+        Concurrent creates with one key race: a select before the insert cannot see a
+        task another transaction has not yet committed. The insert therefore leaves a
+        key conflict to the database (`ON CONFLICT DO NOTHING`, which on PostgreSQL waits
+        for the other transaction) and reads the winner's task after it."""
+        if not task.idempotency_key:
+            with self.write() as conn:
+                conn.execute(tasks.insert().values(**_task_values(task)))
+                self._notify(conn)
+            return task, True
+        for _ in range(3):  # the winner's task may be deleted between conflict and read
+            with self.write() as conn:
+                existing = self._task_by_key(conn, task.project_id, task.idempotency_key)
+                if existing is not None:
+                    return existing, False
+                stmt = self._insert_unless_key_taken().values(**_task_values(task))
+                if conn.execute(stmt).first() is not None:  # the row it inserted
+                    self._notify(conn)
+                    return task, True
+            with self.read() as conn:  # a fresh snapshot: the winner has committed
+                existing = self._task_by_key(conn, task.project_id, task.idempotency_key)
+            if existing is not None:
+                return existing, False
+        raise Conflict(
+            "tasks with this Idempotency-Key are being created and deleted at once",
+            "IDEMPOTENCY_KEY_BUSY",
+        )
+
+    def _insert_unless_key_taken(self) -> Any:
+        """An insert into `tasks` that does nothing when (project_id, idempotency_key) is
+        already taken, returning the id it inserted (SQLite and PostgreSQL spell it alike;
+        `rowcount` is not reliable for it under psycopg)."""
+        insert = postgresql.insert if self.is_postgres else sqlite.insert
+        return (
+            insert(tasks)
+            .on_conflict_do_nothing(index_elements=[tasks.c.project_id, tasks.c.idempotency_key])
+            .returning(tasks.c.task_id)
+        )
+
+    @staticmethod
+    def _task_by_key(conn: sa.Connection, project_id: str, key: str) -> Task | None:
+        row = conn.execute(
+            sa.select(tasks).where(tasks.c.project_id == project_id, tasks.c.idempotency_key == key)
+        ).first()
+        return None if row is None else task_from_row(row._mapping)
 
     def get_task(self, project_id: str, task_id: str) -> Task:
         with self.read() as conn:
@@ -294,12 +327,21 @@ class Store(CatalogStore, OutboxStore):
     # ---- coordinator ("master task") leases ---------------------------------------------
 
     def claim_coordinator(self, owner: str, lease_seconds: float) -> tuple[Task, Lease] | None:
-        """Claim a task whose coordinator work is due and whose coordinator lease is free."""
+        """Claim a task whose coordinator work is due and whose coordinator lease is free:
+        released, or expired and seen so by a janitor at least a lease ago (a coordinator
+        that only could not renew during a store outage gets to renew first)."""
         now = utcnow()
         free = sa.and_(
             tasks.c.coordinator_due.is_(True),
             sa.or_(tasks.c.coord_not_before.is_(None), tasks.c.coord_not_before <= now),
-            sa.or_(tasks.c.coord_expires_at.is_(None), tasks.c.coord_expires_at < now),
+            sa.or_(
+                tasks.c.coord_expires_at.is_(None),
+                sa.and_(
+                    tasks.c.coord_expires_at < now,
+                    tasks.c.coord_lapsed_at > tasks.c.coord_expires_at,
+                    tasks.c.coord_lapsed_at <= later(-lease_seconds, now),
+                ),
+            ),
         )
         with self.write() as conn:
             stmt = sa.select(tasks.c.task_id).where(free).order_by(tasks.c.create_time).limit(1)
@@ -315,6 +357,7 @@ class Store(CatalogStore, OutboxStore):
                     coord_owner=owner,
                     coord_token=token,
                     coord_expires_at=expires,
+                    coord_lapsed_at=None,
                     coord_attempts=tasks.c.coord_attempts + 1,
                 )
             )
@@ -382,10 +425,18 @@ class Store(CatalogStore, OutboxStore):
         """PENDING -> RUNNING at stage 10 (getting total), fenced by the coordinator lease."""
         now = utcnow()
         with self.write() as conn:
-            return self._move_task(
+            if self._move_task(
                 conn, task_id, TaskStatus.RUNNING, now, tasks.c.coord_token == token,
                 stage=Stage.GETTING_TOTAL.value, start_time=now, deadline=deadline,
-            )  # fmt: skip
+            ):  # fmt: skip
+                return True
+            # run again after a COMMIT whose answer was lost: it is RUNNING under our lease
+            status = conn.execute(
+                sa.select(tasks.c.status).where(
+                    tasks.c.task_id == task_id, tasks.c.coord_token == token
+                )
+            ).scalar()
+            return status == TaskStatus.RUNNING.value
 
     def plan_task(
         self,
@@ -475,7 +526,9 @@ class Store(CatalogStore, OutboxStore):
         bytes_written: int,
     ) -> bool:
         """The terminal move of a task whose partitions have all stopped, together with its
-        file records (visible as GENERATED only from this commit on)."""
+        file records (visible as GENERATED only from this commit on). The cleanup of its
+        parts is recorded as due in the same commit; the coordinator keeps its lease for
+        it and releases the lease once the storage confirms (`release_coordinator`)."""
         now = utcnow()
         generated = outcome.status is not TaskStatus.FAILED
         with self.write() as conn:
@@ -497,10 +550,10 @@ class Store(CatalogStore, OutboxStore):
                 total_is_estimate=False if generated else tasks.c.total_is_estimate,
                 progress=100.0 if generated else tasks.c.progress,
                 file_expires_at=file_expires_at,
-                coordinator_due=not generated,  # a failed task still has parts to clean up
-                coord_owner=None,
-                coord_token=None,
-                coord_expires_at=None,
+                # cleanup pending (parts, and a failed task's outputs), in this very commit:
+                # the coordinator keeps its lease to do it; if it dies, the lease expires
+                # and the cleanup is claimed again
+                coordinator_due=True,
             )
             if ok and records:
                 conn.execute(
@@ -522,15 +575,31 @@ class Store(CatalogStore, OutboxStore):
                 )
         return ok
 
-    def finish_cancel(self, task_id: str, token: str) -> bool:
+    def finish_cancel(self, task_id: str, token: str, *, cleaned: bool = True) -> bool:
+        """CANCELING -> CANCELED; unless `cleaned`, its cleanup stays due (and is retried)."""
         now = utcnow()
         with self.write() as conn:
             return self._move_task(
                 conn, task_id, TaskStatus.CANCELED, now, tasks.c.coord_token == token,
                 end_time=now, file_status=FileStatus.FAILED.value,
                 error_code="CANCELED", error_msg="canceled by a user",
-                coordinator_due=False, coord_owner=None, coord_token=None, coord_expires_at=None,
+                coordinator_due=not cleaned, coord_not_before=None,
+                coord_owner=None, coord_token=None, coord_expires_at=None,
             )  # fmt: skip
+
+    def task_states(self, task_ids: Collection[str]) -> dict[str, tuple[TaskStatus, FileStatus]]:
+        """(status, file status) of those of these tasks that exist (for the sweeper)."""
+        found: dict[str, tuple[TaskStatus, FileStatus]] = {}
+        ids = sorted(task_ids)
+        with self.read() as conn:
+            for i in range(0, len(ids), 500):
+                rows = conn.execute(
+                    sa.select(tasks.c.task_id, tasks.c.status, tasks.c.file_status).where(
+                        tasks.c.task_id.in_(ids[i : i + 500])
+                    )
+                ).all()
+                found.update((r[0], (TaskStatus(r[1]), FileStatus(r[2]))) for r in rows)
+        return found
 
     def live_partition_leases(self, task_id: str) -> int:
         """How many partitions of the task are still held under an unexpired lease."""
@@ -576,21 +645,28 @@ class Store(CatalogStore, OutboxStore):
     def claim_partition(
         self, owner: str, lease_seconds: float
     ) -> tuple[Task, Partition, Lease] | None:
-        """Claim the oldest runnable partition of a RUNNING task (SKIP LOCKED on PostgreSQL)."""
+        """Claim a runnable partition of a RUNNING task, fairly across projects: the
+        tasks are tried in their fair order (`_fair_tasks`), and of a task the first
+        partition no other claimer holds (SKIP LOCKED on PostgreSQL; `BEGIN IMMEDIATE`
+        serialises claims on SQLite)."""
         now = utcnow()
+        due = sa.and_(
+            partitions.c.status == PartitionStatus.PENDING.value,
+            sa.or_(partitions.c.not_before.is_(None), partitions.c.not_before <= now),
+        )
         with self.write() as conn:
-            stmt = (
-                sa.select(partitions.c.task_id, partitions.c.idx)
-                .join(tasks, tasks.c.task_id == partitions.c.task_id)
-                .where(
-                    partitions.c.status == PartitionStatus.PENDING.value,
-                    sa.or_(partitions.c.not_before.is_(None), partitions.c.not_before <= now),
-                    tasks.c.status == TaskStatus.RUNNING.value,
+            found = None
+            for task_id in conn.execute(_fair_tasks(due)).scalars():
+                first = (
+                    sa.select(partitions.c.idx)
+                    .where(partitions.c.task_id == task_id, due)
+                    .order_by(partitions.c.idx)
+                    .limit(1)
                 )
-                .order_by(tasks.c.create_time, partitions.c.idx)
-                .limit(1)
-            )
-            found = conn.execute(self._skip_locked(stmt, of=partitions)).first()
+                idx = conn.execute(self._skip_locked(first)).scalar()
+                if idx is not None:
+                    found = (task_id, idx)
+                    break
             if found is None:
                 return None
             task_id, idx = found
@@ -610,7 +686,7 @@ class Store(CatalogStore, OutboxStore):
                 )
             ).one()
             trow = conn.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).one()
-            self._touch_task(conn, task_id, now)
+            self._touch_task(conn, task_id, now, last_claim_time=now)
         part = partition_from_row(prow._mapping)
         return task_from_row(trow._mapping), part, Lease(owner, token, expires, part.attempts)
 
@@ -699,7 +775,15 @@ class Store(CatalogStore, OutboxStore):
             )  # fmt: skip
             if ok:
                 self._after_partition_stop(conn, task_id, now)
-        return ok
+                return True
+            # run again after a COMMIT whose answer was lost: the part (its key is unique
+            # to the attempt) is already the partition's; the caller must keep it
+            row = conn.execute(
+                sa.select(partitions.c.status, partitions.c.part_key).where(
+                    partitions.c.task_id == task_id, partitions.c.idx == index
+                )
+            ).first()
+            return row is not None and tuple(row) == (PartitionStatus.DONE.value, part_key)
 
     def fail_partition(
         self, task_id: str, index: int, token: str, code: str, msg: str, retry_in: float | None
@@ -725,6 +809,26 @@ class Store(CatalogStore, OutboxStore):
                 )  # fmt: skip
                 if ok:
                     self._after_partition_stop(conn, task_id, now)
+        return ok
+
+    def hand_back_partition(
+        self, task_id: str, index: int, token: str, code: str, msg: str, retry_in: float
+    ) -> bool:
+        """An attempt that could not reach a service it needs (the storage): back to
+        PENDING after `retry_in` seconds without counting as an attempt."""
+        now = utcnow()
+        with self.write() as conn:
+            ok = self._move_partition(
+                conn, task_id, index, PartitionStatus.PENDING, now,
+                *self._fence(task_id, index, token)[2:],
+                stage=Stage.NOT_STARTED.value, lease_token=None, lease_expires_at=None,
+                not_before=later(retry_in, now), error_code=code, error_msg=msg,
+                attempts=sa.case(
+                    (partitions.c.attempts > 0, partitions.c.attempts - 1), else_=0
+                ),
+            )  # fmt: skip
+            if ok:
+                self._notify(conn)
         return ok
 
     def cancel_partition(self, task_id: str, index: int, token: str) -> bool:
@@ -806,7 +910,17 @@ class Store(CatalogStore, OutboxStore):
             )  # fmt: skip
             if ok:
                 self._after_partition_stop(conn, task_id, now)
-        return ok
+                return True
+            # run again after a COMMIT whose answer was lost: our header is the one kept
+            # (with a cache, its folder is unique to the attempt)
+            kept = conn.execute(
+                sa.select(partitions.c.header).where(
+                    partitions.c.task_id == task_id,
+                    partitions.c.idx == index,
+                    partitions.c.status != PartitionStatus.RUNNING.value,
+                )
+            ).scalar()
+            return kept == header
 
     def open_export(self, task_id: str, token: str, columns: list[str]) -> bool:
         """The coordinator's merge: the task gets its merged header and moves to stage 60;
@@ -850,33 +964,49 @@ class Store(CatalogStore, OutboxStore):
 
     # ---- the janitor ----------------------------------------------------------------------
 
-    def reap(self, max_attempts: int) -> dict[str, int]:
-        """Expired partition leases go back to PENDING (or FAILED when out of attempts);
-        tasks past their deadline end TIMEOUT. Returns what was done, by kind."""
+    def reap(self, max_lost: int = 5, grace: float = 0.0) -> dict[str, int]:
+        """Reclaim leases whose worker is gone; tasks past their deadline end TIMEOUT.
+        Returns what was done, by kind.
+
+        An expired lease is first only marked (`lapsed_at`); it is reclaimed when it is
+        still expired `grace` seconds (a lease) after a janitor first saw it so: a
+        worker that is alive but could not renew while the store was down renews it in
+        that time. A reclaimed partition goes back to PENDING with its attempt given
+        back (a lost worker is not a failed try) and one more `lost_count`; after
+        `max_lost` losses it FAILs. Coordinator leases are marked the same way (taken
+        over by `claim_coordinator`)."""
         now = utcnow()
         done = {"reclaimed": 0, "lease_failed": 0, "timed_out": 0}
         with self.write() as conn:
+            self._mark_lapsed(conn, now)
+            lapsed = sa.and_(
+                partitions.c.status == PartitionStatus.RUNNING.value,
+                partitions.c.lease_expires_at < now,
+                partitions.c.lapsed_at > partitions.c.lease_expires_at,
+                partitions.c.lapsed_at <= later(-grace, now),
+            )
             expired = conn.execute(
-                sa.select(partitions.c.task_id, partitions.c.idx, partitions.c.attempts).where(
-                    partitions.c.status == PartitionStatus.RUNNING.value,
-                    partitions.c.lease_expires_at < now,
-                )
-            ).all()
-            for task_id, idx, attempts in expired:
-                lapsed = partitions.c.lease_expires_at < now
-                if attempts < max_attempts:
+                sa.select(
+                    partitions.c.task_id, partitions.c.idx, partitions.c.attempts,
+                    partitions.c.lost_count,
+                ).where(lapsed)
+            ).all()  # fmt: skip
+            for task_id, idx, attempts, lost_before in expired:
+                lost = lost_before + 1
+                if lost <= max_lost:
                     if self._move_partition(
                         conn, task_id, idx, PartitionStatus.PENDING, now, lapsed,
                         stage=Stage.NOT_STARTED.value, lease_token=None, lease_expires_at=None,
-                        error_code="LEASE_EXPIRED",
-                        error_msg=f"attempt {attempts} lost its worker (lease expired)",
+                        attempts=max(attempts - 1, 0), lost_count=lost, error_code="LEASE_EXPIRED",
+                        error_msg=f"its worker was lost (lease expired); lost {lost} of at "
+                        f"most {max_lost} times",
                     ):  # fmt: skip
                         done["reclaimed"] += 1
                 elif self._move_partition(
                     conn, task_id, idx, PartitionStatus.FAILED, now, lapsed,
-                    lease_token=None, lease_expires_at=None, end_time=now,
+                    lease_token=None, lease_expires_at=None, end_time=now, lost_count=lost,
                     error_code="LEASE_EXPIRED",
-                    error_msg=f"gave up after {attempts} attempts whose workers were lost",
+                    error_msg=f"gave up: its workers were lost {lost} times (EXPORTD_MAX_LOST)",
                 ):  # fmt: skip
                     done["lease_failed"] += 1
                     self._after_partition_stop(conn, task_id, now)
@@ -900,6 +1030,30 @@ class Store(CatalogStore, OutboxStore):
                 self._notify(conn)
         return done
 
+    def _mark_lapsed(self, conn: sa.Connection, now: datetime) -> None:
+        """Note when a lease was first seen expired (a mark older than the lease's current
+        expiry is stale: the lease was renewed or taken again since)."""
+        p, t = partitions.c, tasks.c
+        conn.execute(
+            sa.update(partitions)
+            .where(
+                p.status == PartitionStatus.RUNNING.value,
+                p.lease_expires_at < now,
+                sa.or_(p.lapsed_at.is_(None), p.lapsed_at <= p.lease_expires_at),
+            )
+            .values(lapsed_at=now)
+        )
+        conn.execute(
+            sa.update(tasks)
+            .where(
+                t.coordinator_due.is_(True),  # a held coordinator lease is due work
+                t.coord_token.is_not(None),
+                t.coord_expires_at < now,
+                sa.or_(t.coord_lapsed_at.is_(None), t.coord_lapsed_at <= t.coord_expires_at),
+            )
+            .values(coord_lapsed_at=now)
+        )
+
     def expired_coordinator_tasks(self) -> int:
         with self.read() as conn:
             n = conn.execute(
@@ -911,6 +1065,45 @@ class Store(CatalogStore, OutboxStore):
 
 
 OPEN_PARTITIONS = (PartitionStatus.PENDING, PartitionStatus.RUNNING)
+
+
+def _fair_tasks(due: Any) -> sa.Select[Any]:
+    """The RUNNING tasks with a partition `due`, in the order they get the next worker:
+    first the project with the fewest partitions running now, then the one served least
+    recently (the latest claim among its active tasks is the oldest; never served comes
+    first), then the oldest task. So one project's 1,000 queued partitions take turns
+    with another's single export, also with one worker, where nothing runs at claim time.
+
+    Every measure is taken over small sets (the active tasks, the running partitions,
+    one index probe per task), never over the pending partitions or finished history."""
+    p, t = partitions.c, tasks.c
+    served = (
+        sa.select(t.project_id.label("project_id"), sa.func.max(t.last_claim_time).label("at"))
+        .where(t.status.in_(sorted(s.value for s in ACTIVE_STATUSES)))
+        .group_by(t.project_id)
+        .cte("served")
+    )
+    owner = tasks.alias("owner")
+    busy = (
+        sa.select(owner.c.project_id.label("project_id"), sa.func.count().label("running"))
+        .select_from(partitions.join(owner, owner.c.task_id == p.task_id))
+        .where(p.status == PartitionStatus.RUNNING.value)
+        .group_by(owner.c.project_id)
+        .cte("busy")
+    )
+    waiting = sa.exists().where(p.task_id == t.task_id, due)
+    return (
+        sa.select(t.task_id)
+        .join(served, served.c.project_id == t.project_id)
+        .outerjoin(busy, busy.c.project_id == t.project_id)
+        .where(t.status == TaskStatus.RUNNING.value, waiting)
+        .order_by(
+            sa.func.coalesce(busy.c.running, 0),
+            served.c.at.asc().nulls_first(),
+            t.create_time,
+            t.task_id,
+        )
+    )
 
 
 def _stage_of_pass() -> Any:
@@ -932,6 +1125,7 @@ def _task_values(task: Task) -> dict[str, Any]:
         "coord_expires_at": None,
         "coord_attempts": 0,
         "coord_errors": 0,
+        "last_claim_time": None,
     }
 
 
