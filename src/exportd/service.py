@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from exportd.connections import Connection
 from exportd.documents import DEFAULT_ARRAYS, parse_path
 from exportd.domain import Dataset, FileRecord, FileStatus, Role, Stage, Task, TaskStatus
 from exportd.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
@@ -30,6 +31,7 @@ from exportd.layout import (
     project_root,
 )
 from exportd.requests import (
+    ConnectionBody,
     DatasetRequest,
     ExportRequest,
     FieldSpec,
@@ -37,7 +39,7 @@ from exportd.requests import (
     TokenRequest,
 )
 from exportd.runtime import Runtime, filter_fields
-from exportd.sources.registration import dataset_spec
+from exportd.sources.registration import SourceTarget, dataset_spec
 from exportd.store.sql import TaskQuery
 
 _FILE_NAME = re.compile(r"^[\w][\w .()+,=@-]{0,254}$", re.UNICODE)
@@ -166,8 +168,55 @@ class ExportService:
         self.store.add_token(hash_token(token), token_id, project_id, Role(req.role), req.name)
         return {"token": token, "token_id": token_id, "project_id": project_id, "role": req.role}
 
-    def register_dataset(self, project_id: str, req: DatasetRequest) -> Dataset:
-        spec = dataset_spec(req, self.rt.engines, self.rt.settings.source_dirs)
+    # ---- connection profiles (server administrator) ---------------------------------------
+
+    def put_connection(
+        self, name: str, req: ConnectionBody, replace: bool
+    ) -> tuple[Connection, bool, bool]:
+        """Create (or replace) a profile: (profile, created, reachable now)."""
+        return self.rt.connections.put(name, req.url, list(dict.fromkeys(req.projects)), replace)
+
+    def get_connection(self, name: str) -> Connection:
+        found = self.rt.connections.get(name)
+        if found is None:
+            raise NotFound(f"connection {name[:100]!r} not found", "CONNECTION_NOT_FOUND")
+        return found
+
+    def list_connections(self, project_id: str | None = None) -> list[Connection]:
+        """Every profile, or those granted to one project."""
+        c = self.rt.connections
+        return c.all() if project_id is None else c.granted(project_id)
+
+    def delete_connection(self, name: str) -> None:
+        self.rt.connections.delete(name)
+
+    # ---- datasets -------------------------------------------------------------------------
+
+    def _source_target(
+        self, who: Principal, project_id: str, req: DatasetRequest
+    ) -> SourceTarget | None:
+        """Which database a registration reads. A project token names a connection
+        profile granted to its project; only the server administrator may give a URL
+        (the connection policy applies to it too)."""
+        if req.url is not None and not who.is_admin:
+            raise Forbidden(
+                "only the server administrator registers a dataset by url; name a "
+                'connection granted to the project instead ("connection": ...)',
+                "URL_NOT_ALLOWED",
+            )
+        if req.url is not None and req.connection is not None:
+            raise BadRequest("give connection or url, not both", "INVALID_DATASET")
+        if req.kind == "files" or req.path is not None:
+            return None  # files: url and connection are refused with the kind's own error
+        if req.connection is not None:
+            found = self.rt.connections.for_project(req.connection, project_id)
+            return SourceTarget(found.url, found.name)
+        return SourceTarget(req.url) if req.url is not None else None
+
+    def register_dataset(self, who: Principal, project_id: str, req: DatasetRequest) -> Dataset:
+        """Check and describe the dataset; nothing is stored unless every check passes."""
+        target = self._source_target(who, project_id, req)
+        spec = dataset_spec(req, target, self.rt.engines, self.rt.settings.source_dirs)
         ds = Dataset(
             dataset_id="ds_" + uuid.uuid4().hex[:16],
             project_id=project_id,
