@@ -31,6 +31,7 @@ class Runtime:
         self.policy = SourcePolicy(
             settings.source_dirs,
             settings.store_url,
+            data_dir=settings.data_dir,
             own_dirs=_own_dirs(settings),
             store_engine=lambda: self.store.engine,
         )
@@ -107,14 +108,13 @@ def columns_for(task: Task, dataset: Dataset | None) -> list[Column]:
 
 
 def _own_dirs(settings: Settings) -> list[Path]:
-    """Where exportd keeps its own data (tokens, secrets, the SQLite store, other projects'
-    files): never a source, even under a source directory."""
-    dirs = [settings.data_dir]
+    """The local storage, where every project's files are: never a source, even under a
+    source directory (the data directory's own files are refused by the policy too)."""
     if settings.files_url.startswith("file:"):
         from urllib.parse import unquote, urlsplit
 
-        dirs.append(Path(unquote(urlsplit(settings.files_url).path)))
-    return dirs
+        return [Path(unquote(urlsplit(settings.files_url).path))]
+    return []
 
 
 def _admin_token_file(data_dir: Path) -> str:

@@ -4,7 +4,8 @@ Three rules, checked when a URL is registered and again whenever a source connec
 opened (a file swapped for a symlink, or a host name that now resolves elsewhere, gains
 nothing):
 - a SQLite source is an existing file, named by an absolute path, under one of the
-  configured source directories (`EXPORTD_SOURCE_DIRS`), and outside exportd's own data;
+  configured source directories (`EXPORTD_SOURCE_DIRS`), and not exportd's own data
+  (the files of its data directory, its local storage);
 - exportd's own store is never a source, however its URL is spelled: a SQLite file is
   compared by identity (device and inode), a PostgreSQL database after connecting, by the
   server's identity (system identifier, else start time) and the database's own name;
@@ -36,7 +37,7 @@ UNAVAILABLE_MSG = "the source database could not be reached (details are in the 
 STORE_MSG = "this source is exportd's own store: it cannot be a dataset"
 OUTSIDE_MSG = (
     "a SQLite source must be an existing file under a configured source directory "
-    "(EXPORTD_SOURCE_DIRS), outside exportd's data directory"
+    "(EXPORTD_SOURCE_DIRS), and not one of exportd's own files"
 )
 
 # backend -> the drivers a source may use (those exportd ships and tests)
@@ -144,10 +145,12 @@ class SourcePolicy:
         self,
         source_dirs: Iterable[Path],
         store_url: str,
+        data_dir: Path | None = None,
         own_dirs: Iterable[Path] = (),
         store_engine: Callable[[], sa.Engine] | None = None,
     ) -> None:
         self.source_dirs = [_real(d) for d in source_dirs]
+        self.data_dir = _real(data_dir) if data_dir is not None else None
         self.own_dirs = [_real(d) for d in own_dirs]
         store = sa.make_url(normalize_url(store_url))
         self.store_backend = store.get_backend_name()
@@ -159,9 +162,12 @@ class SourcePolicy:
     # ---- files ---------------------------------------------------------------------------
 
     def is_own_file(self, path: str | Path) -> bool:
-        """exportd's own data: under the data directory or local storage, or the store's
-        file (or a hard link to it, or its journal) wherever it is."""
-        if _under(_real(path), self.own_dirs):
+        """exportd's own data: a file of the data directory itself (the SQLite store,
+        the admin token, the link secret), anything under the local storage (every
+        project's outputs), or the store's file (a hard link to it, its journal) wherever
+        it is. Subdirectories of the data directory may hold sources."""
+        real = _real(path)
+        if _under(real, self.own_dirs) or (self.data_dir and real.parent == self.data_dir):
             return True
         if self.store_file:
             return any(_same_file(path, self.store_file + s) for s in SQLITE_SIDECARS)
@@ -178,6 +184,8 @@ class SourcePolicy:
     def reaches_own_data(self, directory: str | Path) -> bool:
         """Whether a glob rooted at `directory` could reach exportd's own data."""
         real = _real(directory)
+        if self.data_dir and (real == self.data_dir or real in self.data_dir.parents):
+            return True
         return any(real == d or real in d.parents or d in real.parents for d in self.own_dirs)
 
     # ---- URLs and connections -----------------------------------------------------------
