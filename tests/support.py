@@ -126,6 +126,7 @@ class LiveServer:
     """exportd's app served by uvicorn on a free loopback port, in a thread of the test."""
 
     def __init__(self, data_dir: Path, workers: int = 2, **settings: Any) -> None:
+        settings.setdefault("source_dirs", [data_dir.parent])  # SQLite sources beside it
         settings.setdefault("lease_seconds", 3.0)
         settings.setdefault("retry_base_seconds", 0.2)
         settings.setdefault("janitor_seconds", 0.5)

@@ -1,5 +1,6 @@
-"""Connection profiles: the databases a project may read, as the server administrator
-decided. A profile is a name, a URL held server-side (never returned by the API) and the
+"""Connection profiles: the databases (and directories of files) a project may read, as
+the server administrator decided. A profile is a name, a URL held server-side (never
+returned by the API: a database URL, or `file:///dir` for files datasets) and the
 projects granted to use it. Profiles come from the settings (`EXPORTD_CONNECTIONS`,
 read-only) or from the administrator's API (`/v1/connections`, kept in the store).
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import sqlalchemy as sa
 
@@ -38,7 +41,16 @@ class Connection:
         return ALL_PROJECTS in self.projects or project_id in self.projects
 
     @property
+    def directory(self) -> Path | None:
+        """A files connection (`file:///srv/data/acme`): the directory its files datasets
+        read; None for a database."""
+        parts = urlsplit(self.url)
+        return Path(unquote(parts.path)) if parts.scheme == "file" else None
+
+    @property
     def backend(self) -> str:
+        if self.directory is not None:
+            return "files"
         try:
             return sa.make_url(self.url).get_backend_name()
         except Exception:  # a settings profile with a bad URL: refused at its first use
@@ -74,12 +86,16 @@ class Connections:
                 f"connection {name!r} is defined in the settings (EXPORTD_CONNECTIONS)",
                 "CONNECTION_IN_SETTINGS",
             )
-        engine = self.engines.get(url)
-        try:
-            probe(engine)
+        directory = Connection(name, url, projects, "api").directory
+        if directory is not None:
+            self.policy.check_directory(directory)
             reachable = True
-        except SourceUnavailable:
-            reachable = False
+        else:
+            try:
+                probe(self.engines.get(url))
+                reachable = True
+            except SourceUnavailable:
+                reachable = False
         created = self.store.put_connection(name, url, projects, replace)
         found = self.get(name)
         assert found is not None

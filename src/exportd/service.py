@@ -207,16 +207,44 @@ class ExportService:
         if req.url is not None and req.connection is not None:
             raise BadRequest("give connection or url, not both", "INVALID_DATASET")
         if req.kind == "files" or req.path is not None:
-            return None  # files: url and connection are refused with the kind's own error
+            return None  # files: a url is refused with the kind's own error
         if req.connection is not None:
             found = self.rt.connections.for_project(req.connection, project_id)
+            if found.directory is not None:
+                raise BadRequest(
+                    f"connection {found.name!r} is a directory: it serves files datasets",
+                    "INVALID_DATASET",
+                )
             return SourceTarget(found.url, found.name)
         return SourceTarget(req.url) if req.url is not None else None
+
+    def _file_roots(self, who: Principal, project_id: str, req: DatasetRequest) -> list[Path]:
+        """The directories a files (or JSON Lines) dataset may take its path from: a
+        files connection granted to the project; the server administrator may also name
+        any path under the source directories. The source directories are shared by all
+        projects, so a project token must name its own directory."""
+        if req.connection is None:
+            if not who.is_admin:
+                raise Forbidden(
+                    "a project's files datasets name a files connection granted to the "
+                    'project ("connection": ...); only the server administrator gives any path',
+                    "CONNECTION_REQUIRED",
+                )
+            return list(self.rt.settings.source_dirs)
+        found = self.rt.connections.for_project(req.connection, project_id)
+        if found.directory is None:
+            raise BadRequest(
+                f"connection {found.name!r} is a database: a files dataset needs a directory",
+                "INVALID_DATASET",
+            )
+        return [self.rt.policy.check_directory(found.directory)]
 
     def register_dataset(self, who: Principal, project_id: str, req: DatasetRequest) -> Dataset:
         """Check and describe the dataset; nothing is stored unless every check passes."""
         target = self._source_target(who, project_id, req)
-        spec = dataset_spec(req, target, self.rt.engines, self.rt.settings.source_dirs)
+        files = req.kind == "files" or req.path is not None
+        roots = self._file_roots(who, project_id, req) if files else []
+        spec = dataset_spec(req, target, self.rt.engines, roots)
         ds = Dataset(
             dataset_id="ds_" + uuid.uuid4().hex[:16],
             project_id=project_id,

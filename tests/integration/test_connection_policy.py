@@ -188,6 +188,42 @@ def test_a_foreign_sqlite_file_outside_the_source_dirs_is_refused(
 # ---- connection profiles and their grants ---------------------------------------------------
 
 
+def test_files_datasets_of_a_project_stay_in_its_own_directory(
+    live_server: Any, tmp_path: Path
+) -> None:
+    """The source directories are shared by all projects: a project token names a files
+    connection (a directory granted to it), never a path of its own choosing."""
+    src = tmp_path / "src"
+    for project in ("a", "b"):
+        (src / project).mkdir(parents=True)
+        (src / project / "rows.csv").write_text(f"id,owner\n1,{project}\n2,{project}\n")
+    server = live_server(workers=1, source_dirs=[str(src), str(tmp_path)])
+    a_admin, a_writer = project_admin(server, "a")
+    b_admin, _ = project_admin(server, "b")
+    root = server.client()
+    for project in ("a", "b"):
+        r = root.http.post("/v1/connections", json={
+            "name": f"files-{project}", "url": f"file://{src}/{project}", "projects": [project]})  # fmt: skip
+        assert r.status_code == 201 and r.json()["backend"] == "files", r.text
+    r = root.http.post("/v1/connections", json={"name": "all", "url": f"file://{tmp_path}",
+                                                "projects": ["*"]})  # fmt: skip
+    assert_refused(r, (403,), ("SOURCE_NOT_ALLOWED",))  # it holds exportd's data directory
+    b_file = {"kind": "files", "path": f"{src}/b/rows.csv"}
+    assert_refused(register(a_admin, "a", **b_file), (403,), ("CONNECTION_REQUIRED",))
+    assert_refused(register(a_admin, "a", connection="files-b", **b_file), (404,),
+                   ("CONNECTION_NOT_FOUND",))  # fmt: skip
+    assert_refused(register(a_admin, "a", connection="files-a", **b_file), (400,),
+                   ("INVALID_PATH",))  # fmt: skip
+    assert dataset_count(server, "a") == 0
+    ds = register(a_admin, "a", connection="files-a", kind="files", path=f"{src}/a/*.csv")
+    assert ds.status_code == 201 and ds.json()["connection"] == "files-a", ds.text
+    done = a_writer.wait("a", a_writer.export("a", dataset_id="x")["task_id"])
+    assert done["status"] == "COMPLETED", done
+    r = a_writer.http.get(f"/v1/projects/a/exports/{done['task_id']}/download")
+    assert r.text.splitlines() == ["id,owner", "1,a", "2,a"]
+    assert register(b_admin, "b", connection="files-b", kind="files", path=f"{src}/b/rows.csv")
+
+
 def test_a_project_uses_only_the_connections_granted_to_it(
     live_server: Any, pg_source: str
 ) -> None:

@@ -181,6 +181,18 @@ class SourcePolicy:
         if not real.is_file() or not _under(real, self.source_dirs) or self.is_own_file(real):
             raise SourceNotAllowed(OUTSIDE_MSG, "SOURCE_NOT_ALLOWED")
 
+    def check_directory(self, directory: str | Path) -> Path:
+        """A files connection's directory: existing, under a source directory, unable to
+        reach exportd's own data. Returns it resolved."""
+        real = _real(directory)
+        if not real.is_dir() or not _under(real, self.source_dirs) or self.reaches_own_data(real):
+            raise SourceNotAllowed(
+                "a files connection must be an existing directory under a configured source "
+                "directory (EXPORTD_SOURCE_DIRS), away from exportd's own data",
+                "SOURCE_NOT_ALLOWED",
+            )
+        return real
+
     def reaches_own_data(self, directory: str | Path) -> bool:
         """Whether a glob rooted at `directory` could reach exportd's own data."""
         real = _real(directory)

@@ -51,12 +51,13 @@ def dataset_spec(
     req: DatasetRequest,
     target: SourceTarget | None,
     engines: SqlEngines,
-    source_dirs: list[Path],
+    roots: list[Path],
 ) -> DatasetSpec:
+    """`roots`: the directories a files or JSON Lines dataset's path may be under."""
     if req.kind == "files":
-        return _files(req, source_dirs, engines)
+        return _files(req, roots, engines)
     if req.kind == "documents" and req.path is not None:
-        return _jsonl_documents(req, source_dirs, engines)
+        return _jsonl_documents(req, roots, engines)
     if target is None:
         raise BadRequest(
             f"a {req.kind} dataset in a database needs a connection", "INVALID_DATASET"
@@ -120,30 +121,35 @@ def _sql_documents(req: DatasetRequest, target: SourceTarget, engines: SqlEngine
     return DatasetSpec(target.stored_url, req.table, req.query, req.key, kept, options)
 
 
-def _jsonl_documents(
-    req: DatasetRequest, source_dirs: list[Path], engines: SqlEngines
-) -> DatasetSpec:
-    _refuse(req, ("url", "connection", "table", "query", "key", "document"), "with path")
+def _jsonl_documents(req: DatasetRequest, roots: list[Path], engines: SqlEngines) -> DatasetSpec:
+    _refuse(req, ("url", "table", "query", "key", "document"), "with path")
     if req.file_format not in (None, "jsonl"):
         raise BadRequest("documents files must be JSON Lines", "INVALID_DATASET")
     assert req.path is not None
-    pattern, root, _files = check_pattern(req.path, source_dirs, engines.policy)
-    return DatasetSpec("", None, None, "", [], {"path": pattern, "root": str(root)})
+    pattern, root, _files = check_pattern(req.path, roots, engines.policy)
+    options = {"path": pattern, "root": str(root), **_named(req)}
+    return DatasetSpec("", None, None, "", [], options)
 
 
-def _files(req: DatasetRequest, source_dirs: list[Path], engines: SqlEngines) -> DatasetSpec:
+def _named(req: DatasetRequest) -> dict[str, Any]:
+    """The files connection a dataset was registered through, for its description."""
+    return {"connection": req.connection} if req.connection else {}
+
+
+def _files(req: DatasetRequest, roots: list[Path], engines: SqlEngines) -> DatasetSpec:
     from exportd.sources.files import describe_files, file_format_of  # 50 MB: on demand
 
-    _refuse(req, ("url", "connection", "table", "query", "key", "document"), "for a files dataset")
+    _refuse(req, ("url", "table", "query", "key", "document"), "for a files dataset")
     if req.path is None:
         raise BadRequest("path is required for a files dataset", "INVALID_DATASET")
     file_format = file_format_of(req.path, req.file_format)
-    pattern, root, files = check_pattern(req.path, source_dirs, engines.policy)
+    pattern, root, files = check_pattern(req.path, roots, engines.policy)
     fields, schema = describe_files(files, file_format)
     options = {
         "path": pattern,
         "root": str(root),
         "file_format": file_format,
         "arrow_schema": schema,
+        **_named(req),
     }
     return DatasetSpec("", None, None, "", fields, options)
