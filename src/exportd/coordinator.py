@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -27,10 +29,12 @@ from exportd.domain import (
     Task,
     TaskStatus,
 )
-from exportd.errors import ExportdError, LeaseLost, NotFound, SourceError
+from exportd.errors import ExportdError, LeaseLost, NotFound, SourceError, StoreUnavailable
 from exportd.formats.layout import Layout, file_names, pack, read_index
 from exportd.heartbeat import Heartbeat
 from exportd.layout import output_prefix, parts_prefix
+from exportd.outages import source_outage
+from exportd.retrying import ride_out
 from exportd.runtime import Runtime, columns_for, selection_for
 from exportd.store.base import utcnow
 from exportd.store.sql import PlannedPartition
@@ -39,6 +43,7 @@ from exportd.transitions import CoordinatorWork, Outcome, coordinator_work, fini
 log = logging.getLogger(__name__)
 
 CLEANUP_RETRY_SECONDS = 0.5
+T = TypeVar("T")
 
 
 def run(rt: Runtime, task: Task, lease: Lease) -> None:
@@ -53,6 +58,8 @@ def run(rt: Runtime, task: Task, lease: Lease) -> None:
             _dispatch(rt, task, lease, hb)
     except LeaseLost:
         log.warning("coordinator of %s lost its lease", task.task_id)
+    except StoreUnavailable:  # not an error of this work: the lease lapses, another takes over
+        log.warning("coordinator of %s: the store stayed unreachable", task.task_id)
     except Exception as exc:
         log.exception("coordinator of %s failed", task.task_id)
         _after_error(rt, task, lease, exc)
@@ -106,14 +113,17 @@ def _plan(rt: Runtime, task: Task, lease: Lease) -> None:
         dataset = store.get_dataset(task.project_id, task.dataset_id)
         source = rt.source(dataset)
         sel = selection_for(task, dataset)
-        estimate = source.estimate(sel)
+        estimate = _through_outages(rt, task, lambda: source.estimate(sel))
         store.set_task_stage(
             task.task_id, lease.token, Stage.GETTING_TOTAL,
             total_count=estimate.count, total_is_estimate=estimate.is_estimate,
         )  # fmt: skip
-        bounds = source.plan(sel, task.parallelism)
+        bounds = _through_outages(rt, task, lambda: source.plan(sel, task.parallelism))
     except (SourceError, ExportdError) as exc:
-        if lease.attempt < rt.settings.max_attempts and isinstance(exc, SourceError):
+        # a source error uses a coordinator attempt; one that stayed unreachable for the
+        # whole outage budget fails the task at once
+        retry = isinstance(exc, SourceError) and not exc.transient
+        if lease.attempt < rt.settings.max_attempts and retry:
             delay = rt.settings.retry_base_seconds * 2 ** (lease.attempt - 1)
             store.release_coordinator(task.task_id, lease.token, due=True, retry_after=delay)
         else:
@@ -129,6 +139,16 @@ def _plan(rt: Runtime, task: Task, lease: Lease) -> None:
         task.task_id, lease.token, planned, estimate.count, estimate.is_estimate, task.columns
     ):  # canceled or timed out while planning: the cleanup is due
         store.release_coordinator(task.task_id, lease.token, due=True)
+
+
+def _through_outages(rt: Runtime, task: Task, read: Callable[[], T]) -> T:
+    """A planning read, tried again while the source cannot be reached (outage budget)."""
+    return ride_out(
+        read,
+        transient=source_outage(rt.settings.outage_budget_seconds),
+        budget=math.inf,  # counted from the first failure, by source_outage
+        what=f"planning {task.task_id}: reading the source",
+    )
 
 
 def _merge_headers(rt: Runtime, task: Task, lease: Lease) -> None:
@@ -169,6 +189,7 @@ def _finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
         task.allow_partial,
         task.max_error_rate,
     )
+    outcome = _named_cause(outcome, by[PartitionStatus.FAILED])
     finished = sum(p.finished_count for p in by[PartitionStatus.DONE])
     failed_rows = _failed_rows(rt, task, by[PartitionStatus.FAILED])
     if outcome.status is TaskStatus.FAILED:
@@ -202,10 +223,29 @@ def _finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
         store.release_coordinator(task.task_id, lease.token, due=True)
 
 
+OUTAGE_CODES = ("SOURCE_UNAVAILABLE", "STORAGE_UNAVAILABLE", "STORE_UNAVAILABLE", "STORAGE_FULL")
+
+
+def _named_cause(outcome: Outcome, failed: list[Partition]) -> Outcome:
+    """A task that failed because every failed partition met the same outage says so in
+    its own error_code (SOURCE_UNAVAILABLE, ...) rather than PARTITIONS_FAILED."""
+    codes = {p.error_code for p in failed}
+    if outcome.status is not TaskStatus.FAILED or len(codes) != 1:
+        return outcome
+    [code] = codes
+    if code not in OUTAGE_CODES:
+        return outcome
+    msg = f"{outcome.error_msg}: {failed[0].error_msg}"
+    return Outcome(outcome.status, code, msg, outcome.success_rate)
+
+
 def _finished_by_another(rt: Runtime, task: Task) -> bool:
     """A coordinator that lost its lease may find the task already finished by the one
-    that took over, with the very same output keys: those must then stay."""
-    return rt.store.get_task(task.project_id, task.task_id).file_status is FileStatus.GENERATED
+    that took over, with the very same output keys: those must then stay; and so while
+    the task still runs (the one that took over, e.g. after a store outage that let this
+    lease lapse, is writing those keys now)."""
+    current = rt.store.get_task(task.project_id, task.task_id)
+    return current.file_status is FileStatus.GENERATED or current.status is TaskStatus.RUNNING
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,8 @@ class Partition:
     header: dict[str, Any] | None = None  # header pass result: {"keys": [...], "documents": n}
     finished_count: int = 0
     bytes_written: int = 0
-    attempts: int = 0
+    attempts: int = 0  # failed or running tries of the work (a lost worker's is given back)
+    lost_count: int = 0  # leases that expired with their worker (killed, host lost)
     lease_owner: str | None = None
     lease_token: str | None = None
     lease_expires_at: datetime | None = None

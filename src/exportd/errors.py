@@ -55,6 +55,13 @@ class Unavailable(ExportdError):
     retry_after = 5
 
 
+class StoreUnavailable(Unavailable):
+    """The store (SQLite file or PostgreSQL) cannot be reached, even after riding the
+    outage out for as long as the caller allows (not at all for API requests)."""
+
+    error_code = "STORE_UNAVAILABLE"
+
+
 class LeaseLost(Exception):
     """The worker no longer holds the lease: it must stop and commit nothing."""
 
@@ -64,12 +71,17 @@ class Canceled(Exception):
 
 
 class SourceError(Exception):
-    """Reading the dataset failed; `error_code` names the kind of failure."""
+    """Reading the dataset failed; `error_code` names the kind of failure. `transient`:
+    the source could not be reached (the same read may succeed later), as opposed to a
+    failure of the read itself."""
 
-    def __init__(self, error_msg: str, error_code: str = "SOURCE_ERROR") -> None:
+    def __init__(
+        self, error_msg: str, error_code: str = "SOURCE_ERROR", *, transient: bool = False
+    ) -> None:
         super().__init__(error_msg)
         self.error_msg = error_msg
         self.error_code = error_code
+        self.transient = transient
 
 
 def first_line(exc: BaseException) -> str:

@@ -38,7 +38,7 @@ def ride_out(
     seconds (with exponential backoff and jitter between tries, from `base` to `cap`)."""
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_delay(budget),
-        wait=tenacity.wait_exponential_jitter(initial=base, max=cap),
+        wait=tenacity.wait_exponential_jitter(multiplier=base, max=cap, jitter=base),
         retry=tenacity.retry_if_exception(transient),
         reraise=True,
         before_sleep=lambda state: log.warning(

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(default=1.0, gt=0, description="safety-net polling interval")
     janitor_seconds: float = Field(default=2.0, gt=0, description="reaper interval")
     max_attempts: int = Field(default=3, ge=1, le=20, description="attempts per partition")
+    max_lost: int = Field(
+        default=5, ge=0, le=100, description="times a partition's worker may be lost (reclaims)"
+    )
     retry_base_seconds: float = Field(default=1.0, ge=0, description="first retry delay")
     batch_size: int = Field(default=5000, ge=1, le=1_000_000, description="rows per fetch")
     default_parallelism: int = Field(default=4, ge=1, le=256)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -17,7 +18,7 @@ from typing import Any, BinaryIO, cast
 from exportd import coordinator
 from exportd.documents import DEFAULT_ARRAYS, KeyCollector, check_width, flat_rows
 from exportd.domain import Dataset, Lease, Partition, PartitionPhase, Task, TaskStatus
-from exportd.errors import Canceled, LeaseLost, NotFound, SourceError
+from exportd.errors import Canceled, LeaseLost, NotFound, SourceError, StoreUnavailable
 from exportd.formats import Format, NestingFormat, RowWriter
 from exportd.formats.layout import Layout, PartOutput
 from exportd.formats.text import CsvFormat, CsvOptions
@@ -25,6 +26,8 @@ from exportd.heartbeat import Heartbeat
 from exportd.layout import parts_prefix
 from exportd.memory import release_memory
 from exportd.notify import Notifier
+from exportd.outages import source_outage
+from exportd.retrying import ride_out
 from exportd.runtime import Runtime, columns_for, selection_for
 from exportd.sources import Selection, Source
 from exportd.sources.documents import JsonLinesDocumentSource
@@ -70,7 +73,13 @@ class PartitionRun:
 
 def run_partition(rt: Runtime, task: Task, part: Partition, lease: Lease) -> None:
     """Run one pass of a partition (its header pass, or its export into a part) and
-    commit it fenced by the lease token; every failure ends in a retry or a FAILED."""
+    commit it fenced by the lease token; every failure ends in a retry or a FAILED.
+
+    Outages are not failures of the work and use up no attempt: an unreachable source
+    is read again from the start of the pass for up to `outage_budget_seconds` (then the
+    partition fails with SOURCE_UNAVAILABLE), and the store's calls ride out their own
+    budget (a store still unreachable after it leaves the lease to lapse: the partition
+    is reclaimed as lost, not as failed)."""
     store = rt.store
     try:
         dataset = store.get_dataset(task.project_id, task.dataset_id)
@@ -84,20 +93,33 @@ def run_partition(rt: Runtime, task: Task, part: Partition, lease: Lease) -> Non
     work = _collect_headers if part.phase is PartitionPhase.HEADERS else _export
     try:
         with Heartbeat(run.beat, rt.settings.heartbeat_interval, TaskStatus.RUNNING) as hb:
-            work(run, hb)
+            ride_out(
+                lambda: work(run, hb),
+                transient=source_outage(rt.settings.outage_budget_seconds),
+                budget=math.inf,  # counted from the first failure instead, by source_outage
+                what=f"{run.where}: reading the source",
+            )
     except LeaseLost:
         log.warning("%s: lease lost; attempt abandoned", run.where)
     except Canceled:
         store.cancel_partition(task.task_id, part.index, lease.token)
+    except StoreUnavailable:  # nothing can be recorded now: the lease lapses, not an attempt
+        log.warning("%s: the store stayed unreachable; the lease is left to lapse", run.where)
     except Exception as exc:  # every failure ends in a decision: retry or fail for good
         _failed_attempt(run, exc)
 
 
 def _failed_attempt(run: PartitionRun, exc: Exception) -> None:
+    """A failed try: again after a backoff while attempts are left, else FAILED. A
+    source that stayed unreachable for the whole outage budget fails at once: its try
+    already lasted the budget, and attempts are for failures of the work itself."""
     s = run.rt.settings
     code = getattr(exc, "error_code", "PARTITION_ERROR")
     msg = exc.error_msg if isinstance(exc, SourceError) else f"{type(exc).__name__}: {exc}"
     decision = retry_decision(run.lease.attempt, s.max_attempts, s.retry_base_seconds)
+    if isinstance(exc, SourceError) and exc.transient:
+        msg = f"the source could not be reached for {s.outage_budget_seconds:g} s: {msg}"
+        decision = retry_decision(1, 1, 0.0)
     log.warning("%s attempt %d failed: %s", run.where, run.lease.attempt, msg)
     run.rt.store.fail_partition(
         run.task.task_id, run.part.index, run.lease.token, code, msg[:2000],
@@ -264,13 +286,20 @@ class Worker:
         return False
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                if not self.step():
-                    self.rt.store.waker.wait(self.rt.settings.poll_seconds)
-            except Exception:  # a worker never dies of one bad unit of work or a store blip
-                log.exception("worker %s: step failed", self.owner)
-                stop.wait(1.0)
+        """Work until stopped. Every store call of this thread (claims, commits, the
+        coordinator's and the janitor's) rides out a store outage for up to
+        `outage_budget_seconds`."""
+        with self.rt.store.riding_out(self.rt.settings.outage_budget_seconds):
+            while not stop.is_set():
+                try:
+                    if not self.step():
+                        self.rt.store.waker.wait(self.rt.settings.poll_seconds)
+                except StoreUnavailable:
+                    log.warning("worker %s: the store stayed unreachable", self.owner)
+                    stop.wait(1.0)
+                except Exception:  # a worker never dies of one bad unit of work
+                    log.exception("worker %s: step failed", self.owner)
+                    stop.wait(1.0)
 
 
 class Janitor:
@@ -291,7 +320,8 @@ class Janitor:
             return
         try:
             self._next = now + self.rt.settings.janitor_seconds
-            done = self.rt.store.reap(self.rt.settings.max_attempts)
+            s = self.rt.settings
+            done = self.rt.store.reap(s.max_lost, grace=s.lease_seconds)
             done["files_expired"] = self.expire_files()
             if now >= self._next_uploads:
                 self._next_uploads = now + self.UPLOADS_EVERY

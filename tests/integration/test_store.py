@@ -3,6 +3,7 @@ refused where the data lives, and leases fence stale workers."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -12,9 +13,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from exportd.domain import FileStatus, PartitionStatus, Stage, Task, TaskStatus
-from exportd.errors import Conflict
+from exportd.errors import Conflict, NotFound, StoreUnavailable
 from exportd.store.sql import PlannedPartition, Store
 from exportd.store.tables import metadata, tasks
+from tests.netfault import FaultyProxy
 
 
 @pytest.fixture
@@ -95,18 +97,20 @@ def test_expired_lease_is_reclaimed_and_the_old_holder_fenced(store: Store) -> N
     assert claim is not None
     _, part, old = claim
     time.sleep(0.1)
-    assert store.reap(max_attempts=3)["reclaimed"] == 1
+    assert store.reap(max_lost=3)["reclaimed"] == 1
     again = store.claim_partition("live-worker", 30)
     assert again is not None
     _, part2, new = again
-    assert part2.index == part.index and new.attempt == 2
+    # the lost worker's try is given back: this is attempt 1 again, after one loss
+    assert part2.index == part.index and new.attempt == 1 and part2.lost_count == 1
     # the dead worker wakes up: every write it tries is refused
     assert store.heartbeat(task_id, part.index, old.token, 30, 1, 1) is None
     assert not store.commit_partition(task_id, part.index, old.token, "old", 1, 1, "h")
     assert store.commit_partition(task_id, part.index, new.token, "new", 7, 70, "h")
     t = store.get_task("p", task_id)
     assert [p.part_key for p in t.partitions] == ["new"]
-    assert t.partitions[0].status is PartitionStatus.DONE and t.partitions[0].attempts == 2
+    assert t.partitions[0].status is PartitionStatus.DONE and t.partitions[0].attempts == 1
+    assert t.partitions[0].lost_count == 1
 
 
 def test_last_partition_makes_the_coordinator_due_in_the_same_commit(store: Store) -> None:
@@ -129,3 +133,87 @@ def test_out_of_attempts_fails_the_partition(store: Store) -> None:
     t = store.get_task("p", task_id)
     assert t.partitions[0].status is PartitionStatus.FAILED
     assert t.partitions[0].error_code == "E"
+
+
+def test_an_expired_lease_gets_a_lease_of_grace_to_be_renewed(store: Store) -> None:
+    """A lease that lapsed while its worker could not reach the store is not reclaimed
+    the moment a janitor sees it: the worker renews it first and keeps its partition."""
+    task_id = started(store, parts=1)
+    claim = store.claim_partition("alive-but-cut-off", 0.05)
+    assert claim is not None
+    lease = claim[2]
+    time.sleep(0.1)
+    assert store.reap(grace=30)["reclaimed"] == 0  # only noted as lapsed
+    assert store.heartbeat(task_id, 0, lease.token, 30, 3, 30) is not None
+    assert store.reap(grace=0)["reclaimed"] == 0  # renewed: the mark is stale
+    assert store.commit_partition(task_id, 0, lease.token, "k", 3, 30, "h")
+    part = store.get_task("p", task_id).partitions[0]
+    assert (part.status, part.attempts, part.lost_count) == (PartitionStatus.DONE, 1, 0)
+
+
+def test_a_lapsed_lease_is_reclaimed_after_its_grace(store: Store) -> None:
+    task_id = started(store, parts=1)
+    assert store.claim_partition("gone", 0.05) is not None
+    time.sleep(0.1)
+    assert store.reap(grace=0.2)["reclaimed"] == 0  # first seen lapsed now
+    time.sleep(0.3)
+    assert store.reap(grace=0.2)["reclaimed"] == 1
+    part = store.get_task("p", task_id).partitions[0]
+    assert (part.status, part.attempts, part.lost_count) == (PartitionStatus.PENDING, 0, 1)
+    assert part.error_code == "LEASE_EXPIRED"
+
+
+def test_lost_workers_have_their_own_budget(store: Store) -> None:
+    """With max_attempts 1, losses do not fail the partition; max_lost of them do."""
+    task_id = started(store, parts=1)
+    for lost in (1, 2):
+        claim = store.claim_partition(f"gone-{lost}", 0.05)
+        assert claim is not None and claim[2].attempt == 1  # every try is the first
+        time.sleep(0.1)
+        done = store.reap(max_lost=1)
+        assert (done["reclaimed"], done["lease_failed"]) == ((1, 0) if lost == 1 else (0, 1))
+    part = store.get_task("p", task_id).partitions[0]
+    assert (part.status, part.lost_count, part.error_code) == (
+        PartitionStatus.FAILED, 2, "LEASE_EXPIRED"
+    )  # fmt: skip
+
+
+def test_fenced_commits_run_twice_know_they_happened(store: Store) -> None:
+    """A commit whose COMMIT answer was lost runs again (the whole unit of work): it
+    reports success for its own committed part, and still fences any other."""
+    task_id = started(store, parts=2)
+    a, b = store.claim_partition("w", 30), store.claim_partition("w", 30)
+    assert a is not None and b is not None
+    assert store.commit_partition(task_id, a[1].index, a[2].token, "ka", 5, 5, "h")
+    assert store.commit_partition(task_id, a[1].index, a[2].token, "ka", 5, 5, "h")
+    assert not store.commit_partition(task_id, a[1].index, a[2].token, "other", 5, 5, "h")
+    assert not store.commit_partition(task_id, b[1].index, a[2].token, "ka", 5, 5, "h")
+    task, _ = store.insert_task(new_task())
+    claim = store.claim_coordinator("c", 30)
+    assert claim is not None and claim[0].task_id == task.task_id
+    assert store.start_task(task.task_id, claim[1].token, None)
+    assert store.start_task(task.task_id, claim[1].token, None)  # run again: it did start
+    assert not store.start_task(task.task_id, "not-the-token", None)
+
+
+def test_an_unreachable_store_is_ridden_out_on_the_callers_budget(pg_database: str) -> None:
+    """With the store cut off, a thread without a budget (an API request) fails at once
+    with StoreUnavailable (503), never a driver error; a worker thread's call tries
+    again until the store is back and then gets its real answer."""
+    proxy = FaultyProxy("127.0.0.1", 5432)
+    store = Store(pg_database.replace(":5432/", f":{proxy.port}/"))
+    try:
+        store.engine.dispose()  # no pooled connection: every call connects through the cut
+        proxy.cut()
+        with pytest.raises(StoreUnavailable) as caught:
+            store.get_task("p", "t")
+        assert caught.value.error_code == "STORE_UNAVAILABLE" and caught.value.status_code == 503
+        assert proxy.refused == 1  # tried once
+
+        threading.Timer(1.5, proxy.restore).start()
+        with store.riding_out(60), pytest.raises(NotFound):  # the store's own answer
+            store.get_task("p", "t")
+        assert proxy.refused >= 2  # tried again while the store was unreachable
+    finally:
+        store.close()
+        proxy.close()

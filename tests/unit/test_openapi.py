@@ -22,7 +22,7 @@ def operations(doc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
         (method.upper(), path, op)
         for path, item in doc["paths"].items()
         for method, op in item.items()
-        if path != "/healthz"
+        if path not in ("/healthz", "/readyz")
     ]
 
 
@@ -37,7 +37,7 @@ def test_every_operation_documents_its_body_and_errors(openapi: dict[str, Any]) 
         errors = ("400", "401", "404", "500") if "{" in path else ("400", "401", "500")
         if signed_link:
             errors = ("400", "403", "404", "500")
-        for code in errors:
+        for code in (*errors, "503"):
             schema = responses[code]["content"]["application/json"]["schema"]
             assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (label, code)
         ok = [c for c in responses if c.startswith("2")]
@@ -108,3 +108,18 @@ def test_dataset_view_fields_are_exactly_the_documented_model() -> None:
     assert set(body) == set(DatasetView.model_fields)
     DatasetView.model_validate(body)
     assert "secret" not in str(body)
+
+
+def test_store_outages_and_readiness_are_documented(openapi: dict[str, Any]) -> None:
+    """Every route that needs the store documents its 503 STORE_UNAVAILABLE with a
+    Retry-After header; /readyz documents its 503; /healthz (liveness) none."""
+    for method, path, op in operations(openapi):
+        unavailable = op["responses"]["503"]
+        assert "STORE_UNAVAILABLE" in unavailable["description"], (method, path)
+        assert "Retry-After" in unavailable["headers"], (method, path)
+    ready = openapi["paths"]["/readyz"]["get"]["responses"]
+    assert set(ready) == {"200", "503"}
+    assert ready["503"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorBody"
+    }
+    assert "503" not in openapi["paths"]["/healthz"]["get"]["responses"]

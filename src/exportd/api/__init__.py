@@ -12,11 +12,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from exportd import __version__
 from exportd.api.guard import InputGuard
-from exportd.errors import ExportdError
+from exportd.api.schemas import ErrorBody
+from exportd.errors import ExportdError, StoreUnavailable, Unavailable
+from exportd.outages import unreachable
 from exportd.runtime import Runtime
 from exportd.service import ExportService
 from exportd.settings import Settings
@@ -68,7 +71,18 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
 
     @app.exception_handler(ExportdError)
     async def on_exportd_error(_: Request, exc: ExportdError) -> JSONResponse:
-        return JSONResponse(error_body(exc.error_code, exc.error_msg), status_code=exc.status_code)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
+        return JSONResponse(
+            error_body(exc.error_code, exc.error_msg), status_code=exc.status_code, headers=headers
+        )
+
+    @app.exception_handler(SQLAlchemyError)
+    async def on_store_error(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        """A store error that reached a route unwrapped: 503 when the store cannot be
+        reached (the client tries again after Retry-After), else an internal error."""
+        if unreachable(exc):
+            return await on_exportd_error(request, store_unavailable(exc))
+        return await on_crash(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -107,15 +121,55 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, Any]:
+        """Liveness: the process answers (it needs neither the store nor the storage)."""
         return {"status": "ok", "version": __version__}
+
+    @app.get(
+        "/readyz",
+        tags=["meta"],
+        responses={
+            503: {
+                "model": ErrorBody,
+                "description": "not ready: the store (STORE_UNAVAILABLE) or the storage "
+                "(STORAGE_UNAVAILABLE) cannot be reached; Retry-After says when to ask again",
+            }
+        },
+    )
+    def readyz(request: Request) -> dict[str, Any]:
+        """Readiness: the store answers a trivial query and the storage a lookup. A load
+        balancer sends requests only to a ready process; 503 with the reason otherwise."""
+        rt: Runtime = request.app.state.runtime
+        rt.store.ping()
+        try:
+            rt.storage.exists(READINESS_KEY)
+        except Exception as exc:
+            raise Unavailable(
+                f"the storage cannot be reached ({type(exc).__name__})", "STORAGE_UNAVAILABLE"
+            ) from None
+        return {"status": "ready", "version": __version__}
 
     _document_errors_as_served(app)
     return app
 
 
+READINESS_KEY = "readyz/probe"  # looked up, never written: a missing key is the answer
+
+UNAVAILABLE_RESPONSE: dict[str, Any] = {
+    "description": "the store cannot be reached (STORE_UNAVAILABLE); try again after "
+    "Retry-After seconds",
+    "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+}
+
+
+def store_unavailable(exc: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(f"the store cannot be reached ({type(exc).__name__}); try again later")
+
+
 def _document_errors_as_served(app: FastAPI) -> None:
     """FastAPI documents a 422 on every route; exportd answers bad input with 400 and the
-    error body instead, so the OpenAPI document says that (and nothing else)."""
+    error body instead, so the OpenAPI document says that (and nothing else). Every route
+    that needs the store may answer 503 STORE_UNAVAILABLE with Retry-After."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -125,9 +179,11 @@ def _document_errors_as_served(app: FastAPI) -> None:
                 description=app.description,
                 routes=app.routes,
             )
-            for path in schema.get("paths", {}).values():
+            for route, path in schema.get("paths", {}).items():
                 for op in path.values():
                     op.get("responses", {}).pop("422", None)
+                    if route != "/healthz":
+                        op.setdefault("responses", {}).setdefault("503", UNAVAILABLE_RESPONSE)
             for name in ("HTTPValidationError", "ValidationError"):
                 schema.get("components", {}).get("schemas", {}).pop(name, None)
             app.openapi_schema = schema

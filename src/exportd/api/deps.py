@@ -19,7 +19,6 @@ ERROR_TEXTS: dict[int, str] = {
     409: "conflict with the task's state or an earlier request",
     413: "request body larger than the limit",
     500: "internal error (details only in the server log)",
-    503: "a service exportd depends on (store, storage, source) is unavailable now",
 }
 
 

@@ -262,7 +262,7 @@ def project_connections(project_id: ProjectId, svc: Svc, who: Who) -> dict[str, 
     status_code=201,
     tags=["datasets"],
     response_model=DatasetView,
-    responses=errors(400, 401, 403, 404, 409, 413, 500, 503),
+    responses=BODY_ERRORS,
 )
 def register_dataset(
     project_id: ProjectId, body: DatasetRequest, svc: Svc, who: Who

@@ -46,7 +46,14 @@ class PartitionView(BaseModel):
     current_state: StageView
     finished_count: int
     bytes_written: int
-    attempts: int
+    attempts: int = Field(
+        description="tries of the work so far, the running one included; a try whose worker "
+        "was lost and a store or source outage ridden out do not count (max_attempts)"
+    )
+    lost_count: int = Field(
+        description="leases that expired with their worker (killed, host lost) and were "
+        "reclaimed; on their own budget (EXPORTD_MAX_LOST)"
+    )
     error_code: str | None
     error_msg: str | None
     start_time: str | None

@@ -47,6 +47,7 @@ def partition_json(p: Partition) -> dict[str, Any]:
         "finished_count": p.finished_count,
         "bytes_written": p.bytes_written,
         "attempts": p.attempts,
+        "lost_count": p.lost_count,
         "error_code": p.error_code,
         "error_msg": p.error_msg,
         "start_time": iso(p.start_time),

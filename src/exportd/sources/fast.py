@@ -33,6 +33,7 @@ from exportd.formats.layout import Layout, PartOutput
 from exportd.formats.parquet import _TZ, ParquetFormat, ParquetRowWriter
 from exportd.formats.text import CsvFormat, CsvOptions
 from exportd.heartbeat import Heartbeat
+from exportd.outages import source_error
 from exportd.prefetch import prefetched
 from exportd.sources import Selection, Source
 from exportd.sources.sql import SqlSource
@@ -160,7 +161,10 @@ class PgCopyCsv:
         import psycopg
 
         statement, params = self.statement(sel, bounds)
-        raw = self.source.engine.raw_connection()
+        try:
+            raw = self.source.engine.raw_connection()
+        except sa.exc.DBAPIError as exc:
+            raise source_error(exc, "SOURCE_QUERY_FAILED") from None
         done = False
         try:
             conn: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
@@ -177,7 +181,7 @@ class PgCopyCsv:
             done = True
             out.count(copy.rows)
         except psycopg.Error as exc:
-            raise SourceError(first_line(exc), "SOURCE_QUERY_FAILED") from None
+            raise source_error(exc, "SOURCE_QUERY_FAILED") from None
         finally:
             if done:
                 raw.close()

@@ -15,8 +15,9 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 
 from exportd.domain import Dataset
-from exportd.errors import BadRequest, SourceError, first_line
+from exportd.errors import BadRequest, first_line
 from exportd.filters import COERCE, compile_filter
+from exportd.outages import source_error
 from exportd.sources import Estimate, Selection
 from exportd.sources.policy import SourcePolicy
 from exportd.store.engine import normalize_url
@@ -249,7 +250,7 @@ class SqlSource:
                     return Estimate(0 if lo is None else int(hi) - int(lo) + 1, True)
                 return Estimate(int(conn.execute(stmt).scalar() or 0), False)
         except sa_exc.DBAPIError as exc:
-            raise SourceError(_db_error_text(exc), "SOURCE_UNAVAILABLE") from None
+            raise source_error(exc, "SOURCE_QUERY_FAILED") from None
 
     def _key_bounds(self, conn: sa.Connection) -> tuple[Any, Any]:
         """The key's min and max as two subqueries: SQLite reads an index end for a lone
@@ -298,7 +299,7 @@ class SqlSource:
                     cuts = self._quantile_cuts(conn, parallelism)
                 nulls = self._key_may_be_null(conn)
         except sa_exc.DBAPIError as exc:
-            raise SourceError(_db_error_text(exc), "SOURCE_UNAVAILABLE") from None
+            raise source_error(exc, "SOURCE_QUERY_FAILED") from None
         cuts = [_jsonable(c) for c in cuts]
         edges: list[Any] = [None, *cuts, None]
         last = len(edges) - 2
@@ -355,7 +356,7 @@ class SqlSource:
                 while batch := result.fetchmany(batch_size):
                     yield batch  # type: ignore[misc]
         except sa_exc.DBAPIError as exc:
-            raise SourceError(_db_error_text(exc), "SOURCE_QUERY_FAILED") from None
+            raise source_error(exc, "SOURCE_QUERY_FAILED") from None
 
     def count(self, sel: Selection, bounds: dict[str, Any]) -> int:
         stmt = (
@@ -367,7 +368,7 @@ class SqlSource:
             with self.engine.connect() as conn:
                 return int(conn.execute(stmt).scalar() or 0)
         except sa_exc.DBAPIError as exc:
-            raise SourceError(_db_error_text(exc), "SOURCE_QUERY_FAILED") from None
+            raise source_error(exc, "SOURCE_QUERY_FAILED") from None
 
 
 def _sqlite_batches(

@@ -1,11 +1,22 @@
-"""The store's transaction helpers, row mapping and guarded status moves."""
+"""The store's transaction helpers, row mapping and guarded status moves.
+
+Every public method of a store class is one unit of work (`_unit_of_work`): when the
+store cannot be reached, the whole method (all of its transaction, never half of one) is
+tried again for as long as the calling thread allows (`riding_out`: workers, heartbeats,
+the coordinator and the janitor ride out `outage_budget_seconds`; API requests do not
+wait), and then fails with `StoreUnavailable`. A method may therefore run again after a
+first run whose COMMIT was lost: each one is written so that running it twice is safe
+(fenced by lease tokens, and the fenced commits detect that they already happened)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import inspect
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 
@@ -19,6 +30,9 @@ from exportd.domain import (
     Task,
     TaskStatus,
 )
+from exportd.errors import StoreUnavailable
+from exportd.outages import unreachable
+from exportd.retrying import ride_out
 from exportd.store.engine import create_store_engine, migrate
 from exportd.store.events import enqueue_notifications
 from exportd.store.tables import partitions, tasks
@@ -26,6 +40,9 @@ from exportd.store.wakeup import Waker
 from exportd.transitions import partition_sources, task_sources
 
 NOTIFY_CHANNEL = "exportd_work"
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def utcnow() -> datetime:
@@ -42,10 +59,55 @@ def later(seconds: float, now: datetime | None = None) -> datetime:
     return (now or utcnow()) + timedelta(seconds=seconds)
 
 
+def _unit_of_work(method: Callable[P, R]) -> Callable[P, R]:
+    """The method, tried again as a whole while the store is unreachable, on the calling
+    thread's budget; a call made from inside another unit is part of that one."""
+
+    @functools.wraps(method)
+    def unit(*args: P.args, **kwargs: P.kwargs) -> R:
+        store: StoreBase = args[0]  # type: ignore[assignment]
+        local = store._local
+        if getattr(local, "inside", False):
+            return method(*args, **kwargs)
+
+        def once() -> R:
+            local.inside = True
+            try:
+                return method(*args, **kwargs)
+            finally:
+                local.inside = False
+
+        budget = getattr(local, "budget", 0.0)
+        try:
+            if budget <= 0:  # an API request: answer 503 now rather than wait
+                return once()
+            return ride_out(once, transient=unreachable, budget=budget, what=method.__name__)
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            raise StoreUnavailable(
+                f"the store cannot be reached ({type(exc).__name__}); try again later"
+            ) from exc
+
+    return unit
+
+
 class StoreBase:
     """Owns the engine; every method opens its own short transaction."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Make every public method of a store class a unit of work (those that take the
+        caller's `conn` run inside the caller's transaction and are left alone)."""
+        super().__init_subclass__(**kwargs)
+        for name, value in list(vars(cls).items()):
+            if name.startswith("_") or not inspect.isfunction(value):
+                continue
+            if "conn" in inspect.signature(value).parameters:
+                continue
+            setattr(cls, name, _unit_of_work(value))
+
     def __init__(self, url: str, *, run_migrations: bool = True) -> None:
+        self._local = threading.local()
         self.engine = create_store_engine(url)
         self.dialect = self.engine.dialect.name
         self.is_postgres = self.dialect == "postgresql"
@@ -56,6 +118,27 @@ class StoreBase:
     def close(self) -> None:
         self.waker.close()
         self.engine.dispose()
+
+    @contextmanager
+    def riding_out(self, budget: float) -> Iterator[None]:
+        """While inside, this thread's store calls ride out an unreachable store for up to
+        `budget` seconds each before they raise `StoreUnavailable`."""
+        previous = getattr(self._local, "budget", 0.0)
+        self._local.budget = budget
+        try:
+            yield
+        finally:
+            self._local.budget = previous
+
+    def ping(self) -> None:
+        """One trivial round trip (readiness): raises `StoreUnavailable` when it fails."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except Exception as exc:
+            if not unreachable(exc) and not isinstance(exc, sa.exc.DBAPIError):
+                raise
+            raise StoreUnavailable(f"the store cannot be reached ({type(exc).__name__})") from exc
 
     @contextmanager
     def write(self) -> Iterator[sa.Connection]:
@@ -182,6 +265,7 @@ def partition_from_row(row: Any) -> Partition:
         finished_count=row["finished_count"],
         bytes_written=row["bytes_written"],
         attempts=row["attempts"],
+        lost_count=row["lost_count"],
         lease_owner=row["lease_owner"],
         lease_token=row["lease_token"],
         lease_expires_at=as_utc(row["lease_expires_at"]),

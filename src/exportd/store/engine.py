@@ -38,8 +38,25 @@ def create_store_engine(url: str) -> sa.Engine:
         _sqlite_pragmas(engine)
         return engine
     return sa.create_engine(
-        url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        hide_parameters=True,
+        connect_args=_PG_CONNECT if url.startswith("postgresql") else {},
     )
+
+
+# a store that does not answer must fail a try quickly (it is then tried again on the
+# caller's budget) rather than hang: a bounded connect, and keepalives that notice a
+# connection whose server went away without closing it
+_PG_CONNECT = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
 
 
 def _sqlite_pragmas(engine: sa.Engine) -> None:

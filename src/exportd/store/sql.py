@@ -294,12 +294,21 @@ class Store(CatalogStore, OutboxStore):
     # ---- coordinator ("master task") leases ---------------------------------------------
 
     def claim_coordinator(self, owner: str, lease_seconds: float) -> tuple[Task, Lease] | None:
-        """Claim a task whose coordinator work is due and whose coordinator lease is free."""
+        """Claim a task whose coordinator work is due and whose coordinator lease is free:
+        released, or expired and seen so by a janitor at least a lease ago (a coordinator
+        that only could not renew during a store outage gets to renew first)."""
         now = utcnow()
         free = sa.and_(
             tasks.c.coordinator_due.is_(True),
             sa.or_(tasks.c.coord_not_before.is_(None), tasks.c.coord_not_before <= now),
-            sa.or_(tasks.c.coord_expires_at.is_(None), tasks.c.coord_expires_at < now),
+            sa.or_(
+                tasks.c.coord_expires_at.is_(None),
+                sa.and_(
+                    tasks.c.coord_expires_at < now,
+                    tasks.c.coord_lapsed_at > tasks.c.coord_expires_at,
+                    tasks.c.coord_lapsed_at <= later(-lease_seconds, now),
+                ),
+            ),
         )
         with self.write() as conn:
             stmt = sa.select(tasks.c.task_id).where(free).order_by(tasks.c.create_time).limit(1)
@@ -315,6 +324,7 @@ class Store(CatalogStore, OutboxStore):
                     coord_owner=owner,
                     coord_token=token,
                     coord_expires_at=expires,
+                    coord_lapsed_at=None,
                     coord_attempts=tasks.c.coord_attempts + 1,
                 )
             )
@@ -382,10 +392,18 @@ class Store(CatalogStore, OutboxStore):
         """PENDING -> RUNNING at stage 10 (getting total), fenced by the coordinator lease."""
         now = utcnow()
         with self.write() as conn:
-            return self._move_task(
+            if self._move_task(
                 conn, task_id, TaskStatus.RUNNING, now, tasks.c.coord_token == token,
                 stage=Stage.GETTING_TOTAL.value, start_time=now, deadline=deadline,
-            )  # fmt: skip
+            ):  # fmt: skip
+                return True
+            # run again after a COMMIT whose answer was lost: it is RUNNING under our lease
+            status = conn.execute(
+                sa.select(tasks.c.status).where(
+                    tasks.c.task_id == task_id, tasks.c.coord_token == token
+                )
+            ).scalar()
+            return status == TaskStatus.RUNNING.value
 
     def plan_task(
         self,
@@ -699,7 +717,15 @@ class Store(CatalogStore, OutboxStore):
             )  # fmt: skip
             if ok:
                 self._after_partition_stop(conn, task_id, now)
-        return ok
+                return True
+            # run again after a COMMIT whose answer was lost: the part (its key is unique
+            # to the attempt) is already the partition's; the caller must keep it
+            row = conn.execute(
+                sa.select(partitions.c.status, partitions.c.part_key).where(
+                    partitions.c.task_id == task_id, partitions.c.idx == index
+                )
+            ).first()
+            return row is not None and tuple(row) == (PartitionStatus.DONE.value, part_key)
 
     def fail_partition(
         self, task_id: str, index: int, token: str, code: str, msg: str, retry_in: float | None
@@ -806,7 +832,17 @@ class Store(CatalogStore, OutboxStore):
             )  # fmt: skip
             if ok:
                 self._after_partition_stop(conn, task_id, now)
-        return ok
+                return True
+            # run again after a COMMIT whose answer was lost: our header is the one kept
+            # (with a cache, its folder is unique to the attempt)
+            kept = conn.execute(
+                sa.select(partitions.c.header).where(
+                    partitions.c.task_id == task_id,
+                    partitions.c.idx == index,
+                    partitions.c.status != PartitionStatus.RUNNING.value,
+                )
+            ).scalar()
+            return kept == header
 
     def open_export(self, task_id: str, token: str, columns: list[str]) -> bool:
         """The coordinator's merge: the task gets its merged header and moves to stage 60;
@@ -850,33 +886,49 @@ class Store(CatalogStore, OutboxStore):
 
     # ---- the janitor ----------------------------------------------------------------------
 
-    def reap(self, max_attempts: int) -> dict[str, int]:
-        """Expired partition leases go back to PENDING (or FAILED when out of attempts);
-        tasks past their deadline end TIMEOUT. Returns what was done, by kind."""
+    def reap(self, max_lost: int = 5, grace: float = 0.0) -> dict[str, int]:
+        """Reclaim leases whose worker is gone; tasks past their deadline end TIMEOUT.
+        Returns what was done, by kind.
+
+        An expired lease is first only marked (`lapsed_at`); it is reclaimed when it is
+        still expired `grace` seconds (a lease) after a janitor first saw it so: a
+        worker that is alive but could not renew while the store was down renews it in
+        that time. A reclaimed partition goes back to PENDING with its attempt given
+        back (a lost worker is not a failed try) and one more `lost_count`; after
+        `max_lost` losses it FAILs. Coordinator leases are marked the same way (taken
+        over by `claim_coordinator`)."""
         now = utcnow()
         done = {"reclaimed": 0, "lease_failed": 0, "timed_out": 0}
         with self.write() as conn:
+            self._mark_lapsed(conn, now)
+            lapsed = sa.and_(
+                partitions.c.status == PartitionStatus.RUNNING.value,
+                partitions.c.lease_expires_at < now,
+                partitions.c.lapsed_at > partitions.c.lease_expires_at,
+                partitions.c.lapsed_at <= later(-grace, now),
+            )
             expired = conn.execute(
-                sa.select(partitions.c.task_id, partitions.c.idx, partitions.c.attempts).where(
-                    partitions.c.status == PartitionStatus.RUNNING.value,
-                    partitions.c.lease_expires_at < now,
-                )
-            ).all()
-            for task_id, idx, attempts in expired:
-                lapsed = partitions.c.lease_expires_at < now
-                if attempts < max_attempts:
+                sa.select(
+                    partitions.c.task_id, partitions.c.idx, partitions.c.attempts,
+                    partitions.c.lost_count,
+                ).where(lapsed)
+            ).all()  # fmt: skip
+            for task_id, idx, attempts, lost_before in expired:
+                lost = lost_before + 1
+                if lost <= max_lost:
                     if self._move_partition(
                         conn, task_id, idx, PartitionStatus.PENDING, now, lapsed,
                         stage=Stage.NOT_STARTED.value, lease_token=None, lease_expires_at=None,
-                        error_code="LEASE_EXPIRED",
-                        error_msg=f"attempt {attempts} lost its worker (lease expired)",
+                        attempts=max(attempts - 1, 0), lost_count=lost, error_code="LEASE_EXPIRED",
+                        error_msg=f"its worker was lost (lease expired); lost {lost} of at "
+                        f"most {max_lost} times",
                     ):  # fmt: skip
                         done["reclaimed"] += 1
                 elif self._move_partition(
                     conn, task_id, idx, PartitionStatus.FAILED, now, lapsed,
-                    lease_token=None, lease_expires_at=None, end_time=now,
+                    lease_token=None, lease_expires_at=None, end_time=now, lost_count=lost,
                     error_code="LEASE_EXPIRED",
-                    error_msg=f"gave up after {attempts} attempts whose workers were lost",
+                    error_msg=f"gave up: its workers were lost {lost} times (EXPORTD_MAX_LOST)",
                 ):  # fmt: skip
                     done["lease_failed"] += 1
                     self._after_partition_stop(conn, task_id, now)
@@ -899,6 +951,30 @@ class Store(CatalogStore, OutboxStore):
             if any(done.values()):
                 self._notify(conn)
         return done
+
+    def _mark_lapsed(self, conn: sa.Connection, now: datetime) -> None:
+        """Note when a lease was first seen expired (a mark older than the lease's current
+        expiry is stale: the lease was renewed or taken again since)."""
+        p, t = partitions.c, tasks.c
+        conn.execute(
+            sa.update(partitions)
+            .where(
+                p.status == PartitionStatus.RUNNING.value,
+                p.lease_expires_at < now,
+                sa.or_(p.lapsed_at.is_(None), p.lapsed_at <= p.lease_expires_at),
+            )
+            .values(lapsed_at=now)
+        )
+        conn.execute(
+            sa.update(tasks)
+            .where(
+                t.coordinator_due.is_(True),  # a held coordinator lease is due work
+                t.coord_token.is_not(None),
+                t.coord_expires_at < now,
+                sa.or_(t.coord_lapsed_at.is_(None), t.coord_lapsed_at <= t.coord_expires_at),
+            )
+            .values(coord_lapsed_at=now)
+        )
 
     def expired_coordinator_tasks(self) -> int:
         with self.read() as conn:

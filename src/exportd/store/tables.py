@@ -116,6 +116,8 @@ tasks = sa.Table(
     sa.Column("coord_expires_at", TS, nullable=True),
     sa.Column("coord_attempts", sa.Integer, nullable=False),
     sa.Column("coord_errors", sa.Integer, nullable=False, server_default="0"),
+    # when a janitor first saw the coordinator lease expired (takeover only a lease later)
+    sa.Column("coord_lapsed_at", TS, nullable=True),
     sa.UniqueConstraint("project_id", "idempotency_key", name="uq_tasks_idempotency"),
     sa.Index("ix_tasks_project_create", "project_id", "create_time"),
     sa.Index("ix_tasks_coordinator_due", "coordinator_due"),
@@ -142,6 +144,10 @@ partitions = sa.Table(
     sa.Column("finished_count", sa.BigInteger, nullable=False),
     sa.Column("bytes_written", sa.BigInteger, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False),
+    # leases lost with their worker (not failed attempts), and when a janitor first saw
+    # the current lease expired (it is reclaimed only a whole lease after that)
+    sa.Column("lost_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("lapsed_at", TS, nullable=True),
     sa.Column("lease_owner", sa.String(200), nullable=True),
     sa.Column("lease_token", sa.String(64), nullable=True),
     sa.Column("lease_expires_at", TS, nullable=True),
