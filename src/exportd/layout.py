@@ -10,15 +10,22 @@ import re
 from exportd.domain import Task
 from exportd.errors import BadRequest
 
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,99}$")
 MAX_SEGMENTS = 8
+_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._=-]{0,99}"
+PREFIX_PATTERN = f"^{_SEGMENT}(/{_SEGMENT}){{0,{MAX_SEGMENTS - 1}}}$"
+"""A storage prefix, as checked here and as the OpenAPI document states it."""
+_PREFIX = re.compile(PREFIX_PATTERN)
+
+FILE_NAME_PATTERN = r"^(?!manifest\.json$)(?!.*\.\.)\w(?:[\w .()+,=@-]{0,253}[\w.()+,=@-])?$"
+"""A file name, as checked here and as the OpenAPI document states it: 1-255 letters,
+digits, spaces or `._-()+,=@`, starting with a letter or digit, not ending in a space,
+no `..`, not `manifest.json`."""
 
 
 def check_prefix(value: str, code: str = "INVALID_DESTINATION") -> str:
     """A relative prefix `a/b/c` of plain segments (letters, digits, `._=-`, not starting
     with a dot): no `..`, no absolute path, no empty segment, no backslash. 400 otherwise."""
-    segments = value.split("/")
-    if len(segments) > MAX_SEGMENTS or not all(_SEGMENT.match(s) for s in segments):
+    if not _PREFIX.fullmatch(value):
         raise BadRequest(
             f"a storage prefix is 1-{MAX_SEGMENTS} '/'-separated segments of letters, digits "
             "and ._=- (each starting with a letter or digit; no '..', no leading '/')",

@@ -6,12 +6,38 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from exportd.formats import FORMAT_NAMES
+from exportd.layout import FILE_NAME_PATTERN, PREFIX_PATTERN
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 # free text that is stored or handed to a driver as is: no NUL (PostgreSQL text cannot
 # hold one, and drivers refuse it); fields checked by the service name their own errors
 NO_NUL = r"^[^\x00]*$"
+
+
+def checked_by_service(pattern: str) -> dict[str, Any]:
+    """A pattern the OpenAPI document states for a field that the service checks itself
+    (with the same regular expression), so that a bad value gets its own error code."""
+    return {"pattern": pattern}
+
+
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+Email = Annotated[
+    str,
+    StringConstraints(max_length=254, pattern=rf"^{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+$"),
+]
+"""An email address: an RFC 5322 dot-atom local part and a domain of two or more DNS labels
+(the whole rule is this pattern, which the OpenAPI document states; whether the address
+receives mail is the SMTP server's to say)."""
+
+WEBHOOK_URL = (
+    r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9._~%!$&'()*+,;=-]+(?::[0-9]{1,5})?(?:[/?#][^\s\x00]*)?$"
+)
+"""An http(s) URL with a host (a DNS name or an IPv4 address; no IPv6 literal) and no
+credentials, as the OpenAPI document states it."""
 
 
 class FieldSpec(BaseModel):
@@ -31,10 +57,10 @@ class NotifySpec(BaseModel):
     webhook_url: str | None = Field(
         default=None,
         max_length=2000,
-        pattern=NO_NUL,
+        pattern=WEBHOOK_URL,
         description="http(s) URL; signed Standard Webhooks POST",
     )
-    emails: list[EmailStr] | None = Field(default=None, max_length=20)
+    emails: list[Email] | None = Field(default=None, max_length=20)
 
     @field_validator("webhook_url")
     @classmethod
@@ -57,6 +83,7 @@ class Destination(BaseModel):
         max_length=400,
         pattern=NO_NUL,
         description="folder under the project's storage root, e.g. `reports/2026-06`",
+        json_schema_extra=checked_by_service(PREFIX_PATTERN),
     )
 
 
@@ -73,7 +100,10 @@ class ExportRequest(BaseModel):
         "with AND: eq, ne, in, nin, lt, lte, gt, gte, between, like, is_null",
     )
     format: str = Field(
-        default="csv", max_length=20, description="csv, tsv, jsonl, json, parquet or xlsx"
+        default="csv",
+        max_length=20,
+        description="csv, tsv, jsonl, json, parquet or xlsx",
+        json_schema_extra={"enum": list(FORMAT_NAMES)},  # checked by the service: INVALID_FORMAT
     )
     format_options: dict[str, Any] | None = Field(
         default=None,
@@ -91,8 +121,19 @@ class ExportRequest(BaseModel):
     max_bytes_per_file: int | None = Field(
         default=None, ge=1024, le=10**13, description="split the output: files of about this size"
     )
-    file_name: str | None = Field(default=None, max_length=255, description="output file name")
-    parallelism: int | None = Field(default=None, ge=1, le=1024, description="partitions")
+    file_name: str | None = Field(
+        default=None,
+        max_length=255,
+        description="output file name: letters, digits, spaces and `._-()+,=@`, no `..`",
+        json_schema_extra=checked_by_service(FILE_NAME_PATTERN),
+    )
+    parallelism: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="partitions; at most the server's EXPORTD_MAX_PARALLELISM (the maximum "
+        "this document states)",
+    )
     allow_partial: bool = Field(default=False, description="accept COMPLETED_WITH_ERRORS")
     max_error_rate: float = Field(
         default=1.0, ge=0.0, le=1.0, description="with allow_partial: highest failed share"
@@ -193,5 +234,12 @@ class ProjectSettingsRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    storage_prefix: str | None = Field(default=None, max_length=400, pattern=NO_NUL)
+    storage_prefix: str | None = Field(
+        default=None,
+        max_length=400,
+        pattern=NO_NUL,
+        description="the project's storage root (server administrator only); not under "
+        "`parts/` nor under another project's `exports/`",
+        json_schema_extra=checked_by_service(PREFIX_PATTERN),
+    )
     notify: NotifySpec | None = None

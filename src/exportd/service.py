@@ -24,6 +24,7 @@ from exportd.filters import validate_filter
 from exportd.formats import FORMAT_NAMES, Column, Format, FormatLimits, get_format, keeps_nesting
 from exportd.formats.layout import Layout
 from exportd.layout import (
+    FILE_NAME_PATTERN,
     check_prefix,
     check_project_root,
     output_prefix,
@@ -42,7 +43,7 @@ from exportd.runtime import Runtime, filter_fields
 from exportd.sources.registration import SourceTarget, dataset_spec
 from exportd.store.sql import TaskQuery
 
-_FILE_NAME = re.compile(r"^[\w][\w .()+,=@-]{0,254}$", re.UNICODE)
+_FILE_NAME = re.compile(FILE_NAME_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -78,12 +79,7 @@ def hash_token(token: str) -> str:
 
 
 def check_file_name(name: str) -> str:
-    if (
-        not _FILE_NAME.match(name)
-        or ".." in name
-        or name.strip() != name
-        or name in ("manifest.json",)
-    ):
+    if not _FILE_NAME.fullmatch(name):
         raise BadRequest(
             "file_name must be 1-255 letters, digits, spaces or ._-()+,=@ "
             "with no path separators, no '..' and not 'manifest.json'",
@@ -145,10 +141,10 @@ class ExportService:
         current = self.store.project_settings(project_id)
         settings: dict[str, Any] = {}
         if req.storage_prefix is not None:
-            root = check_project_root(project_id, req.storage_prefix)
+            root = check_prefix(req.storage_prefix, "INVALID_STORAGE_PREFIX")
             if root != project_root(project_id, current) and not who.is_admin:
                 raise Forbidden("only the server administrator sets storage_prefix", "FORBIDDEN")
-            settings["storage_prefix"] = root
+            settings["storage_prefix"] = check_project_root(project_id, root)
         elif "storage_prefix" in current and not who.is_admin:
             settings["storage_prefix"] = current["storage_prefix"]
         if req.notify is not None:

@@ -110,6 +110,36 @@ def test_dataset_view_fields_are_exactly_the_documented_model() -> None:
     assert "secret" not in str(body)
 
 
+def test_the_rules_the_service_checks_are_stated(tmp_path: Path) -> None:
+    """Rules exportd enforces appear in the document: file-name and prefix patterns,
+    the format enum, this server's parallelism limit, no NUL in any string parameter."""
+    settings = Settings(data_dir=tmp_path, max_parallelism=12)
+    doc = create_app(settings, workers=0).openapi()
+    schemas = doc["components"]["schemas"]
+    export = schemas["ExportRequest"]["properties"]
+    assert export["format"]["enum"] == ["csv", "tsv", "jsonl", "json", "parquet", "xlsx"]
+    assert "manifest" in export["file_name"]["pattern"]
+    [integer] = [b for b in export["parallelism"]["anyOf"] if b.get("type") == "integer"]
+    assert integer["maximum"] == 12
+    assert schemas["Destination"]["properties"]["prefix"]["pattern"].startswith("^[A-Za-z0-9]")
+    settings_body = schemas["ProjectSettingsRequest"]["properties"]
+    assert settings_body["storage_prefix"]["pattern"] == export_prefix_pattern(schemas)
+    notify = schemas["NotifySpec"]["properties"]
+    assert "pattern" in notify["emails"]["anyOf"][0]["items"]
+    assert notify["webhook_url"]["anyOf"][0]["pattern"].startswith("^[Hh][Tt][Tt][Pp]")
+    for method, path, op in operations(doc):
+        for param in op.get("parameters", []):
+            schema = param["schema"]
+            strings = [schema, *schema.get("anyOf", [])]
+            for s in strings:
+                if s.get("type") == "string" and "enum" not in s and "format" not in s:
+                    assert s.get("pattern") == "^[^\\x00]*$", (method, path, param["name"])
+
+
+def export_prefix_pattern(schemas: dict[str, Any]) -> str:
+    return str(schemas["Destination"]["properties"]["prefix"]["pattern"])
+
+
 def test_store_outages_and_readiness_are_documented(openapi: dict[str, Any]) -> None:
     """Every route that needs the store documents its 503 STORE_UNAVAILABLE with a
     Retry-After header; /readyz documents its 503; /healthz (liveness) none."""

@@ -17,6 +17,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from exportd import __version__
 from exportd.api.guard import InputGuard
+from exportd.api.limits import state_server_limits
+from exportd.api.methods import allowed_methods
 from exportd.api.schemas import ErrorBody
 from exportd.errors import ExportdError, StoreUnavailable, Unavailable
 from exportd.outages import unreachable
@@ -91,7 +93,7 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {
             400: "INVALID_REQUEST",
             401: "UNAUTHORIZED",
@@ -101,8 +103,12 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
             413: "PAYLOAD_TOO_LARGE",
         }
         code = codes.get(exc.status_code, "HTTP_ERROR")
+        headers = exc.headers
+        if exc.status_code == 405:
+            allow = ", ".join(allowed_methods(request.app.routes, request.scope))
+            headers = {**(headers or {}), "Allow": allow}
         return JSONResponse(
-            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=headers
         )
 
     @app.exception_handler(Exception)
@@ -148,7 +154,7 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
             ) from None
         return {"status": "ready", "version": __version__}
 
-    _document_errors_as_served(app)
+    _document_errors_as_served(app, settings)
     return app
 
 
@@ -166,7 +172,7 @@ def store_unavailable(exc: BaseException) -> StoreUnavailable:
     return StoreUnavailable(f"the store cannot be reached ({type(exc).__name__}); try again later")
 
 
-def _document_errors_as_served(app: FastAPI) -> None:
+def _document_errors_as_served(app: FastAPI, settings: Settings) -> None:
     """FastAPI documents a 422 on every route; exportd answers bad input with 400 and the
     error body instead, so the OpenAPI document says that (and nothing else). Every route
     that needs the store may answer 503 STORE_UNAVAILABLE with Retry-After."""
@@ -186,6 +192,7 @@ def _document_errors_as_served(app: FastAPI) -> None:
                         op.setdefault("responses", {}).setdefault("503", UNAVAILABLE_RESPONSE)
             for name in ("HTTPValidationError", "ValidationError"):
                 schema.get("components", {}).get("schemas", {}).pop(name, None)
+            state_server_limits(schema, settings)
             app.openapi_schema = schema
         return app.openapi_schema
 

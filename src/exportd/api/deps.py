@@ -9,6 +9,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from exportd.api.schemas import ErrorBody
 from exportd.links import LinkSigner
+from exportd.requests import NO_NUL
 from exportd.service import ExportService, Principal
 
 ERROR_TEXTS: dict[int, str] = {
@@ -68,6 +69,12 @@ def base_url(request: Request) -> str:
 Svc = Annotated[ExportService, Depends(service)]
 Who = Annotated[Principal, Depends(principal)]
 
-ProjectId = Annotated[str, Path(min_length=1, max_length=64, description="the project")]
-TaskId = Annotated[str, Path(min_length=1, max_length=64, description="the export task")]
-DatasetId = Annotated[str, Path(min_length=1, max_length=200, description="a dataset's id or name")]
+ProjectId = Annotated[
+    str, Path(pattern=NO_NUL, min_length=1, max_length=64, description="the project")
+]
+TaskId = Annotated[
+    str, Path(pattern=NO_NUL, min_length=1, max_length=64, description="the export task")
+]
+DatasetId = Annotated[
+    str, Path(pattern=NO_NUL, min_length=1, max_length=200, description="a dataset's id or name")
+]

@@ -38,6 +38,7 @@ from exportd.domain import Role, Task
 from exportd.errors import Forbidden
 from exportd.requests import (
     CONNECTION_NAME,
+    NO_NUL,
     ConnectionBody,
     ConnectionRequest,
     DatasetRequest,
@@ -335,7 +336,9 @@ def create_export(
     response: Response,
     svc: Svc,
     who: Who,
-    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
+    idempotency_key: Annotated[
+        str | None, Header(pattern=NO_NUL, min_length=1, max_length=255)
+    ] = None,
 ) -> dict[str, Any]:
     """Start an export (writer role); answers at once (202) with the task. A repeated
     `Idempotency-Key` returns the task it created first (200)."""
@@ -366,15 +369,20 @@ def list_exports(
         list[StatusFilter] | None,
         Query(max_length=20, description="any of these (native or seed-002 TaskStatusEnum)"),
     ] = None,
-    file_name: Annotated[str | None, Query(max_length=255, description="exact name")] = None,
-    file_name_prefix: Annotated[str | None, Query(max_length=255)] = None,
-    task_id: Annotated[str | None, Query(max_length=64)] = None,
-    dataset_id: Annotated[str | None, Query(max_length=200)] = None,
+    file_name: Annotated[
+        str | None, Query(pattern=NO_NUL, max_length=255, description="exact name")
+    ] = None,
+    file_name_prefix: Annotated[str | None, Query(pattern=NO_NUL, max_length=255)] = None,
+    task_id: Annotated[str | None, Query(pattern=NO_NUL, max_length=64)] = None,
+    dataset_id: Annotated[str | None, Query(pattern=NO_NUL, max_length=200)] = None,
     is_download: bool | None = None,
     created_from: Annotated[datetime | None, Query(description="create_time >= this")] = None,
     created_to: Annotated[datetime | None, Query(description="create_time < this")] = None,
     sort_field: SortField | None = None,
-    sort_type: Literal["asc", "desc"] | None = None,
+    sort_type: Annotated[
+        Literal["asc", "desc"] | None,
+        Query(description="default asc; only together with sort_field (else 400)"),
+    ] = None,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
@@ -475,7 +483,9 @@ def download_export(
     request: Request,
     svc: Svc,
     who: Who,
-    name: Annotated[str | None, Query(max_length=255, description="a file of the task")] = None,
+    name: Annotated[
+        str | None, Query(pattern=NO_NUL, max_length=255, description="a file of the task")
+    ] = None,
 ) -> Response:
     """The file: streamed (local storage) or a 307 to a freshly presigned URL (S3); with
     `name`, another file of the task."""
@@ -492,11 +502,13 @@ def download_export(
 def follow_link(
     project_id: ProjectId,
     task_id: TaskId,
-    name: Annotated[str, Path(min_length=1, max_length=255, description="the file's name")],
+    name: Annotated[
+        str, Path(pattern=NO_NUL, min_length=1, max_length=255, description="the file's name")
+    ],
     request: Request,
     svc: Svc,
     expires: Annotated[int | None, Query(ge=0, le=2**62)] = None,
-    signature: Annotated[str | None, Query(max_length=200)] = None,
+    signature: Annotated[str | None, Query(pattern=NO_NUL, max_length=200)] = None,
 ) -> Response:
     """A signed link (from the status, a webhook or an email): no token needed until it
     expires; a tampered or expired link is 403 (`LINK_INVALID`, `LINK_EXPIRED`)."""

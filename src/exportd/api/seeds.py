@@ -21,6 +21,7 @@ from exportd.api.seed_mapping import (
 )
 from exportd.api.views import retry_after_seconds
 from exportd.domain import FileStatus, Role, Task, TaskStatus
+from exportd.requests import NO_NUL
 from exportd.store.sql import TaskQuery, sort_order
 
 router = APIRouter(prefix="/v2", tags=["seed-compatible"])
@@ -68,15 +69,20 @@ def list_export_tasks(
     project_id: ProjectId,
     svc: Svc,
     who: Who,
-    file_name: Annotated[str | None, Query(max_length=255, description="File name.")] = None,
-    task_id: Annotated[str | None, Query(max_length=64, description="Task ID.")] = None,
+    file_name: Annotated[
+        str | None, Query(pattern=NO_NUL, max_length=255, description="File name.")
+    ] = None,
+    task_id: Annotated[
+        str | None, Query(pattern=NO_NUL, max_length=64, description="Task ID.")
+    ] = None,
     status: Annotated[Seed004Status | None, Query(description="Export task status.")] = None,
     is_download: Annotated[
         bool, Query(description="Whether the file has been downloaded (default false).")
     ] = False,
     sort_field: Annotated[Seed004Sort | None, Query(description="Sorting field.")] = None,
     sort_type: Annotated[
-        Literal["asc", "desc"] | None, Query(description="Sorting type (default asc).")
+        Literal["asc", "desc"] | None,
+        Query(description="Sorting type (default asc); only together with sort_field (else 400)."),
     ] = None,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000, description="Paging offset.")] = 0,
     limit: Annotated[int, Query(ge=1, le=100, description="Page size, 1-100.")] = 20,
@@ -146,7 +152,9 @@ class DatasetExportTask(BaseModel):
 )
 def get_dataset_export_task(
     project_id: ProjectId,
-    resource_id: Annotated[str, Path(min_length=1, max_length=200, description="dataset ID")],
+    resource_id: Annotated[
+        str, Path(pattern=NO_NUL, min_length=1, max_length=200, description="dataset ID")
+    ],
     task_id: TaskId,
     response: Response,
     svc: Svc,
@@ -188,8 +196,12 @@ class ResourceTaskStatus(BaseModel):
 )
 def get_resource_status(
     project_id: ProjectId,
-    resource_id: Annotated[str, Path(min_length=1, max_length=64, description="the task ID")],
-    workspace: Annotated[str, Header(min_length=1, max_length=64, description="workspace ID")],
+    resource_id: Annotated[
+        str, Path(pattern=NO_NUL, min_length=1, max_length=64, description="the task ID")
+    ],
+    workspace: Annotated[
+        str, Header(pattern=NO_NUL, min_length=1, max_length=64, description="workspace ID")
+    ],
     response: Response,
     svc: Svc,
     who: Who,

@@ -23,6 +23,7 @@ from exportd.formats.cells import (
     TimeOptions,
     decimal_text,
     float_text,
+    neutralise,
     text_renderer,
 )
 from exportd.formats.compression import MEDIA_TYPES, SUFFIXES, compress, sink
@@ -178,6 +179,11 @@ class CsvEncoder:
         return end.join(map(self.o.delimiter.join, zip(*cols, strict=True))) + end
 
     def header(self, names: Sequence[str]) -> str:
+        """The header line. Its names come from callers too (`as` renames, source column
+        names, document keys), so they are neutralised like text cells. Every path (the
+        generic writer and each fast path) takes its header from here."""
+        if self.o.spreadsheet_safe:
+            names = [neutralise(n) for n in names]
         return self.o.delimiter.join(self.cell(n) for n in names) + self.o.line_ending
 
 

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from exportd.domain import (
     ACTIVE_STATUSES,
@@ -90,20 +91,52 @@ class Store(CatalogStore, OutboxStore):
 
     def insert_task(self, task: Task) -> tuple[Task, bool]:
         """Insert a new task, or return the existing one for the same idempotency key.
-        Returns (task, created)."""
-        with self.write() as conn:
-            if task.idempotency_key:
-                row = conn.execute(
-                    sa.select(tasks).where(
-                        tasks.c.project_id == task.project_id,
-                        tasks.c.idempotency_key == task.idempotency_key,
-                    )
-                ).first()
-                if row is not None:
-                    return task_from_row(row._mapping), False
-            conn.execute(tasks.insert().values(**_task_values(task)))
-            self._notify(conn)
-        return task, True
+        Returns (task, created).
+
+        Concurrent creates with one key race: a select before the insert cannot see a
+        task another transaction has not yet committed. The insert therefore leaves a
+        key conflict to the database (`ON CONFLICT DO NOTHING`, which on PostgreSQL waits
+        for the other transaction) and reads the winner's task after it."""
+        if not task.idempotency_key:
+            with self.write() as conn:
+                conn.execute(tasks.insert().values(**_task_values(task)))
+                self._notify(conn)
+            return task, True
+        for _ in range(3):  # the winner's task may be deleted between conflict and read
+            with self.write() as conn:
+                existing = self._task_by_key(conn, task.project_id, task.idempotency_key)
+                if existing is not None:
+                    return existing, False
+                stmt = self._insert_unless_key_taken().values(**_task_values(task))
+                if conn.execute(stmt).first() is not None:  # the row it inserted
+                    self._notify(conn)
+                    return task, True
+            with self.read() as conn:  # a fresh snapshot: the winner has committed
+                existing = self._task_by_key(conn, task.project_id, task.idempotency_key)
+            if existing is not None:
+                return existing, False
+        raise Conflict(
+            "tasks with this Idempotency-Key are being created and deleted at once",
+            "IDEMPOTENCY_KEY_BUSY",
+        )
+
+    def _insert_unless_key_taken(self) -> Any:
+        """An insert into `tasks` that does nothing when (project_id, idempotency_key) is
+        already taken, returning the id it inserted (SQLite and PostgreSQL spell it alike;
+        `rowcount` is not reliable for it under psycopg)."""
+        insert = postgresql.insert if self.is_postgres else sqlite.insert
+        return (
+            insert(tasks)
+            .on_conflict_do_nothing(index_elements=[tasks.c.project_id, tasks.c.idempotency_key])
+            .returning(tasks.c.task_id)
+        )
+
+    @staticmethod
+    def _task_by_key(conn: sa.Connection, project_id: str, key: str) -> Task | None:
+        row = conn.execute(
+            sa.select(tasks).where(tasks.c.project_id == project_id, tasks.c.idempotency_key == key)
+        ).first()
+        return None if row is None else task_from_row(row._mapping)
 
     def get_task(self, project_id: str, task_id: str) -> Task:
         with self.read() as conn:
