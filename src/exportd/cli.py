@@ -160,9 +160,9 @@ def connections_add(
     url: Url = DEFAULT_URL,
     token: Token = None,
 ) -> None:
-    """Create or replace a connection profile; its URL is never shown back."""
+    """Create a connection profile; its URL is never shown back."""
     with _api(url, token) as c:
-        console.print_json(data=c.put_connection(name, db_url, project))
+        console.print_json(data=c.add_connection(name, db_url, project))
 
 
 @connections_app.command("list")
@@ -456,7 +456,11 @@ def _demo_project(c: ExportdClient, db_url: str) -> str:
         if exc.status != 409:
             raise
     token = str(c.create_token("demo", "writer")["token"])
-    c.put_connection("demo-flights", db_url, ["demo"])
+    try:
+        c.add_connection("demo-flights", db_url, ["demo"])
+    except ClientError as exc:
+        if exc.status != 409:
+            raise
     if not any(d["name"] == "flights" for d in c.list_datasets("demo")):
         c.add_dataset(
             "demo", name="flights", kind="sql", connection="demo-flights", table="flights", key="id"

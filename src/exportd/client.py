@@ -55,10 +55,10 @@ class ExportdClient:
     def create_token(self, project_id: str, role: str = "writer") -> dict[str, Any]:
         return dict(self._call("POST", f"/v1/projects/{project_id}/tokens", json={"role": role}))
 
-    def put_connection(self, name: str, url: str, projects: list[str]) -> dict[str, Any]:
-        """Create or replace a connection profile (administrator token)."""
-        body = {"url": url, "projects": projects}
-        return dict(self._call("PUT", f"/v1/connections/{name}", json=body))
+    def add_connection(self, name: str, url: str, projects: list[str]) -> dict[str, Any]:
+        """Create a connection profile (administrator token)."""
+        body = {"name": name, "url": url, "projects": projects}
+        return dict(self._call("POST", "/v1/connections", json=body))
 
     def list_connections(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/v1/connections")["connections"])

@@ -78,14 +78,16 @@ class Connections:
     def put(
         self, name: str, url: str, projects: list[str], replace: bool
     ) -> tuple[Connection, bool, bool]:
-        """Create or replace a profile after the policy's checks; returns (profile,
-        created, reachable). An unreachable database may be registered (it may come up
+        """Create a profile (or replace an existing one) after the policy's checks;
+        returns (profile, created, reachable). An unreachable database may be registered (it may come up
         later); exportd's own store, or a SQLite file outside the source directories, not."""
         if name in self.configured:
             raise Conflict(
                 f"connection {name!r} is defined in the settings (EXPORTD_CONNECTIONS)",
                 "CONNECTION_IN_SETTINGS",
             )
+        if replace and self.store.get_connection(name) is None:
+            raise NotFound(f"connection {name[:100]!r} not found", "CONNECTION_NOT_FOUND")
         directory = Connection(name, url, projects, "api").directory
         if directory is not None:
             self.policy.check_directory(directory)

@@ -169,7 +169,7 @@ class ExportService:
     def put_connection(
         self, name: str, req: ConnectionBody, replace: bool
     ) -> tuple[Connection, bool, bool]:
-        """Create (or replace) a profile: (profile, created, reachable now)."""
+        """Create (or replace an existing) profile: (profile, created, reachable now)."""
         return self.rt.connections.put(name, req.url, list(dict.fromkeys(req.projects)), replace)
 
     def get_connection(self, name: str) -> Connection:

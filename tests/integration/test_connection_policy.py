@@ -245,6 +245,9 @@ def test_a_project_uses_only_the_connections_granted_to_it(
             r = token_api.http.request(method, path, json=body)
             assert_refused(r, (403,), ("FORBIDDEN",))
     assert connection_names(server) == ["wh"]
+    r = root.http.put("/v1/connections/nope", json={"url": url, "projects": ["b"]})
+    assert_refused(r, (404,), ("CONNECTION_NOT_FOUND",))  # PUT replaces; POST creates
+    assert connection_names(server) == ["wh"]
     assert b_admin.http.get("/v1/projects/b/connections").json() == {"connections": [], "count": 0}
     assert a_admin.http.get("/v1/projects/a/connections").json() == {
         "connections": [{"name": "wh", "backend": "postgresql"}], "count": 1,

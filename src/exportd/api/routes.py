@@ -37,7 +37,6 @@ from exportd.api.views import connection_json, dataset_json, retry_after_seconds
 from exportd.domain import Role, Task
 from exportd.errors import Forbidden
 from exportd.requests import (
-    CONNECTION_NAME,
     NO_NUL,
     ConnectionBody,
     ConnectionRequest,
@@ -162,7 +161,7 @@ def create_token(project_id: ProjectId, body: TokenRequest, svc: Svc, who: Who) 
 # ---- connection profiles (server administrator) -------------------------------------------
 
 ConnectionName = Annotated[
-    str, Path(pattern=CONNECTION_NAME, max_length=100, description="the profile's name")
+    str, Path(pattern=NO_NUL, max_length=100, description="the profile's name")
 ]
 CONNECTION_ERRORS = errors(400, 401, 403, 404, 409, 413, 500)
 
@@ -197,13 +196,12 @@ def create_connection(body: ConnectionRequest, svc: Svc, who: Who) -> dict[str, 
     responses=CONNECTION_ERRORS,
 )
 def put_connection(
-    name: ConnectionName, body: ConnectionBody, response: Response, svc: Svc, who: Who
+    name: ConnectionName, body: ConnectionBody, svc: Svc, who: Who
 ) -> dict[str, Any]:
-    """Create or replace a profile (a new password, other grants); datasets on it use
-    the new one from their next connection."""
+    """Replace a profile's URL and grants (a new password, other projects); datasets on
+    it use the new ones from their next connection. 404 if there is no such profile."""
     _server_admin(who)
-    conn, created, reachable = svc.put_connection(name, body, replace=True)
-    response.status_code = 201 if created else 200
+    conn, _created, reachable = svc.put_connection(name, body, replace=True)
     return connection_json(conn, reachable)
 
 
