@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -34,8 +35,9 @@ from exportd.formats.layout import Layout, file_names, pack, read_index
 from exportd.heartbeat import Heartbeat
 from exportd.layout import output_prefix, parts_prefix
 from exportd.outages import source_outage
-from exportd.retrying import ride_out
+from exportd.retrying import backoff, ride_out
 from exportd.runtime import Runtime, columns_for, selection_for
+from exportd.storage import StorageFull, StorageUnavailable, is_temporary
 from exportd.store.base import utcnow
 from exportd.store.sql import PlannedPartition
 from exportd.transitions import CoordinatorWork, Outcome, coordinator_work, finish_outcome
@@ -43,6 +45,8 @@ from exportd.transitions import CoordinatorWork, Outcome, coordinator_work, fini
 log = logging.getLogger(__name__)
 
 CLEANUP_RETRY_SECONDS = 0.5
+CLEANUP_RETRY_CAP = 300.0  # a cleanup is tried again for ever, at least every 5 minutes
+OUTAGE_RETRY_SECONDS = 5.0  # after a storage outage outlasted the budget
 T = TypeVar("T")
 
 
@@ -67,10 +71,20 @@ def run(rt: Runtime, task: Task, lease: Lease) -> None:
 
 def _after_error(rt: Runtime, task: Task, lease: Lease, exc: Exception) -> None:
     """Retry a failed coordinator run with backoff, up to `max_attempts` failures; then
-    end the task, so that no task is left RUNNING forever on an error that persists."""
+    end the task, so that no task is left RUNNING forever on an error that persists. A
+    storage that stayed unreachable for the whole outage budget is no failure of the
+    task: the work is handed back for later. A cleanup is never given up."""
     store = rt.store
+    if not task.status.is_terminal and isinstance(exc, StorageUnavailable):
+        store.release_coordinator(
+            task.task_id, lease.token, due=True, retry_after=OUTAGE_RETRY_SECONDS
+        )
+        return
     errors = store.count_coordinator_error(task.task_id, lease.token)
     if errors is None:
+        return
+    if task.status.is_terminal:
+        _cleanup_later(rt, task, lease, errors)
         return
     if errors < rt.settings.max_attempts:
         delay = rt.settings.retry_base_seconds * 2 ** (errors - 1)
@@ -79,11 +93,17 @@ def _after_error(rt: Runtime, task: Task, lease: Lease, exc: Exception) -> None:
     first_line = (str(exc).strip().splitlines() or [""])[0][:300]
     msg = f"finishing work failed {errors} times; last: {type(exc).__name__}: {first_line}"
     if task.status in (TaskStatus.PENDING, TaskStatus.RUNNING):
-        store.fail_task(task.task_id, lease.token, "COORDINATOR_FAILED", msg)
-    elif task.status is TaskStatus.CANCELING:
-        store.finish_cancel(task.task_id, lease.token)
-    else:  # a terminal task whose cleanup keeps failing: give it up (the janitor may retry)
-        store.release_coordinator(task.task_id, lease.token, due=False)
+        code = exc.error_code if isinstance(exc, StorageFull) else "COORDINATOR_FAILED"
+        store.fail_task(task.task_id, lease.token, code, msg)
+    else:  # CANCELING: the task ends CANCELED, its cleanup stays due
+        store.finish_cancel(task.task_id, lease.token, cleaned=False)
+
+
+def _cleanup_later(rt: Runtime, task: Task, lease: Lease, errors: int) -> None:
+    """A terminal task's cleanup failed: due again after a backoff that grows to a cap."""
+    delay = backoff(errors, max(rt.settings.retry_base_seconds, 0.1), CLEANUP_RETRY_CAP)
+    log.warning("cleanup of %s failed %d times; again in %.0f s", task.task_id, errors, delay)
+    rt.store.release_coordinator(task.task_id, lease.token, due=True, retry_after=delay)
 
 
 def _dispatch(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
@@ -193,8 +213,10 @@ def _finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
     finished = sum(p.finished_count for p in by[PartitionStatus.DONE])
     failed_rows = _failed_rows(rt, task, by[PartitionStatus.FAILED])
     if outcome.status is TaskStatus.FAILED:
-        storage.delete_prefix(parts_prefix(task))
-        store.finish_task(task.task_id, lease.token, outcome, [], None, finished, failed_rows, 0)
+        if store.finish_task(
+            task.task_id, lease.token, outcome, [], None, finished, failed_rows, 0
+        ):
+            _clean_up_now(rt, task, lease, generated=False)
         return
 
     store.set_task_stage(task.task_id, lease.token, Stage.COMPLETING_UPLOAD)
@@ -216,7 +238,9 @@ def _finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
         sum(r.bytes for r in records),
     )  # fmt: skip
     if ok:
-        storage.delete_prefix(parts_prefix(task))
+        if rt.settings.debug_pause_after_finish:
+            time.sleep(rt.settings.debug_pause_after_finish)
+        _clean_up_now(rt, task, lease, generated=True)
     elif not _finished_by_another(rt, task):  # canceled or timed out meanwhile
         for r in [*records, mrec]:  # this output must never be seen
             storage.delete(r.key)
@@ -237,6 +261,38 @@ def _named_cause(outcome: Outcome, failed: list[Partition]) -> Outcome:
         return outcome
     msg = f"{outcome.error_msg}: {failed[0].error_msg}"
     return Outcome(outcome.status, code, msg, outcome.success_rate)
+
+
+def _clean_up_now(rt: Runtime, task: Task, lease: Lease, *, generated: bool) -> None:
+    """Right after the terminal move (whose commit recorded the cleanup as due, the
+    lease kept): clean up and release; a failure leaves it due, tried again later."""
+    try:
+        _clean_storage(rt, task, generated=generated)
+    except Exception as exc:
+        log.warning("cleanup of %s failed: %s", task.task_id, type(exc).__name__)
+        errors = rt.store.count_coordinator_error(task.task_id, lease.token)
+        if errors is not None:
+            _cleanup_later(rt, task, lease, errors)
+        return
+    rt.store.release_coordinator(task.task_id, lease.token, due=False)
+
+
+def _clean_storage(rt: Runtime, task: Task, *, generated: bool) -> None:
+    """Delete every part of the task and abort the uploads left open in its output
+    folder; unless its files were GENERATED, delete the folder's files too (a failed
+    task never leaves a complete-looking data file). Only the folder's own files: a
+    folder below it is another task's. Any error propagates: the cleanup stays due."""
+    storage = rt.storage
+    storage.delete_prefix(parts_prefix(task))
+    folder = output_prefix(task)
+    storage.abort_uploads(folder)
+    doomed = [
+        key
+        for key in storage.list(folder)
+        if "/" not in key[len(folder) :] and (not generated or is_temporary(key))
+    ]
+    for key in doomed:
+        storage.delete(key)
 
 
 def _finished_by_another(rt: Runtime, task: Task) -> bool:
@@ -350,8 +406,10 @@ def _manifest(
 
 
 def _cleanup(rt: Runtime, task: Task, lease: Lease) -> None:
-    """After a cancel, timeout or failure: wait until no worker holds a live partition
-    lease, then delete every part; a CANCELING task then ends CANCELED."""
+    """After a cancel, timeout or failure, or an end whose cleanup is still due: wait
+    until no worker holds a live partition lease, then clean up (`_clean_storage`); a
+    CANCELING task then ends CANCELED. The due flag is cleared only once the storage
+    has confirmed every deletion; an error leaves it due (see `_after_error`)."""
     store = rt.store
     if store.live_partition_leases(task.task_id):
         store.release_coordinator(
@@ -359,8 +417,7 @@ def _cleanup(rt: Runtime, task: Task, lease: Lease) -> None:
         )
         return
     store.stop_abandoned_partitions(task.task_id)
-    rt.storage.delete_prefix(parts_prefix(task))
-    rt.storage.abort_uploads(output_prefix(task))  # a coordinator that died mid-assembly
+    _clean_storage(rt, task, generated=task.file_status is FileStatus.GENERATED)
     if task.status is TaskStatus.CANCELING:
         store.finish_cancel(task.task_id, lease.token)
     else:

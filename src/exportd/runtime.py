@@ -27,7 +27,7 @@ class Runtime:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(settings.store_url)
-        self.storage: Storage = open_storage(settings.files_url)
+        self.storage: Storage = open_storage(settings.files_url, settings.outage_budget_seconds)
         self.policy = SourcePolicy(
             settings.source_dirs,
             settings.store_url,

@@ -93,8 +93,21 @@ class Settings(BaseSettings):
         default=120.0, ge=0, description="seconds of store/storage outage ridden out"
     )
 
+    # nothing left behind: the sweeper looks for orphans in the storage now and then
+    sweep_seconds: float = Field(
+        default=600.0, gt=0, description="interval of the storage sweeper (orphans)"
+    )
+    sweep_grace_seconds: float = Field(
+        default=3600.0,
+        ge=1,
+        description="age after which the sweeper removes temporary files and the objects "
+        "of tasks the store does not know",
+    )
+
     # fault injection for tests: a worker sleeps between uploading a part and committing it
     debug_pause_before_commit: float = Field(default=0.0, ge=0)
+    # ... and a coordinator between a task's terminal commit and the deletion of its parts
+    debug_pause_after_finish: float = Field(default=0.0, ge=0)
 
     @property
     def store_url(self) -> str:

@@ -33,6 +33,8 @@ from exportd.sources import Selection, Source
 from exportd.sources.documents import JsonLinesDocumentSource
 from exportd.sources.documents_arrow import CellCache, cached_csv, collect_headers, warm_up
 from exportd.sources.fast import fast_path
+from exportd.storage import StorageUnavailable
+from exportd.sweeper import Sweeper
 from exportd.transitions import retry_decision
 
 log = logging.getLogger(__name__)
@@ -109,11 +111,23 @@ def run_partition(rt: Runtime, task: Task, part: Partition, lease: Lease) -> Non
         _failed_attempt(run, exc)
 
 
+STORAGE_RETRY_SECONDS = 5.0  # a partition handed back after a storage outage
+
+
 def _failed_attempt(run: PartitionRun, exc: Exception) -> None:
     """A failed try: again after a backoff while attempts are left, else FAILED. A
     source that stayed unreachable for the whole outage budget fails at once: its try
-    already lasted the budget, and attempts are for failures of the work itself."""
+    already lasted the budget, and attempts are for failures of the work itself. A
+    storage that stayed unreachable for its budget hands the partition back for later,
+    without using an attempt: the work can only go on once the storage is back."""
     s = run.rt.settings
+    if isinstance(exc, StorageUnavailable):  # not the partition's fault: not an attempt
+        log.warning("%s handed back: %s", run.where, exc.error_msg)
+        run.rt.store.hand_back_partition(
+            run.task.task_id, run.part.index, run.lease.token, exc.error_code,
+            exc.error_msg[:2000], STORAGE_RETRY_SECONDS,
+        )  # fmt: skip
+        return
     code = getattr(exc, "error_code", "PARTITION_ERROR")
     msg = exc.error_msg if isinstance(exc, SourceError) else f"{type(exc).__name__}: {exc}"
     decision = retry_decision(run.lease.attempt, s.max_attempts, s.retry_base_seconds)
@@ -155,7 +169,7 @@ def _collect_headers(run: PartitionRun, hb: Heartbeat) -> None:
             log.warning("%s: lease lost before the header commit", run.where)
     finally:
         if cache is not None and not committed:
-            run.rt.storage.delete_prefix(cache.folder)
+            _discard(run, cache.folder)
 
 
 def _arrow_documents(run: PartitionRun) -> bool:
@@ -248,7 +262,17 @@ def _export(run: PartitionRun, hb: Heartbeat) -> None:
             log.warning("%s: lease lost before commit", run.where)
     finally:
         if not committed:
-            rt.storage.delete_prefix(folder)
+            _discard(run, folder)
+
+
+def _discard(run: PartitionRun, folder: str) -> None:
+    """Delete an uncommitted attempt's folder, best effort: whatever stays is under the
+    task's parts prefix, which the task's cleanup and the sweeper delete in the end; the
+    attempt's own error is the one that counts."""
+    try:
+        run.rt.storage.delete_prefix(folder)
+    except Exception as exc:
+        log.warning("%s: attempt folder left for the cleanup (%s)", run.where, type(exc).__name__)
 
 
 def _writer(fmt: Format, task: Task) -> Callable[[BinaryIO], RowWriter] | None:
@@ -303,16 +327,16 @@ class Worker:
 
 
 class Janitor:
-    """Reclaims expired leases, times tasks out, deletes expired files and aborts
-    abandoned multipart uploads; run by the workers every few seconds."""
-
-    UPLOADS_EVERY = 300.0  # listing the open uploads is an S3 request: now and then
+    """Reclaims expired leases, times tasks out, deletes expired files and, now and
+    then, sweeps the storage for orphans (`exportd.sweeper`); run by the workers every
+    few seconds."""
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self._next = 0.0
-        self._next_uploads = 0.0
+        self._next_sweep = 0.0
         self._lock = threading.Lock()
+        self.sweeper = Sweeper(rt)
 
     def maybe_run(self) -> None:
         now = time.monotonic()
@@ -323,11 +347,9 @@ class Janitor:
             s = self.rt.settings
             done = self.rt.store.reap(s.max_lost, grace=s.lease_seconds)
             done["files_expired"] = self.expire_files()
-            if now >= self._next_uploads:
-                self._next_uploads = now + self.UPLOADS_EVERY
-                done["uploads_aborted"] = self.rt.storage.abort_uploads(
-                    older_than=self.rt.settings.abort_uploads_after
-                )
+            if now >= self._next_sweep:  # lists the whole storage: now and then
+                self._next_sweep = now + self.rt.settings.sweep_seconds
+                done.update(self.sweeper.sweep())
             if any(done.values()):
                 log.info("janitor: %s", done)
         finally:

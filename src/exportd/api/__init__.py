@@ -147,7 +147,7 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
         rt: Runtime = request.app.state.runtime
         rt.store.ping()
         try:
-            rt.storage.exists(READINESS_KEY)
+            rt.storage.probe(READINESS_KEY)
         except Exception as exc:
             raise Unavailable(
                 f"the storage cannot be reached ({type(exc).__name__})", "STORAGE_UNAVAILABLE"

@@ -13,6 +13,7 @@ known once it is zipped)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ import orjson
 from exportd.errors import BadRequest
 from exportd.formats import Column, EncodingWriter, Format, RowWriter, Segment
 from exportd.storage import CountingWriter, HashingWriter, Storage
+
+log = logging.getLogger(__name__)
 
 INDEX = "index.json"
 
@@ -111,8 +114,11 @@ class PartOutput:
         self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._stack.__exit__(typ, exc, tb)
-        if typ is not None:
-            self.storage.delete_prefix(self.folder)
+        if typ is not None:  # best effort: the error that ended the part is the one to see
+            try:
+                self.storage.delete_prefix(self.folder)
+            except Exception as cleanup:  # left under the parts prefix, for the cleanup
+                log.warning("part folder %s left: %s", self.folder, type(cleanup).__name__)
 
     def _open(self) -> _Open:
         key = f"{self.folder}s{len(self.segments):05d}{self.fmt.extension}"

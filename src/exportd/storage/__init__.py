@@ -1,14 +1,87 @@
 """Where output lands. A storage is a small interface over keys (`a/b/c.csv`) and bytes;
-exportd ships a local directory and an S3-compatible implementation."""
+exportd ships a local directory and an S3-compatible implementation.
+
+Both ride out transient errors (connections refused or reset, timeouts, 5xx, throttling;
+on a local disk a network file system's timeouts) on the outage budget, and name what
+they could not get past: `StorageUnavailable` (the storage could not be reached within
+the budget: the work is handed back for later, it is not a failed attempt) and
+`StorageFull` (no space or quota left)."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, TypeVar
+
+from exportd.errors import ExportdError, Unavailable
+from exportd.retrying import ride_out
+
+T = TypeVar("T")
+
+
+class StorageUnavailable(Unavailable):
+    """The storage could not be reached within the outage budget; the unit of work is
+    handed back for later without counting as a failed attempt."""
+
+    error_code = "STORAGE_UNAVAILABLE"
+
+
+class StorageFull(ExportdError):
+    """The storage refused a write for lack of space or quota (ENOSPC, EDQUOT, an S3
+    quota): trying again at once would not help."""
+
+    status_code = 507
+    error_code = "STORAGE_FULL"
+
+
+def riding_out(
+    call: Callable[[], T],
+    *,
+    transient: Callable[[BaseException], bool],
+    budget: float,
+    what: str,
+) -> T:
+    """`call()` retried while its errors are transient, for `budget` seconds; then a
+    `StorageUnavailable` that names only the kind of error (never an address)."""
+    try:
+        return ride_out(call, transient=transient, budget=budget, what=what)
+    except Exception as exc:
+        if transient(exc):
+            raise StorageUnavailable(
+                f"the storage could not be reached for {budget:.0f} s "
+                f"({what}: {type(exc).__name__})"
+            ) from exc
+        raise
+
+
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
+
+
+def is_temporary(key: str) -> bool:
+    """A local storage's write in progress (`.name.<12 hex>.tmp`), or one a crash left."""
+    return bool(_TEMPORARY.match(key.rsplit("/", 1)[-1]))
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """A key found by `scan`, with the time it was last written."""
+
+    key: str
+    modified: datetime
+
+
+@dataclass(frozen=True)
+class OpenUpload:
+    """A multipart upload that was started and neither completed nor aborted."""
+
+    key: str
+    upload_id: str
+    initiated: datetime
 
 
 @dataclass(frozen=True)
@@ -127,6 +200,21 @@ class Storage(Protocol):
         """Abort unfinished multipart uploads under `prefix` older than `older_than` seconds."""
         ...
 
+    def scan(self, prefix: str = "") -> Iterator[StoredObject]:
+        """Every object under `prefix` with its modification time (temporary files too)."""
+        ...
+
+    def uploads(self, prefix: str = "") -> Iterator[OpenUpload]:
+        """The multipart uploads open under `prefix` (none on a local disk)."""
+        ...
+
+    def abort_upload(self, upload: OpenUpload) -> None: ...
+
+    def probe(self, key: str) -> None:
+        """One lookup of `key`, not ridden out (readiness): `StorageUnavailable` at once
+        when the storage cannot be reached."""
+        ...
+
 
 def check_key(key: str) -> str:
     """A storage key is relative and '/'-separated, with no empty, '.' or '..' segment;
@@ -142,19 +230,20 @@ def check_key(key: str) -> str:
     return key
 
 
-def open_storage(url: str) -> Storage:
+def open_storage(url: str, outage_budget: float = 120.0) -> Storage:
     """A storage from its URL: `file:///path` (or a plain path), or
-    `s3://bucket/prefix?endpoint_url=...&region=...`."""
+    `s3://bucket/prefix?endpoint_url=...&region=...`; transient errors are ridden out
+    for `outage_budget` seconds."""
     from exportd.storage.local import LocalStorage
 
     if url.startswith("file://"):
         from urllib.parse import unquote, urlparse
 
-        return LocalStorage(Path(unquote(urlparse(url).path)))
+        return LocalStorage(Path(unquote(urlparse(url).path)), outage_budget)
     if url.startswith("s3://"):
         from exportd.storage.s3 import S3Storage
 
-        return S3Storage.from_url(url)
+        return S3Storage.from_url(url, outage_budget)
     if "://" not in url:
-        return LocalStorage(Path(url))
+        return LocalStorage(Path(url), outage_budget)
     raise ValueError(f"unsupported storage URL scheme: {url.split('://', 1)[0]!r}")

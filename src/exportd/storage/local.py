@@ -1,27 +1,86 @@
-"""A local directory as storage: writes go to a temporary name and are renamed into place."""
+"""A local directory as storage: writes go to a temporary name and are renamed into place.
+
+A local disk may be a network file system: its timeouts and lost connections are
+transient (ridden out on the outage budget where the operation can simply be redone,
+`StorageUnavailable` otherwise); no space or quota left is `StorageFull`."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
-import shutil
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
-from exportd.storage import Composed, Piece, Span
+from exportd.errors import first_line
+from exportd.storage import (
+    Composed,
+    OpenUpload,
+    Piece,
+    Span,
+    StorageFull,
+    StorageUnavailable,
+    StoredObject,
+    riding_out,
+)
 
 CHUNK = 1 << 20
+T = TypeVar("T")
+
+TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.ETIMEDOUT,
+        errno.EAGAIN,
+        errno.ESTALE,
+        errno.ECONNRESET,
+        errno.ECONNREFUSED,
+        errno.ECONNABORTED,
+        errno.ENOTCONN,
+        errno.EHOSTDOWN,
+        errno.EHOSTUNREACH,
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+    }
+)
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def transient(exc: BaseException) -> bool:
+    """An error that a file system on the network gives while it is unreachable."""
+    return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
+
+
+@contextmanager
+def named_errors(unreachable: bool = True) -> Iterator[None]:
+    """OS errors that name a cause of their own become `StorageFull` (no space, quota)
+    or, with `unreachable`, `StorageUnavailable` (a network file system that does not
+    answer; not around a caller's own code, whose errors may be its source's)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in FULL_ERRNOS:
+            raise StorageFull(f"the storage is full: {first_line(exc)}") from exc
+        if unreachable and transient(exc):
+            raise StorageUnavailable(f"the storage is unavailable: {first_line(exc)}") from exc
+        raise
 
 
 class LocalStorage:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, outage_budget: float = 120.0) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.budget = outage_budget
+
+    def _again(self, what: str, call: Callable[[], T]) -> T:
+        """An operation that may simply be redone, ridden out over transient errors."""
+        with named_errors():
+            return riding_out(call, transient=transient, budget=self.budget, what=what)
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -36,54 +95,71 @@ class LocalStorage:
         (a part lost to an OS crash fails the assembly, never shortens the file), and
         skipping their fsync saves a write-back wait per partition."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+        with named_errors():
+            path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with open(tmp, "wb") as fh:
+            with named_errors(unreachable=False), open(tmp, "wb") as fh:
                 yield fh
                 fh.flush()
                 if durable:
                     os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            with named_errors():
+                os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
 
     def open_read(self, key: str) -> BinaryIO:
-        return open(self._path(key), "rb")
+        return self._again("open", lambda: open(self._path(key), "rb"))
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
-        with open(self._path(key), "rb") as fh:
-            fh.seek(start)
-            return fh.read(max(0, end - start))
+        def read() -> bytes:
+            with open(self._path(key), "rb") as fh:
+                fh.seek(start)
+                return fh.read(max(0, end - start))
+
+        return self._again("read", read)
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        return self._again("stat", self._path(key).is_file)
 
     def size(self, key: str) -> int:
-        return self._path(key).stat().st_size
+        return self._again("stat", lambda: self._path(key).stat().st_size)
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        self._again("delete", lambda: self._path(key).unlink(missing_ok=True))
 
     def delete_prefix(self, prefix: str) -> int:
-        path = self._path(prefix)
-        if not path.exists():
-            return 0
-        count = sum(1 for p in path.rglob("*") if p.is_file())
-        shutil.rmtree(path, ignore_errors=True)
-        return count
+        """Every file under the folder, then its empty folders; an error other than a
+        file already gone propagates (the cleanup is tried again, never half-believed)."""
+        return self._again("delete", lambda: _remove_tree(self._path(prefix)))
 
     def list(self, prefix: str) -> Iterator[str]:
-        path = self._path(prefix)
-        if path.is_dir():
-            for p in sorted(path.rglob("*")):
-                if p.is_file():
-                    yield p.relative_to(self.root).as_posix()
+        return iter(self._again("list", lambda: [o.key for o in self._scan(prefix)]))
+
+    def scan(self, prefix: str = "") -> Iterator[StoredObject]:
+        return iter(self._again("list", lambda: self._scan(prefix)))
+
+    def _scan(self, prefix: str) -> Sequence[StoredObject]:
+        return _scan_tree(self.root, self._path(prefix) if prefix else self.root)
+
+    def probe(self, key: str) -> None:
+        with named_errors():
+            self._path(key).is_file()
+
+    def uploads(self, prefix: str = "") -> Iterator[OpenUpload]:
+        return iter(())  # writes are atomic renames: nothing is left half uploaded
+
+    def abort_upload(self, upload: OpenUpload) -> None:
+        return None
 
     def compose(self, key: str, pieces: Sequence[Piece]) -> Composed:
         """The pieces are copied by the kernel (`copy_file_range`: no byte crosses into
         Python) while a second thread hashes the same page-cached bytes: the two run on
         two cores, and the copy never waits for the hash."""
+        return self._again("compose", lambda: self._compose(key, pieces))
+
+    def _compose(self, key: str, pieces: Sequence[Piece]) -> Composed:
         sources: list[bytes | _Range] = [self._source(p) for p in pieces]
         hashed = _Sha256Thread(sources)
         hashed.start()
@@ -116,6 +192,44 @@ class LocalStorage:
 
     def abort_uploads(self, prefix: str = "", older_than: float = 0.0) -> int:
         return 0  # writes are atomic renames: nothing is left half uploaded
+
+
+def _scan_tree(root: Path, path: Path) -> list[StoredObject]:
+    """The files under `path` (keys relative to `root`), with their modification times."""
+    found = []
+    if path.is_dir():
+        for p in sorted(path.rglob("*")):
+            try:
+                if not p.is_file():
+                    continue
+                modified = datetime.fromtimestamp(p.stat().st_mtime, UTC)
+            except FileNotFoundError:  # deleted while being listed
+                continue
+            found.append(StoredObject(p.relative_to(root).as_posix(), modified))
+    return found
+
+
+def _remove_tree(path: Path) -> int:
+    """Delete the files under `path` (or `path` itself), then the folders left empty."""
+    if path.is_file():
+        path.unlink(missing_ok=True)
+        return 1
+    if not path.is_dir():
+        return 0
+    count = 0
+    for top, dirs, names in os.walk(path, topdown=False):
+        for name in names:
+            Path(top, name).unlink(missing_ok=True)
+            count += 1
+        for name in dirs:
+            _rmdir(Path(top, name))
+    _rmdir(path)
+    return count
+
+
+def _rmdir(path: Path) -> None:
+    with suppress(FileNotFoundError):
+        path.rmdir()
 
 
 @dataclass(frozen=True)

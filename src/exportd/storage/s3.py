@@ -10,20 +10,36 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import math
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, BinaryIO, cast
+from functools import partial
+from typing import Any, BinaryIO, TypeVar, cast
 from urllib.parse import parse_qs, quote, unquote, urlparse
 
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from exportd.storage import Composed, Piece, Span, check_key
+from exportd.storage import (
+    Composed,
+    OpenUpload,
+    Piece,
+    Span,
+    StorageFull,
+    StorageUnavailable,
+    StoredObject,
+    check_key,
+    riding_out,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MIN_PART = 5 * 1024 * 1024  # S3: every part but the last
 MAX_PART = 5 * 1024**3  # S3: the largest part (and the largest single copy)
@@ -32,45 +48,84 @@ TARGET_PARTS = 9_000  # leave room: parts grow with the file so they never pass 
 CHUNK = 1 << 20
 SPOOL = 8 * 1024 * 1024  # a write is kept in memory up to this size, then on local disk
 
+# what S3 and S3-compatible servers answer while they are overloaded or restarting
+BUSY_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "RequestLimitExceeded",
+        "RequestTimeout",
+        "ServiceUnavailable",
+        "InternalError",
+        "XMinioServerNotInitialized",
+    }
+)
+# quota-style refusals (MinIO's full disk and bucket quota, Ceph RGW's quota)
+FULL_CODES = frozenset(
+    {"XMinioStorageFull", "XMinioAdminBucketQuotaExceeded", "QuotaExceeded", "StorageFull"}
+)
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
 
 def _missing(exc: ClientError) -> bool:
-    code = str(exc.response.get("Error", {}).get("Code", ""))
-    return code in ("404", "NoSuchKey", "NotFound", "NoSuchUpload")
+    return _code(exc) in ("404", "NoSuchKey", "NotFound", "NoSuchUpload")
 
 
-class _Body(io.RawIOBase):
-    """A botocore streaming body as a readable raw stream (so it can be buffered)."""
+def _full(exc: ClientError) -> bool:
+    return _code(exc) in FULL_CODES or _status(exc) == 507
 
-    def __init__(self, body: Any) -> None:
-        self._body = body
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        data = self._body.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        self._body.close()
-        super().close()
+def transient(exc: BaseException) -> bool:
+    """An error of an endpoint that cannot be reached now: no connection, a connection
+    lost or timed out, a 5xx or a throttling answer. Never a 4xx about the request."""
+    if isinstance(exc, ClientError):
+        return not _full(exc) and (
+            _code(exc) in BUSY_CODES or _status(exc) >= 500 or _status(exc) == 429
+        )
+    return isinstance(
+        exc,
+        HTTPClientError
+        | BotoConnectionError
+        | IncompleteReadError
+        | ConnectionError
+        | TimeoutError,
+    )
 
 
 class S3Storage:
     """A bucket, and a prefix inside it under which every key of exportd lives."""
 
-    def __init__(self, bucket: str, prefix: str, client: Any, *, min_part: int = MIN_PART) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        client: Any,
+        *,
+        min_part: int = MIN_PART,
+        outage_budget: float = 120.0,
+    ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.client = client
         self.min_part = min_part
+        self.budget = outage_budget
         self._transfer = TransferConfig(max_concurrency=4, multipart_threshold=SPOOL)
 
     @classmethod
-    def from_url(cls, url: str) -> S3Storage:
+    def from_url(cls, url: str, outage_budget: float = 120.0) -> S3Storage:
         """`s3://bucket/prefix?endpoint_url=http://127.0.0.1:9000&region=eu-west-1`;
-        credentials come from the usual AWS environment variables (or instance roles)."""
+        credentials come from the usual AWS environment variables (or instance roles).
+        botocore's own retries cover a blip within one call; `_call` rides out longer
+        outages on the budget."""
         parsed = urlparse(url)
         if not parsed.netloc:
             raise ValueError("an s3:// storage URL needs a bucket: s3://bucket/prefix")
@@ -83,14 +138,26 @@ class S3Storage:
             region_name=opts.get("region"),
             config=Config(
                 s3={"addressing_style": style},
-                retries={"max_attempts": 5, "mode": "standard"},
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=10,
+                read_timeout=60,
                 signature_version="s3v4",
             ),
         )
-        return cls(parsed.netloc, unquote(parsed.path), client)
+        return cls(parsed.netloc, unquote(parsed.path), client, outage_budget=outage_budget)
 
     def _k(self, key: str) -> str:
         return self.prefix + check_key(key)
+
+    def _call(self, what: str, call: Callable[[], T]) -> T:
+        """One request (or a few that may simply be redone together), ridden out over
+        transient errors for the outage budget; quota refusals become `StorageFull`."""
+        try:
+            return riding_out(call, transient=transient, budget=self.budget, what=f"S3 {what}")
+        except ClientError as exc:
+            if _full(exc):
+                raise StorageFull(f"the storage refused the write: {_code(exc)}") from exc
+            raise
 
     # ---- objects -----------------------------------------------------------------------
 
@@ -100,38 +167,67 @@ class S3Storage:
         target = self._k(key)
         with tempfile.SpooledTemporaryFile(max_size=SPOOL) as buf:
             yield cast(BinaryIO, buf)
-            buf.seek(0)
-            self.client.upload_fileobj(buf, self.bucket, target, Config=self._transfer)
+
+            def upload() -> None:
+                buf.seek(0)
+                try:
+                    self.client.upload_fileobj(
+                        _KeepOpen(buf), self.bucket, target, Config=self._transfer
+                    )
+                except Exception:
+                    self._forget_uploads(target)
+                    raise
+
+            self._call("upload", upload)
+
+    def _forget_uploads(self, target: str) -> None:
+        """After a failed upload: abort the multipart upload the transfer may have left
+        open on this very key (best effort; the cleanup and the sweeper catch the rest)."""
+        try:
+            reply = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=target)
+            for up in reply.get("Uploads", []):
+                if up["Key"] == target:
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=target, UploadId=up["UploadId"]
+                    )
+        except Exception as exc:
+            log.debug("could not abort the uploads of %s yet: %s", target, type(exc).__name__)
 
     def open_read(self, key: str) -> BinaryIO:
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"]
+            reader = _ObjectReader(self, self._k(key), 0, None)
         except ClientError as exc:
             if _missing(exc):
                 raise FileNotFoundError(key) from None
             raise
-        return cast(BinaryIO, io.BufferedReader(_Body(body), CHUNK))
+        return cast(BinaryIO, io.BufferedReader(reader, CHUNK))
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
         if end <= start:
             return b""
-        try:
+
+        def read() -> bytes:
             obj = self.client.get_object(
                 Bucket=self.bucket, Key=self._k(key), Range=f"bytes={start}-{end - 1}"
             )
+            body = obj["Body"]
+            try:
+                return cast(bytes, body.read())
+            finally:
+                body.close()
+
+        try:
+            return self._call("get", read)
         except ClientError as exc:
             if _missing(exc):
                 raise FileNotFoundError(key) from None
             raise
-        body = obj["Body"]
-        try:
-            return cast(bytes, body.read())
-        finally:
-            body.close()
 
     def _head(self, key: str) -> dict[str, Any] | None:
         try:
-            head: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=self._k(key))
+            head: dict[str, Any] = self._call(
+                "head", lambda: self.client.head_object(Bucket=self.bucket, Key=self._k(key))
+            )
         except ClientError as exc:
             if _missing(exc):
                 return None
@@ -141,6 +237,22 @@ class S3Storage:
     def exists(self, key: str) -> bool:
         return self._head(key) is not None
 
+    def probe(self, key: str) -> None:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._k(key))
+        except ClientError as exc:
+            if _missing(exc):
+                return
+            if transient(exc):
+                raise StorageUnavailable(f"the storage cannot be reached ({_code(exc)})") from exc
+            raise
+        except Exception as exc:
+            if transient(exc):
+                raise StorageUnavailable(
+                    f"the storage cannot be reached ({type(exc).__name__})"
+                ) from exc
+            raise
+
     def size(self, key: str) -> int:
         head = self._head(key)
         if head is None:
@@ -148,24 +260,47 @@ class S3Storage:
         return int(head["ContentLength"])
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._k(key))
+        self._call(
+            "delete", lambda: self.client.delete_object(Bucket=self.bucket, Key=self._k(key))
+        )
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete the objects under `prefix` and abort any upload still open there."""
         self.abort_uploads(prefix)
         keys = [self._k(k) for k in self.list(prefix)]
-        for i in range(0, len(keys), 1000):
-            batch = [{"Key": k} for k in keys[i : i + 1000]]
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+        self._delete_keys(keys)
         return len(keys)
 
+    def delete_keys(self, keys: Sequence[str]) -> None:
+        """Delete these objects (1,000 to a request)."""
+        self._delete_keys([self._k(k) for k in keys])
+
+    def _delete_keys(self, keys: Sequence[str]) -> None:
+        for i in range(0, len(keys), 1000):
+            batch = [{"Key": k} for k in keys[i : i + 1000]]
+
+            def delete(objects: list[dict[str, str]] = batch) -> None:
+                reply = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
+                )
+                if errors := reply.get("Errors"):  # per key: the request itself succeeded
+                    raise OSError(f"{len(errors)} objects not deleted: {errors[0].get('Code')}")
+
+            self._call("delete", delete)
+
     def list(self, prefix: str) -> Iterator[str]:
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self._k(prefix)
-        )
-        for page in pages:
-            for obj in page.get("Contents", []):
-                yield obj["Key"][len(self.prefix) :]
+        return iter([o.key for o in self.scan(prefix)])
+
+    def scan(self, prefix: str = "") -> Iterator[StoredObject]:
+        def pages() -> list[StoredObject]:
+            paginator = self.client.get_paginator("list_objects_v2")
+            return [
+                StoredObject(obj["Key"][len(self.prefix) :], obj["LastModified"])
+                for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
+                for obj in page.get("Contents", [])
+            ]
+
+        return iter(self._call("list", pages))
 
     def local_path(self, key: str) -> None:
         return None
@@ -188,24 +323,42 @@ class S3Storage:
 
     def open_uploads(self, prefix: str = "") -> Iterator[tuple[str, str, datetime]]:
         """(key, upload id, initiated) of the multipart uploads still open under `prefix`."""
-        pages = self.client.get_paginator("list_multipart_uploads").paginate(
-            Bucket=self.bucket, Prefix=self.prefix + prefix
-        )
-        for page in pages:
-            for up in page.get("Uploads", []):
-                yield up["Key"], up["UploadId"], up["Initiated"]
+        for up in self.uploads(prefix):
+            yield up.key, up.upload_id, up.initiated
+
+    def uploads(self, prefix: str = "") -> Iterator[OpenUpload]:
+        """The open multipart uploads under `prefix` (keys relative to the storage root)."""
+
+        def pages() -> list[OpenUpload]:
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            return [
+                OpenUpload(up["Key"][len(self.prefix) :], up["UploadId"], up["Initiated"])
+                for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
+                for up in page.get("Uploads", [])
+            ]
+
+        return iter(self._call("list uploads", pages))
+
+    def abort_upload(self, upload: OpenUpload) -> None:
+        """Abort one upload (already gone: nothing to do)."""
+        try:
+            self._call(
+                "abort",
+                lambda: self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=self.prefix + upload.key, UploadId=upload.upload_id
+                ),
+            )
+        except ClientError as exc:
+            if not _missing(exc):
+                raise
 
     def abort_uploads(self, prefix: str = "", older_than: float = 0.0) -> int:
         """Abort the uploads under `prefix` started more than `older_than` seconds ago:
         their parts cost money and never become an object."""
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
-        stale = [(k, u) for k, u, t in self.open_uploads(prefix) if t <= cutoff]
-        for key, upload_id in stale:
-            try:
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-            except ClientError as exc:
-                if not _missing(exc):
-                    raise
+        stale = [up for up in self.uploads(prefix) if up.initiated <= cutoff]
+        for up in stale:
+            self.abort_upload(up)
         return len(stale)
 
     def compose(self, key: str, pieces: Sequence[Piece]) -> Composed:
@@ -239,8 +392,94 @@ class S3Storage:
                 with self.open_read(piece) as fh:
                     buf += fh.read()
         data = bytes(buf)
-        self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data)
+        target = self._k(key)
+        self._call("put", lambda: self.client.put_object(Bucket=self.bucket, Key=target, Body=data))
         return Composed(len(data), hashlib.sha256(data).hexdigest())
+
+
+class _KeepOpen:
+    """The spool as the transfer manager reads it, except that its `close` (which the
+    transfer calls on a failure) leaves the spool open for the next try."""
+
+    def __init__(self, fh: Any) -> None:
+        self._fh = fh
+
+    def read(self, size: int = -1) -> bytes:
+        return cast(bytes, self._fh.read(size))
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return int(self._fh.seek(offset, whence))
+
+    def tell(self) -> int:
+        return int(self._fh.tell())
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        return None
+
+
+class _ObjectReader(io.RawIOBase):
+    """Bytes [start, end) of an object (`end` None: to its end) as a raw stream. A read
+    that loses its connection is taken up again where it stopped, from the same version
+    of the object (`IfMatch` its ETag), for as long as the outage budget allows."""
+
+    def __init__(self, storage: S3Storage, key: str, start: int, end: int | None) -> None:
+        self._s3 = storage
+        self.key = key
+        self.pos = start
+        self.etag = ""
+        self._body: Any = None
+        ranged = {"Range": f"bytes={start}-{end - 1}"} if end is not None else {}
+        obj = storage._call(
+            "get", lambda: storage.client.get_object(Bucket=storage.bucket, Key=key, **ranged)
+        )
+        self._body, self.etag = obj["Body"], obj["ETag"]
+        self.end = start + int(obj["ContentLength"])
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self.pos >= self.end:
+            return 0
+        want = min(len(b), self.end - self.pos)
+        data = self._s3._call("read", lambda: self._read(want))
+        b[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+    def _read(self, want: int) -> bytes:
+        if self._body is None:
+            s3 = self._s3
+            self._body = s3.client.get_object(
+                Bucket=s3.bucket, Key=self.key, Range=f"bytes={self.pos}-{self.end - 1}",
+                IfMatch=self.etag,
+            )["Body"]  # fmt: skip
+        try:
+            data = cast(bytes, self._body.read(want))
+            if not data:  # the connection ended before the object did
+                raise IncompleteReadError(actual_bytes=self.pos, expected_bytes=self.end)
+            return data
+        except Exception:
+            self._drop()
+            raise
+
+    def _drop(self) -> None:
+        body, self._body = self._body, None
+        try:
+            body.close()
+        except Exception as exc:  # a broken connection may not even close cleanly
+            log.debug("closing a broken S3 stream: %s", type(exc).__name__)
+
+    def close(self) -> None:
+        if self._body is not None:
+            self._drop()
+        super().close()
 
 
 def _length(piece: bytes | Span) -> int:
@@ -263,9 +502,10 @@ class Assembly:
     the sha256 of the file, so they cannot stand in for it.
 
     Abandoned: leaving the block with an error aborts the upload; an upload left by a
-    process that died is aborted by the janitor (`S3Storage.abort_uploads`)."""
+    process that died is aborted by the task's cleanup and by the sweeper."""
 
     def __init__(self, storage: S3Storage, target: str, part_size: int) -> None:
+        self.storage = storage
         self.s3 = storage.client
         self.bucket = storage.bucket
         self.target = target
@@ -277,15 +517,27 @@ class Assembly:
         self.upload_id = ""
 
     def __enter__(self) -> Assembly:
-        up = self.s3.create_multipart_upload(Bucket=self.bucket, Key=self.target)
+        up = self.storage._call(
+            "create upload",
+            lambda: self.s3.create_multipart_upload(Bucket=self.bucket, Key=self.target),
+        )
         self.upload_id = up["UploadId"]
         return self
 
     def __exit__(self, exc_type: object, *_: object) -> None:
-        if exc_type is not None and self.upload_id:
-            self.s3.abort_multipart_upload(
-                Bucket=self.bucket, Key=self.target, UploadId=self.upload_id
+        """Abort on error (a failing abort leaves the upload to the task's cleanup and
+        the sweeper, and the first error is the one that propagates)."""
+        if exc_type is None or not self.upload_id:
+            return
+        try:
+            self.storage._call(
+                "abort",
+                lambda: self.s3.abort_multipart_upload(
+                    Bucket=self.bucket, Key=self.target, UploadId=self.upload_id
+                ),
             )
+        except Exception as exc:
+            log.warning("upload of %s not aborted yet: %s", self.target, type(exc).__name__)
 
     def add_bytes(self, data: bytes) -> None:
         self.sha.update(data)
@@ -301,23 +553,21 @@ class Assembly:
         copy_rest = size - head >= self.part_size
         keep = head if copy_rest else size
         start = span.start if span is not None else 0
-        ranged = {"Range": f"bytes={start}-{start + size - 1}"} if span is not None else {}
-        obj = self.s3.get_object(Bucket=self.bucket, Key=source, **ranged)
+        reader = _ObjectReader(self.storage, source, start, start + size if span else None)
         pos = 0
-        body = obj["Body"]
         try:
-            for chunk in iter(lambda: body.read(CHUNK), b""):
+            for chunk in iter(lambda: reader.read(CHUNK), b""):
                 self.sha.update(chunk)
                 if pos < keep:
                     self._buffer(chunk[: keep - pos])
                 pos += len(chunk)
         finally:
-            body.close()
+            reader.close()
         if pos != size:
             raise OSError(f"part {source!r} changed while being assembled")
         self.total += size
         if copy_rest:
-            self._copy(source, obj["ETag"], start + head, start + size)
+            self._copy(source, reader.etag, start + head, start + size)
 
     def _buffer(self, data: bytes) -> None:
         self.buffer += data
@@ -326,12 +576,16 @@ class Assembly:
 
     def _flush(self) -> None:
         number = len(self.parts) + 1
-        reply = self.s3.upload_part(
-            Bucket=self.bucket,
-            Key=self.target,
-            UploadId=self.upload_id,
-            PartNumber=number,
-            Body=bytes(self.buffer),
+        body = bytes(self.buffer)
+        reply = self.storage._call(
+            "upload part",
+            lambda: self.s3.upload_part(
+                Bucket=self.bucket,
+                Key=self.target,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                Body=body,
+            ),
         )
         self.parts.append({"PartNumber": number, "ETag": reply["ETag"]})
         self.buffer.clear()
@@ -343,27 +597,47 @@ class Assembly:
         for lo in range(start, end, step):
             hi = min(lo + step, end)
             number = len(self.parts) + 1
-            reply = self.s3.upload_part_copy(
-                Bucket=self.bucket,
-                Key=self.target,
-                UploadId=self.upload_id,
-                PartNumber=number,
-                CopySource={"Bucket": self.bucket, "Key": source},
-                CopySourceRange=f"bytes={lo}-{hi - 1}",
-                CopySourceIfMatch=etag,
-            )
+            reply = self.storage._call("copy part", partial(self._copy_part, source, etag, lo, hi))
             self.parts.append({"PartNumber": number, "ETag": reply["CopyPartResult"]["ETag"]})
+
+    def _copy_part(self, source: str, etag: str, lo: int, hi: int) -> Any:
+        return self.s3.upload_part_copy(
+            Bucket=self.bucket,
+            Key=self.target,
+            UploadId=self.upload_id,
+            PartNumber=len(self.parts) + 1,
+            CopySource={"Bucket": self.bucket, "Key": source},
+            CopySourceRange=f"bytes={lo}-{hi - 1}",
+            CopySourceIfMatch=etag,
+        )
 
     def complete(self) -> Composed:
         if self.buffer:
             self._flush()
         if len(self.parts) > MAX_PARTS:
             raise OSError(f"{len(self.parts)} parts: more than S3 allows")
-        self.s3.complete_multipart_upload(
-            Bucket=self.bucket,
-            Key=self.target,
-            UploadId=self.upload_id,
-            MultipartUpload={"Parts": self.parts},
-        )
+        try:
+            self.storage._call(
+                "complete upload",
+                lambda: self.s3.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=self.target,
+                    UploadId=self.upload_id,
+                    MultipartUpload={"Parts": self.parts},
+                ),
+            )
+        except ClientError as exc:  # a retry after a completion whose answer was lost
+            if not (_missing(exc) and self._completed()):
+                raise
         self.upload_id = ""
         return Composed(self.total, self.sha.hexdigest())
+
+    def _completed(self) -> bool:
+        """Whether the target exists with the assembled size (the upload did complete)."""
+        try:
+            head = self.storage._call(
+                "head", lambda: self.s3.head_object(Bucket=self.bucket, Key=self.target)
+            )
+        except ClientError:
+            return False
+        return int(head["ContentLength"]) == self.total

@@ -6,7 +6,7 @@ fenced by its lease token, and a change commits together with the work it enable
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -526,7 +526,9 @@ class Store(CatalogStore, OutboxStore):
         bytes_written: int,
     ) -> bool:
         """The terminal move of a task whose partitions have all stopped, together with its
-        file records (visible as GENERATED only from this commit on)."""
+        file records (visible as GENERATED only from this commit on). The cleanup of its
+        parts is recorded as due in the same commit; the coordinator keeps its lease for
+        it and releases the lease once the storage confirms (`release_coordinator`)."""
         now = utcnow()
         generated = outcome.status is not TaskStatus.FAILED
         with self.write() as conn:
@@ -548,10 +550,10 @@ class Store(CatalogStore, OutboxStore):
                 total_is_estimate=False if generated else tasks.c.total_is_estimate,
                 progress=100.0 if generated else tasks.c.progress,
                 file_expires_at=file_expires_at,
-                coordinator_due=not generated,  # a failed task still has parts to clean up
-                coord_owner=None,
-                coord_token=None,
-                coord_expires_at=None,
+                # cleanup pending (parts, and a failed task's outputs), in this very commit:
+                # the coordinator keeps its lease to do it; if it dies, the lease expires
+                # and the cleanup is claimed again
+                coordinator_due=True,
             )
             if ok and records:
                 conn.execute(
@@ -573,15 +575,31 @@ class Store(CatalogStore, OutboxStore):
                 )
         return ok
 
-    def finish_cancel(self, task_id: str, token: str) -> bool:
+    def finish_cancel(self, task_id: str, token: str, *, cleaned: bool = True) -> bool:
+        """CANCELING -> CANCELED; unless `cleaned`, its cleanup stays due (and is retried)."""
         now = utcnow()
         with self.write() as conn:
             return self._move_task(
                 conn, task_id, TaskStatus.CANCELED, now, tasks.c.coord_token == token,
                 end_time=now, file_status=FileStatus.FAILED.value,
                 error_code="CANCELED", error_msg="canceled by a user",
-                coordinator_due=False, coord_owner=None, coord_token=None, coord_expires_at=None,
+                coordinator_due=not cleaned, coord_not_before=None,
+                coord_owner=None, coord_token=None, coord_expires_at=None,
             )  # fmt: skip
+
+    def task_states(self, task_ids: Collection[str]) -> dict[str, tuple[TaskStatus, FileStatus]]:
+        """(status, file status) of those of these tasks that exist (for the sweeper)."""
+        found: dict[str, tuple[TaskStatus, FileStatus]] = {}
+        ids = sorted(task_ids)
+        with self.read() as conn:
+            for i in range(0, len(ids), 500):
+                rows = conn.execute(
+                    sa.select(tasks.c.task_id, tasks.c.status, tasks.c.file_status).where(
+                        tasks.c.task_id.in_(ids[i : i + 500])
+                    )
+                ).all()
+                found.update((r[0], (TaskStatus(r[1]), FileStatus(r[2]))) for r in rows)
+        return found
 
     def live_partition_leases(self, task_id: str) -> int:
         """How many partitions of the task are still held under an unexpired lease."""
@@ -784,6 +802,26 @@ class Store(CatalogStore, OutboxStore):
                 )  # fmt: skip
                 if ok:
                     self._after_partition_stop(conn, task_id, now)
+        return ok
+
+    def hand_back_partition(
+        self, task_id: str, index: int, token: str, code: str, msg: str, retry_in: float
+    ) -> bool:
+        """An attempt that could not reach a service it needs (the storage): back to
+        PENDING after `retry_in` seconds without counting as an attempt."""
+        now = utcnow()
+        with self.write() as conn:
+            ok = self._move_partition(
+                conn, task_id, index, PartitionStatus.PENDING, now,
+                *self._fence(task_id, index, token)[2:],
+                stage=Stage.NOT_STARTED.value, lease_token=None, lease_expires_at=None,
+                not_before=later(retry_in, now), error_code=code, error_msg=msg,
+                attempts=sa.case(
+                    (partitions.c.attempts > 0, partitions.c.attempts - 1), else_=0
+                ),
+            )  # fmt: skip
+            if ok:
+                self._notify(conn)
         return ok
 
     def cancel_partition(self, task_id: str, index: int, token: str) -> bool:
