@@ -20,7 +20,13 @@ from typing import Any, BinaryIO, cast
 from exportd import coordinator
 from exportd.documents import KeyCollector, check_width, flat_rows
 from exportd.domain import Dataset, Lease, Partition, PartitionPhase, Task, TaskStatus
-from exportd.errors import Canceled, LeaseLost, NotFound, SourceError, StoreUnavailable
+from exportd.errors import (
+    Canceled,
+    ExportdError,
+    LeaseLost,
+    SourceError,
+    StoreUnavailable,
+)
 from exportd.formats import Format, NestingFormat, RowWriter
 from exportd.formats.layout import Layout, PartOutput
 from exportd.formats.text import CsvFormat, CsvOptions
@@ -90,7 +96,7 @@ def run_partition(rt: Runtime, task: Task, part: Partition, lease: Lease) -> Non
         dataset = store.get_dataset(task.project_id, task.dataset_id)
         source, sel = rt.source(dataset), selection_for(task, dataset)
         run = PartitionRun(rt, task, part, lease, dataset, source, sel)
-    except NotFound as exc:
+    except (ExportdError, SourceError) as exc:  # the dataset or its connection is gone
         store.fail_partition(
             task.task_id, part.index, lease.token, exc.error_code, exc.error_msg, None
         )
