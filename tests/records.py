@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from exportd.domain import FileStatus, Stage, Task, TaskStatus
-from exportd.plan import DatasetKind, ExportPlan, OutputSpec
+from exportd.model import FileStatus, Stage, Task, TaskStatus
+from exportd.model.plan import DatasetKind, ExportPlan, OutputSpec
 
 T0 = datetime(2022, 3, 28, 0, 0, 0, 7000, tzinfo=UTC)
 

@@ -7,19 +7,19 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from exportd.connections import Connections
-from exportd.documents import DocumentPaths
-from exportd.domain import Dataset, Task
+from exportd.delivery.links import LinkSigner, secret_file
+from exportd.documents.flatten import DocumentPaths
 from exportd.errors import BadRequest
-from exportd.filters import validate_filter
 from exportd.formats import Column, Format, FormatLimits, get_format
-from exportd.links import LinkSigner, secret_file
+from exportd.model import Dataset, Task
 from exportd.settings import Settings
 from exportd.sources import Selection, Source
+from exportd.sources.connections import Connections
+from exportd.sources.filters import validate_filter
 from exportd.sources.policy import SourcePolicy
 from exportd.sources.sql import SqlEngines, SqlSource
 from exportd.storage import Storage, open_storage
-from exportd.store.sql import Store
+from exportd.store import Store
 
 
 class Runtime:

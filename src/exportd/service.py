@@ -16,23 +16,13 @@ from typing import Any
 
 import orjson
 
-from exportd.connections import Connection
-from exportd.documents import DEFAULT_ARRAYS, parse_path
-from exportd.domain import Dataset, FileRecord, FileStatus, Role, Stage, Task, TaskStatus
+from exportd.documents.flatten import DEFAULT_ARRAYS, parse_path
 from exportd.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
-from exportd.filters import validate_filter
 from exportd.formats import FORMAT_NAMES, Column, Format, FormatLimits, get_format, keeps_nesting
-from exportd.formats.layout import Layout
-from exportd.layout import (
-    FILE_NAME_PATTERN,
-    check_prefix,
-    check_project_root,
-    output_prefix,
-    output_prefix_for,
-    project_root,
-)
-from exportd.plan import DatasetKind, DocumentMode, ExportPlan, NotifyTargets, OutputSpec
-from exportd.requests import (
+from exportd.formats.splitting import Layout
+from exportd.model import Dataset, FileRecord, FileStatus, Role, Stage, Task, TaskStatus
+from exportd.model.plan import DatasetKind, DocumentMode, ExportPlan, NotifyTargets, OutputSpec
+from exportd.model.requests import (
     ConnectionBody,
     DatasetRequest,
     ExportRequest,
@@ -41,8 +31,18 @@ from exportd.requests import (
     TokenRequest,
 )
 from exportd.runtime import Runtime, filter_fields
+from exportd.sources.connections import Connection
+from exportd.sources.filters import validate_filter
 from exportd.sources.registration import SourceTarget, dataset_spec
-from exportd.store.sql import TaskQuery
+from exportd.storage.keys import (
+    FILE_NAME_PATTERN,
+    check_prefix,
+    check_project_root,
+    output_prefix,
+    output_prefix_for,
+    project_root,
+)
+from exportd.store import TaskQuery
 
 _FILE_NAME = re.compile(FILE_NAME_PATTERN)
 

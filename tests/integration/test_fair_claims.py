@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from exportd.plan import NotifyTargets
+from exportd.model.plan import NotifyTargets
+from exportd.store import PlannedPartition, Store
 from exportd.store.base import utcnow
-from exportd.store.events import enqueue_notifications
-from exportd.store.sql import PlannedPartition, Store
+from exportd.store.enqueue import enqueue_notifications
 from tests.records import make_plan, make_task
 
 

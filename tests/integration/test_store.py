@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from exportd.domain import FileStatus, PartitionStatus, Stage, Task, TaskStatus
 from exportd.errors import Conflict, NotFound, StoreUnavailable
-from exportd.store.sql import PlannedPartition, Store
+from exportd.model import FileStatus, PartitionStatus, Stage, Task, TaskStatus
+from exportd.store import PlannedPartition, Store
 from exportd.store.tables import metadata, partitions, tasks
 from tests.netfault import FaultyProxy
 from tests.records import make_plan

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from exportd.domain import TERMINAL_STATUSES, TaskStatus
 from exportd.errors import BadRequest
-from exportd.filters import compile_filter, validate_filter
-from exportd.transitions import TASK_MOVES, finish_outcome, retry_decision
+from exportd.model import TERMINAL_STATUSES, TaskStatus
+from exportd.model.lifecycle import TASK_MOVES, finish_outcome, retry_decision
+from exportd.sources.filters import compile_filter, validate_filter
 
 
 def test_no_move_leaves_a_terminal_status() -> None:

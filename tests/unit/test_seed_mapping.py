@@ -31,9 +31,9 @@ from exportd.api.seed_mapping import (
     statuses_for_filter,
     version_format,
 )
-from exportd.api.seeds import DatasetExportTask, ExportTaskItem, ResourceTaskStatus
+from exportd.api.v2 import DatasetExportTask, ExportTaskItem, ResourceTaskStatus
 from exportd.api.views import retry_after_seconds, task_json
-from exportd.domain import (
+from exportd.model import (
     ACTIVE_STATUSES,
     STAGE_TEXTS,
     FileRecord,

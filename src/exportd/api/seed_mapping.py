@@ -9,7 +9,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from exportd.domain import ACTIVE_STATUSES, FileStatus, Stage, Task, TaskStatus
+from exportd.model import ACTIVE_STATUSES, FileStatus, Stage, Task, TaskStatus
 
 T = TaskStatus
 F = FileStatus

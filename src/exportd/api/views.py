@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from exportd.api.seed_mapping import current_state
-from exportd.connections import Connection
-from exportd.domain import (
+from exportd.delivery.links import LinkSigner
+from exportd.model import (
     Dataset,
     FileRecord,
     Notification,
@@ -16,8 +16,8 @@ from exportd.domain import (
     PartitionStatus,
     Task,
 )
-from exportd.links import LinkSigner
 from exportd.retrying import backoff
+from exportd.sources.connections import Connection
 
 
 def iso(value: datetime | None) -> str | None:

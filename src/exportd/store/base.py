@@ -20,22 +20,16 @@ from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 
-from exportd.domain import (
-    FileRecord,
-    Partition,
-    PartitionStatus,
-    Task,
-    TaskStatus,
-)
 from exportd.errors import StoreUnavailable
+from exportd.model import FileRecord, Partition, PartitionStatus, Task, TaskStatus
+from exportd.model.lifecycle import partition_sources, task_sources
 from exportd.outages import unreachable
 from exportd.retrying import ride_out
 from exportd.store.engine import create_store_engine, migrate
-from exportd.store.events import enqueue_notifications
+from exportd.store.enqueue import enqueue_notifications
 from exportd.store.rows import record_from_row
 from exportd.store.tables import partitions, tasks
 from exportd.store.wakeup import Waker
-from exportd.transitions import partition_sources, task_sources
 
 NOTIFY_CHANNEL = "exportd_work"
 PARTITION_COLUMNS = {"index": "idx"}  # record field -> column, where they differ

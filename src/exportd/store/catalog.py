@@ -8,8 +8,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from exportd.domain import Dataset, Role
 from exportd.errors import Conflict, NotFound
+from exportd.model import Dataset, Role
 from exportd.store.base import StoreBase, utcnow
 from exportd.store.rows import as_utc, record_from_row
 from exportd.store.tables import connections, datasets, projects, tokens

@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from exportd.domain import Notification, NotificationStatus
+from exportd.model import Notification, NotificationStatus
 from exportd.store.base import StoreBase, later, utcnow
 from exportd.store.rows import record_from_row
 from exportd.store.tables import notifications

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import sqlalchemy as sa
 
-from exportd.domain import (
+from exportd.model import (
     Channel,
     FileStatus,
     NotificationStatus,
@@ -16,7 +16,7 @@ from exportd.domain import (
     Stage,
     TaskStatus,
 )
-from exportd.plan import DatasetKind, TaskKind
+from exportd.model.plan import DatasetKind, TaskKind
 
 metadata = sa.MetaData()
 

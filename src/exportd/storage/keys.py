@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import re
 
-from exportd.domain import Task
 from exportd.errors import BadRequest
+from exportd.model import Task
 
 MAX_SEGMENTS = 8
 _SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._=-]{0,99}"

@@ -16,8 +16,8 @@ from urllib.parse import quote
 
 import orjson
 
-from exportd.domain import FileRecord, FileStatus, Task
 from exportd.errors import Forbidden
+from exportd.model import FileRecord, FileStatus, Task
 
 
 def iso(value: datetime | None) -> str | None:

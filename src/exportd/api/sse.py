@@ -14,7 +14,7 @@ import orjson
 
 from exportd.api.seed_mapping import current_state
 from exportd.api.views import iso, retry_after_seconds
-from exportd.domain import Task
+from exportd.model import Task
 from exportd.service import ExportService
 
 RECONNECT_MS = 2000

@@ -18,12 +18,12 @@ from urllib.parse import unquote, urlsplit
 
 import sqlalchemy as sa
 
-from exportd.domain import Dataset
 from exportd.errors import Conflict, NotFound, SourceError
+from exportd.model import Dataset
 from exportd.settings import ConnectionSetting
 from exportd.sources.policy import SourcePolicy, SourceUnavailable, probe
 from exportd.sources.sql import SqlEngines
-from exportd.store.sql import Store
+from exportd.store import Store
 
 ALL_PROJECTS = "*"
 

@@ -25,12 +25,12 @@ from urllib.parse import quote as url_quote
 import sqlalchemy as sa
 
 from exportd.errors import first_line
+from exportd.fastpaths.base import Progress, sql_table
+from exportd.fastpaths.prefetch import prefetched
 from exportd.formats import Column, Format
-from exportd.formats.layout import PartOutput
+from exportd.formats.splitting import PartOutput
 from exportd.formats.text import CsvFormat, CsvOptions
-from exportd.heartbeat import Heartbeat
-from exportd.prefetch import prefetched
-from exportd.sources import Selection
+from exportd.sources import Selection, Source
 from exportd.sources.sql import SqlSource
 
 log = logging.getLogger(__name__)
@@ -45,12 +45,12 @@ class Fallback(Exception):
     """The fast path cannot render this partition exactly: the generic path does."""
 
 
-def sqlite_fast_path(
-    source: SqlSource, fmt: Format, columns: Sequence[Column]
-) -> SqliteArrowCsv | None:
-    """The SQLite fast path for this export, or None (the generic path)."""
-    if not isinstance(fmt, CsvFormat) or not source.dataset.table:
+def build(source: Source, fmt: Format, columns: Sequence[Column]) -> SqliteArrowCsv | None:
+    """ADBC for a SQLite table (in a file) to CSV/TSV, when the ADBC driver is installed."""
+    table = sql_table(source, "sqlite")
+    if table is None or not isinstance(fmt, CsvFormat) or not table.dataset.table:
         return None
+    source = table
     if not source.engine.url.database or source.engine.url.database == ":memory:":
         return None
     try:
@@ -124,9 +124,7 @@ class SqliteArrowCsv:
 
     # -- export ---------------------------------------------------------------------
 
-    def export(
-        self, sel: Selection, bounds: dict[str, Any], out: PartOutput, hb: Heartbeat
-    ) -> None:
+    def export(self, sel: Selection, bounds: dict[str, Any], out: PartOutput, hb: Progress) -> None:
         try:
             with tempfile.TemporaryFile() as spool:
                 rows = self._render(sel, bounds, spool, hb)
@@ -145,9 +143,7 @@ class SqliteArrowCsv:
             out.write(batch)
             hb.progress(out.rows, out.size)
 
-    def _render(
-        self, sel: Selection, bounds: dict[str, Any], spool: BinaryIO, hb: Heartbeat
-    ) -> int:
+    def _render(self, sel: Selection, bounds: dict[str, Any], spool: BinaryIO, hb: Progress) -> int:
         import adbc_driver_manager as adbc
         import pyarrow as pa
 

@@ -20,9 +20,9 @@ from exportd.api.seed_mapping import (
     seed004_item,
 )
 from exportd.api.views import retry_after_seconds
-from exportd.domain import FileStatus, Role, Task, TaskStatus
-from exportd.requests import NO_NUL
-from exportd.store.sql import TaskQuery, sort_order
+from exportd.model import FileStatus, Role, Task, TaskStatus
+from exportd.model.requests import NO_NUL
+from exportd.store import TaskQuery, sort_order
 
 router = APIRouter(prefix="/v2", tags=["seed-compatible"])
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from exportd.domain import Channel, NotificationStatus, TaskStatus
-from exportd.plan import ExportPlan
+from exportd.model import Channel, NotificationStatus, TaskStatus
+from exportd.model.plan import ExportPlan
 from exportd.store.tables import notifications, tasks
 
 

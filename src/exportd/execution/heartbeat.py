@@ -7,8 +7,8 @@ import logging
 import threading
 from collections.abc import Callable
 
-from exportd.domain import TaskStatus
 from exportd.errors import Canceled, LeaseLost
+from exportd.model import TaskStatus
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from exportd.documents import json_type, split_path, value_at
+from exportd.documents.flatten import json_type, split_path, value_at
 from exportd.errors import BadRequest
 
 OPERATORS = ("eq", "ne", "in", "nin", "lt", "lte", "gt", "gte", "between", "like", "is_null")

@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from exportd.domain import FileStatus
+from exportd.model import FileStatus
 from exportd.runtime import Runtime
 from exportd.storage import is_temporary
 

@@ -33,10 +33,10 @@ from typing import Any
 import httpx
 import orjson
 
-from exportd.domain import Channel, Notification, Task
+from exportd.delivery.links import iso
+from exportd.delivery.outbound import OutboundPolicy, RefusedByPolicy, guarded_client
 from exportd.errors import StoreUnavailable
-from exportd.links import iso
-from exportd.outbound import OutboundPolicy, RefusedByPolicy, guarded_client
+from exportd.model import Channel, Notification, Task
 from exportd.runtime import Runtime
 
 log = logging.getLogger(__name__)

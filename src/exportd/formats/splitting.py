@@ -24,7 +24,7 @@ import orjson
 
 from exportd.errors import BadRequest
 from exportd.formats import Column, EncodingWriter, Format, RowWriter, Segment
-from exportd.plan import OutputSpec
+from exportd.model.plan import OutputSpec
 from exportd.storage import CountingWriter, HashingWriter, Storage
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from exportd.domain import PartitionStatus as P
-from exportd.domain import TaskStatus as T
+from exportd.model import PartitionStatus as P
+from exportd.model import TaskStatus as T
 from exportd.retrying import backoff
 
 TASK_MOVES: frozenset[tuple[T, T]] = frozenset(

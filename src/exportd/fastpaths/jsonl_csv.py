@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from exportd.documents import Flattener, check_width, escape_key, merge_headers
+from exportd.documents.flatten import Flattener, check_width, escape_key, merge_headers
 from exportd.errors import SourceError
 from exportd.formats.arrow_csv import ArrowCsv, Unsupported
 from exportd.formats.text import CsvEncoder, CsvOptions

@@ -17,8 +17,11 @@ from typing import Any, TypeVar
 
 import orjson
 
-from exportd.documents import MAX_COLUMNS, merge_headers
-from exportd.domain import (
+from exportd.documents.flatten import MAX_COLUMNS, merge_headers
+from exportd.errors import ExportdError, LeaseLost, NotFound, SourceError, StoreUnavailable
+from exportd.execution.heartbeat import Heartbeat
+from exportd.formats.splitting import Layout, file_names, pack, read_index
+from exportd.model import (
     Dataset,
     FileRecord,
     FileStatus,
@@ -30,24 +33,21 @@ from exportd.domain import (
     Task,
     TaskStatus,
 )
-from exportd.errors import ExportdError, LeaseLost, NotFound, SourceError, StoreUnavailable
-from exportd.formats.layout import Layout, file_names, pack, read_index
-from exportd.heartbeat import Heartbeat
-from exportd.layout import output_prefix, parts_prefix
-from exportd.outages import source_outage
-from exportd.plan import DocumentMode
-from exportd.retrying import backoff, ride_out
-from exportd.runtime import Runtime, columns_for, selection_for
-from exportd.storage import StorageFull, StorageUnavailable, is_temporary
-from exportd.store.base import utcnow
-from exportd.store.sql import PlannedPartition
-from exportd.transitions import (
+from exportd.model.lifecycle import (
     RETRY_CAP_SECONDS,
     CoordinatorWork,
     Outcome,
     coordinator_work,
     finish_outcome,
 )
+from exportd.model.plan import DocumentMode
+from exportd.outages import source_outage
+from exportd.retrying import backoff, ride_out
+from exportd.runtime import Runtime, columns_for, selection_for
+from exportd.storage import StorageFull, StorageUnavailable, is_temporary
+from exportd.storage.keys import output_prefix, parts_prefix
+from exportd.store import PlannedPartition
+from exportd.store.base import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ from exportd.api.deps import (
     errors,
     links,
 )
-from exportd.api.events import task_events
 from exportd.api.schemas import (
     ConnectionList,
     ConnectionView,
@@ -33,10 +32,11 @@ from exportd.api.schemas import (
     WebhookSecretView,
 )
 from exportd.api.seed_mapping import StatusFilter, statuses_for_filter
+from exportd.api.sse import task_events
 from exportd.api.views import connection_json, dataset_json, retry_after_seconds, task_json
-from exportd.domain import Role, Task
 from exportd.errors import Forbidden
-from exportd.requests import (
+from exportd.model import Role, Task
+from exportd.model.requests import (
     NO_NUL,
     ConnectionBody,
     ConnectionRequest,
@@ -47,7 +47,7 @@ from exportd.requests import (
     TokenRequest,
 )
 from exportd.service import Download, Principal
-from exportd.store.sql import SORT_FIELDS, TaskQuery, sort_order
+from exportd.store import SORT_FIELDS, TaskQuery, sort_order
 
 router = APIRouter(prefix="/v1")
 

@@ -1,25 +1,17 @@
-"""Workers: claim -> heartbeat -> run -> fenced commit, for partitions and coordinator work.
-
-`WorkerPool` runs N worker threads in a process: inside `exportd serve` (embedded) or as
-`exportd worker` processes on any host that shares the store and the storage. Next to
-them it runs the process's notification threads (notify.NotificationPool): deliveries
-never take an export worker's time."""
+"""One attempt at a partition under its lease: the header pass (stage 20) or the export
+into its own part (stage 60), committed fenced by the lease token; every failure ends in a
+retry or a FAILED."""
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
-from exportd import coordinator
-from exportd.documents import KeyCollector, check_width, flat_rows
-from exportd.domain import Dataset, Lease, Partition, PartitionPhase, Task, TaskStatus
+from exportd.documents.flatten import KeyCollector, check_width, flat_rows
 from exportd.errors import (
     Canceled,
     ExportdError,
@@ -27,24 +19,20 @@ from exportd.errors import (
     SourceError,
     StoreUnavailable,
 )
+from exportd.execution.heartbeat import Heartbeat
+from exportd.fastpaths import cached_cells, documents_through_arrow, fast_path
+from exportd.fastpaths.jsonl_csv import CellCache, cached_csv, collect_headers
 from exportd.formats import Format, NestingFormat, RowWriter
-from exportd.formats.layout import Layout, PartOutput
-from exportd.formats.text import CsvFormat, CsvOptions
-from exportd.heartbeat import Heartbeat
-from exportd.layout import parts_prefix
-from exportd.memory import release_memory
-from exportd.notify import NotificationPool
+from exportd.formats.splitting import Layout, PartOutput
+from exportd.model import Dataset, Lease, Partition, PartitionPhase, Task, TaskStatus
+from exportd.model.lifecycle import retry_decision
+from exportd.model.plan import DocumentMode
 from exportd.outages import source_outage
-from exportd.plan import DocumentMode
 from exportd.retrying import ride_out
 from exportd.runtime import Runtime, columns_for, selection_for
 from exportd.sources import Selection, Source
-from exportd.sources.documents import JsonLinesDocumentSource
-from exportd.sources.documents_arrow import CellCache, cached_csv, collect_headers, warm_up
-from exportd.sources.fast import fast_path
 from exportd.storage import StorageUnavailable
-from exportd.sweeper import Sweeper
-from exportd.transitions import retry_decision
+from exportd.storage.keys import parts_prefix
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +143,9 @@ def _collect_headers(run: PartitionRun, hb: Heartbeat) -> None:
     committed with the lease; the partition then waits for the merge (stage 40). JSON
     Lines documents go through Arrow, which also renders the rows for a CSV export."""
     arrays = run.task.plan.arrays
-    arrow = arrays == "json" and _arrow_documents(run)
+    arrow = arrays == "json" and documents_through_arrow(
+        run.source, run.sel, run.rt.settings.fast_paths
+    )
     cache = _cell_cache(run) if arrow else None
     committed = False
     try:
@@ -181,30 +171,8 @@ def _collect_headers(run: PartitionRun, hb: Heartbeat) -> None:
             _discard(run, cache.folder)
 
 
-def _arrow_documents(run: PartitionRun) -> bool:
-    """Whether this partition's documents can go through Arrow (JSON Lines, no filter)."""
-    return (
-        run.rt.settings.fast_paths
-        and isinstance(run.source, JsonLinesDocumentSource)
-        and not run.sel.filter
-    )
-
-
-def _csv_options(run: PartitionRun) -> CsvOptions | None:
-    """The CSV dialect when the export pass can write rows rendered by the header pass:
-    CSV/TSV with the merged header, in one file per partition's part (no split)."""
-    fmt = run.rt.format(run.task)
-    if (
-        not isinstance(fmt, CsvFormat)
-        or run.task.plan.documents is not DocumentMode.DISCOVER
-        or run.task.plan.output.split
-    ):
-        return None
-    return fmt.options
-
-
 def _cell_cache(run: PartitionRun, stored: dict[str, Any] | None = None) -> CellCache | None:
-    opts = _csv_options(run)
+    opts = cached_cells(run.rt.format(run.task), run.task.plan)
     if opts is None:
         return None
     if stored is not None:
@@ -289,123 +257,3 @@ def _writer(fmt: Format, task: Task) -> Callable[[BinaryIO], RowWriter] | None:
     if task.plan.documents is DocumentMode.NESTED:
         return cast(NestingFormat, fmt).document_writer
     return None
-
-
-class Worker:
-    """One worker: does coordinator work first (it unblocks whole tasks), then partitions
-    (claimed fairly across projects by the store)."""
-
-    def __init__(self, rt: Runtime, name: str, janitor: Janitor) -> None:
-        self.rt = rt
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{name}"
-        self.janitor = janitor
-
-    def step(self) -> bool:
-        """Do one unit of work if any is available; False when there was none."""
-        store, lease_s = self.rt.store, self.rt.settings.lease_seconds
-        self.janitor.maybe_run()
-        claim = store.claim_coordinator(self.owner, lease_s)
-        if claim is not None:
-            coordinator.run(self.rt, *claim)
-            release_memory()
-            return True
-        pclaim = store.claim_partition(self.owner, lease_s)
-        if pclaim is not None:
-            run_partition(self.rt, *pclaim)
-            release_memory()
-            return True
-        return False
-
-    def run(self, stop: threading.Event) -> None:
-        """Work until stopped. Every store call of this thread (claims, commits, the
-        coordinator's and the janitor's) rides out a store outage for up to
-        `outage_budget_seconds`."""
-        with self.rt.store.riding_out(self.rt.settings.outage_budget_seconds):
-            while not stop.is_set():
-                try:
-                    if not self.step():
-                        self.rt.store.waker.wait(self.rt.settings.poll_seconds)
-                except StoreUnavailable:
-                    log.warning("worker %s: the store stayed unreachable", self.owner)
-                    stop.wait(1.0)
-                except Exception:  # a worker never dies of one bad unit of work
-                    log.exception("worker %s: step failed", self.owner)
-                    stop.wait(1.0)
-
-
-class Janitor:
-    """Reclaims expired leases, times tasks out, deletes expired files and, now and
-    then, sweeps the storage for orphans (`exportd.sweeper`); run by the workers every
-    few seconds."""
-
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self._next = 0.0
-        self._next_sweep = 0.0
-        self._lock = threading.Lock()
-        self.sweeper = Sweeper(rt)
-
-    def maybe_run(self) -> None:
-        now = time.monotonic()
-        if now < self._next or not self._lock.acquire(blocking=False):
-            return
-        try:
-            self._next = now + self.rt.settings.janitor_seconds
-            s = self.rt.settings
-            done = self.rt.store.reap(s.max_lost, grace=s.lease_seconds)
-            done["files_expired"] = self.expire_files()
-            if now >= self._next_sweep:  # lists the whole storage: now and then
-                self._next_sweep = now + self.rt.settings.sweep_seconds
-                done.update(self.sweeper.sweep())
-            if any(done.values()):
-                log.info("janitor: %s", done)
-        finally:
-            self._lock.release()
-
-    def expire_files(self) -> int:
-        """Delete the files whose `expires_in` has passed, then mark them DELETED (in this
-        order: a crash in between leaves them to be deleted again, never orphaned)."""
-        expired = self.rt.store.expired_files(self.rt.settings.expiry_batch)
-        for task_id, keys in expired:
-            for key in keys:
-                self.rt.storage.delete(key)
-            self.rt.store.mark_files_deleted(task_id)
-        return len(expired)
-
-
-class WorkerPool:
-    """`count` export workers and, when there are any, the notification threads of the
-    process (a process without workers does no background work at all)."""
-
-    def __init__(self, rt: Runtime, count: int) -> None:
-        self.rt = rt
-        self.stop_event = threading.Event()
-        self.notifications = NotificationPool(rt, rt.settings.notify_workers if count else 0)
-        janitor = Janitor(rt)
-        self.threads = [
-            threading.Thread(
-                target=Worker(rt, f"w{i}", janitor).run,
-                args=(self.stop_event,),
-                name=f"exportd-worker-{i}",
-                daemon=True,
-            )
-            for i in range(count)
-        ]
-
-    def start(self) -> None:
-        if self.threads:  # what pyarrow loads on its first compute call, while idle
-            threading.Thread(target=warm_up, name="exportd-warm-up", daemon=True).start()
-        for t in self.threads:
-            t.start()
-        self.notifications.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the workers and the notification threads, each finishing the unit of work
-        in hand, all within `timeout` seconds."""
-        self.stop_event.set()
-        self.notifications.stop_event.set()
-        self.rt.store.waker.notify_local()
-        deadline = time.monotonic() + timeout
-        for t in self.threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        self.notifications.stop(deadline)

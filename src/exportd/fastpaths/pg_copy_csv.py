@@ -1,74 +1,36 @@
-"""Fast paths: when the source's own engine can produce the output better than rows
-through Python, it does.
-
-- PostgreSQL -> CSV/TSV: `COPY (SELECT ...) TO STDOUT WITH (FORMAT csv)`, the server's own
-  CSV writer. The SELECT carries the projection, the filter and the partition's key range
-  as bound parameters (psycopg binds them client-side, with its own quoting, as COPY takes
-  no server-side parameters), and renders each column the way the generic writer does:
-  spreadsheet neutralisation of text, `true`/`false`, timestamps as ISO 8601 in the
-  export's time zone (`to_json`), binary as base64. The output is byte-identical.
-- PostgreSQL -> Parquet: ADBC's PostgreSQL driver reads Arrow record batches (binary COPY
-  inside), cast to the same schema as the generic path: the same values and types.
-
-A fast path steps aside (None: the generic path runs) whenever it could not produce the
-same output: a split layout, a line ending or a date/time pattern COPY cannot write, a
-column kind it does not render identically (JSON, time, unknown), a `real` column (ADBC
-reads float4 bits, psycopg its decimal text), or a driver that is not installed."""
+"""PostgreSQL -> CSV/TSV through `COPY (SELECT ...) TO STDOUT`, rendered by the server
+byte-identically to the generic writer."""
 
 from __future__ import annotations
 
-import logging
 import select
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
-from exportd.errors import SourceError, first_line
+from exportd.fastpaths.base import Progress, sql_table
 from exportd.formats import Column, Format
 from exportd.formats.cells import SPREADSHEET_TRIGGERS
-from exportd.formats.layout import Layout, PartOutput
-from exportd.formats.parquet import _TZ, ParquetFormat, ParquetRowWriter
+from exportd.formats.parquet import _TZ
+from exportd.formats.splitting import PartOutput
 from exportd.formats.text import CsvFormat, CsvOptions
-from exportd.heartbeat import Heartbeat
 from exportd.outages import source_error
-from exportd.prefetch import prefetched
 from exportd.sources import Selection, Source
 from exportd.sources.sql import SqlSource
 
-log = logging.getLogger(__name__)
-
 COPY_CHUNK = 1 << 20
+
+
 FLUSH_SECONDS = 0.25
+
+
 _COPY_SAFE_CHARS = set(",;|\t:#!$%&*~^ '\"`/")
+
+
 _CSV_KINDS = {"int", "decimal", "float", "str", "bool", "date", "datetime", "bytes"}
-
-
-class FastPath(Protocol):
-    def export(
-        self, sel: Selection, bounds: dict[str, Any], out: PartOutput, hb: Heartbeat
-    ) -> None: ...
-
-
-def fast_path(
-    source: Source, fmt: Format, layout: Layout, columns: Sequence[Column], enabled: bool = True
-) -> FastPath | None:
-    """The fast path for this source and format, or None for the generic path."""
-    if not enabled or layout.split or type(source) is not SqlSource:
-        return None  # subclasses (documents in a JSON column) read otherwise
-    if source.engine.dialect.name == "sqlite":
-        from exportd.sources.fast_sqlite import sqlite_fast_path
-
-        return sqlite_fast_path(source, fmt, columns)
-    if source.engine.dialect.name != "postgresql" or source.engine.dialect.driver != "psycopg":
-        return None
-    if isinstance(fmt, CsvFormat) and copy_supports(fmt.options, columns):
-        return PgCopyCsv(source, fmt.options, columns)
-    if isinstance(fmt, ParquetFormat) and adbc_supports(columns):
-        return AdbcParquet(source, columns)
-    return None
 
 
 def copy_supports(opts: CsvOptions, columns: Sequence[Column]) -> bool:
@@ -155,9 +117,7 @@ class PgCopyCsv:
         query, params = _compiled(self.source, self.source.partition_select(sel, bounds, exprs))
         return f"COPY ({query}) TO STDOUT WITH ({_copy_options(self.opts)})", params
 
-    def export(
-        self, sel: Selection, bounds: dict[str, Any], out: PartOutput, hb: Heartbeat
-    ) -> None:
+    def export(self, sel: Selection, bounds: dict[str, Any], out: PartOutput, hb: Progress) -> None:
         import psycopg
 
         statement, params = self.statement(sel, bounds)
@@ -188,7 +148,7 @@ class PgCopyCsv:
             else:  # maybe mid-COPY: the connection is closed, never reused
                 raw.invalidate()
 
-    def _stream(self, chunks: Iterator[bytes], out: PartOutput, hb: Heartbeat) -> None:
+    def _stream(self, chunks: Iterator[bytes], out: PartOutput, hb: Progress) -> None:
         """Write the server's CSV into the part chunk by chunk (the part exists, empty,
         when the COPY sends no row)."""
         out.write_encoded(b"", 0)
@@ -197,7 +157,7 @@ class PgCopyCsv:
             lines += self._flush(chunk, out, hb, lines)
 
     @staticmethod
-    def _flush(data: bytes, out: PartOutput, hb: Heartbeat, lines: int) -> int:
+    def _flush(data: bytes, out: PartOutput, hb: Progress, lines: int) -> int:
         """Write a chunk; progress counts lines (rows, but for text holding newlines)."""
         hb.check()
         if not data:
@@ -276,64 +236,10 @@ class CopyOut:
         return res
 
 
-def adbc_supports(columns: Sequence[Column]) -> bool:
-    try:
-        import adbc_driver_postgresql  # noqa: F401
-    except ImportError:
-        return False
-    kinds = {"int", "decimal", "float", "str", "bool", "date", "datetime", "bytes"}
-    return all(
-        c.kind in kinds and c.type.upper() not in ("REAL", "FLOAT4", "FLOAT(24)") for c in columns
-    )
-
-
-class AdbcParquet:
-    def __init__(self, source: SqlSource, columns: Sequence[Column]) -> None:
-        self.source, self.columns = source, list(columns)
-
-    def query(self, sel: Selection, bounds: dict[str, Any]) -> str:
-        """The partition's SELECT with its parameters bound client-side by psycopg."""
-        import psycopg
-
-        query, params = _compiled(self.source, self.source.partition_select(sel, bounds))
-        raw = self.source.engine.raw_connection()
-        try:
-            conn: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
-            return psycopg.ClientCursor(conn).mogrify(query, params)
-        finally:
-            raw.close()
-
-    def export(
-        self, sel: Selection, bounds: dict[str, Any], out: PartOutput, hb: Heartbeat
-    ) -> None:
-        import adbc_driver_manager as adbc
-
-        query = self.query(sel, bounds)
-        writer = out.writer()
-        assert isinstance(writer, ParquetRowWriter)
-        try:
-            for batch in prefetched(lambda: self._batches(query)):
-                hb.check()
-                writer.write_arrow(batch)
-                out.count(batch.num_rows)
-                hb.progress(out.rows, out.size)
-        except adbc.Error as exc:
-            raise SourceError(first_line(exc), "SOURCE_QUERY_FAILED") from None
-
-    def _batches(self, query: str) -> Iterator[Any]:
-        """The query's record batches through ADBC's low-level API: its DB-API module
-        imports pandas and polars when they are installed (80 MB of a worker's memory)."""
-        import adbc_driver_manager as adbc
-        import adbc_driver_postgresql
-        import pyarrow as pa
-
-        url = self.source.engine.url.set(drivername="postgresql")
-        with (
-            adbc_driver_postgresql.connect(url.render_as_string(hide_password=False)) as db,
-            adbc.AdbcConnection(db) as conn,
-            adbc.AdbcStatement(conn) as stmt,
-        ):
-            stmt.set_sql_query(query)
-            stream, _ = stmt.execute_query()
-            with pa.RecordBatchReader._import_from_c(stream.address) as reader:
-                yield from reader
+def build(source: Source, fmt: Format, columns: Sequence[Column]) -> PgCopyCsv | None:
+    """COPY for a PostgreSQL table or query (psycopg) to CSV/TSV with options and
+    column kinds the server renders exactly like the generic writer."""
+    table = sql_table(source, "postgresql", "psycopg")
+    if table is None or not isinstance(fmt, CsvFormat) or not copy_supports(fmt.options, columns):
+        return None
+    return PgCopyCsv(table, fmt.options, columns)
