@@ -18,9 +18,10 @@ import orjson
 
 from exportd.documents.flatten import DEFAULT_ARRAYS, parse_path
 from exportd.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
-from exportd.formats import FORMAT_NAMES, Column, Format, FormatLimits, get_format, keeps_nesting
+from exportd.formats import Column, Format, FormatLimits, get_format, keeps_nesting
 from exportd.formats.splitting import Layout
 from exportd.model import Dataset, FileRecord, FileStatus, Role, Stage, Task, TaskStatus
+from exportd.model.names import FILE_NAME_PATTERN, FORMAT_NAMES
 from exportd.model.plan import DatasetKind, DocumentMode, ExportPlan, NotifyTargets, OutputSpec
 from exportd.model.requests import (
     ConnectionBody,
@@ -35,7 +36,6 @@ from exportd.sources.connections import Connection
 from exportd.sources.filters import validate_filter
 from exportd.sources.registration import SourceTarget, dataset_spec
 from exportd.storage.keys import (
-    FILE_NAME_PATTERN,
     check_prefix,
     check_project_root,
     output_prefix,

@@ -490,12 +490,12 @@ def test_jsonl_to_csv_through_arrow_is_identical_to_the_python_path(
         {"format": "csv", "parallelism": 3, "compression": "gzip"},
         {"format": "csv", "parallelism": 2, "max_rows_per_file": 400},
     ]
-    import exportd.execution.partition
+    import exportd.execution.export.passes
 
     cached: list[int] = []  # the export passes that joined cells rendered by Arrow
-    real = exportd.execution.partition.cached_csv
+    real = exportd.execution.export.passes.cached_csv
     monkeypatch.setattr(
-        exportd.execution.partition, "cached_csv", lambda *a: cached.append(1) or real(*a)
+        exportd.execution.export.passes, "cached_csv", lambda *a: cached.append(1) or real(*a)
     )
     outputs: dict[bool, list[tuple[Any, ...]]] = {}
     for fast in (True, False):

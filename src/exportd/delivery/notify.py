@@ -28,16 +28,17 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import orjson
 
-from exportd.delivery.links import iso
+from exportd.delivery.links import LinkSigner, iso
 from exportd.delivery.outbound import OutboundPolicy, RefusedByPolicy, guarded_client
 from exportd.errors import StoreUnavailable
 from exportd.model import Channel, Notification, Task
-from exportd.runtime import Runtime
+from exportd.settings import Settings
+from exportd.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,15 @@ def backoff(attempt: int, base: float, cap: float) -> float:
     return float(min(cap, base * 2 ** (attempt - 1)))
 
 
-def render(task: Task, event: str, rt: Runtime) -> dict[str, Any]:
+class Services(Protocol):
+    """What delivering needs of the process it runs in (`exportd.runtime.Runtime`)."""
+
+    settings: Settings
+    store: Store
+    links: LinkSigner
+
+
+def render(task: Task, event: str, rt: Services) -> dict[str, Any]:
     """The event's body: the task's final status, counts, files and signed links."""
     base = (rt.settings.public_url or "").rstrip("/")
     files = []
@@ -102,7 +111,7 @@ def render(task: Task, event: str, rt: Runtime) -> dict[str, Any]:
 
 
 class Notifier:
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Services) -> None:
         self.rt = rt
         self.policy = OutboundPolicy.from_entries(rt.settings.webhook_allow_networks)
 
@@ -220,7 +229,7 @@ class NotificationPool:
     """Threads that only deliver notifications, so a slow receiver holds one of these at
     most, never an export worker; stopped with the process's worker pool."""
 
-    def __init__(self, rt: Runtime, size: int) -> None:
+    def __init__(self, rt: Services, size: int) -> None:
         self.rt = rt
         self.stop_event = threading.Event()
         self.threads = [

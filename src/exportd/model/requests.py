@@ -8,8 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from exportd.formats import FORMAT_NAMES
-from exportd.storage.keys import FILE_NAME_PATTERN, PREFIX_PATTERN
+from exportd.model.names import FILE_NAME_PATTERN, FORMAT_NAMES, PREFIX_PATTERN
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 # free text that is stored or handed to a driver as is: no NUL (PostgreSQL text cannot

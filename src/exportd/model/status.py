@@ -9,7 +9,7 @@ from typing import Any
 
 
 class TaskStatus(enum.StrEnum):
-    """Lifecycle of an export task (DESIGN.md, "Status")."""
+    """Lifecycle of an export task (docs/architecture.md, "Task lifecycle")."""
 
     PENDING = "PENDING"  # accepted, waiting for a worker
     RUNNING = "RUNNING"  # being executed; see the stage
@@ -63,7 +63,7 @@ class PartitionPhase(enum.StrEnum):
 
 
 class FileStatus(enum.StrEnum):
-    """Lifecycle of a task's output files (DESIGN.md, "File lifecycle")."""
+    """Lifecycle of a task's output files (docs/delivery.md, "Download links and expiry")."""
 
     PREPARING = "PREPARING"  # not yet written
     GENERATED = "GENERATED"  # complete and downloadable

@@ -20,7 +20,7 @@ from exportd.outages import source_error
 from exportd.sources import Estimate, Selection
 from exportd.sources.filters import COERCE, compile_filter
 from exportd.sources.policy import SourcePolicy
-from exportd.store.engine import normalize_url
+from exportd.store import normalize_url
 
 _QUERY_START = re.compile(r"^\s*(select|with)\b", re.IGNORECASE)
 

@@ -9,17 +9,9 @@ import re
 
 from exportd.errors import BadRequest
 from exportd.model import Task
+from exportd.model.names import MAX_SEGMENTS, PREFIX_PATTERN
 
-MAX_SEGMENTS = 8
-_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._=-]{0,99}"
-PREFIX_PATTERN = f"^{_SEGMENT}(/{_SEGMENT}){{0,{MAX_SEGMENTS - 1}}}$"
-"""A storage prefix, as checked here and as the OpenAPI document states it."""
 _PREFIX = re.compile(PREFIX_PATTERN)
-
-FILE_NAME_PATTERN = r"^(?!manifest\.json$)(?!.*\.\.)\w(?:[\w .()+,=@-]{0,253}[\w.()+,=@-])?$"
-"""A file name, as checked here and as the OpenAPI document states it: 1-255 letters,
-digits, spaces or `._-()+,=@`, starting with a letter or digit, not ending in a space,
-no `..`, not `manifest.json`."""
 
 
 def check_prefix(value: str, code: str = "INVALID_DESTINATION") -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from exportd.store.base import utcnow
 from exportd.store.catalog import CatalogStore, TokenInfo
 from exportd.store.coordination import PlannedPartition
+from exportd.store.engine import normalize_url
 from exportd.store.janitor import JanitorStore
 from exportd.store.partitions import HeartbeatReply
 from exportd.store.rows import as_utc
@@ -32,6 +33,7 @@ __all__ = [
     "TaskQuery",
     "TokenInfo",
     "as_utc",
+    "normalize_url",
     "sort_order",
     "utcnow",
 ]
