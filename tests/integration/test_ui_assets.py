@@ -97,7 +97,7 @@ def test_dashboard_and_its_modules_come_from_the_app(live_server: Any) -> None:
     for page in ("/", "/dashboard"):
         got = fetch_all(http, server.url + page)
         paths = {urlsplit(u).path for u in got}
-        modules = {f"/dashboard/static/{p.name}" for p in DASHBOARD.glob("*.js")}
+        modules = {f"/dashboard/static/{p.name}" for p in DASHBOARD.glob("static/*.js")}
         assert modules <= paths, modules - paths  # every module is reached from the page
         assert "/dashboard/static/app.css" in paths
         for url, r in got.items():
@@ -115,6 +115,7 @@ def test_dashboard_and_its_modules_come_from_the_app(live_server: Any) -> None:
         "/dashboard/static/../ui.py",
         "/dashboard/static/%2e%2e/ui.py",
         "/dashboard/static/",
+        "/dashboard/static/index.html",
     ):
         assert http.get(probe).status_code == 404, probe
 
@@ -127,5 +128,5 @@ def test_the_package_data_ships_every_dashboard_file() -> None:
     package = ROOT / "src" / "exportd"
     shipped = {p for pattern in patterns for p in package.glob(pattern)}  # setuptools' globs
     files = {p for p in DASHBOARD.rglob("*") if p.is_file()}
-    assert DASHBOARD / "index.html" in files and DASHBOARD / "app.js" in files
+    assert DASHBOARD / "index.html" in files and DASHBOARD / "static" / "app.js" in files
     assert files <= shipped, sorted(str(p.relative_to(package)) for p in files - shipped)

@@ -65,7 +65,7 @@ def dashboard_alias() -> HTMLResponse:
 def add_dashboard(app: FastAPI) -> None:
     """Serve the dashboard page and its static assets."""
     app.include_router(router)
-    app.mount(ASSETS_PATH, StaticFiles(directory=DASHBOARD_DIR), name="dashboard-assets")
+    app.mount(ASSETS_PATH, StaticFiles(directory=DASHBOARD_DIR / "static"), name="dashboard-assets")
 
 
 def add_api_docs(app: FastAPI) -> None:

@@ -267,10 +267,12 @@ export function taskView(root, ctx, taskId) {
     cancelButton.disabled = terminal || task.status === "CANCELING";
     deleteButton.disabled = !terminal;
     if (task.error_code) {
+      errorBox.className = `alert ${task.status === "CANCELED" ? "neutral" : "error"}`;
       errorBox.textContent = `${task.error_code}: ${task.error_msg ?? ""}`;
       errorBox.hidden = false;
     } else errorBox.hidden = true;
 
+    stages.className = `timeline ${statusClass(task.status)}`;
     renderIf(stages, [task.status, task.current_state, (task.partitions ?? []).map((p) => [p.status, p.current_state]), dataset?.kind], () =>
       timeline(task, dataset),
     );
