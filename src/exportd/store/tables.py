@@ -106,6 +106,8 @@ tasks = sa.Table(
     sa.Column("coord_errors", sa.Integer, nullable=False, server_default="0"),
     # when a janitor first saw the coordinator lease expired (takeover only a lease later)
     sa.Column("coord_lapsed_at", TS, nullable=True),
+    # when a partition of the task was last claimed: whose turn it is (fair claiming)
+    sa.Column("last_claim_time", TS, nullable=True),
     sa.UniqueConstraint("project_id", "idempotency_key", name="uq_tasks_idempotency"),
     sa.Index("ix_tasks_project_create", "project_id", "create_time"),
     sa.Index("ix_tasks_coordinator_due", "coordinator_due"),
