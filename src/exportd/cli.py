@@ -29,7 +29,12 @@ app = typer.Typer(help="exportd: asynchronous data exports.", no_args_is_help=Tr
 projects_app = typer.Typer(help="Projects (administrator).", no_args_is_help=True)
 tokens_app = typer.Typer(help="Project tokens (administrator).", no_args_is_help=True)
 datasets_app = typer.Typer(help="Datasets.", no_args_is_help=True)
+connections_app = typer.Typer(
+    help="Connection profiles: the databases projects may read (administrator).",
+    no_args_is_help=True,
+)
 app.add_typer(projects_app, name="projects")
+app.add_typer(connections_app, name="connections")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(datasets_app, name="datasets")
 
@@ -143,6 +148,42 @@ def tokens_create(
         console.print_json(data=c.create_token(project_id, role))
 
 
+@connections_app.command("add")
+def connections_add(
+    name: str,
+    db_url: Annotated[
+        str, typer.Option("--db-url", help="SQLAlchemy URL of the database (kept secret)")
+    ],
+    project: Annotated[
+        list[str], typer.Option("--project", help="a project allowed to use it ('*': all)")
+    ],
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Create a connection profile; its URL is never shown back."""
+    with _api(url, token) as c:
+        console.print_json(data=c.add_connection(name, db_url, project))
+
+
+@connections_app.command("list")
+def connections_list(url: Url = DEFAULT_URL, token: Token = None) -> None:
+    """List the connection profiles (never their URLs)."""
+    with _api(url, token) as c:
+        items = c.list_connections()
+    table = Table("name", "backend", "projects", "origin")
+    for item in items:
+        table.add_row(item["name"], item["backend"], ", ".join(item["projects"]), item["origin"])
+    console.print(table)
+
+
+@connections_app.command("remove")
+def connections_remove(name: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
+    """Remove a connection profile: datasets on it stop working until it is back."""
+    with _api(url, token) as c:
+        c.delete_connection(name)
+    console.print(f"connection {name} removed")
+
+
 class DatasetKind(StrEnum):
     sql = "sql"
     documents = "documents"
@@ -154,8 +195,13 @@ def datasets_add(
     project_id: str,
     name: str,
     kind: Annotated[DatasetKind, typer.Option(help="sql, documents or files")] = DatasetKind.sql,
+    connection: Annotated[
+        str | None,
+        typer.Option("--connection", help="a connection profile granted to the project"),
+    ] = None,
     db_url: Annotated[
-        str | None, typer.Option("--db-url", help="SQLAlchemy URL of the source database")
+        str | None,
+        typer.Option("--db-url", help="SQLAlchemy URL of the source (administrator token only)"),
     ] = None,
     key: Annotated[str | None, typer.Option(help="partitioning key column")] = None,
     table: Annotated[str | None, typer.Option(help="table name")] = None,
@@ -173,10 +219,11 @@ def datasets_add(
     url: Url = DEFAULT_URL,
     token: Token = None,
 ) -> None:
-    """Register a dataset: a SQL table or query, JSON documents (a JSON column or JSON
-    Lines files) or files (CSV, JSON Lines, Parquet). The service checks the combination."""
+    """Register a dataset: a SQL table or query (on a connection profile), JSON documents
+    (a JSON column or JSON Lines files) or files (CSV, JSON Lines, Parquet). The service
+    checks the combination."""
     given = {
-        "url": db_url, "key": key, "table": table, "query": query, "document": document,
+        "connection": connection, "url": db_url, "key": key, "table": table, "query": query, "document": document,
         "path": path, "file_format": file_format,
     }  # fmt: skip
     body: dict[str, Any] = {"name": name, "kind": kind.value}
@@ -348,12 +395,18 @@ def demo(
     from exportd.demo import build_demo_database
 
     data_dir = data_dir.resolve()
-    source = data_dir / "demo-flights.db"
+    source = data_dir / "sources" / "demo-flights.db"  # a source directory of its own
     with console.status(f"building the demo dataset ({rows:,} flights) ..."):
         count = build_demo_database(source, rows)
     console.print(f"demo dataset: {source} ({count:,} rows)")
 
-    settings = Settings(data_dir=data_dir, workers=2, database_url=None, storage_url=None)
+    settings = Settings(
+        data_dir=data_dir,
+        workers=2,
+        database_url=None,
+        storage_url=None,
+        source_dirs=[source.parent],
+    )
     port = port or _free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
@@ -403,8 +456,15 @@ def _demo_project(c: ExportdClient, db_url: str) -> str:
         if exc.status != 409:
             raise
     token = str(c.create_token("demo", "writer")["token"])
+    try:
+        c.add_connection("demo-flights", db_url, ["demo"])
+    except ClientError as exc:
+        if exc.status != 409:
+            raise
     if not any(d["name"] == "flights" for d in c.list_datasets("demo")):
-        c.add_dataset("demo", name="flights", kind="sql", url=db_url, table="flights", key="id")
+        c.add_dataset(
+            "demo", name="flights", kind="sql", connection="demo-flights", table="flights", key="id"
+        )
     return token
 
 

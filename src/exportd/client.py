@@ -55,6 +55,17 @@ class ExportdClient:
     def create_token(self, project_id: str, role: str = "writer") -> dict[str, Any]:
         return dict(self._call("POST", f"/v1/projects/{project_id}/tokens", json={"role": role}))
 
+    def add_connection(self, name: str, url: str, projects: list[str]) -> dict[str, Any]:
+        """Create a connection profile (administrator token)."""
+        body = {"name": name, "url": url, "projects": projects}
+        return dict(self._call("POST", "/v1/connections", json=body))
+
+    def list_connections(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/connections")["connections"])
+
+    def delete_connection(self, name: str) -> None:
+        self._call("DELETE", f"/v1/connections/{name}")
+
     def add_dataset(self, project_id: str, **body: Any) -> dict[str, Any]:
         return dict(self._call("POST", f"/v1/projects/{project_id}/datasets", json=body))
 

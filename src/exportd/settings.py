@@ -6,10 +6,20 @@ import ipaddress
 import re
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _HOST_NAME = re.compile(r"(?=.{1,253}\.?$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+")
+
+
+class ConnectionSetting(BaseModel):
+    """A connection profile from the settings (`EXPORTD_CONNECTIONS`): the server
+    administrator's database URL and the projects that may register datasets on it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, description="SQLAlchemy URL (never shown by the API)")
+    projects: list[str] = Field(min_length=1, description='project ids, or ["*"] for all')
 
 
 class Settings(BaseSettings):
@@ -23,7 +33,13 @@ class Settings(BaseSettings):
     source_dirs: list[Path] = Field(
         default_factory=list,
         description="directories under which `files` and JSON Lines `documents` datasets "
-        "may be registered (JSON list); none: such datasets are refused",
+        "may be registered (JSON list); none: such datasets are refused. SQLite sources "
+        "must be files under them too, for every caller",
+    )
+    connections: dict[str, ConnectionSetting] = Field(
+        default_factory=dict,
+        description='connection profiles (JSON): {"name": {"url": ..., "projects": [...]}}; '
+        "more can be registered by the administrator with POST /v1/connections",
     )
 
     workers: int = Field(default=2, ge=0, le=64, description="in-process workers of `serve`")

@@ -57,6 +57,18 @@ datasets = sa.Table(
     sa.UniqueConstraint("project_id", "name", name="uq_datasets_project_name"),
 )
 
+# connection profiles the server administrator registered: a URL held here (never shown
+# by the API) and the projects that may register datasets on it (["*"]: every project)
+connections = sa.Table(
+    "connections",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("projects", sa.JSON, nullable=False),
+    sa.Column("create_time", TS, nullable=False),
+    sa.Column("update_time", TS, nullable=False),
+)
+
 tasks = sa.Table(
     "tasks",
     metadata,
