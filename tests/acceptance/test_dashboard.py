@@ -130,6 +130,7 @@ def test_dashboard_watches_cancels_and_downloads(
     assert progress(page) > first
     page.wait_for_selector('li.stage[data-stage="60"].current, li.stage[data-stage="60"].done')
     assert page.locator("#task-partitions .partition").count() == 4
+    assert page.locator("#task-partitions .partition:has-text('attempt 1')").count() == 4
     page.wait_for_selector("#stat-rate:has-text('rows/s')", timeout=WAIT_MS)
     if shot := os.environ.get("EXPORTD_DASHBOARD_SCREENSHOT"):
         page.screenshot(path=shot, full_page=True)

@@ -60,6 +60,10 @@ def fetch_all(http: httpx.Client, page: str) -> dict[str, httpx.Response]:
         r = http.get(url)
         assert r.status_code == 200, (url, r.status_code)
         assert r.content, url
+        if "/static/" in url:  # checked again on each load: never a previous version's
+            assert r.headers["cache-control"] == "no-cache", url
+            etag = {"If-None-Match": r.headers["etag"]}
+            assert http.get(url, headers=etag).status_code == 304, url
         seen[url] = r
         kind = r.headers["content-type"]
         if kind.startswith("text/html"):

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 DASHBOARD_DIR = Path(__file__).parent / "dashboard"
@@ -47,6 +48,16 @@ DOCS_HEADERS = {
 router = APIRouter(include_in_schema=False)
 
 
+class Assets(StaticFiles):
+    """Static files that a browser checks again on each load (a 304 while unchanged), so
+    that a page of an upgraded exportd never runs the previous version's modules."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
 def _page() -> HTMLResponse:
     return HTMLResponse((DASHBOARD_DIR / "index.html").read_text(), headers=PAGE_HEADERS)
 
@@ -65,13 +76,13 @@ def dashboard_alias() -> HTMLResponse:
 def add_dashboard(app: FastAPI) -> None:
     """Serve the dashboard page and its static assets."""
     app.include_router(router)
-    app.mount(ASSETS_PATH, StaticFiles(directory=DASHBOARD_DIR / "static"), name="dashboard-assets")
+    app.mount(ASSETS_PATH, Assets(directory=DASHBOARD_DIR / "static"), name="dashboard-assets")
 
 
 def add_api_docs(app: FastAPI) -> None:
     """Swagger UI at `/docs` and ReDoc at `/redoc`, FastAPI's own pages pointed at the
     local bundles (the app is built with `docs_url=None, redoc_url=None`)."""
-    app.mount(DOCS_ASSETS_PATH, StaticFiles(directory=DOCS_ASSETS_DIR), name="docs-assets")
+    app.mount(DOCS_ASSETS_PATH, Assets(directory=DOCS_ASSETS_DIR), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
     def swagger_ui(request: Request) -> HTMLResponse:
