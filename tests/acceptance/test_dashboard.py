@@ -133,6 +133,7 @@ def test_dashboard_watches_cancels_and_downloads(
     assert page.locator("#task-partitions .partition:has-text('attempt 1')").count() == 4
     page.wait_for_selector("#stat-rate:has-text('rows/s')", timeout=WAIT_MS)
     if shot := os.environ.get("EXPORTD_DASHBOARD_SCREENSHOT"):
+        page.locator("#toasts").evaluate("box => box.replaceChildren()")  # a tidy picture
         page.screenshot(path=shot, full_page=True)
 
     wait_status(page, "COMPLETED")
