@@ -7,19 +7,19 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from exportd.connections import Connections
-from exportd.documents import DocumentPaths
-from exportd.domain import Dataset, Task
+from exportd.delivery.links import LinkSigner, secret_file
+from exportd.documents.flatten import DocumentPaths
 from exportd.errors import BadRequest
-from exportd.filters import validate_filter
 from exportd.formats import Column, Format, FormatLimits, get_format
-from exportd.links import LinkSigner, secret_file
+from exportd.model import Dataset, Task
 from exportd.settings import Settings
 from exportd.sources import Selection, Source
+from exportd.sources.connections import Connections
+from exportd.sources.filters import validate_filter
 from exportd.sources.policy import SourcePolicy
 from exportd.sources.sql import SqlEngines, SqlSource
 from exportd.storage import Storage, open_storage
-from exportd.store.sql import Store
+from exportd.store import Store
 
 
 class Runtime:
@@ -60,10 +60,11 @@ class Runtime:
         raise BadRequest(f"unsupported dataset kind {dataset.kind!r}", "INVALID_DATASET")
 
     def format(self, task: Task) -> Format:
+        out = task.plan.output
         return get_format(
-            task.format,
-            task.request.get("format_options") or {},
-            task.request.get("compression"),
+            out.format,
+            out.format_options,
+            out.compression,
             FormatLimits(xlsx_sheet_rows=self.settings.xlsx_sheet_rows),
         )
 
@@ -87,17 +88,18 @@ def filter_fields(dataset: Dataset) -> Mapping[str, str]:
 
 
 def selection_for(task: Task, dataset: Dataset) -> Selection:
-    """The source columns and validated filter a task reads (from its stored request)."""
+    """The source columns and filter a task reads (from its plan; the filter's values
+    coerced to the fields' kinds)."""
     return Selection(
-        columns=list(task.request["_source_columns"]),
-        filter=validate_filter(task.request.get("filter"), filter_fields(dataset)),
+        columns=list(task.plan.source_columns),
+        filter=validate_filter(list(task.plan.filter), filter_fields(dataset)),
     )
 
 
 def columns_for(task: Task, dataset: Dataset | None) -> list[Column]:
     """The output columns of a task: names after renames, kinds and types from the source."""
     fields = {f["name"]: f for f in dataset.fields} if dataset else {}
-    sources = list(task.request.get("_source_columns") or [])
+    sources = list(task.plan.source_columns)
     if len(sources) != len(task.columns):  # documents flattened to a merged header
         sources = list(task.columns)
     out = []

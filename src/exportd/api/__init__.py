@@ -22,11 +22,11 @@ from exportd.api.methods import allowed_methods
 from exportd.api.schemas import ErrorBody
 from exportd.api.ui import add_api_docs, add_dashboard
 from exportd.errors import ExportdError, StoreUnavailable, Unavailable
+from exportd.execution.pool import WorkerPool
 from exportd.outages import unreachable
 from exportd.runtime import Runtime
 from exportd.service import ExportService
 from exportd.settings import Settings
-from exportd.worker import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,8 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
             error_body("INTERNAL_ERROR", "internal error; see the server log"), status_code=500
         )
 
-    from exportd.api.routes import router
-    from exportd.api.seeds import router as seeds_router
+    from exportd.api.v1 import router
+    from exportd.api.v2 import router as seeds_router
 
     app.include_router(router)
     app.include_router(seeds_router)

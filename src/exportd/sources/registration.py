@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from exportd.errors import BadRequest
-from exportd.requests import DatasetRequest
+from exportd.model.requests import DatasetRequest
 from exportd.sources.paths import check_pattern
 from exportd.sources.policy import probe
 from exportd.sources.sql import SqlEngines, check_query, describe_sql
