@@ -302,7 +302,8 @@ class CoordinationStore(TaskStore):
                 outcome.status,
                 now,
                 tasks.c.coord_token == token,
-                stage=Stage.COMPLETED.value if generated else Stage.WRITING_MANIFEST.value,
+                # a failed end keeps the stage last reached (see docs/api-mapping.md)
+                stage=Stage.COMPLETED.value if generated else tasks.c.stage,
                 file_status=(FileStatus.GENERATED if generated else FileStatus.FAILED).value,
                 error_code=outcome.error_code,
                 error_msg=outcome.error_msg,

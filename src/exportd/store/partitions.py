@@ -447,8 +447,9 @@ class PartitionStore(CoordinationStore):
             ).scalars():
                 self._move_partition(
                     conn, task_id, idx, PartitionStatus.PENDING, now,
-                    phase=PartitionPhase.EXPORT.value, stage=Stage.EXPORTING.value,
-                    attempts=0, not_before=None,
+                    # stage 50 until a worker claims it for export (60): a partition
+                    # canceled before then shows the stage it reached
+                    phase=PartitionPhase.EXPORT.value, attempts=0, not_before=None,
                 )  # fmt: skip
             self._notify(conn)
         return True
