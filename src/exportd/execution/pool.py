@@ -67,6 +67,20 @@ class Worker:
                     stop.wait(1.0)
 
 
+DEADLINE_SWEEP_SECONDS = 0.5
+
+
+def keep_deadlines(rt: Runtime, stop: threading.Event) -> None:
+    """Time out late tasks every half second whatever the workers are doing (they may
+    all be inside long partitions): a partition of a timed-out task stops at its next
+    heartbeat. One indexed read per sweep; errors (a store outage) wait for the next."""
+    while not stop.wait(DEADLINE_SWEEP_SECONDS):
+        try:
+            rt.store.time_out_late()
+        except Exception as exc:
+            log.warning("deadline sweep failed: %s", type(exc).__name__)
+
+
 class WorkerPool:
     """`count` export workers and, when there are any, the notification threads of the
     process (a process without workers does no background work at all)."""
@@ -89,6 +103,10 @@ class WorkerPool:
     def start(self) -> None:
         if self.threads:  # what pyarrow loads on its first compute call, while idle
             threading.Thread(target=warm_up, name="exportd-warm-up", daemon=True).start()
+            threading.Thread(
+                target=keep_deadlines, args=(self.rt, self.stop_event),
+                name="exportd-deadlines", daemon=True,
+            ).start()  # fmt: skip
         for t in self.threads:
             t.start()
         self.notifications.start()

@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from exportd.model import (
+    ACTIVE_STATUSES,
     FileRecord,
     FileStatus,
     Lease,
@@ -36,6 +37,15 @@ from exportd.store.tasks import _IDLE, TaskStore
 class PlannedPartition:
     bounds: dict[str, Any]
     phase: PartitionPhase = PartitionPhase.EXPORT
+
+
+def _late(now: datetime, *columns: Any) -> sa.Select[Any]:
+    """The active tasks whose deadline has passed (by the status index)."""
+    return sa.select(*(columns or (tasks.c.task_id,))).where(
+        tasks.c.status.in_(sorted(s.value for s in ACTIVE_STATUSES)),
+        tasks.c.deadline.is_not(None),
+        tasks.c.deadline < now,
+    )
 
 
 class CoordinationStore(TaskStore):
@@ -85,13 +95,53 @@ class CoordinationStore(TaskStore):
         return tasks.c.coord_token == token
 
     def renew_coordinator(self, task_id: str, token: str, lease_seconds: float) -> bool:
+        """Renew the coordinator's lease; a task past its deadline ends TIMEOUT in the same
+        transaction (the coordinator's next check sees it)."""
+        now = utcnow()
         with self.write() as conn:
             n = conn.execute(
                 sa.update(tasks)
                 .where(tasks.c.task_id == task_id, tasks.c.coord_token == token)
-                .values(coord_expires_at=later(lease_seconds))
+                .values(coord_expires_at=later(lease_seconds, now))
             ).rowcount
+            if self._time_out_late(conn, now, task_id):
+                self._notify(conn)
         return n == 1
+
+    # ---- deadlines ------------------------------------------------------------------------
+
+    def time_out_late(self) -> int:
+        """Every active task past its deadline ends TIMEOUT; how many did. Cheap enough to
+        run every half second: one indexed read, and a write transaction only when a task
+        is late (so SQLite's write lock is not taken for nothing)."""
+        now = utcnow()
+        with self.read() as conn:
+            if not conn.execute(sa.select(_late(now).exists())).scalar():
+                return 0
+        with self.write() as conn:
+            n = self._time_out_late(conn, now)
+            if n:
+                self._notify(conn)
+        return n
+
+    def _time_out_late(self, conn: sa.Connection, now: datetime, task_id: str | None = None) -> int:
+        """The guarded move to TIMEOUT of the late active tasks (of `task_id` only, when
+        given): its pending partitions canceled, its cleanup due, its notifications in
+        the outbox (by `_move_task`), all in the caller's transaction."""
+        late = _late(now, tasks.c.task_id, tasks.c.timeout_seconds)
+        if task_id is not None:
+            late = late.where(tasks.c.task_id == task_id)
+        moved = 0
+        for late_id, timeout in conn.execute(late).all():
+            if self._move_task(
+                conn, late_id, TaskStatus.TIMEOUT, now,
+                end_time=now, file_status=FileStatus.FAILED.value, error_code="TIMEOUT",
+                error_msg=f"export exceeded its time limit of {timeout} s (timeout_seconds)",
+                coordinator_due=True, coord_not_before=None,
+            ):  # fmt: skip
+                self._cancel_pending_partitions(conn, late_id, now)
+                moved += 1
+        return moved
 
     def count_coordinator_error(self, task_id: str, token: str) -> int | None:
         """One more failed coordinator run of the task (fenced); None if the lease is lost."""
@@ -249,7 +299,8 @@ class CoordinationStore(TaskStore):
                 outcome.status,
                 now,
                 tasks.c.coord_token == token,
-                stage=Stage.COMPLETED.value if generated else Stage.WRITING_MANIFEST.value,
+                # a failed end keeps the stage last reached (see docs/api-mapping.md)
+                stage=Stage.COMPLETED.value if generated else tasks.c.stage,
                 file_status=(FileStatus.GENERATED if generated else FileStatus.FAILED).value,
                 error_code=outcome.error_code,
                 error_msg=outcome.error_msg,

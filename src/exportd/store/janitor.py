@@ -8,11 +8,8 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from exportd.model import (
-    ACTIVE_STATUSES,
-    FileStatus,
     PartitionStatus,
     Stage,
-    TaskStatus,
 )
 from exportd.store.base import (
     later,
@@ -71,22 +68,7 @@ class JanitorStore(PartitionStore):
                 ):  # fmt: skip
                     done["lease_failed"] += 1
                     self._after_partition_stop(conn, task_id, now)
-            late = conn.execute(
-                sa.select(tasks.c.task_id, tasks.c.timeout_seconds).where(
-                    tasks.c.status.in_([s.value for s in ACTIVE_STATUSES]),
-                    tasks.c.deadline.is_not(None),
-                    tasks.c.deadline < now,
-                )
-            ).all()
-            for task_id, timeout in late:
-                if self._move_task(
-                    conn, task_id, TaskStatus.TIMEOUT, now,
-                    end_time=now, file_status=FileStatus.FAILED.value, error_code="TIMEOUT",
-                    error_msg=f"export exceeded its time limit of {timeout} s (timeout_seconds)",
-                    coordinator_due=True, coord_not_before=None,
-                ):  # fmt: skip
-                    self._cancel_pending_partitions(conn, task_id, now)
-                    done["timed_out"] += 1
+            done["timed_out"] = self._time_out_late(conn, now)
             if any(done.values()):
                 self._notify(conn)
         return done

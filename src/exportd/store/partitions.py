@@ -78,6 +78,22 @@ def _fair_tasks(due: Any) -> sa.Select[Any]:
     )
 
 
+def _task_live(task_id: str, now: datetime) -> Any:
+    """The task may still take a partition's work: active (RUNNING, or CANCELING whose
+    done parts are harmless) and not past its deadline. Fences every commit and every
+    recorded progress, so that nothing changes after a terminal move."""
+    t = tasks.c
+    return (
+        sa.select(t.task_id)
+        .where(
+            t.task_id == task_id,
+            t.status.in_(sorted(s.value for s in ACTIVE_STATUSES)),
+            sa.or_(t.deadline.is_(None), t.deadline >= now),
+        )
+        .exists()
+    )
+
+
 def _stage_of_pass() -> Any:
     """The stage a claimed partition shows: 20 in its header pass, 60 when exporting."""
     return sa.case(
@@ -154,21 +170,28 @@ class PartitionStore(CoordinationStore):
         finished: int,
         bytes_written: int,
     ) -> HeartbeatReply | None:
-        """Renew the lease and record progress. None: the lease is lost (stop at once)."""
+        """Renew the lease and record progress. None: the lease is lost (stop at once).
+
+        A task past its deadline ends TIMEOUT in this very transaction, and the progress
+        of a task that is no longer RUNNING is not recorded: the reply's status stops
+        the partition at once, and its counts stay as they were at the terminal move."""
         now = utcnow()
+        live = _task_live(task_id, now)
         with self.write() as conn:
             n = conn.execute(
                 sa.update(partitions)
                 .where(*self._fence(task_id, index, token))
                 .values(
                     lease_expires_at=later(lease_seconds, now),
-                    finished_count=finished,
-                    bytes_written=bytes_written,
+                    finished_count=sa.case((live, finished), else_=partitions.c.finished_count),
+                    bytes_written=sa.case((live, bytes_written), else_=partitions.c.bytes_written),
                     update_time=now,
                 )
             ).rowcount
             if n != 1:
                 return None
+            if self._time_out_late(conn, now, task_id):
+                self._notify(conn)
             status = self._refresh_task_progress(conn, task_id, now)
         return HeartbeatReply(status)
 
@@ -189,6 +212,8 @@ class PartitionStore(CoordinationStore):
                 sa.func.coalesce(sa.func.sum(partitions.c.bytes_written), 0),
             ).where(partitions.c.task_id == task_id)
         ).one()
+        if row.status != TaskStatus.RUNNING.value:  # ended or canceling: counts stay
+            return TaskStatus(row.status)
         finished, written = int(sums[0]), int(sums[1])
         progress = row.progress
         if row.total_count:
@@ -215,7 +240,7 @@ class PartitionStore(CoordinationStore):
         with self.write() as conn:
             ok = self._move_partition(
                 conn, task_id, index, PartitionStatus.DONE, now,
-                *self._fence(task_id, index, token)[2:],
+                *self._fence(task_id, index, token)[2:], _task_live(task_id, now),
                 stage=Stage.COMPLETED.value, part_key=part_key, part_sha256=sha256,
                 finished_count=rows, bytes_written=bytes_written, end_time=now,
                 lease_token=None, lease_expires_at=None, error_code=None, error_msg=None,
@@ -223,6 +248,7 @@ class PartitionStore(CoordinationStore):
             if ok:
                 self._after_partition_stop(conn, task_id, now)
                 return True
+            self._stop_if_task_ended(conn, task_id, index, token, now)
             # run again after a COMMIT whose answer was lost: the part (its key is unique
             # to the attempt) is already the partition's; the caller must keep it
             row = conn.execute(
@@ -290,6 +316,24 @@ class PartitionStore(CoordinationStore):
                 self._after_partition_stop(conn, task_id, now)
         return ok
 
+    def _stop_if_task_ended(
+        self, conn: sa.Connection, task_id: str, index: int, token: str, now: datetime
+    ) -> None:
+        """A commit refused because its task is no longer live (past its deadline, or
+        ended): time the task out if it is late, and cancel this partition at once rather
+        than leaving its lease to lapse before the task's cleanup can run."""
+        self._time_out_late(conn, now, task_id)
+        ended = sa.select(tasks.c.task_id).where(
+            tasks.c.task_id == task_id,
+            tasks.c.status.not_in(sorted(s.value for s in ACTIVE_STATUSES)),
+        )
+        if self._move_partition(
+            conn, task_id, index, PartitionStatus.CANCELED, now,
+            *self._fence(task_id, index, token)[2:], ended.exists(),
+            lease_token=None, lease_expires_at=None, end_time=now,
+        ):  # fmt: skip
+            self._notify(conn)
+
     def _after_partition_stop(self, conn: sa.Connection, task_id: str, now: datetime) -> None:
         """When no partition is open any more (PENDING or RUNNING), the coordinator becomes
         due: to merge the headers if some partitions wait for them, else to finish."""
@@ -349,7 +393,7 @@ class PartitionStore(CoordinationStore):
         with self.write() as conn:
             ok = self._move_partition(
                 conn, task_id, index, PartitionStatus.WAITING, now,
-                *self._fence(task_id, index, token)[2:],
+                *self._fence(task_id, index, token)[2:], _task_live(task_id, now),
                 partitions.c.phase == PartitionPhase.HEADERS.value,
                 stage=Stage.WAIT_PARALLEL_HEADERS.value,
                 header=header,
@@ -358,6 +402,7 @@ class PartitionStore(CoordinationStore):
             if ok:
                 self._after_partition_stop(conn, task_id, now)
                 return True
+            self._stop_if_task_ended(conn, task_id, index, token, now)
             # run again after a COMMIT whose answer was lost: our header is the one kept
             # (with a cache, its folder is unique to the attempt)
             kept = conn.execute(
@@ -401,8 +446,9 @@ class PartitionStore(CoordinationStore):
             ).scalars():
                 self._move_partition(
                     conn, task_id, idx, PartitionStatus.PENDING, now,
-                    phase=PartitionPhase.EXPORT.value, stage=Stage.EXPORTING.value,
-                    attempts=0, not_before=None,
+                    # stage 50 until a worker claims it for export (60): a partition
+                    # canceled before then shows the stage it reached
+                    phase=PartitionPhase.EXPORT.value, attempts=0, not_before=None,
                 )  # fmt: skip
             self._notify(conn)
         return True

@@ -79,7 +79,8 @@ def finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
             clean_up_now(rt, task, lease, generated=False)
         return
 
-    store.set_task_stage(task.task_id, lease.token, Stage.COMPLETING_UPLOAD)
+    if not task.plan.output.split:  # stage 70 is the assembly of one single file
+        store.set_task_stage(task.task_id, lease.token, Stage.COMPLETING_UPLOAD)
     files = assemble(rt, task, by[PartitionStatus.DONE], hb)
     store.set_task_stage(task.task_id, lease.token, Stage.WRITING_MANIFEST)
     expires = utcnow() + timedelta(seconds=task.expires_in)
