@@ -11,7 +11,7 @@ from exportd.delivery.links import LinkSigner, secret_file
 from exportd.documents.flatten import DocumentPaths
 from exportd.errors import BadRequest
 from exportd.formats import Column, Format, FormatLimits, get_format
-from exportd.model import Dataset, Task
+from exportd.model import Dataset, DatasetKind, Task
 from exportd.settings import Settings
 from exportd.sources import Selection, Source
 from exportd.sources.connections import Connections
@@ -46,14 +46,14 @@ class Runtime:
     def source(self, dataset: Dataset) -> Source:
         from exportd.sources.documents import JsonLinesDocumentSource, SqlDocumentSource
 
-        if dataset.kind == "sql":
+        if dataset.kind is DatasetKind.SQL:
             return SqlSource(dataset, self.engines.get(self.connections.dataset_url(dataset)))
-        if dataset.kind == "documents" and dataset.options.get("path"):
+        if dataset.kind is DatasetKind.DOCUMENTS and dataset.options.get("path"):
             return JsonLinesDocumentSource(dataset)
-        if dataset.kind == "documents":
+        if dataset.kind is DatasetKind.DOCUMENTS:
             engine = self.engines.get(self.connections.dataset_url(dataset))
             return SqlDocumentSource(dataset, engine)
-        if dataset.kind == "files":  # imported here: pyarrow.dataset is 50 MB of memory
+        if dataset.kind is DatasetKind.FILES:  # imported here: pyarrow.dataset is 50 MB of memory
             from exportd.sources.files import ArrowFilesSource
 
             return ArrowFilesSource(dataset)
@@ -79,10 +79,10 @@ FILTERABLE_FILE_KINDS = frozenset({"bool", "int", "float", "decimal", "datetime"
 def filter_fields(dataset: Dataset) -> Mapping[str, str]:
     """What a filter may name, with the kind its values are coerced to: the columns of a
     table or of files (scalar columns only), or any dotted path of documents."""
-    if dataset.kind == "documents":
+    if dataset.kind is DatasetKind.DOCUMENTS:
         return DocumentPaths()
     kinds = {f["name"]: f.get("kind", "unknown") for f in dataset.fields}
-    if dataset.kind == "files":
+    if dataset.kind is DatasetKind.FILES:
         return {n: k for n, k in kinds.items() if k in FILTERABLE_FILE_KINDS}
     return kinds
 

@@ -203,7 +203,7 @@ class ExportService:
             )
         if req.url is not None and req.connection is not None:
             raise BadRequest("give connection or url, not both", "INVALID_DATASET")
-        if req.kind == "files" or req.path is not None:
+        if req.kind is DatasetKind.FILES or req.path is not None:
             return None  # files: a url is refused with the kind's own error
         if req.connection is not None:
             found = self.rt.connections.for_project(req.connection, project_id)
@@ -239,7 +239,7 @@ class ExportService:
     def register_dataset(self, who: Principal, project_id: str, req: DatasetRequest) -> Dataset:
         """Check and describe the dataset; nothing is stored unless every check passes."""
         target = self._source_target(who, project_id, req)
-        files = req.kind == "files" or req.path is not None
+        files = req.kind is DatasetKind.FILES or req.path is not None
         roots = self._file_roots(who, project_id, req) if files else []
         spec = dataset_spec(req, target, self.rt.engines, roots)
         ds = Dataset(
@@ -295,7 +295,7 @@ class ExportService:
             req.format, req.format_options or {}, req.compression,
             FormatLimits(xlsx_sheet_rows=settings.xlsx_sheet_rows),
         )  # fmt: skip
-        if ds.kind == "documents":
+        if ds.kind is DatasetKind.DOCUMENTS:
             source_columns, columns = _document_projection(req.fields)
         else:
             source_columns, columns = _projection(req.fields, ds)
@@ -314,13 +314,13 @@ class ExportService:
         file_name = check_file_name(req.file_name or f"{ds.name}-{task_id[:8]}{fmt.extension}")
         request = req.model_dump(mode="json", by_alias=True, exclude_none=True)
         request["dataset_id"] = ds.dataset_id
-        documents = _document_mode(req, fmt) if ds.kind == DatasetKind.DOCUMENTS else None
+        documents = _document_mode(req, fmt) if ds.kind is DatasetKind.DOCUMENTS else None
         if documents is not None:
             request.setdefault("arrays", DEFAULT_ARRAYS)
         prefix, notify = self._delivery(project_id, req, task_id)
         plan = ExportPlan(
             dataset_id=ds.dataset_id,
-            dataset_kind=DatasetKind(ds.kind),
+            dataset_kind=ds.kind,
             source_columns=tuple(source_columns),
             filter=tuple(_filter_list(req.filter)),
             documents=documents,

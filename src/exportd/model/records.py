@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from exportd.model.plan import ExportPlan, TaskKind
+from exportd.model.plan import DatasetKind, ExportPlan, TaskKind
 from exportd.model.status import (
     Channel,
     FileStatus,
@@ -34,7 +34,7 @@ class Dataset:
     dataset_id: str
     project_id: str
     name: str
-    kind: str
+    kind: DatasetKind
     url: str  # secret: never leaves the server
     table: str | None
     query: str | None

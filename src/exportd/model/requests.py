@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from exportd.model.names import FILE_NAME_PATTERN, FORMAT_NAMES, PREFIX_PATTERN
+from exportd.model.plan import DatasetKind
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 # free text that is stored or handed to a driver as is: no NUL (PostgreSQL text cannot
@@ -166,7 +167,7 @@ class DatasetRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
-    kind: Literal["sql", "documents", "files"] = "sql"
+    kind: DatasetKind = DatasetKind.SQL
     connection: str | None = Field(
         default=None,
         pattern=CONNECTION_NAME,

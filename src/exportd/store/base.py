@@ -32,7 +32,13 @@ from exportd.store.tables import partitions, tasks
 from exportd.store.wakeup import Waker
 
 NOTIFY_CHANNEL = "exportd_work"
-PARTITION_COLUMNS = {"index": "idx"}  # record field -> column, where they differ
+PARTITION_COLUMNS = {"index": "idx"}
+# the coordinator's lease released (the values of a task row's lease columns without one)
+NO_COORDINATOR = {
+    "coord_owner": None,
+    "coord_token": None,
+    "coord_expires_at": None,
+}  # record field -> column, where they differ
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -23,6 +23,7 @@ from exportd.model import (
 )
 from exportd.model.lifecycle import Outcome
 from exportd.store.base import (
+    NO_COORDINATOR,
     later,
     task_from_row,
     utcnow,
@@ -116,9 +117,7 @@ class CoordinationStore(TaskStore):
                 sa.update(tasks)
                 .where(tasks.c.task_id == task_id, tasks.c.coord_token == token)
                 .values(
-                    coord_owner=None,
-                    coord_token=None,
-                    coord_expires_at=None,
+                    **NO_COORDINATOR,
                     coordinator_due=due,
                     coord_not_before=later(retry_after) if retry_after else None,
                 )
@@ -183,9 +182,7 @@ class CoordinationStore(TaskStore):
                     columns=columns,
                     parallelism=len(planned),
                     coordinator_due=False,
-                    coord_owner=None,
-                    coord_token=None,
-                    coord_expires_at=None,
+                    **NO_COORDINATOR,
                     update_time=now,
                     version=tasks.c.version + 1,
                 )
@@ -222,7 +219,7 @@ class CoordinationStore(TaskStore):
                 conn, task_id, TaskStatus.FAILED, now, tasks.c.coord_token == token,
                 error_code=code, error_msg=msg, end_time=now,
                 file_status=FileStatus.FAILED.value, coordinator_due=True,
-                coord_owner=None, coord_token=None, coord_expires_at=None,
+                **NO_COORDINATOR,
             )  # fmt: skip
             if ok:
                 self._cancel_pending_partitions(conn, task_id, now)
@@ -298,7 +295,7 @@ class CoordinationStore(TaskStore):
                 end_time=now, file_status=FileStatus.FAILED.value,
                 error_code="CANCELED", error_msg="canceled by a user",
                 coordinator_due=not cleaned, coord_not_before=None,
-                coord_owner=None, coord_token=None, coord_expires_at=None,
+                **NO_COORDINATOR,
             )  # fmt: skip
 
     def task_states(self, task_ids: Collection[str]) -> dict[str, tuple[TaskStatus, FileStatus]]:

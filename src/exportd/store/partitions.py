@@ -21,6 +21,7 @@ from exportd.model import (
     TaskStatus,
 )
 from exportd.store.base import (
+    NO_COORDINATOR,
     later,
     partition_from_row,
     task_from_row,
@@ -403,9 +404,7 @@ class PartitionStore(CoordinationStore):
                     stage=Stage.EXPORTING.value,
                     columns=columns,
                     coordinator_due=False,
-                    coord_owner=None,
-                    coord_token=None,
-                    coord_expires_at=None,
+                    **NO_COORDINATOR,
                     update_time=now,
                     version=tasks.c.version + 1,
                 )
