@@ -30,11 +30,13 @@ class Worker:
     """One worker: does coordinator work first (it unblocks whole tasks), then partitions
     (claimed fairly across projects by the store)."""
 
-    def __init__(self, rt: Runtime, name: str, janitor: Janitor, shutdown: Shutdown) -> None:
+    def __init__(
+        self, rt: Runtime, name: str, janitor: Janitor, shutdown: Shutdown | None = None
+    ) -> None:
         self.rt = rt
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{name}"
         self.janitor = janitor
-        self.shutdown = shutdown
+        self.shutdown = shutdown or Shutdown()  # a pool's, or a lone worker's own
 
     def step(self) -> bool:
         """Do one unit of work if any is available; False when there was none. Each unit
