@@ -104,7 +104,10 @@ def serve(
 
     _logging()
     settings = _settings(data_dir, workers=workers)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    uvicorn.run(  # SIGTERM: open requests get the grace too, then the workers theirs
+        create_app(settings), host=host, port=port, log_level="info",
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_seconds)),
+    )  # fmt: skip
 
 
 @app.command()
@@ -125,7 +128,8 @@ def worker(
     pool.start()
     logging.getLogger("exportd").info("worker running with %d threads", concurrency)
     stop.wait()
-    pool.stop(timeout=30)
+    logging.getLogger("exportd").info("worker stopping: no more claims")
+    pool.stop()  # within shutdown_grace_seconds, then the leases in hand are handed back
     rt.close()
 
 

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
 
     workers: int = Field(default=2, ge=0, le=64, description="in-process workers of `serve`")
     lease_seconds: float = Field(default=20.0, gt=0, description="a lease's length")
+    shutdown_grace_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="on SIGTERM, how long units of work in hand may still finish before "
+        "their leases are handed back",
+    )
     heartbeat_seconds: float | None = Field(default=None, description="default: lease/4")
     poll_seconds: float = Field(default=1.0, gt=0, description="safety-net polling interval")
     janitor_seconds: float = Field(default=2.0, gt=0, description="reaper interval")

@@ -18,6 +18,7 @@ from exportd.errors import (
 from exportd.execution import coordinator
 from exportd.execution.janitor import Janitor
 from exportd.execution.partition import run_partition
+from exportd.execution.shutdown import Shutdown
 from exportd.fastpaths.jsonl_csv import warm_up
 from exportd.memory import release_memory
 from exportd.runtime import Runtime
@@ -29,23 +30,35 @@ class Worker:
     """One worker: does coordinator work first (it unblocks whole tasks), then partitions
     (claimed fairly across projects by the store)."""
 
-    def __init__(self, rt: Runtime, name: str, janitor: Janitor) -> None:
+    def __init__(
+        self, rt: Runtime, name: str, janitor: Janitor, shutdown: Shutdown | None = None
+    ) -> None:
         self.rt = rt
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{name}"
         self.janitor = janitor
+        self.shutdown = shutdown or Shutdown()  # a pool's, or a lone worker's own
 
     def step(self) -> bool:
-        """Do one unit of work if any is available; False when there was none."""
+        """Do one unit of work if any is available; False when there was none. Each unit
+        runs holding its lease's hand-back, for a shutdown whose grace runs out."""
         store, lease_s = self.rt.store, self.rt.settings.lease_seconds
         self.janitor.maybe_run()
         claim = store.claim_coordinator(self.owner, lease_s)
         if claim is not None:
-            coordinator.run(self.rt, *claim)
+            task, lease = claim
+            with self.shutdown.holding(
+                lambda: store.release_coordinator(task.task_id, lease.token, due=True)
+            ):
+                coordinator.run(self.rt, task, lease)
             release_memory()
             return True
         pclaim = store.claim_partition(self.owner, lease_s)
         if pclaim is not None:
-            run_partition(self.rt, *pclaim)
+            ptask, part, p_lease = pclaim
+            with self.shutdown.holding(
+                lambda: store.release_partition(ptask.task_id, part.index, p_lease.token)
+            ):
+                run_partition(self.rt, ptask, part, p_lease)
             release_memory()
             return True
         return False
@@ -87,12 +100,13 @@ class WorkerPool:
 
     def __init__(self, rt: Runtime, count: int) -> None:
         self.rt = rt
-        self.stop_event = threading.Event()
+        self.shutdown = Shutdown()
+        self.stop_event = self.shutdown.draining
         self.notifications = NotificationPool(rt, rt.settings.notify_workers if count else 0)
         janitor = Janitor(rt)
         self.threads = [
             threading.Thread(
-                target=Worker(rt, f"w{i}", janitor).run,
+                target=Worker(rt, f"w{i}", janitor, self.shutdown).run,
                 args=(self.stop_event,),
                 name=f"exportd-worker-{i}",
                 daemon=True,
@@ -111,13 +125,22 @@ class WorkerPool:
             t.start()
         self.notifications.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the workers and the notification threads, each finishing the unit of work
-        in hand, all within `timeout` seconds."""
+    def stop(self, grace: float | None = None) -> None:
+        """Stop claiming at once; let the units of work in hand finish and commit within
+        `grace` seconds (default: `shutdown_grace_seconds`), then hand their leases back to
+        the store (PENDING again at once, no attempt counted) and return: the threads
+        still busy are daemons, and whatever they do after is fenced out."""
+        grace = self.rt.settings.shutdown_grace_seconds if grace is None else grace
         self.stop_event.set()
         self.notifications.stop_event.set()
         self.rt.store.waker.notify_local()
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + grace
         for t in self.threads:
             t.join(max(0.0, deadline - time.monotonic()))
-        self.notifications.stop(deadline)
+        busy = sum(t.is_alive() for t in self.threads)
+        if busy:
+            handed = self.shutdown.abandon()
+            log.warning("shutdown grace over: %d unit(s) of work handed back", handed)
+            for t in self.threads:  # a unit that notices its lost lease unwinds quickly
+                t.join(max(0.0, min(1.0, deadline + 1.0 - time.monotonic())))
+        self.notifications.stop(max(deadline, time.monotonic() + 0.5))

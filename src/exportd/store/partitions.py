@@ -304,6 +304,24 @@ class PartitionStore(CoordinationStore):
                 self._notify(conn)
         return ok
 
+    def release_partition(self, task_id: str, index: int, token: str) -> bool:
+        """A worker shutting down hands its lease back (fenced): PENDING again at once,
+        neither an attempt nor a loss counted, so that another worker claims it now."""
+        now = utcnow()
+        with self.write() as conn:
+            ok = self._move_partition(
+                conn, task_id, index, PartitionStatus.PENDING, now,
+                *self._fence(task_id, index, token)[2:],
+                stage=Stage.NOT_STARTED.value, lease_token=None, lease_expires_at=None,
+                not_before=None,
+                attempts=sa.case(
+                    (partitions.c.attempts > 0, partitions.c.attempts - 1), else_=0
+                ),
+            )  # fmt: skip
+            if ok:
+                self._notify(conn)
+        return ok
+
     def cancel_partition(self, task_id: str, index: int, token: str) -> bool:
         now = utcnow()
         with self.write() as conn:
