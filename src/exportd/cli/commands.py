@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from exportd.client import ClientError, ExportdClient
+from exportd.cli.client import ClientError, ExportdClient
 from exportd.memory import configure_allocator, keep_pandas_out
 from exportd.settings import Settings
 
@@ -345,7 +345,7 @@ def demo(
     import uvicorn
 
     from exportd.api import create_app
-    from exportd.demo import build_demo_database
+    from exportd.cli.demo import build_demo_database
 
     data_dir = data_dir.resolve()
     source = data_dir / "demo-flights.db"
