@@ -751,9 +751,11 @@ def status(
     out = Out(json_, quiet)
     with _api(url, token, data_dir) as c:
         task = c.get_export(project_id, task_id)
-        if watch and json_:
+        if watch and json_:  # one line per change, the last one the full final status
             task = c.wait(project_id, task_id, on_update=_json_line)
-        elif watch:
+            _json_line(task)
+            raise typer.Exit(_outcome(task))
+        if watch:
             task = follow(c, project_id, task, out)
     out.emit(task.raw, lambda: _status_view(task), task.status)
     if watch:
