@@ -43,6 +43,11 @@ def make_project(server: LiveServer, project_id: str, source: str, **dataset: An
         assert r.status_code == 201, r.text
         tokens[role], ids[role] = r.json()["token"], r.json()["token_id"]
         clients[role] = server.client(tokens[role])
-    body = {"name": "flights", "url": source, "table": "flights", "key": "id", **dataset}
-    ds = root.dataset(project_id, **body)
+    connection = f"src-{project_id}"  # the server administrator's profile, granted to it
+    r = root.http.post(
+        "/v1/connections", json={"name": connection, "url": source, "projects": [project_id]}
+    )
+    assert r.status_code == 201, r.text
+    body = {"name": "flights", "connection": connection, "table": "flights", "key": "id"}
+    ds = root.dataset(project_id, **{**body, **dataset})
     return Project(project_id, ds, tokens, ids, clients)

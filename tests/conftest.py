@@ -95,11 +95,16 @@ def s3_storage_url(s3_endpoint: str) -> str:
 
 
 @pytest.fixture
-def live_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
-    """Start exportd over a real socket: `live_server(store_url=..., workers=2, **settings)`."""
+def live_server(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., LiveServer]]:
+    """Start exportd over a real socket: `live_server(store_url=..., workers=2, **settings)`.
+    The source directories default to the session's temporary root, where the tests'
+    SQLite sources are (the server's own data directory is there too, and stays refused)."""
     started: list[LiveServer] = []
 
     def start(**kwargs: object) -> LiveServer:
+        kwargs.setdefault("source_dirs", [tmp_path_factory.getbasetemp()])
         server = LiveServer(tmp_path / f"data{len(started)}", **kwargs)  # type: ignore[arg-type]
         server.start()
         started.append(server)

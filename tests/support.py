@@ -3,6 +3,7 @@ HTTP client for the native API. Nothing here replaces a part of exportd."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -125,6 +126,7 @@ class LiveServer:
     """exportd's app served by uvicorn on a free loopback port, in a thread of the test."""
 
     def __init__(self, data_dir: Path, workers: int = 2, **settings: Any) -> None:
+        settings.setdefault("source_dirs", [data_dir.parent])  # SQLite sources beside it
         settings.setdefault("lease_seconds", 3.0)
         settings.setdefault("retry_base_seconds", 0.2)
         settings.setdefault("janitor_seconds", 0.5)
@@ -179,7 +181,7 @@ class LiveServer:
         for name in s.model_fields_set:  # every other setting the test gave the server
             value = getattr(s, name)
             if value is not None and f"EXPORTD_{name.upper()}" not in env:
-                env[f"EXPORTD_{name.upper()}"] = str(value)
+                env[f"EXPORTD_{name.upper()}"] = _env_value(value)
         return env
 
     def start_worker(
@@ -198,6 +200,15 @@ class LiveServer:
 
     def client(self, token: str | None = None) -> Api:
         return Api(self.url, token or self.admin_token)
+
+
+def _env_value(value: Any) -> str:
+    """A setting as its environment variable spells it: lists and mappings as JSON."""
+    if isinstance(value, (list, dict)):
+        return json.dumps(
+            value, default=lambda v: v.model_dump() if hasattr(v, "model_dump") else str(v)
+        )
+    return str(value)
 
 
 class Api:

@@ -3,7 +3,16 @@ emails over SMTP. Each attempt is recorded on the notification; a failure is ret
 exponential backoff and, in the end, marked FAILED. The export's own status never moves.
 
 The body is rendered at the first attempt and then frozen, so every retry sends the same
-bytes under the same `webhook-id` (receivers can deduplicate on it)."""
+bytes under the same `webhook-id` (receivers can deduplicate on it).
+
+Deliveries run on a pool of their own (`NotificationPool`, `EXPORTD_NOTIFY_WORKERS`
+threads in each worker process), never on the export workers, and the store hands out at
+most `EXPORTD_NOTIFY_PROJECT_CONCURRENCY` deliveries of one project at a time: slow
+receivers of one project delay neither exports nor other projects' notifications.
+
+Webhooks go only to public addresses (see outbound.py). What an attempt records is its
+status code or a generic error class: nothing of a receiver's answer and nothing that
+tells one internal failure from another; the details go to the server's log."""
 
 from __future__ import annotations
 
@@ -12,7 +21,9 @@ import hashlib
 import hmac
 import logging
 import smtplib
+import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,7 +34,9 @@ import httpx
 import orjson
 
 from exportd.domain import Channel, Notification, Task
+from exportd.errors import StoreUnavailable
 from exportd.links import iso
+from exportd.outbound import OutboundPolicy, RefusedByPolicy, guarded_client
 from exportd.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -91,11 +104,15 @@ def render(task: Task, event: str, rt: Runtime) -> dict[str, Any]:
 class Notifier:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self.policy = OutboundPolicy.from_entries(rt.settings.webhook_allow_networks)
 
     def deliver_next(self) -> bool:
-        """Make one attempt at the notification due first; False when none is due."""
+        """Make one attempt at the notification due first (of a project with a free
+        delivery slot); False when none is due."""
         store, s = self.rt.store, self.rt.settings
-        claim = store.claim_notification(max(60.0, 3 * s.webhook_timeout_seconds))
+        claim = store.claim_notification(
+            max(60.0, 3 * s.webhook_timeout_seconds), s.notify_project_concurrency
+        )
         if claim is None:
             return False
         note, token = claim
@@ -118,8 +135,8 @@ class Notifier:
                 note.attempts + 1, s.notify_retry_base_seconds, s.notify_retry_max_seconds
             )
         store.record_attempt(note.notification_id, token, attempt, payload, retry)
-        if not outcome.ok:
-            log.warning("%s to %s failed: %s", note.channel.value, note.target, outcome.error)
+        if outcome.status_code is not None and not outcome.ok:
+            log.warning("webhook %s to %s: %s", note.notification_id, note.target, outcome.error)
         return True
 
     def _send(self, note: Notification, payload: dict[str, Any]) -> Outcome:
@@ -128,7 +145,11 @@ class Notifier:
                 return self._webhook(note, payload)
             return self._email(note, payload)
         except Exception as exc:  # any failure is one failed attempt, never a crash
-            return Outcome(False, None, f"{type(exc).__name__}: {exc}"[:500])
+            log.warning(
+                "%s %s of project %s to %s failed: %s: %s", note.channel.value,
+                note.notification_id, note.project_id, note.target, type(exc).__name__, exc,
+            )  # fmt: skip
+            return Outcome(False, None, failure_class(exc))
 
     def _webhook(self, note: Notification, payload: dict[str, Any]) -> Outcome:
         secret = self.rt.store.webhook_secret(note.project_id)
@@ -143,16 +164,17 @@ class Notifier:
             "webhook-timestamp": str(ts),
             "webhook-signature": sign(secret, note.notification_id, ts, body),
         }
-        r = httpx.post(
-            note.target,
-            content=body,
-            headers=headers,
-            timeout=self.rt.settings.webhook_timeout_seconds,
-            follow_redirects=False,
-        )
-        if 200 <= r.status_code < 300:
-            return Outcome(True, r.status_code)
-        return Outcome(False, r.status_code, f"HTTP {r.status_code}: {r.text[:200]}")
+        timeout = self.rt.settings.webhook_timeout_seconds
+        with (
+            guarded_client(self.policy, timeout) as client,
+            client.stream("POST", note.target, content=body, headers=headers) as r,
+        ):
+            code = r.status_code  # the answer's body is never read
+        if 200 <= code < 300:
+            return Outcome(True, code)
+        if 300 <= code < 400:
+            return Outcome(False, code, f"HTTP {code} (redirects are not followed)")
+        return Outcome(False, code, f"HTTP {code}")
 
     def _email(self, note: Notification, payload: dict[str, Any]) -> Outcome:
         s = self.rt.settings
@@ -167,8 +189,72 @@ class Notifier:
                 smtp.login(s.smtp_username, s.smtp_password or "")
             refused = smtp.send_message(msg)
         if refused:
-            return Outcome(False, None, f"refused: {refused}"[:500])
+            log.warning("email %s refused: %s", note.notification_id, refused)
+            codes = sorted({code for code, _ in refused.values()})
+            return Outcome(False, None, f"refused by the mail server ({codes[0]})")
         return Outcome(True)
+
+
+def failure_class(exc: Exception) -> str:
+    """What an attempt shows of a failure: its class only. A closed port, a filtered one
+    and a name that does not resolve all read "could not connect", so the answers do not
+    map what listens where; a receiver's own words are never repeated."""
+    if isinstance(exc, RefusedByPolicy):
+        return "refused by policy: webhooks go to public addresses only"
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | socket.gaierror):
+        return "could not connect"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out waiting for the receiver"
+    if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
+        return "the webhook URL cannot be called"
+    if isinstance(exc, httpx.TransportError):
+        return "the connection failed during the call"
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return f"{type(exc).__name__} ({exc.smtp_code})"
+    if isinstance(exc, smtplib.SMTPException | OSError):
+        return f"{type(exc).__name__}"
+    return "delivery failed"
+
+
+class NotificationPool:
+    """Threads that only deliver notifications, so a slow receiver holds one of these at
+    most, never an export worker; stopped with the process's worker pool."""
+
+    def __init__(self, rt: Runtime, size: int) -> None:
+        self.rt = rt
+        self.stop_event = threading.Event()
+        self.threads = [
+            threading.Thread(
+                target=self.run, args=(Notifier(rt),), name=f"exportd-notify-{i}", daemon=True
+            )
+            for i in range(size)
+        ]
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def run(self, notifier: Notifier) -> None:
+        """Deliver until stopped; store calls ride out an outage like the workers' do."""
+        with self.rt.store.riding_out(self.rt.settings.outage_budget_seconds):
+            while not self.stop_event.is_set():
+                try:
+                    if not notifier.deliver_next():
+                        self.rt.store.waker.wait(self.rt.settings.poll_seconds)
+                except StoreUnavailable:
+                    log.warning("notifications: the store stayed unreachable")
+                    self.stop_event.wait(1.0)
+                except Exception:  # one bad delivery must not end the thread
+                    log.exception("notifications: delivery step failed")
+                    self.stop_event.wait(1.0)
+
+    def stop(self, deadline: float) -> None:
+        """Let each thread finish its attempt in flight (bounded by the webhook timeout),
+        waiting until `deadline` (time.monotonic) at most."""
+        self.stop_event.set()
+        self.rt.store.waker.notify_local()
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
 
 
 def email_message(payload: dict[str, Any], sender: str, to: str) -> EmailMessage:

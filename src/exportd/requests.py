@@ -155,21 +155,30 @@ class ExportRequest(BaseModel):
     )
 
 
+CONNECTION_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
+
 class DatasetRequest(BaseModel):
-    """A dataset registration. `sql`: url + table or query + key. `documents`: url + table
-    or query + key + document (a JSON/JSONB column), or path (JSON Lines files). `files`:
-    path (CSV, JSON Lines or Parquet files; file_format when the extension does not say)."""
+    """A dataset registration. `sql`: connection + table or query + key. `documents`:
+    connection + table or query + key + document (a JSON/JSONB column), or path (JSON
+    Lines files). `files`: path (CSV, JSON Lines or Parquet files; file_format when the
+    extension does not say). `url` instead of `connection`: the server administrator only."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
     kind: Literal["sql", "documents", "files"] = "sql"
+    connection: str | None = Field(
+        default=None,
+        pattern=CONNECTION_NAME,
+        description="a connection profile granted to the project (GET .../connections)",
+    )
     url: str | None = Field(
         default=None,
         min_length=1,
         max_length=4000,
         pattern=NO_NUL,
-        description="SQLAlchemy URL (kept secret)",
+        description="SQLAlchemy URL (kept secret); the server administrator's token only",
     )
     table: str | None = Field(default=None, max_length=400, pattern=NO_NUL)
     query: str | None = Field(default=None, max_length=100_000, pattern=NO_NUL)
@@ -184,6 +193,26 @@ class DatasetRequest(BaseModel):
         description="files on the server (absolute path or glob, under a source directory)",
     )
     file_format: Literal["csv", "jsonl", "parquet"] | None = Field(default=None)
+
+
+class ConnectionBody(BaseModel):
+    """A connection profile (server administrator): a database URL, kept server-side and
+    never shown again, and the projects that may register datasets on it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(
+        min_length=1, max_length=4000, pattern=NO_NUL, description="SQLAlchemy URL (secret)"
+    )
+    projects: list[
+        Annotated[str, StringConstraints(pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9_-]{0,63})$")]
+    ] = Field(min_length=1, max_length=1000, description='project ids, or ["*"] for every project')
+
+
+class ConnectionRequest(ConnectionBody):
+    """A new connection profile, named."""
+
+    name: Annotated[str, StringConstraints(pattern=CONNECTION_NAME)]
 
 
 class ProjectRequest(BaseModel):

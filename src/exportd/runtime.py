@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
+from exportd.connections import Connections
 from exportd.documents import DocumentPaths
 from exportd.domain import Dataset, Task
 from exportd.errors import BadRequest
@@ -15,6 +16,7 @@ from exportd.formats import Column, Format, FormatLimits, get_format
 from exportd.links import LinkSigner, secret_file
 from exportd.settings import Settings
 from exportd.sources import Selection, Source
+from exportd.sources.policy import SourcePolicy
 from exportd.sources.sql import SqlEngines, SqlSource
 from exportd.storage import Storage, open_storage
 from exportd.store.sql import Store
@@ -26,7 +28,15 @@ class Runtime:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(settings.store_url)
         self.storage: Storage = open_storage(settings.files_url, settings.outage_budget_seconds)
-        self.engines = SqlEngines()
+        self.policy = SourcePolicy(
+            settings.source_dirs,
+            settings.store_url,
+            data_dir=settings.data_dir,
+            own_dirs=_own_dirs(settings),
+            store_engine=lambda: self.store.engine,
+        )
+        self.engines = SqlEngines(self.policy)
+        self.connections = Connections(self.store, settings.connections, self.policy, self.engines)
         self.admin_token = settings.admin_token or _admin_token_file(settings.data_dir)
         self.links = LinkSigner(
             settings.link_secret or secret_file(settings.data_dir / "link_secret", "exl_"),
@@ -37,11 +47,12 @@ class Runtime:
         from exportd.sources.documents import JsonLinesDocumentSource, SqlDocumentSource
 
         if dataset.kind == "sql":
-            return SqlSource(dataset, self.engines.get(dataset.url))
+            return SqlSource(dataset, self.engines.get(self.connections.dataset_url(dataset)))
         if dataset.kind == "documents" and dataset.options.get("path"):
             return JsonLinesDocumentSource(dataset)
         if dataset.kind == "documents":
-            return SqlDocumentSource(dataset, self.engines.get(dataset.url))
+            engine = self.engines.get(self.connections.dataset_url(dataset))
+            return SqlDocumentSource(dataset, engine)
         if dataset.kind == "files":  # imported here: pyarrow.dataset is 50 MB of memory
             from exportd.sources.files import ArrowFilesSource
 
@@ -94,6 +105,16 @@ def columns_for(task: Task, dataset: Dataset | None) -> list[Column]:
         f = fields.get(src, {})
         out.append(Column(name, f.get("kind", "unknown"), f.get("type") or "unknown"))
     return out
+
+
+def _own_dirs(settings: Settings) -> list[Path]:
+    """The local storage, where every project's files are: never a source, even under a
+    source directory (the data directory's own files are refused by the policy too)."""
+    if settings.files_url.startswith("file:"):
+        from urllib.parse import unquote, urlsplit
+
+        return [Path(unquote(urlsplit(settings.files_url).path))]
+    return []
 
 
 def _admin_token_file(data_dir: Path) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from exportd.connections import Connection
 from exportd.documents import DEFAULT_ARRAYS, parse_path
 from exportd.domain import Dataset, FileRecord, FileStatus, Role, Stage, Task, TaskStatus
 from exportd.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
@@ -31,6 +32,7 @@ from exportd.layout import (
     project_root,
 )
 from exportd.requests import (
+    ConnectionBody,
     DatasetRequest,
     ExportRequest,
     FieldSpec,
@@ -38,7 +40,7 @@ from exportd.requests import (
     TokenRequest,
 )
 from exportd.runtime import Runtime, filter_fields
-from exportd.sources.registration import dataset_spec
+from exportd.sources.registration import SourceTarget, dataset_spec
 from exportd.store.catalog import TokenInfo
 from exportd.store.sql import TaskQuery
 
@@ -179,8 +181,83 @@ class ExportService:
     def revoke_token(self, project_id: str, token_id: str) -> None:
         self.store.revoke_token(project_id, token_id)
 
-    def register_dataset(self, project_id: str, req: DatasetRequest) -> Dataset:
-        spec = dataset_spec(req, self.rt.engines, self.rt.settings.source_dirs)
+    # ---- connection profiles (server administrator) ---------------------------------------
+
+    def put_connection(
+        self, name: str, req: ConnectionBody, replace: bool
+    ) -> tuple[Connection, bool, bool]:
+        """Create (or replace an existing) profile: (profile, created, reachable now)."""
+        return self.rt.connections.put(name, req.url, list(dict.fromkeys(req.projects)), replace)
+
+    def get_connection(self, name: str) -> Connection:
+        found = self.rt.connections.get(name)
+        if found is None:
+            raise NotFound(f"connection {name[:100]!r} not found", "CONNECTION_NOT_FOUND")
+        return found
+
+    def list_connections(self, project_id: str | None = None) -> list[Connection]:
+        """Every profile, or those granted to one project."""
+        c = self.rt.connections
+        return c.all() if project_id is None else c.granted(project_id)
+
+    def delete_connection(self, name: str) -> None:
+        self.rt.connections.delete(name)
+
+    # ---- datasets -------------------------------------------------------------------------
+
+    def _source_target(
+        self, who: Principal, project_id: str, req: DatasetRequest
+    ) -> SourceTarget | None:
+        """Which database a registration reads. A project token names a connection
+        profile granted to its project; only the server administrator may give a URL
+        (the connection policy applies to it too)."""
+        if req.url is not None and not who.is_admin:
+            raise Forbidden(
+                "only the server administrator registers a dataset by url; name a "
+                'connection granted to the project instead ("connection": ...)',
+                "URL_NOT_ALLOWED",
+            )
+        if req.url is not None and req.connection is not None:
+            raise BadRequest("give connection or url, not both", "INVALID_DATASET")
+        if req.kind == "files" or req.path is not None:
+            return None  # files: a url is refused with the kind's own error
+        if req.connection is not None:
+            found = self.rt.connections.for_project(req.connection, project_id)
+            if found.directory is not None:
+                raise BadRequest(
+                    f"connection {found.name!r} is a directory: it serves files datasets",
+                    "INVALID_DATASET",
+                )
+            return SourceTarget(found.url, found.name)
+        return SourceTarget(req.url) if req.url is not None else None
+
+    def _file_roots(self, who: Principal, project_id: str, req: DatasetRequest) -> list[Path]:
+        """The directories a files (or JSON Lines) dataset may take its path from: a
+        files connection granted to the project; the server administrator may also name
+        any path under the source directories. The source directories are shared by all
+        projects, so a project token must name its own directory."""
+        if req.connection is None:
+            if not who.is_admin:
+                raise Forbidden(
+                    "a project's files datasets name a files connection granted to the "
+                    'project ("connection": ...); only the server administrator gives any path',
+                    "CONNECTION_REQUIRED",
+                )
+            return list(self.rt.settings.source_dirs)
+        found = self.rt.connections.for_project(req.connection, project_id)
+        if found.directory is None:
+            raise BadRequest(
+                f"connection {found.name!r} is a database: a files dataset needs a directory",
+                "INVALID_DATASET",
+            )
+        return [self.rt.policy.check_directory(found.directory)]
+
+    def register_dataset(self, who: Principal, project_id: str, req: DatasetRequest) -> Dataset:
+        """Check and describe the dataset; nothing is stored unless every check passes."""
+        target = self._source_target(who, project_id, req)
+        files = req.kind == "files" or req.path is not None
+        roots = self._file_roots(who, project_id, req) if files else []
+        spec = dataset_spec(req, target, self.rt.engines, roots)
         ds = Dataset(
             dataset_id="ds_" + uuid.uuid4().hex[:16],
             project_id=project_id,

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_HOST_NAME = re.compile(r"(?=.{1,253}\.?$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+")
+
+
+class ConnectionSetting(BaseModel):
+    """A connection profile from the settings (`EXPORTD_CONNECTIONS`): the server
+    administrator's database URL and the projects that may register datasets on it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, description="SQLAlchemy URL (never shown by the API)")
+    projects: list[str] = Field(min_length=1, description='project ids, or ["*"] for all')
 
 
 class Settings(BaseSettings):
@@ -19,7 +33,13 @@ class Settings(BaseSettings):
     source_dirs: list[Path] = Field(
         default_factory=list,
         description="directories under which `files` and JSON Lines `documents` datasets "
-        "may be registered (JSON list); none: such datasets are refused",
+        "may be registered (JSON list); none: such datasets are refused. SQLite sources "
+        "must be files under them too, for every caller",
+    )
+    connections: dict[str, ConnectionSetting] = Field(
+        default_factory=dict,
+        description='connection profiles (JSON): {"name": {"url": ..., "projects": [...]}}; '
+        "more can be registered by the administrator with POST /v1/connections",
     )
 
     workers: int = Field(default=2, ge=0, le=64, description="in-process workers of `serve`")
@@ -61,7 +81,20 @@ class Settings(BaseSettings):
     notify_max_attempts: int = Field(default=8, ge=1, le=50)
     notify_retry_base_seconds: float = Field(default=5.0, ge=0, description="first retry delay")
     notify_retry_max_seconds: float = Field(default=3600.0, ge=0)
-    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="each step of a call; the whole call: twice this"
+    )
+    webhook_allow_networks: list[str] = Field(
+        default_factory=list,
+        description="networks (CIDR) and host names webhooks may reach although they are "
+        "not public, for trusted internal receivers (JSON list); none: public addresses only",
+    )
+    notify_workers: int = Field(
+        default=4, ge=1, le=64, description="notification threads of a worker process"
+    )
+    notify_project_concurrency: int = Field(
+        default=2, ge=1, le=64, description="deliveries of one project in flight at once"
+    )
     smtp_host: str | None = Field(default=None, description="SMTP server for emails")
     smtp_port: int = Field(default=587, ge=1, le=65535)
     smtp_starttls: bool = Field(default=True, description="upgrade with STARTTLS")
@@ -92,6 +125,18 @@ class Settings(BaseSettings):
     debug_pause_before_commit: float = Field(default=0.0, ge=0)
     # ... and a coordinator between a task's terminal commit and the deletion of its parts
     debug_pause_after_finish: float = Field(default=0.0, ge=0)
+
+    @field_validator("webhook_allow_networks")
+    @classmethod
+    def _networks_or_hosts(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                if not _HOST_NAME.fullmatch(entry.strip()):
+                    msg = f"{entry!r} is neither a network (CIDR) nor a host name"
+                    raise ValueError(msg) from None
+        return entries
 
     @property
     def store_url(self) -> str:

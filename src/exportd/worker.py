@@ -1,7 +1,9 @@
 """Workers: claim -> heartbeat -> run -> fenced commit, for partitions and coordinator work.
 
 `WorkerPool` runs N worker threads in a process: inside `exportd serve` (embedded) or as
-`exportd worker` processes on any host that shares the store and the storage."""
+`exportd worker` processes on any host that shares the store and the storage. Next to
+them it runs the process's notification threads (notify.NotificationPool): deliveries
+never take an export worker's time."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from exportd.formats.text import CsvFormat, CsvOptions
 from exportd.heartbeat import Heartbeat
 from exportd.layout import parts_prefix
 from exportd.memory import release_memory
-from exportd.notify import Notifier
+from exportd.notify import NotificationPool
 from exportd.outages import source_outage
 from exportd.retrying import ride_out
 from exportd.runtime import Runtime, columns_for, selection_for
@@ -283,13 +285,13 @@ def _writer(fmt: Format, task: Task) -> Callable[[BinaryIO], RowWriter] | None:
 
 
 class Worker:
-    """One worker: does coordinator work first (it unblocks whole tasks), then partitions."""
+    """One worker: does coordinator work first (it unblocks whole tasks), then partitions
+    (claimed fairly across projects by the store)."""
 
     def __init__(self, rt: Runtime, name: str, janitor: Janitor) -> None:
         self.rt = rt
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{name}"
         self.janitor = janitor
-        self.notifier = Notifier(rt)
 
     def step(self) -> bool:
         """Do one unit of work if any is available; False when there was none."""
@@ -299,8 +301,6 @@ class Worker:
         if claim is not None:
             coordinator.run(self.rt, *claim)
             release_memory()
-            return True
-        if self.notifier.deliver_next():  # quick, and people are waiting for it
             return True
         pclaim = store.claim_partition(self.owner, lease_s)
         if pclaim is not None:
@@ -367,9 +367,13 @@ class Janitor:
 
 
 class WorkerPool:
+    """`count` export workers and, when there are any, the notification threads of the
+    process (a process without workers does no background work at all)."""
+
     def __init__(self, rt: Runtime, count: int) -> None:
         self.rt = rt
         self.stop_event = threading.Event()
+        self.notifications = NotificationPool(rt, rt.settings.notify_workers if count else 0)
         janitor = Janitor(rt)
         self.threads = [
             threading.Thread(
@@ -386,10 +390,15 @@ class WorkerPool:
             threading.Thread(target=warm_up, name="exportd-warm-up", daemon=True).start()
         for t in self.threads:
             t.start()
+        self.notifications.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the workers and the notification threads, each finishing the unit of work
+        in hand, all within `timeout` seconds."""
         self.stop_event.set()
+        self.notifications.stop_event.set()
         self.rt.store.waker.notify_local()
         deadline = time.monotonic() + timeout
         for t in self.threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        self.notifications.stop(deadline)

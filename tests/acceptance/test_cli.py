@@ -199,6 +199,35 @@ def test_list_fits_80_columns(sqlite_source: str, live_server: Any) -> None:
         assert "COMPLETED" in line
 
 
+def test_cli_connection_profiles(sqlite_source: str, live_server: Any) -> None:
+    """`connections add/list/remove` (administrator) and `datasets add --connection` by a
+    project admin, who may not give a URL."""
+    server = live_server(workers=0)
+    env = server.env() | {"EXPORTD_URL": server.url, "EXPORTD_TOKEN": server.admin_token}
+    assert run(["projects", "add", "cp"], env).returncode == 0
+    admin = run(["tokens", "create", "cp", "--role", "admin", "-q"], env).stdout.strip()
+    added = run(
+        ["connections", "add", "lite", "--db-url", sqlite_source, "--project", "cp", "--json"],
+        env,
+    )
+    assert added.returncode == 0, added.stderr
+    assert sqlite_source not in added.stdout and json.loads(added.stdout)["reachable"] is True
+    listed = run(["connections", "list"], env)
+    assert "lite" in listed.stdout and "sqlite" in listed.stdout
+    assert sqlite_source not in listed.stdout
+    project = env | {"EXPORTD_TOKEN": admin}
+    by_url = run(["datasets", "add", "cp", "f", "--db-url", sqlite_source, "--table", "flights",
+                  "--key", "id"], project)  # fmt: skip
+    assert by_url.returncode == 4 and "URL_NOT_ALLOWED" in one_line_error(by_url)
+    assert run(["connections", "list"], project).returncode == 4  # the administrator's alone
+    ok = run(["datasets", "add", "cp", "f", "--connection", "lite", "--table", "flights",
+              "--key", "id", "--json"], project)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["connection"] == "lite"
+    assert run(["connections", "remove", "lite", "-q"], env).returncode == 0
+    assert "lite" not in run(["connections", "list", "-q"], env).stdout
+
+
 def test_cli_registers_documents_and_files(live_server: Any, tmp_path: Path) -> None:
     """`datasets add --kind documents|files --path ...`: every dataset kind from the shell."""
     src = tmp_path / "src"

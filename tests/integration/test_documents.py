@@ -322,7 +322,8 @@ def test_jsonl_files_as_documents(tmp_path: Path, live_server: Any) -> None:
 
 
 def test_bad_document_requests_are_400(docs_sqlite: str, tmp_path: Path, live_server: Any) -> None:
-    server = live_server(workers=0, source_dirs=[str(tmp_path / "allowed")])
+    docs_dir = str(Path(docs_sqlite.removeprefix("sqlite:///")).parent)  # the SQLite source's
+    server = live_server(workers=0, source_dirs=[str(tmp_path / "allowed"), docs_dir])
     admin = server.client()
     token = admin.project("p")
     admin.dataset(

@@ -243,7 +243,7 @@ def test_paths_are_the_administrators_alone(src: Path, tmp_path: Path, live_serv
     ):
         r = admin.http.post("/v1/projects/p/datasets", json={"name": "x", "kind": "files", **body})
         assert r.status_code == 400, (body, r.text)
-    no_dirs = live_server(workers=0).client()
+    no_dirs = live_server(workers=0, source_dirs=[]).client()
     no_dirs.project("p")
     r = no_dirs.http.post(
         "/v1/projects/p/datasets",

@@ -20,8 +20,11 @@ from exportd.api.deps import (
 )
 from exportd.api.events import task_events
 from exportd.api.schemas import (
+    ConnectionList,
+    ConnectionView,
     DatasetList,
     DatasetView,
+    GrantedConnectionList,
     ProjectSettingsView,
     ProjectView,
     TaskList,
@@ -31,18 +34,20 @@ from exportd.api.schemas import (
     WebhookSecretView,
 )
 from exportd.api.seed_mapping import StatusFilter, statuses_for_filter
-from exportd.api.views import dataset_json, iso, retry_after_seconds, task_json
+from exportd.api.views import connection_json, dataset_json, iso, retry_after_seconds, task_json
 from exportd.domain import Role, Task
 from exportd.errors import Forbidden
 from exportd.requests import (
     NO_NUL,
+    ConnectionBody,
+    ConnectionRequest,
     DatasetRequest,
     ExportRequest,
     ProjectRequest,
     ProjectSettingsRequest,
     TokenRequest,
 )
-from exportd.service import Download
+from exportd.service import Download, Principal
 from exportd.store.catalog import TokenInfo
 from exportd.store.sql import SORT_FIELDS, TaskQuery, sort_order
 
@@ -199,6 +204,104 @@ def revoke_token(project_id: ProjectId, token_id: TokenId, svc: Svc, who: Who) -
     return Response(status_code=204)
 
 
+# ---- connection profiles (server administrator) -------------------------------------------
+
+ConnectionName = Annotated[
+    str, Path(pattern=NO_NUL, max_length=100, description="the profile's name")
+]
+CONNECTION_ERRORS = errors(400, 401, 403, 404, 409, 413, 500)
+
+
+def _server_admin(who: Principal) -> None:
+    """Connection profiles are the server administrator's: 403 for every project token,
+    project admins included."""
+    if not who.is_admin:
+        raise Forbidden("only the server administrator manages connections", "FORBIDDEN")
+
+
+@router.post(
+    "/connections",
+    status_code=201,
+    tags=["admin"],
+    response_model=ConnectionView,
+    responses=CONNECTION_ERRORS,
+)
+def create_connection(body: ConnectionRequest, svc: Svc, who: Who) -> dict[str, Any]:
+    """Register a connection profile (administrator token only): a database URL, kept
+    server-side and never shown again, and the projects that may register datasets on
+    it. SQLite files only under the source directories; exportd's own store never."""
+    _server_admin(who)
+    conn, _created, reachable = svc.put_connection(body.name, body, replace=False)
+    return connection_json(conn, reachable)
+
+
+@router.put(
+    "/connections/{name}",
+    tags=["admin"],
+    response_model=ConnectionView,
+    responses=CONNECTION_ERRORS,
+)
+def put_connection(
+    name: ConnectionName, body: ConnectionBody, svc: Svc, who: Who
+) -> dict[str, Any]:
+    """Replace a profile's URL and grants (a new password, other projects); datasets on
+    it use the new ones from their next connection. 404 if there is no such profile."""
+    _server_admin(who)
+    conn, _created, reachable = svc.put_connection(name, body, replace=True)
+    return connection_json(conn, reachable)
+
+
+@router.get(
+    "/connections",
+    tags=["admin"],
+    response_model=ConnectionList,
+    responses=errors(400, 401, 403, 500),
+)
+def list_connections(svc: Svc, who: Who) -> dict[str, Any]:
+    """Every connection profile, from the settings and the API (never their URLs)."""
+    _server_admin(who)
+    items = [connection_json(c) for c in svc.list_connections()]
+    return {"connections": items, "count": len(items)}
+
+
+@router.get(
+    "/connections/{name}",
+    tags=["admin"],
+    response_model=ConnectionView,
+    responses=errors(400, 401, 403, 404, 500),
+)
+def get_connection(name: ConnectionName, svc: Svc, who: Who) -> dict[str, Any]:
+    """One connection profile (never its URL)."""
+    _server_admin(who)
+    return connection_json(svc.get_connection(name))
+
+
+@router.delete(
+    "/connections/{name}",
+    status_code=204,
+    tags=["admin"],
+    responses=errors(400, 401, 403, 404, 409, 500),
+)
+def delete_connection(name: ConnectionName, svc: Svc, who: Who) -> Response:
+    """Remove a profile; datasets on it fail with SOURCE_UNAVAILABLE until it is back."""
+    _server_admin(who)
+    svc.delete_connection(name)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/projects/{project_id}/connections",
+    tags=["datasets"],
+    response_model=GrantedConnectionList,
+    responses=errors(400, 401, 403, 404, 500),
+)
+def project_connections(project_id: ProjectId, svc: Svc, who: Who) -> dict[str, Any]:
+    """The connection profiles the project may register datasets on (admin role)."""
+    svc.authorize(who, project_id, Role.ADMIN)
+    items = [{"name": c.name, "backend": c.backend} for c in svc.list_connections(project_id)]
+    return {"connections": items, "count": len(items)}
+
+
 @router.post(
     "/projects/{project_id}/datasets",
     status_code=201,
@@ -209,9 +312,11 @@ def revoke_token(project_id: ProjectId, token_id: TokenId, svc: Svc, who: Who) -
 def register_dataset(
     project_id: ProjectId, body: DatasetRequest, svc: Svc, who: Who
 ) -> dict[str, Any]:
-    """Register a dataset (admin role); its connection URL is kept server-side."""
+    """Register a dataset (admin role). A database dataset names a connection profile
+    granted to the project; only the administrator token may give a `url` (kept
+    server-side). An unreachable source is a 503 `SOURCE_UNAVAILABLE` that says no more."""
     svc.authorize(who, project_id, Role.ADMIN)
-    return dataset_json(svc.register_dataset(project_id, body))
+    return dataset_json(svc.register_dataset(who, project_id, body))
 
 
 @router.get(

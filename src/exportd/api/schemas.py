@@ -173,8 +173,40 @@ class DatasetView(BaseModel):
     key: str | None = Field(description="the partition key, when the dataset has one")
     document: str | None = Field(description="documents: the JSON column")
     file_format: str | None = Field(description="files: csv, jsonl or parquet")
+    connection: str | None = Field(description="the connection profile the dataset reads")
     fields: list[DatasetField]
     create_time: str
+
+
+class ConnectionView(BaseModel):
+    """A connection profile as the administrator sees it: never its URL."""
+
+    name: str
+    backend: str = Field(description="sqlite, postgresql, mysql or mariadb")
+    projects: list[str] = Field(description='the projects granted to use it ("*": all)')
+    origin: str = Field(description="settings (EXPORTD_CONNECTIONS) or api")
+    create_time: str | None
+    update_time: str | None
+    reachable: bool | None = Field(
+        default=None, description="on create/replace: whether it answered just now"
+    )
+
+
+class ConnectionList(BaseModel):
+    connections: list[ConnectionView]
+    count: int
+
+
+class GrantedConnectionView(BaseModel):
+    """A connection profile a project may register datasets on."""
+
+    name: str
+    backend: str
+
+
+class GrantedConnectionList(BaseModel):
+    connections: list[GrantedConnectionView]
+    count: int
 
 
 class DatasetList(BaseModel):

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from exportd.api.seed_mapping import current_state
+from exportd.connections import Connection
 from exportd.domain import (
     Dataset,
     FileRecord,
@@ -166,6 +167,19 @@ def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> di
     return body
 
 
+def connection_json(c: Connection, reachable: bool | None = None) -> dict[str, Any]:
+    """A connection profile as the administrator sees it: never its URL."""
+    return {
+        "name": c.name,
+        "backend": c.backend,
+        "projects": list(c.projects),
+        "origin": c.origin,
+        "create_time": iso(c.create_time),
+        "update_time": iso(c.update_time),
+        "reachable": reachable,
+    }
+
+
 def dataset_json(ds: Dataset) -> dict[str, Any]:
     """A dataset as callers see it: never its connection URL."""
     return {
@@ -178,6 +192,7 @@ def dataset_json(ds: Dataset) -> dict[str, Any]:
         "key": ds.key or None,
         "document": ds.options.get("document"),
         "file_format": ds.options.get("file_format"),
+        "connection": ds.options.get("connection"),
         "fields": [
             {"name": f["name"], "type": f.get("type"), "kind": f.get("kind")} for f in ds.fields
         ],

@@ -289,6 +289,25 @@ class Dataset:
 
 
 @dataclass(frozen=True)
+class ConnectionInfo:
+    """A connection profile (server administrator): never its URL."""
+
+    name: str
+    backend: str
+    projects: list[str]
+    origin: str | None
+    reachable: bool | None
+    raw: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> ConnectionInfo:
+        return cls(
+            d["name"], d["backend"], list(d["projects"]), d.get("origin"), d.get("reachable"),
+            dict(d),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
 class TokenInfo:
     """A project token. `token` is set only in the answer that created it."""
 
@@ -384,6 +403,18 @@ class BaseClient:
     def _revoke_token(self, project_id: str, token_id: str) -> Call[None]:
         return Call("DELETE", f"/v1/projects/{project_id}/tokens/{token_id}", _none)
 
+    # -- connection profiles (server administrator)
+
+    def _add_connection(self, name: str, url: str, projects: list[str]) -> Call[ConnectionInfo]:
+        body = {"name": name, "url": url, "projects": projects}
+        return Call("POST", "/v1/connections", self._connection, json=body)
+
+    def _list_connections(self) -> Call[list[ConnectionInfo]]:
+        return Call("GET", "/v1/connections", self._connections)
+
+    def _delete_connection(self, name: str) -> Call[None]:
+        return Call("DELETE", f"/v1/connections/{name}", _none)
+
     # -- datasets
 
     def _add_dataset(self, project_id: str, body: Mapping[str, Any]) -> Call[Dataset]:
@@ -448,6 +479,14 @@ class BaseClient:
     @staticmethod
     def _datasets(r: httpx.Response) -> list[Dataset]:
         return [Dataset.from_json(d) for d in _json(r)["datasets"]]
+
+    @staticmethod
+    def _connection(r: httpx.Response) -> ConnectionInfo:
+        return ConnectionInfo.from_json(_json(r))
+
+    @staticmethod
+    def _connections(r: httpx.Response) -> list[ConnectionInfo]:
+        return [ConnectionInfo.from_json(c) for c in _json(r)["connections"]]
 
     @staticmethod
     def _token(r: httpx.Response) -> TokenInfo:
@@ -606,6 +645,15 @@ class Client(BaseClient):
 
     def revoke_token(self, project_id: str, token_id: str) -> None:
         self.send(self._revoke_token(project_id, token_id))
+
+    def add_connection(self, name: str, url: str, projects: list[str]) -> ConnectionInfo:
+        return self.send(self._add_connection(name, url, projects))
+
+    def list_connections(self) -> list[ConnectionInfo]:
+        return self.send(self._list_connections())
+
+    def delete_connection(self, name: str) -> None:
+        self.send(self._delete_connection(name))
 
     def add_dataset(self, project_id: str, **body: Any) -> Dataset:
         return self.send(self._add_dataset(project_id, body))
@@ -773,6 +821,15 @@ class AsyncClient(BaseClient):
 
     async def revoke_token(self, project_id: str, token_id: str) -> None:
         await self.send(self._revoke_token(project_id, token_id))
+
+    async def add_connection(self, name: str, url: str, projects: list[str]) -> ConnectionInfo:
+        return await self.send(self._add_connection(name, url, projects))
+
+    async def list_connections(self) -> list[ConnectionInfo]:
+        return await self.send(self._list_connections())
+
+    async def delete_connection(self, name: str) -> None:
+        await self.send(self._delete_connection(name))
 
     async def add_dataset(self, project_id: str, **body: Any) -> Dataset:
         return await self.send(self._add_dataset(project_id, body))

@@ -74,7 +74,12 @@ app = typer.Typer(
 projects_app = typer.Typer(help="Projects (administrator).", no_args_is_help=True)
 tokens_app = typer.Typer(help="Project tokens (admin role).", no_args_is_help=True)
 datasets_app = typer.Typer(help="Datasets.", no_args_is_help=True)
+connections_app = typer.Typer(
+    help="Connection profiles: the databases projects may read (administrator).",
+    no_args_is_help=True,
+)
 app.add_typer(projects_app, name="projects")
+app.add_typer(connections_app, name="connections")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(datasets_app, name="datasets")
 
@@ -375,6 +380,75 @@ def tokens_revoke(
     )
 
 
+# ---- connection profiles ------------------------------------------------------------------
+
+
+@connections_app.command("add")
+def connections_add(
+    name: Annotated[str, typer.Argument(help="the profile's name")],
+    db_url: Annotated[
+        str, typer.Option("--db-url", help="SQLAlchemy URL of the database (kept secret)")
+    ],
+    project: Annotated[
+        list[str], typer.Option("--project", help="a project allowed to use it ('*': all)")
+    ],
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    data_dir: DataDir = None,
+    json_: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Create a connection profile; its URL is never shown back."""
+    with _api(url, token, data_dir) as c:
+        made = c.add_connection(name, db_url, project)
+    Out(json_, quiet).emit(
+        made.raw,
+        lambda: console.print(
+            f"connection [bold]{made.name}[/bold] ({made.backend}) for "
+            f"{', '.join(made.projects)}; reachable: {made.reachable}"
+        ),
+        made.name,
+    )
+
+
+@connections_app.command("list")
+def connections_list(
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    data_dir: DataDir = None,
+    json_: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """List the connection profiles (never their URLs)."""
+    with _api(url, token, data_dir) as c:
+        items = c.list_connections()
+
+    def human() -> None:
+        table = Table("name", "backend", "projects", "origin", box=box.SIMPLE)
+        for item in items:
+            table.add_row(item.name, item.backend, ", ".join(item.projects), item.origin or "")
+        console.print(table)
+
+    Out(json_, quiet).emit([i.raw for i in items], human, "\n".join(i.name for i in items) or None)
+
+
+@connections_app.command("remove")
+def connections_remove(
+    name: Annotated[str, typer.Argument(help="the profile's name")],
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    data_dir: DataDir = None,
+    json_: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Remove a connection profile: datasets on it stop working until it is back."""
+    with _api(url, token, data_dir) as c:
+        c.delete_connection(name)
+    Out(json_, quiet).emit(
+        {"name": name, "removed": True}, lambda: console.print(f"connection {name} removed")
+    )
+
+
 # ---- datasets -----------------------------------------------------------------------------
 
 
@@ -389,8 +463,13 @@ def datasets_add(
     project_id: ProjectArg,
     name: Annotated[str, typer.Argument(help="the dataset's name")],
     kind: Annotated[DatasetKind, typer.Option(help="sql, documents or files")] = DatasetKind.sql,
+    connection: Annotated[
+        str | None,
+        typer.Option("--connection", help="a connection profile granted to the project"),
+    ] = None,
     db_url: Annotated[
-        str | None, typer.Option("--db-url", help="SQLAlchemy URL of the source database")
+        str | None,
+        typer.Option("--db-url", help="SQLAlchemy URL of the source (administrator token only)"),
     ] = None,
     key: Annotated[str | None, typer.Option(help="partitioning key column")] = None,
     table: Annotated[str | None, typer.Option(help="table name")] = None,
@@ -411,10 +490,12 @@ def datasets_add(
     json_: Json = False,
     quiet: Quiet = False,
 ) -> None:
-    """Register a dataset: a SQL table or query, JSON documents (a JSON column or JSON
-    Lines files) or files (CSV, JSON Lines, Parquet). The service checks the combination."""
+    """Register a dataset: a SQL table or query (on a connection profile), JSON documents
+    (a JSON column or JSON Lines files) or files (CSV, JSON Lines, Parquet). The service
+    checks the combination."""
     body = {
-        "name": name, "kind": kind.value, "url": db_url, "key": key, "table": table,
+        "name": name, "kind": kind.value, "connection": connection, "url": db_url, "key": key,
+        "table": table,
         "query": query, "document": document, "path": path, "file_format": file_format,
     }  # fmt: skip
     with _api(url, token, data_dir) as c:
@@ -909,12 +990,18 @@ def demo(
     from exportd.cli.demo import build_demo_database
 
     data_dir = data_dir.resolve()
-    source = data_dir / "demo-flights.db"
+    source = data_dir / "sources" / "demo-flights.db"  # a source directory of its own
     with console.status(f"building the demo dataset ({rows:,} flights) ..."):
         count = build_demo_database(source, rows)
     console.print(f"demo dataset: {source} ({count:,} rows)", soft_wrap=True)
 
-    settings = Settings(data_dir=data_dir, workers=2, database_url=None, storage_url=None)
+    settings = Settings(
+        data_dir=data_dir,
+        workers=2,
+        database_url=None,
+        storage_url=None,
+        source_dirs=[source.parent],
+    )
     port = port or _free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
@@ -962,8 +1049,15 @@ def _demo_project(c: Client, db_url: str) -> str:
         if exc.status != 409:
             raise
     token = c.create_token("demo", "writer", name="demo").token
+    try:
+        c.add_connection("demo-flights", db_url, ["demo"])
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
     if not any(d.name == "flights" for d in c.list_datasets("demo")):
-        c.add_dataset("demo", name="flights", kind="sql", url=db_url, table="flights", key="id")
+        c.add_dataset(
+            "demo", name="flights", kind="sql", connection="demo-flights", table="flights", key="id"
+        )
     assert token is not None
     return token
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from exportd.errors import BadRequest, SourceError
+from exportd.sources.policy import SourcePolicy
 
 _MAGIC = set("*?[")
 
@@ -30,9 +31,14 @@ def _inside(path: str, root: Path) -> bool:
     return real == root or root in real.parents
 
 
-def check_pattern(pattern: str, roots: list[Path]) -> tuple[str, Path, list[str]]:
+def check_pattern(
+    pattern: str, roots: list[Path], policy: SourcePolicy | None = None
+) -> tuple[str, Path, list[str]]:
     """Validate an administrator's path or glob: absolute, no `..`, under a source
-    directory, matching at least one file. Returns (pattern, its root, the files)."""
+    directory, matching at least one file, and (with the server's policy) unable to
+    reach exportd's own data (its tokens, its store, every project's output files)
+    even when a source directory holds the data directory. Returns (pattern, its
+    root, the files)."""
     if not pattern or "\x00" in pattern or not os.path.isabs(pattern):
         raise BadRequest("path must be an absolute path or glob pattern", "INVALID_PATH")
     if ".." in Path(pattern).parts:
@@ -47,10 +53,14 @@ def check_pattern(pattern: str, roots: list[Path]) -> tuple[str, Path, list[str]
     root = next((r for r in (Path(os.path.realpath(x)) for x in roots) if _inside(prefix, r)), None)
     if root is None:
         raise BadRequest("path is not under a configured source directory", "INVALID_PATH")
+    if policy is not None and policy.reaches_own_data(prefix):
+        raise BadRequest("path reaches exportd's own data directory", "INVALID_PATH")
     try:
         files = expand(pattern, root)
     except SourceError as exc:
         raise BadRequest(exc.error_msg, "INVALID_PATH") from None
+    if policy is not None and any(policy.is_own_file(f) for f in files):
+        raise BadRequest("path reaches exportd's own data directory", "INVALID_PATH")
     return pattern, root, files
 
 

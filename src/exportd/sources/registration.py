@@ -1,6 +1,9 @@
 """What an administrator's dataset registration becomes, per kind: the connection or the
 files, the described fields and the options the source needs later. Every check that
-can fail happens here, so a bad registration is a 400 and nothing is stored."""
+can fail happens here, so a bad registration is a 4xx (or a 503 when the source cannot
+be reached) and nothing is stored. Which URL a registration may use (a granted
+connection profile, or the server administrator's own URL) is decided by the service
+before; the connection policy (sources/policy.py) is applied by the source engines."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from typing import Any
 from exportd.errors import BadRequest
 from exportd.requests import DatasetRequest
 from exportd.sources.paths import check_pattern
+from exportd.sources.policy import probe
 from exportd.sources.sql import SqlEngines, check_query, describe_sql
 
 DOCUMENT_DIALECTS = ("postgresql", "sqlite")
@@ -26,14 +30,41 @@ class DatasetSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def dataset_spec(req: DatasetRequest, engines: SqlEngines, source_dirs: list[Path]) -> DatasetSpec:
+@dataclass(frozen=True)
+class SourceTarget:
+    """Where a database dataset reads: the URL to connect to now, and what the dataset
+    keeps (a connection profile's name, or the administrator's own URL)."""
+
+    url: str
+    connection: str | None = None
+
+    @property
+    def stored_url(self) -> str:
+        return "" if self.connection else self.url
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {"connection": self.connection} if self.connection else {}
+
+
+def dataset_spec(
+    req: DatasetRequest,
+    target: SourceTarget | None,
+    engines: SqlEngines,
+    roots: list[Path],
+) -> DatasetSpec:
+    """`roots`: the directories a files or JSON Lines dataset's path may be under."""
     if req.kind == "files":
-        return _files(req, source_dirs)
+        return _files(req, roots, engines)
     if req.kind == "documents" and req.path is not None:
-        return _jsonl_documents(req, source_dirs)
+        return _jsonl_documents(req, roots, engines)
+    if target is None:
+        raise BadRequest(
+            f"a {req.kind} dataset in a database needs a connection", "INVALID_DATASET"
+        )
     if req.kind == "documents":
-        return _sql_documents(req, engines)
-    return _sql(req, engines)
+        return _sql_documents(req, target, engines)
+    return _sql(req, target, engines)
 
 
 def _refuse(req: DatasetRequest, names: tuple[str, ...], why: str) -> None:
@@ -42,36 +73,38 @@ def _refuse(req: DatasetRequest, names: tuple[str, ...], why: str) -> None:
         raise BadRequest(f"{', '.join(given)} cannot be given {why}", "INVALID_DATASET")
 
 
-def _sql_fields(req: DatasetRequest, engines: SqlEngines) -> list[dict[str, Any]]:
-    if not req.url:
-        raise BadRequest(f"a {req.kind} dataset in a database needs url", "INVALID_DATASET")
+def _sql_fields(
+    req: DatasetRequest, target: SourceTarget, engines: SqlEngines
+) -> list[dict[str, Any]]:
     if bool(req.table) == bool(req.query):
         raise BadRequest("give exactly one of table or query", "INVALID_DATASET")
     if req.query:
         check_query(req.query)
     if not req.key:
         raise BadRequest("key (the partitioning column) is required", "INVALID_KEY")
-    fields = describe_sql(engines.get(req.url), req.table, req.query)
+    engine = engines.get(target.url)
+    probe(engine)  # unreachable: the one generic answer; the store: refused
+    fields = describe_sql(engine, req.table, req.query)
     if req.key not in {f["name"] for f in fields}:
         raise BadRequest(f"key column {req.key!r} is not a field of the dataset", "INVALID_KEY")
     return fields
 
 
-def _sql(req: DatasetRequest, engines: SqlEngines) -> DatasetSpec:
+def _sql(req: DatasetRequest, target: SourceTarget, engines: SqlEngines) -> DatasetSpec:
     _refuse(req, ("path", "file_format", "document"), "for a sql dataset")
-    fields = _sql_fields(req, engines)
-    assert req.url and req.key
-    return DatasetSpec(req.url, req.table, req.query, req.key, fields)
+    fields = _sql_fields(req, target, engines)
+    assert req.key
+    return DatasetSpec(target.stored_url, req.table, req.query, req.key, fields, target.options)
 
 
-def _sql_documents(req: DatasetRequest, engines: SqlEngines) -> DatasetSpec:
+def _sql_documents(req: DatasetRequest, target: SourceTarget, engines: SqlEngines) -> DatasetSpec:
     """Documents in a JSON/JSONB column (PostgreSQL) or a JSON text column (SQLite)."""
     _refuse(req, ("file_format",), "for documents in a database")
     if not req.document:
         raise BadRequest("document (the JSON column) is required", "INVALID_DATASET")
-    fields = _sql_fields(req, engines)
-    assert req.url and req.key
-    dialect = engines.get(req.url).dialect.name
+    fields = _sql_fields(req, target, engines)
+    assert req.key
+    dialect = engines.get(target.url).dialect.name
     if dialect not in DOCUMENT_DIALECTS:
         raise BadRequest(
             f"documents are supported in {' and '.join(DOCUMENT_DIALECTS)}, not {dialect}",
@@ -84,31 +117,39 @@ def _sql_documents(req: DatasetRequest, engines: SqlEngines) -> DatasetSpec:
             "INVALID_DATASET",
         )
     kept = [by_name[req.key], by_name[req.document]]
-    return DatasetSpec(req.url, req.table, req.query, req.key, kept, {"document": req.document})
+    options = {"document": req.document, **target.options}
+    return DatasetSpec(target.stored_url, req.table, req.query, req.key, kept, options)
 
 
-def _jsonl_documents(req: DatasetRequest, source_dirs: list[Path]) -> DatasetSpec:
+def _jsonl_documents(req: DatasetRequest, roots: list[Path], engines: SqlEngines) -> DatasetSpec:
     _refuse(req, ("url", "table", "query", "key", "document"), "with path")
     if req.file_format not in (None, "jsonl"):
         raise BadRequest("documents files must be JSON Lines", "INVALID_DATASET")
     assert req.path is not None
-    pattern, root, _files = check_pattern(req.path, source_dirs)
-    return DatasetSpec("", None, None, "", [], {"path": pattern, "root": str(root)})
+    pattern, root, _files = check_pattern(req.path, roots, engines.policy)
+    options = {"path": pattern, "root": str(root), **_named(req)}
+    return DatasetSpec("", None, None, "", [], options)
 
 
-def _files(req: DatasetRequest, source_dirs: list[Path]) -> DatasetSpec:
+def _named(req: DatasetRequest) -> dict[str, Any]:
+    """The files connection a dataset was registered through, for its description."""
+    return {"connection": req.connection} if req.connection else {}
+
+
+def _files(req: DatasetRequest, roots: list[Path], engines: SqlEngines) -> DatasetSpec:
     from exportd.sources.files import describe_files, file_format_of  # 50 MB: on demand
 
     _refuse(req, ("url", "table", "query", "key", "document"), "for a files dataset")
     if req.path is None:
         raise BadRequest("path is required for a files dataset", "INVALID_DATASET")
     file_format = file_format_of(req.path, req.file_format)
-    pattern, root, files = check_pattern(req.path, source_dirs)
+    pattern, root, files = check_pattern(req.path, roots, engines.policy)
     fields, schema = describe_files(files, file_format)
     options = {
         "path": pattern,
         "root": str(root),
         "file_format": file_format,
         "arrow_schema": schema,
+        **_named(req),
     }
     return DatasetSpec("", None, None, "", fields, options)

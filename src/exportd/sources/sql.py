@@ -19,23 +19,29 @@ from exportd.errors import BadRequest, first_line
 from exportd.filters import COERCE, compile_filter
 from exportd.outages import source_error
 from exportd.sources import Estimate, Selection
+from exportd.sources.policy import SourcePolicy
 from exportd.store.engine import normalize_url
 
 _QUERY_START = re.compile(r"^\s*(select|with)\b", re.IGNORECASE)
 
 
 class SqlEngines:
-    """One engine per source URL, created on first use and disposed with the runtime."""
+    """One engine per source URL, created on first use and disposed with the runtime.
+    With a policy (the runtime always gives one), every URL is checked at each use and
+    every connection when it is opened (sources/policy.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, policy: SourcePolicy | None = None) -> None:
         self._engines: dict[str, sa.Engine] = {}
         self._lock = threading.Lock()
+        self.policy = policy
 
     def get(self, url: str) -> sa.Engine:
+        if self.policy is not None:
+            self.policy.check_url(url)
         with self._lock:
             engine = self._engines.get(url)
             if engine is None:
-                engine = _create_source_engine(url)
+                engine = _create_source_engine(url, self.policy)
                 self._engines[url] = engine
             return engine
 
@@ -46,7 +52,10 @@ class SqlEngines:
             self._engines.clear()
 
 
-def _create_source_engine(url: str) -> sa.Engine:
+CONNECT_TIMEOUT_SECONDS = 10  # a source that accepts and never answers fails like any other
+
+
+def _create_source_engine(url: str, policy: SourcePolicy | None = None) -> sa.Engine:
     """An engine whose every session is read-only: a dataset's query can never write,
     whatever SQL an administrator registered."""
     try:
@@ -63,15 +72,25 @@ def _create_source_engine(url: str) -> sa.Engine:
                 pool_pre_ping=True,
                 pool_size=4,
                 max_overflow=8,
-                connect_args={"options": "-c default_transaction_read_only=on"},
+                connect_args={
+                    "options": "-c default_transaction_read_only=on",
+                    "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                },
                 hide_parameters=True,
             )
         else:
             engine = sa.create_engine(
-                u, pool_pre_ping=True, pool_size=4, max_overflow=8, hide_parameters=True
+                u,
+                pool_pre_ping=True,
+                pool_size=4,
+                max_overflow=8,
+                connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+                hide_parameters=True,
             )
     except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ValueError) as exc:
         raise BadRequest(f"unusable database URL ({type(exc).__name__})", "INVALID_URL") from None
+    if policy is not None:
+        policy.guard(engine)
     event.listen(engine, "connect", _read_only_session(engine.dialect.name))
     return engine
 

@@ -1,4 +1,5 @@
-"""Projects, tokens and datasets: the catalog an administrator manages."""
+"""Projects, tokens, connection profiles and datasets: the catalog an administrator
+manages."""
 
 from __future__ import annotations
 
@@ -11,7 +12,18 @@ import sqlalchemy as sa
 from exportd.domain import Dataset, Role
 from exportd.errors import Conflict, NotFound
 from exportd.store.base import StoreBase, as_utc, utcnow
-from exportd.store.tables import datasets, projects, tokens
+from exportd.store.tables import connections, datasets, projects, tokens
+
+
+@dataclass(frozen=True)
+class ConnectionRow:
+    """A connection profile as stored: its URL is for the source engines only."""
+
+    name: str
+    url: str
+    projects: list[str]
+    create_time: Any
+    update_time: Any
 
 
 @dataclass(frozen=True)
@@ -169,6 +181,44 @@ class CatalogStore(StoreBase):
         if n == 0:
             raise NotFound(f"token {token_id!r} not found", "TOKEN_NOT_FOUND")
 
+    def put_connection(self, name: str, url: str, projects: list[str], replace: bool) -> bool:
+        """Create a connection profile (or replace it when `replace`); True if it is new."""
+        now = utcnow()
+        with self.write() as conn:
+            exists = conn.execute(
+                sa.select(connections.c.name).where(connections.c.name == name)
+            ).first()
+            if exists and not replace:
+                raise Conflict(f"connection {name!r} already exists", "CONNECTION_EXISTS")
+            if exists:
+                conn.execute(
+                    sa.update(connections)
+                    .where(connections.c.name == name)
+                    .values(url=url, projects=projects, update_time=now)
+                )
+                return False
+            conn.execute(
+                connections.insert().values(
+                    name=name, url=url, projects=projects, create_time=now, update_time=now
+                )
+            )
+            return True
+
+    def get_connection(self, name: str) -> ConnectionRow | None:
+        with self.read() as conn:
+            row = conn.execute(sa.select(connections).where(connections.c.name == name)).first()
+        return _connection(row._mapping) if row else None
+
+    def list_connections(self) -> list[ConnectionRow]:
+        with self.read() as conn:
+            rows = conn.execute(sa.select(connections).order_by(connections.c.name)).all()
+        return [_connection(r._mapping) for r in rows]
+
+    def delete_connection(self, name: str) -> bool:
+        with self.write() as conn:
+            n = conn.execute(connections.delete().where(connections.c.name == name)).rowcount
+        return bool(n)
+
     def add_dataset(self, ds: Dataset) -> None:
         with self.write() as conn:
             clash = conn.execute(
@@ -246,6 +296,16 @@ def _token(row: Any) -> TokenInfo:
         as_utc(row["create_time"]),
         as_utc(row["expires_time"]),
         as_utc(row["last_used_time"]),
+    )
+
+
+def _connection(row: Any) -> ConnectionRow:
+    return ConnectionRow(
+        name=row["name"],
+        url=row["url"],
+        projects=list(row["projects"]),
+        create_time=as_utc(row["create_time"]),
+        update_time=as_utc(row["update_time"]),
     )
 
 

@@ -33,6 +33,10 @@ def notification_from_row(row: Any) -> Notification:
     )
 
 
+# the key of the transaction-level advisory lock that serialises notification claims
+_CLAIM_LOCK = 0x6E6F7469  # "noti"
+
+
 class OutboxStore(StoreBase):
     def task_notifications(self, conn: sa.Connection, task_id: str) -> list[Notification]:
         rows = conn.execute(
@@ -42,39 +46,48 @@ class OutboxStore(StoreBase):
         ).all()
         return [notification_from_row(r._mapping) for r in rows]
 
-    def claim_notification(self, lease_seconds: float) -> tuple[Notification, str] | None:
-        """Claim the notification that is due first; the token fences its attempt."""
+    def claim_notification(
+        self, lease_seconds: float, per_project: int
+    ) -> tuple[Notification, str] | None:
+        """Claim the notification that is due first among the projects that have fewer
+        than `per_project` deliveries in flight; the token fences its attempt. Claims of
+        notifications are serialised (an advisory lock on PostgreSQL, `BEGIN IMMEDIATE`
+        on SQLite), so the limit holds across all worker processes."""
         now = utcnow()
+        n = notifications.c
         due = sa.and_(
-            notifications.c.status == NotificationStatus.PENDING.value,
-            notifications.c.next_attempt_at <= now,
-            sa.or_(
-                notifications.c.lease_expires_at.is_(None),
-                notifications.c.lease_expires_at < now,
-            ),
-        )
-        stmt = (
-            sa.select(notifications.c.notification_id)
-            .where(due)
-            .order_by(notifications.c.next_attempt_at)
-            .limit(1)
+            n.status == NotificationStatus.PENDING.value,
+            n.next_attempt_at <= now,
+            sa.or_(n.lease_expires_at.is_(None), n.lease_expires_at < now),
         )
         with self.read() as conn:  # most of the time nothing is due: no write lock then
-            if conn.execute(stmt).first() is None:
+            if conn.execute(sa.select(n.notification_id).where(due).limit(1)).first() is None:
                 return None
+        busy = (
+            sa.select(n.project_id)
+            .where(n.status == NotificationStatus.PENDING.value, n.lease_expires_at >= now)
+            .group_by(n.project_id)
+            .having(sa.func.count() >= per_project)
+        )
+        stmt = (
+            sa.select(n.notification_id)
+            .where(due, n.project_id.not_in(busy.scalar_subquery()))
+            .order_by(n.next_attempt_at)
+            .limit(1)
+        )
         with self.write() as conn:
-            nid = conn.execute(self._skip_locked(stmt)).scalar()
+            if self.is_postgres:
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_CLAIM_LOCK)))
+            nid = conn.execute(stmt).scalar()
             if nid is None:
                 return None
             token = uuid.uuid4().hex
             conn.execute(
                 sa.update(notifications)
-                .where(notifications.c.notification_id == nid, due)
+                .where(n.notification_id == nid, due)
                 .values(lease_token=token, lease_expires_at=later(lease_seconds, now))
             )
-            row = conn.execute(
-                sa.select(notifications).where(notifications.c.notification_id == nid)
-            ).one()
+            row = conn.execute(sa.select(notifications).where(n.notification_id == nid)).one()
         return notification_from_row(row._mapping), token
 
     def record_attempt(

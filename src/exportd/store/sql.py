@@ -645,21 +645,28 @@ class Store(CatalogStore, OutboxStore):
     def claim_partition(
         self, owner: str, lease_seconds: float
     ) -> tuple[Task, Partition, Lease] | None:
-        """Claim the oldest runnable partition of a RUNNING task (SKIP LOCKED on PostgreSQL)."""
+        """Claim a runnable partition of a RUNNING task, fairly across projects: the
+        tasks are tried in their fair order (`_fair_tasks`), and of a task the first
+        partition no other claimer holds (SKIP LOCKED on PostgreSQL; `BEGIN IMMEDIATE`
+        serialises claims on SQLite)."""
         now = utcnow()
+        due = sa.and_(
+            partitions.c.status == PartitionStatus.PENDING.value,
+            sa.or_(partitions.c.not_before.is_(None), partitions.c.not_before <= now),
+        )
         with self.write() as conn:
-            stmt = (
-                sa.select(partitions.c.task_id, partitions.c.idx)
-                .join(tasks, tasks.c.task_id == partitions.c.task_id)
-                .where(
-                    partitions.c.status == PartitionStatus.PENDING.value,
-                    sa.or_(partitions.c.not_before.is_(None), partitions.c.not_before <= now),
-                    tasks.c.status == TaskStatus.RUNNING.value,
+            found = None
+            for task_id in conn.execute(_fair_tasks(due)).scalars():
+                first = (
+                    sa.select(partitions.c.idx)
+                    .where(partitions.c.task_id == task_id, due)
+                    .order_by(partitions.c.idx)
+                    .limit(1)
                 )
-                .order_by(tasks.c.create_time, partitions.c.idx)
-                .limit(1)
-            )
-            found = conn.execute(self._skip_locked(stmt, of=partitions)).first()
+                idx = conn.execute(self._skip_locked(first)).scalar()
+                if idx is not None:
+                    found = (task_id, idx)
+                    break
             if found is None:
                 return None
             task_id, idx = found
@@ -679,7 +686,7 @@ class Store(CatalogStore, OutboxStore):
                 )
             ).one()
             trow = conn.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).one()
-            self._touch_task(conn, task_id, now)
+            self._touch_task(conn, task_id, now, last_claim_time=now)
         part = partition_from_row(prow._mapping)
         return task_from_row(trow._mapping), part, Lease(owner, token, expires, part.attempts)
 
@@ -1060,6 +1067,45 @@ class Store(CatalogStore, OutboxStore):
 OPEN_PARTITIONS = (PartitionStatus.PENDING, PartitionStatus.RUNNING)
 
 
+def _fair_tasks(due: Any) -> sa.Select[Any]:
+    """The RUNNING tasks with a partition `due`, in the order they get the next worker:
+    first the project with the fewest partitions running now, then the one served least
+    recently (the latest claim among its active tasks is the oldest; never served comes
+    first), then the oldest task. So one project's 1,000 queued partitions take turns
+    with another's single export, also with one worker, where nothing runs at claim time.
+
+    Every measure is taken over small sets (the active tasks, the running partitions,
+    one index probe per task), never over the pending partitions or finished history."""
+    p, t = partitions.c, tasks.c
+    served = (
+        sa.select(t.project_id.label("project_id"), sa.func.max(t.last_claim_time).label("at"))
+        .where(t.status.in_(sorted(s.value for s in ACTIVE_STATUSES)))
+        .group_by(t.project_id)
+        .cte("served")
+    )
+    owner = tasks.alias("owner")
+    busy = (
+        sa.select(owner.c.project_id.label("project_id"), sa.func.count().label("running"))
+        .select_from(partitions.join(owner, owner.c.task_id == p.task_id))
+        .where(p.status == PartitionStatus.RUNNING.value)
+        .group_by(owner.c.project_id)
+        .cte("busy")
+    )
+    waiting = sa.exists().where(p.task_id == t.task_id, due)
+    return (
+        sa.select(t.task_id)
+        .join(served, served.c.project_id == t.project_id)
+        .outerjoin(busy, busy.c.project_id == t.project_id)
+        .where(t.status == TaskStatus.RUNNING.value, waiting)
+        .order_by(
+            sa.func.coalesce(busy.c.running, 0),
+            served.c.at.asc().nulls_first(),
+            t.create_time,
+            t.task_id,
+        )
+    )
+
+
 def _stage_of_pass() -> Any:
     """The stage a claimed partition shows: 20 in its header pass, 60 when exporting."""
     return sa.case(
@@ -1112,6 +1158,7 @@ def _task_values(task: Task) -> dict[str, Any]:
         "coord_expires_at": None,
         "coord_attempts": 0,
         "coord_errors": 0,
+        "last_claim_time": None,
     }
 
 

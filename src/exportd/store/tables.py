@@ -61,6 +61,18 @@ datasets = sa.Table(
     sa.UniqueConstraint("project_id", "name", name="uq_datasets_project_name"),
 )
 
+# connection profiles the server administrator registered: a URL held here (never shown
+# by the API) and the projects that may register datasets on it (["*"]: every project)
+connections = sa.Table(
+    "connections",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("projects", sa.JSON, nullable=False),
+    sa.Column("create_time", TS, nullable=False),
+    sa.Column("update_time", TS, nullable=False),
+)
+
 tasks = sa.Table(
     "tasks",
     metadata,
@@ -110,6 +122,8 @@ tasks = sa.Table(
     sa.Column("coord_errors", sa.Integer, nullable=False, server_default="0"),
     # when a janitor first saw the coordinator lease expired (takeover only a lease later)
     sa.Column("coord_lapsed_at", TS, nullable=True),
+    # when a partition of the task was last claimed: whose turn it is (fair claiming)
+    sa.Column("last_claim_time", TS, nullable=True),
     sa.UniqueConstraint("project_id", "idempotency_key", name="uq_tasks_idempotency"),
     sa.Index("ix_tasks_project_create", "project_id", "create_time"),
     sa.Index("ix_tasks_coordinator_due", "coordinator_due"),
