@@ -53,7 +53,9 @@ from exportd.store.sql import SORT_FIELDS, TaskQuery, sort_order
 
 router = APIRouter(prefix="/v1")
 
-TokenId = Annotated[str, Path(pattern=r"^[0-9a-f]{1,32}$", description="a token's id")]
+TokenId = Annotated[
+    str, Path(pattern=NO_NUL, min_length=1, max_length=32, description="a token's id")
+]
 
 READ_ERRORS = errors(400, 401, 404, 500)
 WRITE_ERRORS = errors(400, 401, 403, 404, 409, 500)
