@@ -5,9 +5,23 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from exportd.domain import FileStatus, Stage, Task, TaskStatus
+from exportd.model import FileStatus, Stage, Task, TaskStatus
+from exportd.model.plan import DatasetKind, ExportPlan, OutputSpec
 
 T0 = datetime(2022, 3, 28, 0, 0, 0, 7000, tzinfo=UTC)
+
+
+def make_plan(columns: tuple[str, ...] = ("a",), **over: Any) -> ExportPlan:
+    """The plan of a CSV export of `columns` of a SQL dataset."""
+    values: dict[str, Any] = dict(
+        dataset_id="ds_1",
+        dataset_kind=DatasetKind.SQL,
+        source_columns=columns,
+        output=OutputSpec(format="csv", prefix="exports/acme/t/"),
+        fingerprint="x",
+    )
+    values.update(over)
+    return ExportPlan(**values)
 
 
 def make_task(**over: Any) -> Task:
@@ -18,7 +32,8 @@ def make_task(**over: Any) -> Task:
         status=TaskStatus.PENDING,
         stage=Stage.NOT_STARTED,
         file_status=FileStatus.PREPARING,
-        request={"dataset_id": "ds_1", "format": "csv", "_fingerprint": "x"},
+        request={"dataset_id": "ds_1", "format": "csv"},
+        plan=make_plan(),
         format="csv",
         file_name="out.csv",
         columns=["a"],

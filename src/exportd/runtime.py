@@ -7,19 +7,19 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from exportd.connections import Connections
-from exportd.documents import DocumentPaths
-from exportd.domain import Dataset, Task
+from exportd.delivery.links import LinkSigner, secret_file
+from exportd.documents.flatten import DocumentPaths
 from exportd.errors import BadRequest
-from exportd.filters import validate_filter
 from exportd.formats import Column, Format, FormatLimits, get_format
-from exportd.links import LinkSigner, secret_file
+from exportd.model import Dataset, DatasetKind, Task
 from exportd.settings import Settings
 from exportd.sources import Selection, Source
+from exportd.sources.connections import Connections
+from exportd.sources.filters import validate_filter
 from exportd.sources.policy import SourcePolicy
 from exportd.sources.sql import SqlEngines, SqlSource
 from exportd.storage import Storage, open_storage
-from exportd.store.sql import Store
+from exportd.store import Store
 
 
 class Runtime:
@@ -46,24 +46,25 @@ class Runtime:
     def source(self, dataset: Dataset) -> Source:
         from exportd.sources.documents import JsonLinesDocumentSource, SqlDocumentSource
 
-        if dataset.kind == "sql":
+        if dataset.kind is DatasetKind.SQL:
             return SqlSource(dataset, self.engines.get(self.connections.dataset_url(dataset)))
-        if dataset.kind == "documents" and dataset.options.get("path"):
+        if dataset.kind is DatasetKind.DOCUMENTS and dataset.options.get("path"):
             return JsonLinesDocumentSource(dataset)
-        if dataset.kind == "documents":
+        if dataset.kind is DatasetKind.DOCUMENTS:
             engine = self.engines.get(self.connections.dataset_url(dataset))
             return SqlDocumentSource(dataset, engine)
-        if dataset.kind == "files":  # imported here: pyarrow.dataset is 50 MB of memory
+        if dataset.kind is DatasetKind.FILES:  # imported here: pyarrow.dataset is 50 MB of memory
             from exportd.sources.files import ArrowFilesSource
 
             return ArrowFilesSource(dataset)
         raise BadRequest(f"unsupported dataset kind {dataset.kind!r}", "INVALID_DATASET")
 
     def format(self, task: Task) -> Format:
+        out = task.plan.output
         return get_format(
-            task.format,
-            task.request.get("format_options") or {},
-            task.request.get("compression"),
+            out.format,
+            out.format_options,
+            out.compression,
             FormatLimits(xlsx_sheet_rows=self.settings.xlsx_sheet_rows),
         )
 
@@ -78,26 +79,27 @@ FILTERABLE_FILE_KINDS = frozenset({"bool", "int", "float", "decimal", "datetime"
 def filter_fields(dataset: Dataset) -> Mapping[str, str]:
     """What a filter may name, with the kind its values are coerced to: the columns of a
     table or of files (scalar columns only), or any dotted path of documents."""
-    if dataset.kind == "documents":
+    if dataset.kind is DatasetKind.DOCUMENTS:
         return DocumentPaths()
     kinds = {f["name"]: f.get("kind", "unknown") for f in dataset.fields}
-    if dataset.kind == "files":
+    if dataset.kind is DatasetKind.FILES:
         return {n: k for n, k in kinds.items() if k in FILTERABLE_FILE_KINDS}
     return kinds
 
 
 def selection_for(task: Task, dataset: Dataset) -> Selection:
-    """The source columns and validated filter a task reads (from its stored request)."""
+    """The source columns and filter a task reads (from its plan; the filter's values
+    coerced to the fields' kinds)."""
     return Selection(
-        columns=list(task.request["_source_columns"]),
-        filter=validate_filter(task.request.get("filter"), filter_fields(dataset)),
+        columns=list(task.plan.source_columns),
+        filter=validate_filter(list(task.plan.filter), filter_fields(dataset)),
     )
 
 
 def columns_for(task: Task, dataset: Dataset | None) -> list[Column]:
     """The output columns of a task: names after renames, kinds and types from the source."""
     fields = {f["name"]: f for f in dataset.fields} if dataset else {}
-    sources = list(task.request.get("_source_columns") or [])
+    sources = list(task.plan.source_columns)
     if len(sources) != len(task.columns):  # documents flattened to a merged header
         sources = list(task.columns)
     out = []

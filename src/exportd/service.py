@@ -16,22 +16,14 @@ from typing import Any
 
 import orjson
 
-from exportd.connections import Connection
-from exportd.documents import DEFAULT_ARRAYS, parse_path
-from exportd.domain import Dataset, FileRecord, FileStatus, Role, Stage, Task, TaskStatus
+from exportd.documents.flatten import DEFAULT_ARRAYS, parse_path
 from exportd.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
-from exportd.filters import validate_filter
-from exportd.formats import FORMAT_NAMES, Column, Format, FormatLimits, get_format, keeps_nesting
-from exportd.formats.layout import Layout
-from exportd.layout import (
-    FILE_NAME_PATTERN,
-    check_prefix,
-    check_project_root,
-    output_prefix,
-    output_prefix_for,
-    project_root,
-)
-from exportd.requests import (
+from exportd.formats import Column, Format, FormatLimits, get_format, keeps_nesting
+from exportd.formats.splitting import Layout
+from exportd.model import Dataset, FileRecord, FileStatus, Role, Stage, Task, TaskStatus
+from exportd.model.names import FILE_NAME_PATTERN, FORMAT_NAMES
+from exportd.model.plan import DatasetKind, DocumentMode, ExportPlan, NotifyTargets, OutputSpec
+from exportd.model.requests import (
     ConnectionBody,
     DatasetRequest,
     ExportRequest,
@@ -40,9 +32,17 @@ from exportd.requests import (
     TokenRequest,
 )
 from exportd.runtime import Runtime, filter_fields
+from exportd.sources.connections import Connection
+from exportd.sources.filters import validate_filter
 from exportd.sources.registration import SourceTarget, dataset_spec
-from exportd.store.catalog import TokenInfo
-from exportd.store.sql import TaskQuery
+from exportd.storage.keys import (
+    check_prefix,
+    check_project_root,
+    output_prefix,
+    output_prefix_for,
+    project_root,
+)
+from exportd.store import TaskQuery, TokenInfo
 
 _FILE_NAME = re.compile(FILE_NAME_PATTERN)
 
@@ -219,7 +219,7 @@ class ExportService:
             )
         if req.url is not None and req.connection is not None:
             raise BadRequest("give connection or url, not both", "INVALID_DATASET")
-        if req.kind == "files" or req.path is not None:
+        if req.kind is DatasetKind.FILES or req.path is not None:
             return None  # files: a url is refused with the kind's own error
         if req.connection is not None:
             found = self.rt.connections.for_project(req.connection, project_id)
@@ -255,7 +255,7 @@ class ExportService:
     def register_dataset(self, who: Principal, project_id: str, req: DatasetRequest) -> Dataset:
         """Check and describe the dataset; nothing is stored unless every check passes."""
         target = self._source_target(who, project_id, req)
-        files = req.kind == "files" or req.path is not None
+        files = req.kind is DatasetKind.FILES or req.path is not None
         roots = self._file_roots(who, project_id, req) if files else []
         spec = dataset_spec(req, target, self.rt.engines, roots)
         ds = Dataset(
@@ -311,7 +311,7 @@ class ExportService:
             req.format, req.format_options or {}, req.compression,
             FormatLimits(xlsx_sheet_rows=settings.xlsx_sheet_rows),
         )  # fmt: skip
-        if ds.kind == "documents":
+        if ds.kind is DatasetKind.DOCUMENTS:
             source_columns, columns = _document_projection(req.fields)
         else:
             source_columns, columns = _projection(req.fields, ds)
@@ -330,13 +330,29 @@ class ExportService:
         file_name = check_file_name(req.file_name or f"{ds.name}-{task_id[:8]}{fmt.extension}")
         request = req.model_dump(mode="json", by_alias=True, exclude_none=True)
         request["dataset_id"] = ds.dataset_id
-        request["_source_columns"] = source_columns
-        if ds.kind == "documents":
-            request["_documents"] = _document_mode(req, fmt)
+        documents = _document_mode(req, fmt) if ds.kind is DatasetKind.DOCUMENTS else None
+        if documents is not None:
             request.setdefault("arrays", DEFAULT_ARRAYS)
-        fingerprint = hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
-        request["_fingerprint"] = fingerprint  # of the request as given, not of the task's ids
-        request.update(self._delivery(project_id, req, task_id))
+        prefix, notify = self._delivery(project_id, req, task_id)
+        plan = ExportPlan(
+            dataset_id=ds.dataset_id,
+            dataset_kind=ds.kind,
+            source_columns=tuple(source_columns),
+            filter=tuple(_filter_list(req.filter)),
+            documents=documents,
+            arrays=request.get("arrays", DEFAULT_ARRAYS),
+            output=OutputSpec(
+                format=req.format,
+                format_options=req.format_options or {},
+                compression=req.compression,
+                max_rows_per_file=req.max_rows_per_file,
+                max_bytes_per_file=req.max_bytes_per_file,
+                prefix=prefix,
+            ),
+            notify=notify,
+            # of the request as given with the dataset's id, not of the task's ids
+            fingerprint=_fingerprint(request, source_columns, documents),
+        )
         now = datetime.now(UTC)
         task = Task(
             task_id=task_id,
@@ -346,6 +362,7 @@ class ExportService:
             stage=Stage.NOT_STARTED,
             file_status=FileStatus.PREPARING,
             request=request,
+            plan=plan,
             format=req.format,
             file_name=file_name,
             columns=columns,
@@ -361,14 +378,16 @@ class ExportService:
             created_by_name=who.name if who else None,
         )
         stored, created = self.store.insert_task(task)
-        if not created and stored.request.get("_fingerprint") != fingerprint:
+        if not created and stored.plan.fingerprint != plan.fingerprint:
             raise Conflict(
                 "this Idempotency-Key was already used with a different request",
                 "IDEMPOTENCY_KEY_REUSED",
             )
         return (self.store.get_task(project_id, stored.task_id), created)
 
-    def _delivery(self, project_id: str, req: ExportRequest, task_id: str) -> dict[str, Any]:
+    def _delivery(
+        self, project_id: str, req: ExportRequest, task_id: str
+    ) -> tuple[str, NotifyTargets]:
         """Fix, at submission, where the files go and whom to notify (the request's own
         `notify` fields override the project's defaults)."""
         settings = self.store.project_settings(project_id)
@@ -385,7 +404,10 @@ class ExportService:
                 f"POST /v1/projects/{project_id}/webhook-secret",
                 "WEBHOOK_SECRET_MISSING",
             )
-        return {"_output_prefix": prefix, "_notify": notify}
+        targets = NotifyTargets(
+            webhook_url=notify.get("webhook_url"), emails=tuple(notify.get("emails") or ())
+        )
+        return prefix, targets
 
     def get(self, project_id: str, task_id: str) -> Task:
         return self.store.get_task(project_id, task_id)
@@ -481,13 +503,29 @@ class ExportService:
             return fh.read()
 
 
-def _document_mode(req: ExportRequest, fmt: Format) -> str:
+def _filter_list(raw: list[dict[str, Any]] | dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A request's filter as a list of conditions (one condition may be given alone)."""
+    if raw is None:
+        return []
+    return [raw] if isinstance(raw, dict) else list(raw)
+
+
+def _fingerprint(request: dict[str, Any], source_columns: list[str], documents: Any) -> str:
+    """What makes two requests the same: the request as given (with the dataset's id) and
+    what was derived from it."""
+    derived = {**request, "_source_columns": source_columns}
+    if documents is not None:
+        derived["_documents"] = str(documents)
+    return hashlib.sha256(orjson.dumps(derived, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _document_mode(req: ExportRequest, fmt: Format) -> DocumentMode:
     """How documents reach the format: as-is (`nested`: JSON Lines, JSON, Parquet keep
     the nesting), as the projected paths (`paths`), or flattened to a header found by a
     header pass over every document (`discover`: CSV and the other flat formats)."""
     if req.fields:
-        return "paths"
-    return "nested" if keeps_nesting(fmt) else "discover"
+        return DocumentMode.PATHS
+    return DocumentMode.NESTED if keeps_nesting(fmt) else DocumentMode.DISCOVER
 
 
 def _document_projection(fields: list[str | FieldSpec] | None) -> tuple[list[str], list[str]]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from exportd.domain import TaskStatus
+from exportd.model import TaskStatus
 from tests.integration.test_terminal_statuses import reach
 from tests.support import free_port
 

@@ -16,13 +16,15 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
-from exportd.domain import Dataset, TaskStatus
-from exportd.filters import validate_filter
+from exportd.execution.heartbeat import Heartbeat
+from exportd.fastpaths import fast_path
+from exportd.fastpaths.adbc_parquet import AdbcParquet
+from exportd.fastpaths.pg_copy_csv import PgCopyCsv
 from exportd.formats import Column, Format, get_format
-from exportd.formats.layout import Layout, PartOutput, read_index
-from exportd.heartbeat import Heartbeat
+from exportd.formats.splitting import Layout, PartOutput, read_index
+from exportd.model import Dataset, TaskStatus
 from exportd.sources import Selection
-from exportd.sources.fast import AdbcParquet, PgCopyCsv, fast_path
+from exportd.sources.filters import validate_filter
 from exportd.sources.sql import SqlEngines, SqlSource, describe_sql
 from exportd.storage.local import LocalStorage
 from tests.formats.test_golden import COLUMNS as TRICKY_COLUMNS

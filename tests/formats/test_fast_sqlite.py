@@ -16,15 +16,15 @@ import pyarrow as pa
 import pytest
 from _pytest.logging import LogCaptureFixture
 
-from exportd.filters import validate_filter
+from exportd.fastpaths import fast_path
+from exportd.fastpaths.sqlite_csv import SqliteArrowCsv, affinity
 from exportd.formats import get_format
 from exportd.formats.arrow_csv import ArrowCsv
 from exportd.formats.cells import float_text
-from exportd.formats.layout import Layout
+from exportd.formats.splitting import Layout
 from exportd.formats.text import CsvOptions
 from exportd.sources import Selection
-from exportd.sources.fast import fast_path
-from exportd.sources.fast_sqlite import SqliteArrowCsv, affinity
+from exportd.sources.filters import validate_filter
 from exportd.sources.sql import SqlEngines
 from tests.formats.test_fast_paths import columns_of, make_source, run
 
@@ -94,7 +94,7 @@ def both(tmp_path: Path, url: str, engines: SqlEngines, name: str, options: dict
     slow = run(tmp_path / "slow", src, fmt, sel, bounds, fast=False)
     if caplog is not None:
         caplog.clear()
-        caplog.set_level("INFO", "exportd.sources.fast_sqlite")
+        caplog.set_level("INFO", "exportd.fastpaths.sqlite_csv")
     fast = run(tmp_path / "fast", src, fmt, sel, bounds, fast=True)
     assert fast == slow
     if caplog is not None:

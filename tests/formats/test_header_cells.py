@@ -16,11 +16,12 @@ from typing import Any
 import psycopg
 import pytest
 
+from exportd.fastpaths import fast_path
+from exportd.fastpaths.pg_copy_csv import PgCopyCsv
+from exportd.fastpaths.sqlite_csv import SqliteArrowCsv
 from exportd.formats import Column, get_format
-from exportd.formats.layout import Layout
+from exportd.formats.splitting import Layout
 from exportd.sources import Selection
-from exportd.sources.fast import PgCopyCsv, fast_path
-from exportd.sources.fast_sqlite import SqliteArrowCsv
 from exportd.sources.sql import SqlEngines
 from tests.formats.test_fast_paths import columns_of, make_source, run
 from tests.support import Api, LiveServer

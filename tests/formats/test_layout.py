@@ -17,7 +17,7 @@ import zstandard
 
 from exportd.errors import BadRequest
 from exportd.formats import Column, Format, get_format
-from exportd.formats.layout import Layout, PartOutput, file_names, pack, read_index
+from exportd.formats.splitting import Layout, PartOutput, file_names, pack, read_index
 from exportd.storage.local import LocalStorage
 
 COLUMNS = [Column("id", "int", "BIGINT"), Column("name", "str", "TEXT")]

@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from exportd.formats import Column, Format, Segment, get_format
-from exportd.formats.layout import Layout, PartOutput, read_index
 from exportd.formats.parquet_footer import (
     CC_COLUMN_INDEX,
     CC_META,
@@ -27,6 +26,7 @@ from exportd.formats.parquet_footer import (
     RG_COLUMNS,
     decode,
 )
+from exportd.formats.splitting import Layout, PartOutput, read_index
 from exportd.storage.local import LocalStorage
 
 COLUMNS = [

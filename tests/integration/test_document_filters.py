@@ -13,9 +13,9 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from exportd.documents import DocumentPaths
-from exportd.filters import compile_document_filter, document_predicate, validate_filter
+from exportd.documents.flatten import DocumentPaths
 from exportd.sources.documents import PostgresJson, SqliteJson
+from exportd.sources.filters import compile_document_filter, document_predicate, validate_filter
 from tests.documents_support import build_pg_docs, build_sqlite_docs, make_docs
 from tests.support import PG_ADMIN_URL, drop_database, pg_url
 

@@ -19,7 +19,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from exportd.worker import Janitor, Worker
+from exportd.execution.janitor import Janitor
+from exportd.execution.pool import Worker
 from tests.documents_support import (
     build_pg_docs,
     build_sqlite_docs,
@@ -489,11 +490,13 @@ def test_jsonl_to_csv_through_arrow_is_identical_to_the_python_path(
         {"format": "csv", "parallelism": 3, "compression": "gzip"},
         {"format": "csv", "parallelism": 2, "max_rows_per_file": 400},
     ]
-    import exportd.worker
+    import exportd.execution.export.passes
 
     cached: list[int] = []  # the export passes that joined cells rendered by Arrow
-    real = exportd.worker.cached_csv
-    monkeypatch.setattr(exportd.worker, "cached_csv", lambda *a: cached.append(1) or real(*a))
+    real = exportd.execution.export.passes.cached_csv
+    monkeypatch.setattr(
+        exportd.execution.export.passes, "cached_csv", lambda *a: cached.append(1) or real(*a)
+    )
     outputs: dict[bool, list[tuple[Any, ...]]] = {}
     for fast in (True, False):
         server = live_server(workers=2, source_dirs=[str(src)], fast_paths=fast)

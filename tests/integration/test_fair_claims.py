@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
+from exportd.model.plan import NotifyTargets
+from exportd.store import PlannedPartition, Store
 from exportd.store.base import utcnow
-from exportd.store.events import enqueue_notifications
-from exportd.store.sql import PlannedPartition, Store
-from tests.records import make_task
+from exportd.store.enqueue import enqueue_notifications
+from tests.records import make_plan, make_task
 
 
 @pytest.fixture
@@ -99,10 +100,10 @@ def test_at_most_n_deliveries_of_a_project_in_flight(store_url: str) -> None:
         ids = []
         for project, count in (("a", 5), ("b", 1)):
             for _ in range(count):
-                request = {"_notify": {"webhook_url": "https://hooks.example.com/x"}}
+                hook = NotifyTargets(webhook_url="https://hooks.example.com/x")
                 task = make_task(
                     task_id=uuid.uuid4().hex, project_id=project, create_time=now,
-                    update_time=now, request=request,
+                    update_time=now, plan=make_plan(notify=hook),
                 )  # fmt: skip
                 one.insert_task(task)
                 ids.append((task.task_id, task.status))

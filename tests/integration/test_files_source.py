@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from exportd.domain import Dataset
+from exportd.model import Dataset
 from exportd.sources import Selection
 from exportd.sources.files import ArrowFilesSource, compile_arrow_filter
 from tests.documents_support import read_csv

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from exportd.domain import Dataset
+from exportd.model import Dataset
 from exportd.sources import Selection
 from exportd.sources.sql import SqlEngines, SqlSource, describe_sql
 

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 import httpx
 import pytest
 
-from exportd.links import LinkSigner
+from exportd.delivery.links import LinkSigner
 
 FILTER = {"id": {"between": [1, 300]}}
 

@@ -7,16 +7,19 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from exportd.domain import FileStatus, PartitionStatus, Stage, Task, TaskStatus
 from exportd.errors import Conflict, NotFound, StoreUnavailable
-from exportd.store.sql import PlannedPartition, Store
-from exportd.store.tables import metadata, tasks
+from exportd.model import FileStatus, PartitionStatus, Stage, Task, TaskStatus
+from exportd.store import PlannedPartition, Store
+from exportd.store.tables import metadata, partitions, tasks
 from tests.netfault import FaultyProxy
+from tests.records import make_plan
 
 
 @pytest.fixture
@@ -37,8 +40,26 @@ def test_migrations_produce_exactly_the_declared_tables(store: Store) -> None:
 
 
 def test_migrating_twice_is_a_no_op(store_url: str) -> None:
+    """A second start finds the schema at head and leaves it exactly as it was."""
     Store(store_url).close()
-    Store(store_url).close()  # second start: already at head
+    store = Store(store_url)  # second start: already at head
+    try:
+        with store.engine.connect() as conn:
+            ctx = MigrationContext.configure(conn)
+            assert compare_metadata(ctx, metadata) == []
+            assert ctx.get_current_heads() == (_head(store_url),)
+    finally:
+        store.close()
+
+
+def _head(store_url: str) -> str:
+    from alembic.script import ScriptDirectory
+
+    from exportd.store.engine import alembic_config
+
+    head = ScriptDirectory.from_config(alembic_config(store_url)).get_current_head()
+    assert head is not None
+    return head
 
 
 def new_task(project: str = "p") -> Task:
@@ -46,7 +67,7 @@ def new_task(project: str = "p") -> Task:
     return Task(
         task_id=uuid.uuid4().hex, project_id=project, dataset_id="ds", status=TaskStatus.PENDING,
         stage=Stage.NOT_STARTED, file_status=FileStatus.PREPARING,
-        request={"_source_columns": ["id"]}, format="csv", file_name="x.csv", columns=["id"],
+        request={}, plan=make_plan(("id",)), format="csv", file_name="x.csv", columns=["id"],
         parallelism=2, allow_partial=False, max_error_rate=1.0, timeout_seconds=None,
         expires_in=3600, create_time=now, update_time=now,
     )  # fmt: skip
@@ -133,6 +154,74 @@ def test_out_of_attempts_fails_the_partition(store: Store) -> None:
     t = store.get_task("p", task_id)
     assert t.partitions[0].status is PartitionStatus.FAILED
     assert t.partitions[0].error_code == "E"
+
+
+def test_tasks_from_before_plans_get_their_plan(store_url: str) -> None:
+    """Migration 0009 moves a stored request's private keys into the typed plan."""
+    from alembic import command
+
+    from exportd.store.engine import alembic_config, create_store_engine
+
+    engine = create_store_engine(store_url)
+    command.upgrade(alembic_config(store_url), "0005")
+    old = sa.Table("tasks", sa.MetaData(), autoload_with=engine)
+    row = {c.name: _filler(c) for c in old.columns if not c.nullable and c.server_default is None}
+    row.update(
+        task_id="t1", project_id="p", dataset_id="ds", format="csv", status="PENDING",
+        stage=0, file_status="PREPARING", columns=["id", "name"], request={
+            "dataset_id": "ds", "format": "csv", "filter": {"id": {"gt": 3}},
+            "_source_columns": ["id", "name"], "_output_prefix": "exports/p/dest/t1/",
+            "_notify": {"webhook_url": "https://example.test/h", "emails": ["a@b.test"]},
+            "_fingerprint": "f" * 64,
+        },
+    )  # fmt: skip
+    old_parts = sa.Table("partitions", sa.MetaData(), autoload_with=engine)
+    part = {c.name: _filler(c) for c in old_parts.columns if not c.nullable}
+    part.update(task_id="t1", idx=0, status="DONE", stage=90, phase="EXPORT", bounds={})
+    with engine.begin() as conn:
+        conn.execute(old.insert().values(**row))
+        conn.execute(old_parts.insert().values(**part))
+    engine.dispose()
+    store = Store(store_url)  # migrates to head
+    try:
+        task = store.get_task("p", "t1")
+    finally:
+        store.close()
+    assert task.request == {"dataset_id": "ds", "format": "csv", "filter": {"id": {"gt": 3}}}
+    plan = task.plan
+    assert plan.source_columns == ("id", "name") and plan.filter == ({"id": {"gt": 3}},)
+    assert plan.output.prefix == "exports/p/dest/t1/" and plan.output.format == "csv"
+    assert plan.notify.webhook_url == "https://example.test/h"
+    assert plan.notify.emails == ("a@b.test",)
+    assert plan.fingerprint == "f" * 64 and plan.documents is None
+    # SQLite rebuilds tables to change them: the task's children must survive it
+    assert [(p.index, p.status) for p in task.partitions] == [(0, PartitionStatus.DONE)]
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "bogus"),
+    [
+        (tasks, "status", "ALMOST_DONE"),
+        (tasks, "stage", 55),
+        (tasks, "file_status", "LOST"),
+        (partitions, "status", "SLEEPING"),
+    ],
+)
+def test_a_status_that_does_not_exist_cannot_be_stored(
+    store: Store, table: sa.Table, column: str, bogus: object
+) -> None:
+    task_id = started(store)
+    key = table.c.task_id == task_id
+    with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as conn:
+        conn.execute(sa.update(table).where(key).values({column: bogus}))
+    with store.engine.connect() as conn:
+        assert bogus not in conn.execute(sa.select(table.c[column]).where(key)).scalars().all()
+
+
+def _filler(col: sa.Column[Any]) -> Any:
+    """A value of a NOT NULL column's type, for a row the test does not care about."""
+    py = col.type.python_type if not isinstance(col.type, sa.JSON) else dict
+    return {str: "x", int: 0, float: 0.0, bool: False, dict: {}}.get(py, datetime.now(UTC))
 
 
 def test_an_expired_lease_gets_a_lease_of_grace_to_be_renewed(store: Store) -> None:

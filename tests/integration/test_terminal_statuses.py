@@ -11,12 +11,12 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from exportd.domain import FileStatus, Task, TaskStatus
 from exportd.errors import Conflict
+from exportd.model import FileStatus, Task, TaskStatus
+from exportd.model.lifecycle import TASK_MOVES, Outcome, finish_outcome
+from exportd.store import PlannedPartition, Store
 from exportd.store.base import utcnow
-from exportd.store.sql import PlannedPartition, Store
 from exportd.store.tables import tasks
-from exportd.transitions import TASK_MOVES, Outcome, finish_outcome
 from tests.records import make_task
 
 OWNER = "test-worker"

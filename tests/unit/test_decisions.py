@@ -5,32 +5,16 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from exportd.domain import STAGE_TEXTS, TERMINAL_STATUSES, Stage, TaskStatus
 from exportd.errors import BadRequest
-from exportd.filters import compile_filter, validate_filter
-from exportd.transitions import TASK_MOVES, finish_outcome, retry_decision
+from exportd.model import TERMINAL_STATUSES, TaskStatus
+from exportd.model.lifecycle import TASK_MOVES, finish_outcome, retry_decision
+from exportd.sources.filters import compile_filter, validate_filter
 
 
 def test_no_move_leaves_a_terminal_status() -> None:
     assert all(src not in TERMINAL_STATUSES for src, _ in TASK_MOVES)
     reachable = {dst for _, dst in TASK_MOVES}
     assert reachable >= TERMINAL_STATUSES
-
-
-def test_stage_texts_are_seed_000s() -> None:
-    assert {int(s): s.text for s in Stage} == {
-        0: "Not started yet...",
-        10: "Getting total...",
-        20: "Creating headers for CSV file...",
-        30: "Merging headers for CSV file...",
-        40: "Wait till parallel tasks create headers for CSV file ...",
-        50: "Wait till master task merge all headers for CSV file ...",
-        60: "Exporting...",
-        70: "Completing upload",
-        80: "Writing manifest, preparing urls, sending emails...",
-        90: "Completed",
-    }
-    assert len(STAGE_TEXTS) == 10
 
 
 def test_retry_backoff_then_give_up() -> None:

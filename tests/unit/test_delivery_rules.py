@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 import pytest
 from standardwebhooks import Webhook
 
+from exportd.delivery.links import LinkSigner
+from exportd.delivery.notify import backoff, sign
 from exportd.errors import BadRequest, Forbidden
-from exportd.layout import check_prefix, check_project_root, output_prefix_for
-from exportd.links import LinkSigner
-from exportd.notify import backoff, sign
 from exportd.service import new_webhook_secret
+from exportd.storage.keys import check_prefix, check_project_root, output_prefix_for
 
 
 def test_signature_verifies_with_the_reference_library() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from exportd.documents import (
+from exportd.documents.flatten import (
     DocumentPaths,
     Flattener,
     KeyCollector,
@@ -18,8 +18,8 @@ from exportd.documents import (
     split_path,
 )
 from exportd.errors import BadRequest, SourceError
-from exportd.filters import validate_filter
 from exportd.formats.cells import TimeOptions, neutralise, text_renderer
+from exportd.sources.filters import validate_filter
 from exportd.sources.paths import byte_ranges, read_lines
 from tests.documents_support import make_docs, oracle_flatten, oracle_header, write_jsonl
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-import exportd.sources.documents_arrow as docs_arrow
-from exportd.documents import KeyCollector, flat_rows, merge_headers
+import exportd.fastpaths.jsonl_csv as docs_arrow
+from exportd.documents.flatten import KeyCollector, flat_rows, merge_headers
 from exportd.errors import SourceError
+from exportd.fastpaths.jsonl_csv import CellCache, cached_csv, collect_headers, line_chunks
 from exportd.formats.text import CsvEncoder, CsvOptions
-from exportd.sources.documents_arrow import CellCache, cached_csv, collect_headers, line_chunks
 from exportd.sources.paths import byte_ranges, read_lines
 from exportd.storage.local import LocalStorage
 from tests.documents_support import make_docs, oracle_header

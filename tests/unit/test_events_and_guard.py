@@ -6,9 +6,9 @@ from typing import Any
 
 import orjson
 
-from exportd.api.events import change_kind, format_event, snapshot
 from exportd.api.guard import url_holds_nul
-from exportd.domain import Partition, PartitionStatus, Stage, TaskStatus
+from exportd.api.sse import change_kind, format_event, snapshot
+from exportd.model import Partition, PartitionStatus, Stage, TaskStatus
 from tests.records import make_task
 
 

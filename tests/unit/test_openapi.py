@@ -99,7 +99,7 @@ def test_dataset_view_fields_are_exactly_the_documented_model() -> None:
 
     from exportd.api.schemas import DatasetView
     from exportd.api.views import dataset_json
-    from exportd.domain import Dataset
+    from exportd.model import Dataset
 
     ds = Dataset(
         "ds_1", "acme", "flights", "sql", "postgresql://u:secret@h/db", "flights", None, "id",

@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from exportd.outbound import OutboundPolicy, RefusedByPolicy, is_public
+from exportd.delivery.outbound import OutboundPolicy, RefusedByPolicy, is_public
 from exportd.settings import Settings
 
 INTERNAL = [

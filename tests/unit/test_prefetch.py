@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from exportd.prefetch import prefetched
+from exportd.fastpaths.prefetch import prefetched
 
 
 def test_items_arrive_in_order_made_in_the_producer_thread() -> None:

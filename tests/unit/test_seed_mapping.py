@@ -31,10 +31,11 @@ from exportd.api.seed_mapping import (
     statuses_for_filter,
     version_format,
 )
-from exportd.api.seeds import DatasetExportTask, ExportTaskItem, ResourceTaskStatus
+from exportd.api.v2 import DatasetExportTask, ExportTaskItem, ResourceTaskStatus
 from exportd.api.views import retry_after_seconds, task_json
-from exportd.domain import (
+from exportd.model import (
     ACTIVE_STATUSES,
+    STAGE_TEXTS,
     FileRecord,
     FileStatus,
     Partition,
@@ -82,6 +83,11 @@ SEED000 = {
 @pytest.mark.parametrize("stage", list(Stage))
 def test_current_state_is_seed_000_table(stage: Stage) -> None:
     assert current_state(stage) == {"statusId": int(stage), "status": SEED000[int(stage)]}
+
+
+def test_stage_texts_are_seed_000s() -> None:
+    assert {int(s): s.text for s in Stage} == SEED000
+    assert len(STAGE_TEXTS) == 10
 
 
 def test_every_task_representation_carries_current_state() -> None:
@@ -244,7 +250,7 @@ def test_seed003_view_fields() -> None:
     task = make_task(
         status=TaskStatus.RUNNING,
         stage=Stage.EXPORTING,
-        request={"dataset_id": "ds_1", "filter": cond, "_source_columns": ["a"]},
+        request={"dataset_id": "ds_1", "filter": cond},
         total_count=200,
         finished_count=50,
         progress=25.0,

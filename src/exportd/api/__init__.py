@@ -20,12 +20,13 @@ from exportd.api.guard import InputGuard
 from exportd.api.limits import state_server_limits
 from exportd.api.methods import allowed_methods
 from exportd.api.schemas import ErrorBody
+from exportd.api.ui import add_api_docs, add_dashboard
 from exportd.errors import ExportdError, StoreUnavailable, Unavailable
+from exportd.execution.pool import WorkerPool
 from exportd.outages import unreachable
 from exportd.runtime import Runtime
 from exportd.service import ExportService
 from exportd.settings import Settings
-from exportd.worker import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
         description="Asynchronous data exports: ask for an export, get a task at once, "
         "watch it run in partitions, download the files.",
         lifespan=lifespan,
+        docs_url=None,  # served by add_api_docs from local assets (FastAPI's use a CDN)
+        redoc_url=None,
     )
 
     @app.exception_handler(ExportdError)
@@ -118,11 +121,13 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
             error_body("INTERNAL_ERROR", "internal error; see the server log"), status_code=500
         )
 
-    from exportd.api.routes import router
-    from exportd.api.seeds import router as seeds_router
+    from exportd.api.v1 import router
+    from exportd.api.v2 import router as seeds_router
 
     app.include_router(router)
     app.include_router(seeds_router)
+    add_dashboard(app)
+    add_api_docs(app)
     app.add_middleware(InputGuard, max_body_bytes=settings.max_body_bytes)
 
     @app.get("/healthz", tags=["meta"])

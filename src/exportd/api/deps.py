@@ -8,8 +8,8 @@ from fastapi import Depends, Path, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from exportd.api.schemas import ErrorBody
-from exportd.links import LinkSigner
-from exportd.requests import NO_NUL
+from exportd.delivery.links import LinkSigner
+from exportd.model.requests import NO_NUL
 from exportd.service import ExportService, Principal
 
 ERROR_TEXTS: dict[int, str] = {

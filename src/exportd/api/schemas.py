@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from exportd.domain import (
+from exportd.model import (
     Channel,
     FileStatus,
     NotificationStatus,

@@ -1,6 +1,6 @@
 """Native vocabulary -> the vocabularies of the five seed documents, as pure functions.
 
-The seed views (`api/seeds.py`) are these functions applied to the same `Task` records the
+The seed views (`api/v2.py`) are these functions applied to the same `Task` records the
 native API shows; `docs/api-mapping.md` explains every choice made here."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from exportd.domain import ACTIVE_STATUSES, FileStatus, Stage, Task, TaskStatus
+from exportd.model import ACTIVE_STATUSES, FileStatus, Stage, Task, TaskStatus
 
 T = TaskStatus
 F = FileStatus

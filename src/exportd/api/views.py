@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from exportd.api.seed_mapping import current_state
-from exportd.connections import Connection
-from exportd.domain import (
+from exportd.delivery.links import LinkSigner
+from exportd.model import (
     Dataset,
     FileRecord,
     Notification,
@@ -16,7 +16,8 @@ from exportd.domain import (
     PartitionStatus,
     Task,
 )
-from exportd.links import LinkSigner
+from exportd.retrying import backoff
+from exportd.sources.connections import Connection
 
 
 def iso(value: datetime | None) -> str | None:
@@ -34,8 +35,7 @@ def retry_after_seconds(task: Task, now: datetime | None = None) -> int | None:
     if task.status.is_terminal:
         return None
     age = max(((now or datetime.now(UTC)) - task.create_time).total_seconds(), 0.0)
-    steps = int(age // RETRY_AFTER_DOUBLING_SECONDS)
-    return RETRY_AFTER_MAX if steps >= 5 else min(RETRY_AFTER_MAX, 2**steps)
+    return int(backoff(1 + int(age // RETRY_AFTER_DOUBLING_SECONDS), 1, RETRY_AFTER_MAX))
 
 
 def partition_json(p: Partition) -> dict[str, Any]:
@@ -117,7 +117,7 @@ def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> di
     done = len(succeeded)
     failed = [p for p in task.partitions if p.status is PartitionStatus.FAILED]
     stopped = sum(1 for p in task.partitions if p.status.is_terminal)
-    request = {k: v for k, v in task.request.items() if not k.startswith("_")}
+    request = task.request
     state = task.stage.as_json()
     body: dict[str, Any] = {
         "task_id": task.task_id,

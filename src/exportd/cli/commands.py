@@ -226,8 +226,8 @@ def worker(
     concurrency: Annotated[int, typer.Option(help="worker threads")] = 2,
 ) -> None:
     """Run workers alone, sharing the store and storage with the API processes."""
+    from exportd.execution.pool import WorkerPool
     from exportd.runtime import Runtime
-    from exportd.worker import WorkerPool
 
     _logging()
     rt = Runtime(_settings(data_dir))

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from exportd.errors import BadRequest
+from exportd.model.names import FORMAT_NAMES
 from exportd.storage import Storage
-
-FORMAT_NAMES = ("csv", "tsv", "jsonl", "json", "parquet", "xlsx")
 
 
 @dataclass(frozen=True)

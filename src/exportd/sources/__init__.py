@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from exportd.domain import Dataset
+from exportd.model import Dataset
 
 
 @dataclass(frozen=True)

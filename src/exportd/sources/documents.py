@@ -13,16 +13,16 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
-from exportd.domain import Dataset
 from exportd.errors import SourceError
-from exportd.filters import (
+from exportd.model import Dataset
+from exportd.sources import Estimate, Selection
+from exportd.sources.filters import (
     JsonAccess,
     Scalar,
     compile_document_filter,
     document_predicate,
     like_tokens,
 )
-from exportd.sources import Estimate, Selection
 from exportd.sources.paths import byte_ranges, estimate_lines, expand, read_lines
 from exportd.sources.sql import SqlSource
 

@@ -17,8 +17,8 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from exportd.domain import Dataset
 from exportd.errors import BadRequest, SourceError
+from exportd.model import Dataset
 from exportd.sources import Estimate, Selection
 from exportd.sources.paths import SAMPLE_BYTES, estimate_lines, expand
 

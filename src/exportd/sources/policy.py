@@ -29,7 +29,7 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 
 from exportd.errors import BadRequest, Forbidden, Unavailable, first_line
-from exportd.store.engine import normalize_url
+from exportd.store import normalize_url
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from exportd.errors import BadRequest
-from exportd.requests import DatasetRequest
+from exportd.model import DatasetKind
+from exportd.model.requests import DatasetRequest
 from exportd.sources.paths import check_pattern
 from exportd.sources.policy import probe
 from exportd.sources.sql import SqlEngines, check_query, describe_sql
@@ -54,15 +55,15 @@ def dataset_spec(
     roots: list[Path],
 ) -> DatasetSpec:
     """`roots`: the directories a files or JSON Lines dataset's path may be under."""
-    if req.kind == "files":
+    if req.kind is DatasetKind.FILES:
         return _files(req, roots, engines)
-    if req.kind == "documents" and req.path is not None:
+    if req.kind is DatasetKind.DOCUMENTS and req.path is not None:
         return _jsonl_documents(req, roots, engines)
     if target is None:
         raise BadRequest(
-            f"a {req.kind} dataset in a database needs a connection", "INVALID_DATASET"
+            f"a {req.kind.value} dataset in a database needs a connection", "INVALID_DATASET"
         )
-    if req.kind == "documents":
+    if req.kind is DatasetKind.DOCUMENTS:
         return _sql_documents(req, target, engines)
     return _sql(req, target, engines)
 

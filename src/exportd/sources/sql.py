@@ -14,13 +14,13 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 
-from exportd.domain import Dataset
 from exportd.errors import BadRequest, first_line
-from exportd.filters import COERCE, compile_filter
+from exportd.model import Dataset
 from exportd.outages import source_error
 from exportd.sources import Estimate, Selection
+from exportd.sources.filters import COERCE, compile_filter
 from exportd.sources.policy import SourcePolicy
-from exportd.store.engine import normalize_url
+from exportd.store import normalize_url
 
 _QUERY_START = re.compile(r"^\s*(select|with)\b", re.IGNORECASE)
 

@@ -20,26 +20,25 @@ from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 
-from exportd.domain import (
-    FileRecord,
-    FileStatus,
-    Partition,
-    PartitionPhase,
-    PartitionStatus,
-    Stage,
-    Task,
-    TaskStatus,
-)
 from exportd.errors import StoreUnavailable
+from exportd.model import FileRecord, Partition, PartitionStatus, Task, TaskStatus
+from exportd.model.lifecycle import partition_sources, task_sources
 from exportd.outages import unreachable
 from exportd.retrying import ride_out
 from exportd.store.engine import create_store_engine, migrate
-from exportd.store.events import enqueue_notifications
+from exportd.store.enqueue import enqueue_notifications
+from exportd.store.rows import record_from_row
 from exportd.store.tables import partitions, tasks
 from exportd.store.wakeup import Waker
-from exportd.transitions import partition_sources, task_sources
 
 NOTIFY_CHANNEL = "exportd_work"
+PARTITION_COLUMNS = {"index": "idx"}
+# the coordinator's lease released (the values of a task row's lease columns without one)
+NO_COORDINATOR = {
+    "coord_owner": None,
+    "coord_token": None,
+    "coord_expires_at": None,
+}  # record field -> column, where they differ
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -47,12 +46,6 @@ R = TypeVar("R")
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def later(seconds: float, now: datetime | None = None) -> datetime:
@@ -214,80 +207,12 @@ class StoreBase:
 
 
 def task_from_row(row: Any) -> Task:
-    return Task(
-        task_id=row["task_id"],
-        project_id=row["project_id"],
-        dataset_id=row["dataset_id"],
-        status=TaskStatus(row["status"]),
-        stage=Stage(row["stage"]),
-        file_status=FileStatus(row["file_status"]),
-        request=row["request"],
-        format=row["format"],
-        file_name=row["file_name"],
-        columns=list(row["columns"]),
-        parallelism=row["parallelism"],
-        allow_partial=bool(row["allow_partial"]),
-        max_error_rate=row["max_error_rate"],
-        timeout_seconds=row["timeout_seconds"],
-        expires_in=row["expires_in"],
-        idempotency_key=row["idempotency_key"],
-        total_count=row["total_count"],
-        total_is_estimate=bool(row["total_is_estimate"]),
-        finished_count=row["finished_count"],
-        failed_count=row["failed_count"],
-        bytes_written=row["bytes_written"],
-        progress=row["progress"],
-        error_code=row["error_code"],
-        error_msg=row["error_msg"],
-        is_download=bool(row["is_download"]),
-        download_count=row["download_count"],
-        create_time=as_utc(row["create_time"]),  # type: ignore[arg-type]
-        update_time=as_utc(row["update_time"]),  # type: ignore[arg-type]
-        start_time=as_utc(row["start_time"]),
-        end_time=as_utc(row["end_time"]),
-        deadline=as_utc(row["deadline"]),
-        file_expires_at=as_utc(row["file_expires_at"]),
-        version=row["version"],
-        created_by=row["created_by"],
-        created_by_name=row["created_by_name"],
-    )
+    return record_from_row(Task, row)
 
 
 def partition_from_row(row: Any) -> Partition:
-    return Partition(
-        task_id=row["task_id"],
-        index=row["idx"],
-        status=PartitionStatus(row["status"]),
-        stage=Stage(row["stage"]),
-        bounds=row["bounds"],
-        phase=PartitionPhase(row["phase"]),
-        header=row["header"],
-        finished_count=row["finished_count"],
-        bytes_written=row["bytes_written"],
-        attempts=row["attempts"],
-        lost_count=row["lost_count"],
-        lease_owner=row["lease_owner"],
-        lease_token=row["lease_token"],
-        lease_expires_at=as_utc(row["lease_expires_at"]),
-        not_before=as_utc(row["not_before"]),
-        part_key=row["part_key"],
-        part_sha256=row["part_sha256"],
-        error_code=row["error_code"],
-        error_msg=row["error_msg"],
-        start_time=as_utc(row["start_time"]),
-        end_time=as_utc(row["end_time"]),
-        update_time=as_utc(row["update_time"]),
-    )
+    return record_from_row(Partition, row, PARTITION_COLUMNS)
 
 
 def file_from_row(row: Any) -> FileRecord:
-    return FileRecord(
-        task_id=row["task_id"],
-        name=row["name"],
-        key=row["key"],
-        rows=row["rows"],
-        bytes=row["bytes"],
-        sha256=row["sha256"],
-        media_type=row["media_type"],
-        kind=row["kind"],
-    )
+    return record_from_row(FileRecord, row)

@@ -9,9 +9,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from exportd.domain import Dataset, Role
 from exportd.errors import Conflict, NotFound
-from exportd.store.base import StoreBase, as_utc, utcnow
+from exportd.model import Dataset, Role
+from exportd.store.base import StoreBase, utcnow
+from exportd.store.rows import as_utc, record_from_row
 from exportd.store.tables import connections, datasets, projects, tokens
 
 
@@ -310,16 +311,4 @@ def _connection(row: Any) -> ConnectionRow:
 
 
 def _dataset(row: Any) -> Dataset:
-    return Dataset(
-        dataset_id=row["dataset_id"],
-        project_id=row["project_id"],
-        name=row["name"],
-        kind=row["kind"],
-        url=row["url"],
-        table=row["table_name"],
-        query=row["query"],
-        key=row["key"],
-        fields=list(row["fields"]),
-        options=dict(row["options"]),
-        create_time=as_utc(row["create_time"]),  # type: ignore[arg-type]
-    )
+    return record_from_row(Dataset, row, {"table": "table_name"})

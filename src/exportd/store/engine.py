@@ -89,9 +89,26 @@ def alembic_config(url: str) -> Config:
 def migrate(engine: sa.Engine) -> None:
     """Bring the store's schema to the newest revision (run at every start)."""
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            # several processes may start at once: one migrates, the others wait
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as conn:
+        if sqlite:  # outside any transaction, where SQLite honours it (see below)
+            _foreign_keys(conn, on=False)
+        try:
+            with conn.begin():
+                if not sqlite:
+                    # several processes may start at once: one migrates, the others wait
+                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        finally:
+            if sqlite:
+                _foreign_keys(conn, on=True)
+
+
+def _foreign_keys(conn: sa.Connection, on: bool) -> None:
+    """SQLite changes a table's constraints by copying it into a new table and dropping
+    the old one; with foreign keys enforced, that DROP would cascade-delete every child
+    row (a task's partitions, files and notifications). So migrations run without."""
+    dbapi = conn.connection.driver_connection
+    assert dbapi is not None
+    dbapi.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")

@@ -9,28 +9,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from exportd.domain import Channel, Notification, NotificationStatus
-from exportd.store.base import StoreBase, as_utc, later, utcnow
+from exportd.model import Notification, NotificationStatus
+from exportd.store.base import StoreBase, later, utcnow
+from exportd.store.rows import record_from_row
 from exportd.store.tables import notifications
 
 
 def notification_from_row(row: Any) -> Notification:
-    return Notification(
-        notification_id=row["notification_id"],
-        task_id=row["task_id"],
-        project_id=row["project_id"],
-        channel=Channel(row["channel"]),
-        target=row["target"],
-        event=row["event"],
-        status=NotificationStatus(row["status"]),
-        attempts=row["attempts"],
-        attempt_log=list(row["attempt_log"] or []),
-        payload=row["payload"],
-        last_error=row["last_error"],
-        next_attempt_at=as_utc(row["next_attempt_at"]),
-        create_time=as_utc(row["create_time"]),
-        delivered_time=as_utc(row["delivered_time"]),
-    )
+    return record_from_row(Notification, row)
 
 
 # the key of the transaction-level advisory lock that serialises notification claims

@@ -2,9 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import sqlalchemy as sa
 
+from exportd.model import (
+    Channel,
+    FileStatus,
+    NotificationStatus,
+    PartitionPhase,
+    PartitionStatus,
+    Role,
+    Stage,
+    TaskStatus,
+)
+from exportd.model.plan import DatasetKind, TaskKind
+
 metadata = sa.MetaData()
+
+
+def one_of(table: str, column: str, values: Iterable[object]) -> sa.CheckConstraint:
+    """A CHECK that `column` holds one of the enum's values, so that not even a bad
+    UPDATE can store a status, stage or kind that does not exist."""
+    listed = ", ".join(str(v) if isinstance(v, int) else f"'{v}'" for v in values)
+    return sa.CheckConstraint(f"{column} IN ({listed})", name=f"ck_{table}_{column}")
+
+
+def values(enum: Iterable[object]) -> list[object]:
+    return [getattr(m, "value", m) for m in enum]
+
 
 TS = sa.DateTime(timezone=True)
 
@@ -37,6 +63,7 @@ tokens = sa.Table(
     sa.Column("expires_time", TS, nullable=True),
     # when it was last accepted, written at most once a minute
     sa.Column("last_used_time", TS, nullable=True),
+    one_of("tokens", "role", values(Role)),
 )
 
 datasets = sa.Table(
@@ -59,6 +86,7 @@ datasets = sa.Table(
     sa.Column("options", sa.JSON, nullable=False),
     sa.Column("create_time", TS, nullable=False),
     sa.UniqueConstraint("project_id", "name", name="uq_datasets_project_name"),
+    one_of("datasets", "kind", values(DatasetKind)),
 )
 
 # connection profiles the server administrator registered: a URL held here (never shown
@@ -83,6 +111,8 @@ tasks = sa.Table(
     sa.Column("stage", sa.Integer, nullable=False),
     sa.Column("file_status", sa.String(16), nullable=False),
     sa.Column("request", sa.JSON, nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False, server_default="export"),
+    sa.Column("plan", sa.JSON, nullable=False),
     sa.Column("format", sa.String(16), nullable=False),
     sa.Column("file_name", sa.String(255), nullable=False),
     sa.Column("columns", sa.JSON, nullable=False),
@@ -129,6 +159,10 @@ tasks = sa.Table(
     sa.Index("ix_tasks_coordinator_due", "coordinator_due"),
     sa.Index("ix_tasks_status", "status"),
     sa.Index("ix_tasks_file_expiry", "file_status", "file_expires_at"),
+    one_of("tasks", "status", values(TaskStatus)),
+    one_of("tasks", "file_status", values(FileStatus)),
+    one_of("tasks", "stage", values(Stage)),
+    one_of("tasks", "kind", values(TaskKind)),
 )
 
 partitions = sa.Table(
@@ -166,6 +200,9 @@ partitions = sa.Table(
     sa.Column("end_time", TS, nullable=True),
     sa.Column("update_time", TS, nullable=True),
     sa.Index("ix_partitions_status", "status"),
+    one_of("partitions", "status", values(PartitionStatus)),
+    one_of("partitions", "phase", values(PartitionPhase)),
+    one_of("partitions", "stage", values(Stage)),
 )
 
 files = sa.Table(
@@ -185,6 +222,7 @@ files = sa.Table(
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("media_type", sa.String(100), nullable=False),
     sa.Column("create_time", TS, nullable=False),
+    one_of("files", "kind", ["data", "manifest"]),
 )
 
 # the outbox: one row per notification of a task's terminal status, written in the same
@@ -216,4 +254,6 @@ notifications = sa.Table(
     sa.Column("update_time", TS, nullable=False),
     sa.Column("delivered_time", TS, nullable=True),
     sa.Index("ix_notifications_due", "status", "next_attempt_at"),
+    one_of("notifications", "status", values(NotificationStatus)),
+    one_of("notifications", "channel", values(Channel)),
 )

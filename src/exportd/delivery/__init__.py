@@ -1,0 +1,1 @@
+"""Delivering results: signed download links and notifications (webhooks, emails)."""

@@ -1,0 +1,97 @@
+"""Coordinator work (the seed's "master task"), for every kind of task: under the
+task's own lease (so any worker may do it and a crashed coordinator is simply taken
+over), the next step is decided by `coordinator_work` and done by the task's kind (plan,
+between passes, finish) or by the cleanup; a failed run is retried with backoff, and a
+task is never left RUNNING on an error that persists."""
+
+from __future__ import annotations
+
+import logging
+
+from exportd.errors import LeaseLost, StoreUnavailable
+from exportd.execution.cleanup import cleanup, cleanup_later
+from exportd.execution.heartbeat import Heartbeat
+from exportd.execution.kinds import runner
+from exportd.model import (
+    Lease,
+    Task,
+    TaskStatus,
+)
+from exportd.model.lifecycle import (
+    RETRY_CAP_SECONDS,
+    CoordinatorWork,
+    coordinator_work,
+)
+from exportd.retrying import backoff
+from exportd.runtime import Runtime
+from exportd.storage import StorageFull, StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+
+OUTAGE_RETRY_SECONDS = 5.0  # after a storage outage outlasted the budget
+
+
+def run(rt: Runtime, task: Task, lease: Lease) -> None:
+    store = rt.store
+
+    def beat(_rows: int, _bytes: int) -> TaskStatus | None:
+        ok = store.renew_coordinator(task.task_id, lease.token, rt.settings.lease_seconds)
+        return TaskStatus.RUNNING if ok else None
+
+    try:
+        with Heartbeat(beat, rt.settings.heartbeat_interval, None) as hb:
+            _dispatch(rt, task, lease, hb)
+    except LeaseLost:
+        log.warning("coordinator of %s lost its lease", task.task_id)
+    except StoreUnavailable:  # not an error of this work: the lease lapses, another takes over
+        log.warning("coordinator of %s: the store stayed unreachable", task.task_id)
+    except Exception as exc:
+        log.exception("coordinator of %s failed", task.task_id)
+        _after_error(rt, task, lease, exc)
+
+
+def _after_error(rt: Runtime, task: Task, lease: Lease, exc: Exception) -> None:
+    """Retry a failed coordinator run with backoff, up to `max_attempts` failures; then
+    end the task, so that no task is left RUNNING forever on an error that persists. A
+    storage that stayed unreachable for the whole outage budget is no failure of the
+    task: the work is handed back for later. A cleanup is never given up."""
+    store = rt.store
+    if not task.status.is_terminal and isinstance(exc, StorageUnavailable):
+        store.release_coordinator(
+            task.task_id, lease.token, due=True, retry_after=OUTAGE_RETRY_SECONDS
+        )
+        return
+    errors = store.count_coordinator_error(task.task_id, lease.token)
+    if errors is None:
+        return
+    if task.status.is_terminal:
+        cleanup_later(rt, task, lease, errors)
+        return
+    if errors < rt.settings.max_attempts:
+        delay = backoff(errors, rt.settings.retry_base_seconds, RETRY_CAP_SECONDS)
+        store.release_coordinator(task.task_id, lease.token, due=True, retry_after=delay)
+        return
+    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+    msg = f"finishing work failed {errors} times; last: {type(exc).__name__}: {first_line}"
+    if task.status in (TaskStatus.PENDING, TaskStatus.RUNNING):
+        code = exc.error_code if isinstance(exc, StorageFull) else "COORDINATOR_FAILED"
+        store.fail_task(task.task_id, lease.token, code, msg)
+    else:  # CANCELING: the task ends CANCELED, its cleanup stays due
+        store.finish_cancel(task.task_id, lease.token, cleaned=False)
+
+
+def _dispatch(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
+    """The next step, by `coordinator_work`, done by the task's kind or by the cleanup."""
+    work = coordinator_work(task.status, (p.status for p in task.partitions))
+    kind = runner(task.kind)
+    if work is CoordinatorWork.PLAN:
+        kind.plan(rt, task, lease)
+    elif work is CoordinatorWork.MERGE_HEADERS:
+        kind.between_passes(rt, task, lease)
+    elif work is CoordinatorWork.FINISH:
+        kind.finish(rt, task, lease, hb)
+    elif work is CoordinatorWork.WAIT:
+        rt.store.release_coordinator(task.task_id, lease.token, due=False)
+    else:  # CANCELING, or a terminal task whose parts still need cleaning up
+        cleanup(rt, task, lease)

@@ -1,0 +1,79 @@
+"""Stage 10 of an export: the total (the source's cheapest estimate) and the partitions
+(key ranges, file splits) that cover every selected object exactly once."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TypeVar
+
+from exportd.errors import ExportdError, SourceError
+from exportd.model import (
+    Lease,
+    PartitionPhase,
+    Stage,
+    Task,
+    TaskStatus,
+)
+from exportd.model.lifecycle import (
+    RETRY_CAP_SECONDS,
+)
+from exportd.model.plan import DocumentMode
+from exportd.outages import source_outage
+from exportd.retrying import backoff, ride_out
+from exportd.runtime import Runtime, selection_for
+from exportd.store import PlannedPartition, utcnow
+
+T = TypeVar("T")
+
+
+def plan(rt: Runtime, task: Task, lease: Lease) -> None:
+    store = rt.store
+    if task.status is TaskStatus.PENDING:
+        deadline = (
+            utcnow() + timedelta(seconds=task.timeout_seconds) if task.timeout_seconds else None
+        )
+        if not store.start_task(task.task_id, lease.token, deadline):
+            store.release_coordinator(task.task_id, lease.token, due=False)
+            return
+    try:
+        dataset = store.get_dataset(task.project_id, task.dataset_id)
+        source = rt.source(dataset)
+        sel = selection_for(task, dataset)
+        estimate = _through_outages(rt, task, lambda: source.estimate(sel))
+        store.set_task_stage(
+            task.task_id, lease.token, Stage.GETTING_TOTAL,
+            total_count=estimate.count, total_is_estimate=estimate.is_estimate,
+        )  # fmt: skip
+        bounds = _through_outages(rt, task, lambda: source.plan(sel, task.parallelism))
+    except (SourceError, ExportdError) as exc:
+        # a source error uses a coordinator attempt; one that stayed unreachable for the
+        # whole outage budget fails the task at once
+        retry = isinstance(exc, SourceError) and not exc.transient
+        if lease.attempt < rt.settings.max_attempts and retry:
+            delay = backoff(lease.attempt, rt.settings.retry_base_seconds, RETRY_CAP_SECONDS)
+            store.release_coordinator(task.task_id, lease.token, due=True, retry_after=delay)
+        else:
+            store.fail_task(task.task_id, lease.token, exc.error_code, exc.error_msg)
+        return
+    phase = (
+        PartitionPhase.HEADERS
+        if task.plan.documents is DocumentMode.DISCOVER
+        else PartitionPhase.EXPORT
+    )
+    planned = [PlannedPartition(b, phase) for b in bounds]
+    if not store.plan_task(
+        task.task_id, lease.token, planned, estimate.count, estimate.is_estimate, task.columns
+    ):  # canceled or timed out while planning: the cleanup is due
+        store.release_coordinator(task.task_id, lease.token, due=True)
+
+
+def _through_outages(rt: Runtime, task: Task, read: Callable[[], T]) -> T:
+    """A planning read, tried again while the source cannot be reached (outage budget)."""
+    return ride_out(
+        read,
+        transient=source_outage(rt.settings.outage_budget_seconds),
+        budget=math.inf,  # counted from the first failure, by source_outage
+        what=f"planning {task.task_id}: reading the source",
+    )

@@ -1,0 +1,65 @@
+"""A lease kept alive by a background thread, so that a slow query or a long write never
+lets it lapse, while the working thread checks it between batches."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from exportd.errors import Canceled, LeaseLost
+from exportd.model import TaskStatus
+
+log = logging.getLogger(__name__)
+
+# a beat renews the lease and answers the task's status, or None when the lease is lost
+Beat = Callable[[int, int], TaskStatus | None]
+
+
+class Heartbeat:
+    def __init__(self, beat: Beat, interval: float, keep_running: TaskStatus | None) -> None:
+        self._beat = beat
+        self._interval = interval
+        self._keep = keep_running  # stop the work when the task leaves this status
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="exportd-heartbeat", daemon=True)
+        self.rows = 0
+        self.bytes = 0
+        self.lost = False
+        self.canceled: TaskStatus | None = None
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def progress(self, rows: int, written: int) -> None:
+        self.rows, self.bytes = rows, written
+
+    def check(self) -> None:
+        """Raise if the work must stop: the lease is gone, or the task was ended."""
+        if self.lost:
+            raise LeaseLost()
+        if self.canceled is not None:
+            raise Canceled(self.canceled.value)
+
+    def beat_now(self) -> None:
+        self._apply(self._beat(self.rows, self.bytes))
+
+    def _apply(self, status: TaskStatus | None) -> None:
+        if status is None:
+            self.lost = True
+        elif self._keep is not None and status is not self._keep:
+            self.canceled = status
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._apply(self._beat(self.rows, self.bytes))
+            except Exception as exc:  # a store hiccup: try again; the lease may still hold
+                log.warning("heartbeat failed: %s", type(exc).__name__)
+            if self.lost or self.canceled:
+                return

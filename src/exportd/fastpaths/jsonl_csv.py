@@ -1,0 +1,434 @@
+"""JSON Lines documents through Arrow (pyarrow.json, in C++) for a CSV/TSV export with the
+merged header, byte-identical to the Python path (`Flattener` and the generic CSV writer).
+
+The header pass reads the partition in chunks of whole lines (about CHUNK_BYTES): each
+chunk's inferred schema gives its paths (Arrow adds an object's keys in order of first
+appearance: tree order), and its cells are rendered at once by `ArrowCsv` and kept in the
+storage, under the task's parts prefix (`CellCache`). The export pass then only joins
+each chunk's cells in the merged header's order: the documents are read once.
+
+A chunk that Arrow cannot give exactly as the Python path would goes through the Python
+path (its paths by `Flattener`, its cells by the generic CSV encoder, which renders each
+value by its own type, so cells do not depend on the rows around them):
+
+- Arrow refuses it: a key whose type changes (a scalar in one document, an object or
+  text in another), a document that is not an object, a key given twice, bad
+  surrogates, or a line holding more than one document;
+- not valid UTF-8 (Arrow would replace bytes that orjson refuses);
+- a key holding an object with keys somewhere and JSON `null` or `{}` elsewhere (the
+  Python path gives that key a column of its own; Arrow cannot tell them from a missing
+  key or from an object of nulls);
+- a float column holding an integral value of 2**53 or more, or -0 (integers and floats
+  share a float64 column in Arrow), arrays of floats or of objects (their JSON text).
+
+Strings that Arrow infers as timestamps are read again as text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
+from exportd.documents.flatten import Flattener, check_width, escape_key, merge_headers
+from exportd.errors import SourceError
+from exportd.formats.arrow_csv import ArrowCsv, Unsupported
+from exportd.formats.text import CsvEncoder, CsvOptions
+from exportd.storage import Storage
+
+CHUNK_BYTES = 4 << 20
+SAMPLE_BYTES = 256 << 10
+BLOCK_BYTES = 4 << 20
+_INT_LIMIT = float(2**53)
+_KEY_NULL = re.compile(rb'"((?:[^"\\]|\\.)*)"\s*:\s*null')
+_KEY_EMPTY = re.compile(rb'"((?:[^"\\]|\\.)*)"\s*:\s*\{\s*\}')
+_EMPTY_OBJECT = re.compile(rb"\{\s*\}")
+_BLANK_LINE = re.compile(rb"^[ \t\r\x0b\x0c]*$", re.MULTILINE)
+
+
+class NotExact(Exception):
+    """This chunk must take the Python path."""
+
+
+def line_chunks(
+    path: str, start: int, end: int, size: int | None = None
+) -> Iterator[tuple[int, bytes]]:
+    """(offset, chunk) of the lines that start in [start, end) of a file (as
+    `paths.read_lines` gives them), in chunks of whole lines of about `size` bytes."""
+    size = size or CHUNK_BYTES
+    try:
+        with open(path, "rb") as fh:
+            if start > 0:
+                fh.seek(start - 1)
+                fh.readline()  # a line begun before `start` belongs to the previous segment
+            pos = fh.tell()
+            carry = b""
+            while pos - len(carry) < end:  # the next line starts in the range
+                block = fh.read(size)
+                data = carry + block
+                base = pos - len(carry)
+                if not block:  # end of file
+                    if data:
+                        yield base, data
+                    return
+                stop = data.find(b"\n", max(end - 1 - base, 0))
+                if stop >= 0 and base + stop + 1 >= end:  # the last line of the range ends here
+                    yield base, data[: stop + 1]
+                    return
+                cut = data.rfind(b"\n") + 1
+                if cut:
+                    yield base, data[:cut]
+                carry = data[cut:]
+                pos += len(block)
+    except OSError as exc:
+        raise SourceError(
+            f"cannot read {Path(path).name}: {exc.strerror}", "SOURCE_UNAVAILABLE"
+        ) from None
+
+
+def documents_of(chunk: bytes, name: str, offset: int) -> list[Any]:
+    """The documents of a chunk (at `offset` in file `name`) as the Python path reads
+    them: blank lines skipped, anything else that is not JSON an INVALID_DOCUMENT."""
+    from exportd.sources.documents import load_document
+
+    loads, docs, pos = orjson.loads, [], offset
+    for line in chunk.split(b"\n"):
+        try:
+            docs.append(loads(line))
+        except orjson.JSONDecodeError:
+            if line.strip():
+                load_document(line, f"{name} at byte {pos}")
+        pos += len(line) + 1
+    return docs
+
+
+# ---- schemas -------------------------------------------------------------------------
+
+
+def _as_text(t: pa.DataType) -> pa.DataType:
+    """The type to read with: inferred timestamps and dates are read back as strings."""
+    if pa.types.is_temporal(t):
+        return pa.string()
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(_as_text(f.type)) for f in t])
+    if pa.types.is_list(t):
+        return pa.list_(t.value_field.with_type(_as_text(t.value_type)))
+    return t
+
+
+def _object_keys(t: pa.DataType | pa.Schema, out: set[bytes]) -> None:
+    """The names (JSON-encoded) of keys holding an object with keys, at any depth."""
+    for f in t:
+        if pa.types.is_struct(f.type):
+            if f.type.num_fields:
+                out.add(f.name.encode())
+            _object_keys(f.type, out)
+        elif pa.types.is_list(f.type) and pa.types.is_struct(f.type.value_type):
+            _object_keys(f.type.value_type, out)
+
+
+def _key_names(pattern: re.Pattern[bytes], chunk: bytes) -> set[bytes]:
+    names = set()
+    for m in pattern.finditer(chunk):
+        raw = m.group(1)
+        if b"\\" in raw:
+            try:
+                raw = orjson.loads(b'"' + raw + b'"').encode()
+            except (orjson.JSONDecodeError, UnicodeEncodeError):
+                raise NotExact("a key that does not decode") from None
+        names.add(raw)
+    return names
+
+
+def _check_bytes(chunk: bytes, schema: pa.Schema) -> None:
+    """What Arrow reads differently from orjson, looked for in the raw text."""
+    if not chunk.isascii():
+        try:
+            chunk.decode("utf-8")
+        except UnicodeDecodeError:
+            raise NotExact("not UTF-8") from None
+    objects: set[bytes] = set()
+    _object_keys(schema, objects)
+    if not objects:
+        return
+    if b"null" in chunk and _key_names(_KEY_NULL, chunk) & objects:
+        raise NotExact("null where an object is elsewhere")
+    if _EMPTY_OBJECT.search(chunk) and _key_names(_KEY_EMPTY, chunk) & objects:
+        raise NotExact("{} where an object with keys is elsewhere")
+
+
+def _check_rows(chunk: bytes, rows: int) -> None:
+    """One document per line that is not blank (Arrow also reads `{...} {...}`)."""
+    lines = chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
+    if rows != lines:
+        blank = len(_BLANK_LINE.findall(chunk)) - (1 if chunk.endswith(b"\n") else 0)
+        if rows != lines - blank:
+            raise NotExact("lines holding more than one document")
+
+
+def _read(chunk: bytes, schema: pa.Schema | None, unexpected: str = "error") -> pa.Table:
+    parse = (
+        pj.ParseOptions()
+        if schema is None
+        else pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior=unexpected)
+    )
+    read = pj.ReadOptions(use_threads=False, block_size=BLOCK_BYTES)
+    try:
+        table = pj.read_json(BytesIO(chunk), read_options=read, parse_options=parse)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise NotExact(str(exc)) from None
+    _check_rows(chunk, table.num_rows)
+    return table
+
+
+def _columns(
+    arrays: Iterable[tuple[str, pa.Array | pa.ChunkedArray]], prefix: str | None,
+    out: dict[str, pa.Array],
+) -> None:  # fmt: skip
+    """Structs flattened depth first into `path: column` (keys escaped as in the paths)."""
+    for name, arr in arrays:
+        k = escape_key(name)
+        path = k if prefix is None else f"{prefix}.{k}"
+        arr = one_array(arr)
+        t = arr.type
+        if pa.types.is_struct(t) and t.num_fields:
+            children = arr.flatten()  # a field is null where its object is null
+            _columns(((f.name, c) for f, c in zip(t, children, strict=True)), path, out)
+        else:
+            out[path] = arr
+
+
+def one_array(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A column as one array (its single chunk as it is)."""
+    if isinstance(arr, pa.ChunkedArray):
+        return arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    return arr
+
+
+def table_columns(table: pa.Table) -> dict[str, pa.Array]:
+    out: dict[str, pa.Array] = {}
+    _columns(zip(table.column_names, table.columns, strict=True), None, out)
+    return out
+
+
+def _check_numbers(columns: dict[str, pa.Array]) -> None:
+    for arr in columns.values():
+        if pa.types.is_float64(arr.type) and arr.null_count < len(arr):
+            size = pc.abs(arr)
+            if pc.max(size).as_py() >= _INT_LIMIT:
+                raise NotExact("a float column beyond 2**53")
+            zeros = arr.filter(pc.equal(arr, 0.0))
+            if len(zeros) and pc.any(pc.less(pc.divide(1.0, zeros), 0.0)).as_py():
+                raise NotExact("-0 in a float column")
+        elif pa.types.is_list(arr.type) and pa.types.is_floating(arr.type.value_type):
+            raise NotExact("an array of floats")
+
+
+def _paths(schema: pa.Schema) -> list[str]:
+    """The schema's flattened paths in its order, which is tree order (Arrow adds the
+    fields of each object in order of first appearance)."""
+    out: list[str] = []
+
+    def walk(fields: Iterable[pa.Field], prefix: str | None) -> None:
+        for f in fields:
+            k = escape_key(f.name)
+            path = k if prefix is None else f"{prefix}.{k}"
+            if pa.types.is_struct(f.type) and f.type.num_fields:
+                walk(f.type, path)
+            else:
+                out.append(path)
+
+    walk(schema, None)
+    return out
+
+
+# ---- the two passes ------------------------------------------------------------------
+
+Check = Callable[[], None]
+
+
+def chunks_of(segments: Iterable[list[Any]]) -> Iterator[tuple[str, int, bytes]]:
+    """(file name, offset, chunk) of a partition's segments."""
+    for path, start, end in segments:
+        name = Path(str(path)).name
+        for offset, chunk in line_chunks(str(path), int(start), int(end)):
+            yield name, offset, chunk
+
+
+def _known(t: pa.DataType | pa.Schema) -> list[pa.Field]:
+    """The fields worth giving the reader of the next chunk: not the ones that have held
+    only nulls, `{}` or `[]` so far (their type is still open)."""
+    out = []
+    for f in t:
+        ft = f.type
+        if pa.types.is_struct(ft):
+            fields = _known(ft)
+            if fields:
+                out.append(f.with_type(pa.struct(fields)))
+        elif pa.types.is_list(ft):
+            if not pa.types.is_null(ft.value_type) and not pa.types.is_struct(ft.value_type):
+                out.append(f)
+        elif not pa.types.is_null(ft):
+            out.append(f)
+    return out
+
+
+def warm_up() -> None:
+    """Import pyarrow and run its first compute call (about 0.1 s; more where pandas is
+    loaded, which the `exportd` command keeps out), so that a worker does it once, while
+    idle, not during its first export."""
+    pc.cast(pa.array([1]), pa.string())
+
+
+def _read_inferring(chunk: bytes, known: pa.Schema | None) -> pa.Table:
+    """A chunk read with the types known from the chunks before (faster: they are not
+    inferred again) and new keys inferred; timestamps inferred are read again as text.
+    The first chunk's types come from its first lines (read twice, instead of the
+    whole chunk when a timestamp is inferred)."""
+    if known is None and len(chunk) > SAMPLE_BYTES:
+        cut = chunk.rfind(b"\n", 0, SAMPLE_BYTES) + 1
+        with contextlib.suppress(NotExact):
+            sample = _read(chunk[:cut], None) if cut else None
+            if sample is not None:
+                known = pa.schema(
+                    _known(pa.schema([f.with_type(_as_text(f.type)) for f in sample.schema]))
+                )
+    table = None
+    if known is not None:
+        with contextlib.suppress(NotExact):  # a type changed: infer it all
+            table = _read(chunk, known, "infer")
+    if table is None:
+        table = _read(chunk, None)
+    as_text = pa.schema([f.with_type(_as_text(f.type)) for f in table.schema])
+    if as_text != table.schema:
+        table = _read(chunk, as_text)
+    return table
+
+
+@dataclass(frozen=True)
+class CellCache:
+    """Where a header pass keeps the rendered cells of its chunks (Arrow IPC streams, one
+    per chunk, under the task's parts prefix) for the export pass to join."""
+
+    storage: Storage
+    folder: str
+    opts: CsvOptions
+
+    def key(self, index: int) -> str:
+        return f"{self.folder}c{index:05d}.arrows"
+
+
+def _arrow_cells(table: pa.Table, csv: ArrowCsv) -> dict[str, pa.Array]:
+    columns = table_columns(table)
+    _check_numbers(columns)
+    out = {}
+    try:
+        for path, arr in columns.items():
+            cells = csv.cells(arr)
+            if cells is not None:
+                out[path] = cells
+    except Unsupported as exc:
+        raise NotExact(str(exc)) from None
+    return out
+
+
+def _python_cells(docs: list[Any], paths: list[str], opts: CsvOptions) -> dict[str, pa.Array]:
+    """The cells of a chunk by the generic writer (which renders each value by its type,
+    so a column's cells do not depend on the rows around them)."""
+    flat = Flattener("json")
+    rows = [flat.flatten(d) for d in docs]
+    enc = CsvEncoder(opts, max(len(paths), 2))
+    return {
+        p: pa.array(enc.column(i, [r.get(p) for r in rows]), pa.string())
+        for i, p in enumerate(paths)
+    }
+
+
+def collect_headers(
+    segments: Iterable[list[Any]], check: Check, cache: CellCache | None
+) -> tuple[list[str], int, int]:
+    """The header pass of a partition: its paths in tree order and its document count;
+    with a cache, also the CSV cells of every chunk (returns how many chunks it wrote)."""
+    lists: list[list[str]] = []
+    documents = written = 0
+    known: pa.Schema | None = None
+    flat = Flattener("json")
+    csv = ArrowCsv(cache.opts, 2) if cache else None
+    for name, offset, chunk in chunks_of(segments):
+        check()
+        cells: dict[str, pa.Array] = {}
+        try:
+            table = _read_inferring(chunk, known)
+            _check_bytes(chunk, table.schema)
+            paths, rows = _paths(table.schema), table.num_rows
+            check_width(paths)
+            if csv is not None:
+                cells = _arrow_cells(table, csv)
+            known = pa.schema(_known(table.schema))
+        except NotExact:
+            docs = documents_of(chunk, name, offset)
+            keys: dict[str, None] = {}
+            for doc in docs:
+                flat.add_paths(doc, keys)
+            paths, rows = list(keys), len(docs)
+            check_width(paths)
+            if cache is not None:
+                cells = _python_cells(docs, paths, cache.opts)
+        lists.append(paths)
+        documents += rows
+        if cache is not None and rows:
+            table = pa.Table.from_arrays(list(cells.values()), names=list(cells))
+            _write_table(cache.storage, cache.key(written), table, rows)
+            written += 1
+    return merge_headers(lists), documents, written
+
+
+def _write_table(storage: Storage, key: str, table: pa.Table, rows: int) -> None:
+    sink = pa.BufferOutputStream()
+    meta = table.replace_schema_metadata({"rows": str(rows)})
+    with pa.ipc.new_stream(sink, meta.schema) as writer:
+        writer.write_table(meta)
+    with storage.open_write(key, durable=False) as out:
+        out.write(sink.getvalue().to_pybytes())
+
+
+def _read_table(storage: Storage, key: str) -> tuple[pa.Table, int]:
+    with storage.open_read(key) as fh:
+        table = pa.ipc.open_stream(fh.read()).read_all()
+    return table, int((table.schema.metadata or {})[b"rows"])
+
+
+def cached_csv(
+    cache: CellCache, chunks: int, header: list[str], check: Check
+) -> Iterator[tuple[bytes, int]]:
+    """The export pass from a header pass's cells: each chunk's cells joined in the merged
+    header's order (the documents are not read again: the export writes what the
+    header pass read, so no document can bring a key outside the header)."""
+    csv = ArrowCsv(cache.opts, len(header))
+    known = set(header)
+    quote = cache.opts.quote
+    for i in range(chunks):
+        check()
+        table, rows = _read_table(cache.storage, cache.key(i))
+        columns = {
+            name: one_array(col)
+            for name, col in zip(table.column_names, table.columns, strict=True)
+        }
+        if not columns.keys() <= known:
+            extra = sorted(columns.keys() - known)[:3]
+            raise SourceError(
+                f"documents changed since the header pass: new keys {extra}", "DOCUMENTS_CHANGED"
+            )
+        if len(header) == 1 and header[0] in columns:  # `\.` alone on a line is quoted
+            col = columns[header[0]]
+            columns[header[0]] = pc.if_else(pc.equal(col, "\\."), f"{quote}\\.{quote}", col)
+        yield csv.rows([columns.get(k) for k in header], rows), rows
