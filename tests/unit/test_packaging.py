@@ -70,3 +70,6 @@ def test_the_lock_pins_every_dependency() -> None:
         pinned = {m.group(1).replace("_", "-") for m in re.finditer(r"^([\w.-]+)==", text, re.M)}
         wanted = _requirement_names(reqs) - {"exportd"}
         assert {w.replace("_", "-") for w in wanted} - pinned == set(), lock
+        # installable on any machine: versions only, never this checkout's path or a URL
+        requirements = [x for x in text.splitlines() if x and not x.startswith(("#", " "))]
+        assert all(re.fullmatch(r"[\w.-]+==[\w.+!-]+", x) for x in requirements), lock
