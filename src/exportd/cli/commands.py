@@ -35,7 +35,6 @@ from rich.progress import Task as BarTask
 from rich.table import Table
 from rich.text import Text
 
-from exportd import __version__
 from exportd.cli.client import (
     ApiError,
     Client,
@@ -48,6 +47,7 @@ from exportd.cli.client import (
 )
 from exportd.memory import configure_allocator, keep_pandas_out
 from exportd.settings import Settings
+from exportd.version import __version__
 
 
 class ExitCode(IntEnum):
