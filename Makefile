@@ -1,22 +1,39 @@
 # exportd developer commands. `make demo` and `make test` work on a fresh machine.
+# Installs come from the lock (requirements/*.txt, pinned versions); `make lock` bumps it.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+PIP    := $(BIN)/pip install --quiet
+COMPILE := $(BIN)/pip-compile --quiet --no-emit-index-url --no-emit-find-links --strip-extras \
+           --unsafe-package exportd
 
-.PHONY: install demo serve test lint typecheck bench clean
+.PHONY: install install-runtime demo serve test lint typecheck bench lock clean
 
-$(BIN)/exportd: pyproject.toml
+$(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(PIP) --upgrade pip
 	touch $@
 
-install: $(BIN)/exportd
+# the service and the demo only: the lock's runtime set, no test tools
+$(VENV)/.runtime: $(VENV)/.created requirements/runtime.txt pyproject.toml
+	$(PIP) -r requirements/runtime.txt
+	$(PIP) --no-deps -e .
+	touch $@
 
-demo: install
+# everything the tests, linters and `make lock` need: the lock's dev set
+$(VENV)/.dev: $(VENV)/.created requirements/dev.txt pyproject.toml
+	$(PIP) -r requirements/dev.txt
+	$(PIP) --no-deps -e .
+	touch $@ $(VENV)/.runtime
+
+install: $(VENV)/.dev
+
+install-runtime: $(VENV)/.runtime
+
+demo: install-runtime
 	$(BIN)/exportd demo
 
-serve: install
+serve: install-runtime
 	$(BIN)/exportd serve
 
 lint: install
@@ -34,6 +51,12 @@ test: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# on purpose only: newest versions allowed by pyproject.toml, the dev set first and the
+# runtime set within it (so both agree); then `make install` and `make test`
+lock: install
+	$(COMPILE) --upgrade --extra dev -o requirements/dev.txt pyproject.toml
+	$(COMPILE) -c requirements/dev.txt -o requirements/runtime.txt pyproject.toml
 
 clean:
 	rm -rf $(VENV) exportd-demo exportd-data .pytest_cache .mypy_cache .ruff_cache

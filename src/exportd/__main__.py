@@ -1,3 +1,3 @@
-from exportd.cli import main
+from exportd.cli.commands import main
 
 main()

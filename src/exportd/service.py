@@ -10,7 +10,7 @@ import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from exportd.storage.keys import (
     output_prefix_for,
     project_root,
 )
-from exportd.store import TaskQuery
+from exportd.store import TaskQuery, TokenInfo
 
 _FILE_NAME = re.compile(FILE_NAME_PATTERN)
 
@@ -104,6 +104,10 @@ class ExportService:
         found = self.store.find_token(hash_token(token))
         if found is None:
             raise Unauthorized("invalid token", "UNAUTHORIZED")
+        now = datetime.now(UTC)
+        if found.expired(now):
+            raise Unauthorized("this token has expired", "TOKEN_EXPIRED")
+        self.store.touch_token(found.token_id, found.last_used_time, now)
         return Principal(found.project_id, found.role, found.token_id, found.name)
 
     def authorize(self, who: Principal, project_id: str, needed: Role) -> None:
@@ -159,11 +163,23 @@ class ExportService:
         self.store.set_webhook_secret(project_id, secret)
         return {"project_id": project_id, "webhook_secret": secret}
 
-    def create_token(self, project_id: str, req: TokenRequest) -> dict[str, Any]:
+    def create_token(self, project_id: str, req: TokenRequest) -> tuple[str, TokenInfo]:
+        """A new token and its value: shown this once (the store keeps only its hash)."""
         token = "ext_" + secrets.token_urlsafe(32)
         token_id = uuid.uuid4().hex[:16]
-        self.store.add_token(hash_token(token), token_id, project_id, Role(req.role), req.name)
-        return {"token": token, "token_id": token_id, "project_id": project_id, "role": req.role}
+        expires = None
+        if req.expires_in is not None:
+            expires = datetime.now(UTC) + timedelta(seconds=req.expires_in)
+        info = self.store.add_token(
+            hash_token(token), token_id, project_id, Role(req.role), req.name, expires
+        )
+        return token, info
+
+    def list_tokens(self, project_id: str) -> list[TokenInfo]:
+        return self.store.list_tokens(project_id)
+
+    def revoke_token(self, project_id: str, token_id: str) -> None:
+        self.store.revoke_token(project_id, token_id)
 
     # ---- connection profiles (server administrator) ---------------------------------------
 

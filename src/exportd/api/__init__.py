@@ -15,7 +15,6 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from exportd import __version__
 from exportd.api.guard import InputGuard
 from exportd.api.limits import state_server_limits
 from exportd.api.methods import allowed_methods
@@ -27,6 +26,7 @@ from exportd.outages import unreachable
 from exportd.runtime import Runtime
 from exportd.service import ExportService
 from exportd.settings import Settings
+from exportd.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -235,10 +235,25 @@ class WebhookSecretView(BaseModel):
     webhook_secret: str
 
 
-class TokenView(BaseModel):
+class TokenInfoView(BaseModel):
+    """A project token as listed: never the token itself."""
+
+    token_id: str
+    project_id: str
+    name: str | None
+    role: str
+    create_time: str | None
+    expires_time: str | None = Field(description="refused from then on; null: never expires")
+    last_used_time: str | None = Field(description="last accepted (to the minute)")
+    expired: bool
+
+
+class TokenView(TokenInfoView):
     """A new token: shown once, stored only as a hash."""
 
     token: str
-    token_id: str
-    project_id: str
-    role: str
+
+
+class TokenList(BaseModel):
+    tokens: list[TokenInfoView]
+    count: int

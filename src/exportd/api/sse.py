@@ -7,13 +7,14 @@ happen between two polls arrive together as one event carrying the newest state.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 import orjson
 
 from exportd.api.seed_mapping import current_state
-from exportd.api.views import iso, retry_after_seconds
+from exportd.api.views import iso, rates, retry_after_seconds
 from exportd.model import Task
 from exportd.service import ExportService
 
@@ -21,7 +22,9 @@ RECONNECT_MS = 2000
 
 
 def snapshot(task: Task) -> dict[str, Any]:
-    """The state an event carries: status, stage, counts and each partition's stage."""
+    """The state an event carries: status, stage, counts, rate and ETA, and each
+    partition's stage."""
+    rate, eta = rates(task, datetime.now(UTC))
     return {
         "task_id": task.task_id,
         "status": task.status.value,
@@ -35,6 +38,8 @@ def snapshot(task: Task) -> dict[str, Any]:
         "finished_count": task.finished_count,
         "failed_count": task.failed_count,
         "bytes_written": task.bytes_written,
+        "rows_per_second": rate,
+        "eta_seconds": eta,
         "error_code": task.error_code,
         "error_msg": task.error_msg,
         "update_time": iso(task.update_time),

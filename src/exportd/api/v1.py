@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
@@ -28,12 +28,13 @@ from exportd.api.schemas import (
     ProjectView,
     TaskList,
     TaskView,
+    TokenList,
     TokenView,
     WebhookSecretView,
 )
 from exportd.api.seed_mapping import StatusFilter, statuses_for_filter
 from exportd.api.sse import task_events
-from exportd.api.views import connection_json, dataset_json, retry_after_seconds, task_json
+from exportd.api.views import connection_json, dataset_json, iso, retry_after_seconds, task_json
 from exportd.errors import Forbidden
 from exportd.model import Role, Task
 from exportd.model.requests import (
@@ -47,9 +48,13 @@ from exportd.model.requests import (
     TokenRequest,
 )
 from exportd.service import Download, Principal
-from exportd.store import SORT_FIELDS, TaskQuery, sort_order
+from exportd.store import SORT_FIELDS, TaskQuery, TokenInfo, sort_order
 
 router = APIRouter(prefix="/v1")
+
+TokenId = Annotated[
+    str, Path(pattern=NO_NUL, min_length=1, max_length=32, description="a token's id")
+]
 
 READ_ERRORS = errors(400, 401, 404, 500)
 WRITE_ERRORS = errors(400, 401, 403, 404, 409, 500)
@@ -78,6 +83,20 @@ SSE_EVENT_SCHEMA: dict[str, Any] = {
     },
     "required": ["event", "data"],
 }
+
+
+def token_json(t: TokenInfo) -> dict[str, Any]:
+    """A token as an administrator sees it: never its value (only its hash is kept)."""
+    return {
+        "token_id": t.token_id,
+        "project_id": t.project_id,
+        "name": t.name,
+        "role": t.role.value,
+        "create_time": iso(t.create_time),
+        "expires_time": iso(t.expires_time),
+        "last_used_time": iso(t.last_used_time),
+        "expired": t.expired(datetime.now(UTC)),
+    }
 
 
 def _task_response(request: Request, response: Response, task: Task) -> dict[str, Any]:
@@ -153,9 +172,37 @@ def rotate_webhook_secret(project_id: ProjectId, svc: Svc, who: Who) -> dict[str
     responses=BODY_ERRORS,
 )
 def create_token(project_id: ProjectId, body: TokenRequest, svc: Svc, who: Who) -> dict[str, Any]:
-    """A new token of the project (admin role); the token is shown only in this answer."""
+    """A new token of the project (admin role), optionally named and expiring after
+    `expires_in` seconds; the token itself is shown only in this answer."""
     svc.authorize(who, project_id, Role.ADMIN)
-    return svc.create_token(project_id, body)
+    token, info = svc.create_token(project_id, body)
+    return {"token": token, **token_json(info)}
+
+
+@router.get(
+    "/projects/{project_id}/tokens",
+    tags=["admin"],
+    response_model=TokenList,
+    responses=errors(400, 401, 403, 404, 500),
+)
+def list_tokens(project_id: ProjectId, svc: Svc, who: Who) -> dict[str, Any]:
+    """The project's tokens (admin role): id, name, role and times, never the token."""
+    svc.authorize(who, project_id, Role.ADMIN)
+    items = [token_json(t) for t in svc.list_tokens(project_id)]
+    return {"tokens": items, "count": len(items)}
+
+
+@router.delete(
+    "/projects/{project_id}/tokens/{token_id}",
+    status_code=204,
+    tags=["admin"],
+    responses=errors(400, 401, 403, 404, 500),
+)
+def revoke_token(project_id: ProjectId, token_id: TokenId, svc: Svc, who: Who) -> Response:
+    """Revoke a token (admin role): refused (401) from now on."""
+    svc.authorize(who, project_id, Role.ADMIN)
+    svc.revoke_token(project_id, token_id)
+    return Response(status_code=204)
 
 
 # ---- connection profiles (server administrator) -------------------------------------------

@@ -95,7 +95,7 @@ def notification_json(n: Notification) -> dict[str, Any]:
     }
 
 
-def _rates(task: Task, now: datetime) -> tuple[float | None, float | None]:
+def rates(task: Task, now: datetime) -> tuple[float | None, float | None]:
     """Rows per second so far and the seconds left, where they can be known."""
     if task.start_time is None or task.finished_count <= 0:
         return None, None
@@ -112,7 +112,7 @@ def _rates(task: Task, now: datetime) -> tuple[float | None, float | None]:
 
 def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> dict[str, Any]:
     now = datetime.now(UTC)
-    rate, eta = _rates(task, now)
+    rate, eta = rates(task, now)
     succeeded = [p for p in task.partitions if p.status is PartitionStatus.DONE]
     done = len(succeeded)
     failed = [p for p in task.partitions if p.status is PartitionStatus.FAILED]

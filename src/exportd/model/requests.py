@@ -226,6 +226,9 @@ class TokenRequest(BaseModel):
 
     role: Literal["reader", "writer", "admin"] = "writer"
     name: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
+    expires_in: int | None = Field(
+        default=None, ge=1, le=10 * 366 * 24 * 3600, description="seconds until it is refused"
+    )
 
 
 class ProjectSettingsRequest(BaseModel):

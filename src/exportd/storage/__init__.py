@@ -230,6 +230,10 @@ def check_key(key: str) -> str:
     return key
 
 
+class MissingExtra(RuntimeError):
+    """A storage whose optional dependencies are not installed (names the extra)."""
+
+
 def open_storage(url: str, outage_budget: float = 120.0) -> Storage:
     """A storage from its URL: `file:///path` (or a plain path), or
     `s3://bucket/prefix?endpoint_url=...&region=...`; transient errors are ridden out
@@ -241,8 +245,12 @@ def open_storage(url: str, outage_budget: float = 120.0) -> Storage:
 
         return LocalStorage(Path(unquote(urlparse(url).path)), outage_budget)
     if url.startswith("s3://"):
-        from exportd.storage.s3 import S3Storage
-
+        try:
+            from exportd.storage.s3 import S3Storage
+        except ModuleNotFoundError as exc:  # an optional extra, not installed
+            if exc.name not in ("boto3", "botocore"):
+                raise
+            raise MissingExtra("S3 storage needs boto3: pip install 'exportd[s3]'") from None
         return S3Storage.from_url(url, outage_budget)
     if "://" not in url:
         return LocalStorage(Path(url), outage_budget)

@@ -4,6 +4,7 @@ manages."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,6 +35,17 @@ class TokenInfo:
     role: Role
     token_id: str
     name: str | None
+    create_time: datetime | None = None
+    expires_time: datetime | None = None
+    last_used_time: datetime | None = None
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_time is not None and self.expires_time <= now
+
+
+# a token's last use is written when the stored one is older than this (one write a minute
+# at most per token, however busy it is)
+LAST_USED_GRANULARITY = timedelta(minutes=1)
 
 
 class CatalogStore(StoreBase):
@@ -104,8 +116,15 @@ class CatalogStore(StoreBase):
             )
 
     def add_token(
-        self, token_hash: str, token_id: str, project_id: str, role: Role, name: str | None
-    ) -> None:
+        self,
+        token_hash: str,
+        token_id: str,
+        project_id: str,
+        role: Role,
+        name: str | None,
+        expires_time: datetime | None = None,
+    ) -> TokenInfo:
+        now = utcnow()
         with self.write() as conn:
             conn.execute(
                 tokens.insert().values(
@@ -114,20 +133,54 @@ class CatalogStore(StoreBase):
                     project_id=project_id,
                     role=role.value,
                     name=name,
-                    create_time=utcnow(),
+                    create_time=now,
+                    expires_time=expires_time,
                 )
             )
+        return TokenInfo(project_id, role, token_id, name, now, expires_time)
 
     def find_token(self, token_hash: str) -> TokenInfo | None:
         with self.read() as conn:
             row = conn.execute(
-                sa.select(
-                    tokens.c.project_id, tokens.c.role, tokens.c.token_id, tokens.c.name
-                ).where(tokens.c.token_hash == token_hash)
+                sa.select(*_TOKEN_COLUMNS).where(tokens.c.token_hash == token_hash)
             ).first()
-        if row is None:
-            return None
-        return TokenInfo(row.project_id, Role(row.role), row.token_id, row.name)
+        return None if row is None else _token(row._mapping)
+
+    def touch_token(self, token_id: str, last_used: datetime | None, now: datetime) -> None:
+        """Record that the token was just accepted, unless that was recorded less than
+        a minute ago (the guard is in the UPDATE too: concurrent requests write once)."""
+        if last_used is not None and now - last_used < LAST_USED_GRANULARITY:
+            return
+        stale = now - LAST_USED_GRANULARITY
+        with self.write() as conn:
+            conn.execute(
+                sa.update(tokens)
+                .where(
+                    tokens.c.token_id == token_id,
+                    sa.or_(tokens.c.last_used_time.is_(None), tokens.c.last_used_time < stale),
+                )
+                .values(last_used_time=now)
+            )
+
+    def list_tokens(self, project_id: str) -> list[TokenInfo]:
+        with self.read() as conn:
+            rows = conn.execute(
+                sa.select(*_TOKEN_COLUMNS)
+                .where(tokens.c.project_id == project_id)
+                .order_by(tokens.c.create_time, tokens.c.token_id)
+            ).all()
+        return [_token(r._mapping) for r in rows]
+
+    def revoke_token(self, project_id: str, token_id: str) -> None:
+        """Forget the token: it is refused from now on. Another project's is not found."""
+        with self.write() as conn:
+            n = conn.execute(
+                tokens.delete().where(
+                    tokens.c.project_id == project_id, tokens.c.token_id == token_id
+                )
+            ).rowcount
+        if n == 0:
+            raise NotFound(f"token {token_id!r} not found", "TOKEN_NOT_FOUND")
 
     def put_connection(self, name: str, url: str, projects: list[str], replace: bool) -> bool:
         """Create a connection profile (or replace it when `replace`); True if it is new."""
@@ -222,6 +275,29 @@ class CatalogStore(StoreBase):
             ).rowcount
         if n == 0:
             raise NotFound(f"dataset {dataset_id!r} not found", "DATASET_NOT_FOUND")
+
+
+_TOKEN_COLUMNS = (
+    tokens.c.project_id,
+    tokens.c.role,
+    tokens.c.token_id,
+    tokens.c.name,
+    tokens.c.create_time,
+    tokens.c.expires_time,
+    tokens.c.last_used_time,
+)
+
+
+def _token(row: Any) -> TokenInfo:
+    return TokenInfo(
+        row["project_id"],
+        Role(row["role"]),
+        row["token_id"],
+        row["name"],
+        as_utc(row["create_time"]),
+        as_utc(row["expires_time"]),
+        as_utc(row["last_used_time"]),
+    )
 
 
 def _connection(row: Any) -> ConnectionRow:

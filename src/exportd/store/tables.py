@@ -59,6 +59,10 @@ tokens = sa.Table(
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("name", sa.String(200), nullable=True),
     sa.Column("create_time", TS, nullable=False),
+    # refused (401) from then on; NULL: never expires
+    sa.Column("expires_time", TS, nullable=True),
+    # when it was last accepted, written at most once a minute
+    sa.Column("last_used_time", TS, nullable=True),
     one_of("tokens", "role", values(Role)),
 )
 
