@@ -33,8 +33,12 @@ Email = Annotated[
 (the whole rule is this pattern, which the OpenAPI document states; whether the address
 receives mail is the SMTP server's to say)."""
 
+# no control character and no space of any kind, spelled out: `\s` means different things
+# to the OpenAPI document's readers (ECMA: no U+0085) and to the validator (Unicode)
+_URL_REST = r"[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
 WEBHOOK_URL = (
-    r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9._~%!$&'()*+,;=-]+(?::[0-9]{1,5})?(?:[/?#][^\s\x00]*)?$"
+    r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9._~%!$&'()*+,;=-]+(?::[0-9]{1,5})?"
+    rf"(?:[/?#]{_URL_REST}*)?$"
 )
 """An http(s) URL with a host (a DNS name or an IPv4 address; no IPv6 literal) and no
 credentials, as the OpenAPI document states it."""
