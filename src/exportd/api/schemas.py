@@ -91,9 +91,12 @@ class NotificationView(BaseModel):
 
 
 class FailedItem(BaseModel):
-    """A partition that failed, with its error (partial success, seed 002)."""
+    """A partition that failed, with its error; or one row that failed inside a committed
+    partition (`key` set, error_code ROW_FAILED, the database's message) (partial success,
+    seed 002)."""
 
     partition: int
+    key: Any = Field(default=None, description="the failed row's key (a failed row only)")
     error_code: str | None
     error_msg: str | None
 
@@ -141,7 +144,10 @@ class TaskView(BaseModel):
     is_download: bool
     download_count: int
     retry_after: int | None = Field(description="seconds a poller should wait; null once terminal")
-    success_rate: float | None = Field(description="percent of stopped partitions that succeeded")
+    success_rate: float | None = Field(
+        description="percent of the selected rows delivered, once ended with failures "
+        "(finished_count / (finished_count + failed_count)); else of stopped partitions"
+    )
     successful_items: list[SucceededItem]
     failed_items: list[FailedItem]
     files: list[FileView]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -110,6 +111,36 @@ def rates(task: Task, now: datetime) -> tuple[float | None, float | None]:
     return round(rate, 1), round(left / rate, 1) if rate > 0 else None
 
 
+FAILED_ROWS_LISTED = 1000  # rows listed in failed_items; failed_count counts them all
+
+
+def failed_rows(succeeded: list[Partition]) -> list[dict[str, Any]]:
+    """The rows that failed inside committed partitions (isolated by bisection): one item
+    each, with its key and the database's message, in partition then key order."""
+    items = [
+        {
+            "partition": p.index,
+            "key": i.get("key"),
+            "error_code": "ROW_FAILED",
+            "error_msg": i.get("error_msg"),
+        }
+        for p in succeeded
+        for i in p.failed_items or []
+    ]
+    return items[:FAILED_ROWS_LISTED]
+
+
+def success_rate(task: Task, done: int, stopped: int) -> float | None:
+    """Percent of the selected items (rows) delivered, once the task has ended with its
+    counts (finished_count delivered, failed_count failed); before that, and for a task
+    whose counts are unknown, the percent of stopped partitions that succeeded."""
+    counted = task.finished_count + task.failed_count
+    if task.status.is_terminal and task.failed_count and counted:
+        # rounded down: a task with a failed row never shows 100.0
+        return math.floor(10000.0 * task.finished_count / counted) / 100
+    return round(100.0 * done / stopped, 2) if stopped else None
+
+
 def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> dict[str, Any]:
     now = datetime.now(UTC)
     rate, eta = rates(task, now)
@@ -153,11 +184,14 @@ def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> di
         "is_download": task.is_download,
         "download_count": task.download_count,
         "retry_after": retry_after_seconds(task, now),
-        "success_rate": round(100.0 * done / stopped, 2) if stopped else None,
+        "success_rate": success_rate(task, done, stopped),
         "successful_items": [{"partition": p.index, "rows": p.finished_count} for p in succeeded],
         "failed_items": [
-            {"partition": p.index, "error_code": p.error_code, "error_msg": p.error_msg}
-            for p in failed
+            *(
+                {"partition": p.index, "error_code": p.error_code, "error_msg": p.error_msg}
+                for p in failed
+            ),
+            *failed_rows(succeeded),
         ],
         "files": [file_json(task, f, base, links) for f in task.files],
         "notifications": [notification_json(n) for n in task.notifications],

@@ -140,6 +140,7 @@ class PartitionStore(CoordinationStore):
                 lease_owner=owner, lease_token=token, lease_expires_at=expires,
                 attempts=partitions.c.attempts + 1, stage=_stage_of_pass(),
                 finished_count=0, bytes_written=0, start_time=now, not_before=None,
+                failed_count=0, failed_items=None,
             )  # fmt: skip
             if not ok:
                 return None
@@ -232,10 +233,13 @@ class PartitionStore(CoordinationStore):
         rows: int,
         bytes_written: int,
         sha256: str,
+        failed_items: list[dict[str, Any]] | None = None,
+        failed_count: int = 0,
     ) -> bool:
         """Fenced commit: the part becomes part of the result only if this lease still holds.
         When it is the last partition to stop, the coordinator's finishing work becomes due
-        in the same transaction."""
+        in the same transaction. `failed_count` rows of the partition failed and are not in
+        the part (`failed_items`: the first of them, with key and message)."""
         now = utcnow()
         with self.write() as conn:
             ok = self._move_partition(
@@ -244,6 +248,7 @@ class PartitionStore(CoordinationStore):
                 stage=Stage.COMPLETED.value, part_key=part_key, part_sha256=sha256,
                 finished_count=rows, bytes_written=bytes_written, end_time=now,
                 lease_token=None, lease_expires_at=None, error_code=None, error_msg=None,
+                failed_count=failed_count, failed_items=failed_items,
             )  # fmt: skip
             if ok:
                 self._after_partition_stop(conn, task_id, now)

@@ -25,6 +25,7 @@ from exportd.model import (
 from exportd.model.lifecycle import (
     Outcome,
     finish_outcome,
+    item_outcome,
 )
 from exportd.runtime import Runtime, selection_for
 from exportd.storage.keys import output_prefix
@@ -72,6 +73,12 @@ def finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
     outcome = _named_cause(outcome, by[PartitionStatus.FAILED])
     finished = sum(p.finished_count for p in by[PartitionStatus.DONE])
     failed_rows = _failed_rows(rt, task, by[PartitionStatus.FAILED])
+    # rows that failed inside committed partitions (isolated by bisection): items
+    failed_items = sum(p.failed_count for p in by[PartitionStatus.DONE])
+    outcome = item_outcome(
+        outcome, finished, failed_rows, failed_items, task.allow_partial, task.max_error_rate
+    )
+    failed_rows += failed_items
     if outcome.status is TaskStatus.FAILED:
         if store.finish_task(
             task.task_id, lease.token, outcome, [], None, finished, failed_rows, 0
