@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from exportd.api.seed_mapping import Seed002Status
 from exportd.model import (
     Channel,
     FileStatus,
@@ -115,6 +116,10 @@ class TaskView(BaseModel):
     project_id: str
     dataset_id: str
     status: TaskStatus
+    task_status: Seed002Status = Field(
+        description="seed 002's TaskStatusEnum value of `status` (RUNNING and CANCELING: "
+        "IN_PROGRESS; TIMEOUT: FAILED); see docs/api-mapping.md"
+    )
     is_terminal: bool = Field(description="true once the status can never change again")
     file_status: FileStatus
     current_state: StageView

@@ -100,6 +100,15 @@ def statuses_for_filter(value: str) -> tuple[TaskStatus, ...]:
     return tuple(s for s in TaskStatus if _SEED002_OF_NATIVE[s] is wanted)
 
 
+def statuses_for_task_status(value: Seed002Status) -> tuple[TaskStatus, ...]:
+    """Native statuses whose `task_status` (seed 002's value, `seed002_status`) is
+    `value`: exactly the tasks shown with it. PROCESSING, never shown, is read as its
+    synonym IN_PROGRESS; the entity-lifecycle values select none."""
+    if value is Seed002Status.PROCESSING:
+        value = Seed002Status.IN_PROGRESS
+    return tuple(s for s in TaskStatus if _SEED002_OF_NATIVE[s] is value)
+
+
 class StatusFilter(enum.StrEnum):
     """What the native list's `status` filter accepts: every native status, and every
     TaskStatusEnum value of seed 002 (see `statuses_for_filter`)."""

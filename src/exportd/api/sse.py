@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import orjson
 
-from exportd.api.seed_mapping import current_state
+from exportd.api.seed_mapping import current_state, seed002_status
 from exportd.api.views import iso, rates, retry_after_seconds
 from exportd.model import Task
 from exportd.service import ExportService
@@ -28,6 +28,7 @@ def snapshot(task: Task) -> dict[str, Any]:
     return {
         "task_id": task.task_id,
         "status": task.status.value,
+        "task_status": seed002_status(task.status).value,
         "is_terminal": task.status.is_terminal,
         "file_status": task.file_status.value,
         "current_state": task.stage.as_json(),

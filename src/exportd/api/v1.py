@@ -32,11 +32,16 @@ from exportd.api.schemas import (
     TokenView,
     WebhookSecretView,
 )
-from exportd.api.seed_mapping import StatusFilter, statuses_for_filter
+from exportd.api.seed_mapping import (
+    Seed002Status,
+    StatusFilter,
+    statuses_for_filter,
+    statuses_for_task_status,
+)
 from exportd.api.sse import task_events
 from exportd.api.views import connection_json, dataset_json, iso, retry_after_seconds, task_json
 from exportd.errors import Forbidden
-from exportd.model import Role, Task
+from exportd.model import Role, Task, TaskStatus
 from exportd.model.requests import (
     NO_NUL,
     ConnectionBody,
@@ -412,7 +417,20 @@ def list_exports(
     who: Who,
     status: Annotated[
         list[StatusFilter] | None,
-        Query(max_length=20, description="any of these (native or seed-002 TaskStatusEnum)"),
+        Query(
+            max_length=20,
+            description="any of these native statuses (the `status` field: FAILED is "
+            "FAILED only); a seed-002 value that is not native (IN_PROGRESS, PROCESSING...) "
+            "is read as `task_status`",
+        ),
+    ] = None,
+    task_status: Annotated[
+        list[Seed002Status] | None,
+        Query(
+            max_length=20,
+            description="any of these seed-002 TaskStatusEnum values, as the `task_status` "
+            "field shows them (FAILED is FAILED and TIMEOUT); with `status`, both must hold",
+        ),
     ] = None,
     file_name: Annotated[
         str | None, Query(pattern=NO_NUL, max_length=255, description="exact name")
@@ -438,6 +456,10 @@ def list_exports(
     statuses = None
     if status:
         statuses = tuple(dict.fromkeys(s for v in status for s in statuses_for_filter(v.value)))
+    if task_status:
+        seeded = {s for v in task_status for s in statuses_for_task_status(v)}
+        among = statuses if statuses is not None else tuple(TaskStatus)
+        statuses = tuple(s for s in among if s in seeded)
     q = TaskQuery(
         statuses=statuses,
         file_name=file_name,

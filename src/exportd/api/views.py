@@ -6,7 +6,7 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-from exportd.api.seed_mapping import current_state
+from exportd.api.seed_mapping import current_state, seed002_status
 from exportd.delivery.links import LinkSigner
 from exportd.model import (
     Dataset,
@@ -155,6 +155,7 @@ def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> di
         "project_id": task.project_id,
         "dataset_id": task.dataset_id,
         "status": task.status.value,
+        "task_status": seed002_status(task.status).value,
         "is_terminal": task.status.is_terminal,
         "file_status": task.file_status.value,
         "current_state": state,
