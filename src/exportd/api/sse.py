@@ -35,7 +35,7 @@ def snapshot(task: Task) -> dict[str, Any]:
         "currentState": current_state(task.stage),
         "progress": round(task.progress, 2),
         "total_count": task.total_count,
-        "total_is_estimate": task.total_is_estimate,
+        "total_is_estimate": task.total_is_estimate and task.total_count is not None,
         "finished_count": task.finished_count,
         "failed_count": task.failed_count,
         "bytes_written": task.bytes_written,

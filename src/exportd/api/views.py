@@ -164,7 +164,7 @@ def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> di
         "file_name": task.file_name,
         "columns": task.columns,
         "total_count": task.total_count,
-        "total_is_estimate": task.total_is_estimate,
+        "total_is_estimate": task.total_is_estimate and task.total_count is not None,
         "finished_count": task.finished_count,
         "failed_count": task.failed_count,
         "progress": round(task.progress, 2),

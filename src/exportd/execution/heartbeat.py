@@ -16,9 +16,21 @@ log = logging.getLogger(__name__)
 Beat = Callable[[int, int], TaskStatus | None]
 
 
+PROGRESS_SECONDS = 1.0  # progress saved about once a second between two beats
+
+
 class Heartbeat:
-    def __init__(self, beat: Beat, interval: float, keep_running: TaskStatus | None) -> None:
+    def __init__(
+        self,
+        beat: Beat,
+        interval: float,
+        keep_running: TaskStatus | None,
+        save: Beat | None = None,
+    ) -> None:
+        """`save`: records the progress only (a light, fenced write), called about once a
+        second between beats when the counts moved; it answers like a beat."""
         self._beat = beat
+        self._save = save
         self._interval = interval
         self._keep = keep_running  # stop the work when the task leaves this status
         self._stop = threading.Event()
@@ -56,9 +68,19 @@ class Heartbeat:
             self.canceled = status
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        tick = self._interval if self._save is None else min(self._interval, PROGRESS_SECONDS)
+        since_beat = 0.0
+        saved = (self.rows, self.bytes)
+        while not self._stop.wait(tick):
+            since_beat += tick
             try:
-                self._apply(self._beat(self.rows, self.bytes))
+                if since_beat >= self._interval - 1e-9 or self._save is None:
+                    since_beat = 0.0
+                    saved = (self.rows, self.bytes)
+                    self._apply(self._beat(*saved))
+                elif (self.rows, self.bytes) != saved:
+                    saved = (self.rows, self.bytes)
+                    self._apply(self._save(*saved))
             except Exception as exc:  # a store hiccup: try again; the lease may still hold
                 log.warning("heartbeat failed: %s", type(exc).__name__)
             if self.lost or self.canceled:

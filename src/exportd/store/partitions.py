@@ -196,6 +196,43 @@ class PartitionStore(CoordinationStore):
             status = self._refresh_task_progress(conn, task_id, now)
         return HeartbeatReply(status)
 
+    def record_progress(
+        self, task_id: str, index: int, token: str, finished: int, bytes_written: int
+    ) -> TaskStatus | None:
+        """A partition's counts between two heartbeats (about once a second): one fenced
+        update of its own row (no lock on the task row, no sum: a status read adds the
+        running partitions' counts up), and the task's `version` moves so that watchers
+        (SSE, long polls) see it. Never recorded once the task is no longer live. None:
+        the lease is lost; else the task's status (the next heartbeat handles a deadline)."""
+        now = utcnow()
+        with self.write() as conn:
+            n = conn.execute(
+                sa.update(partitions)
+                .where(*self._fence(task_id, index, token), _task_live(task_id, now))
+                .values(finished_count=finished, bytes_written=bytes_written, update_time=now)
+            ).rowcount
+            if n == 1:
+                moved = conn.execute(
+                    sa.update(tasks)
+                    .where(
+                        tasks.c.task_id == task_id,
+                        tasks.c.status == TaskStatus.RUNNING.value,
+                    )
+                    .values(version=tasks.c.version + 1)
+                ).rowcount
+                if moved == 1:
+                    return TaskStatus.RUNNING
+            else:
+                held = conn.execute(
+                    sa.select(partitions.c.idx).where(*self._fence(task_id, index, token))
+                ).first()
+                if held is None:
+                    return None
+            status = conn.execute(
+                sa.select(tasks.c.status).where(tasks.c.task_id == task_id)
+            ).scalar_one()
+        return TaskStatus(status)
+
     def _refresh_task_progress(
         self, conn: sa.Connection, task_id: str, now: datetime
     ) -> TaskStatus:
