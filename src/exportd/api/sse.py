@@ -121,3 +121,19 @@ async def task_events(
             yield b": keepalive\n\n"
         await anyio.sleep(poll_seconds)
         quiet += poll_seconds
+
+
+LONG_POLL_MAX_SECONDS = 60
+
+
+async def wait_for_change(
+    svc: ExportService, project_id: str, task_id: str, seen: int, wait: float, poll: float
+) -> None:
+    """A long poll: return as soon as the task's version is not `seen` (it changed, or
+    it is gone), or after `wait` seconds. One indexed read of the version per `poll`."""
+    end = anyio.current_time() + wait
+    while (left := end - anyio.current_time()) > 0:
+        await anyio.sleep(min(poll, left))
+        version = await anyio.to_thread.run_sync(svc.task_version, project_id, task_id)
+        if version != seen:
+            return

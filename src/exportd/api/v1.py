@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 
@@ -38,7 +39,7 @@ from exportd.api.seed_mapping import (
     statuses_for_filter,
     statuses_for_task_status,
 )
-from exportd.api.sse import task_events
+from exportd.api.sse import LONG_POLL_MAX_SECONDS, task_events, wait_for_change
 from exportd.api.views import connection_json, dataset_json, iso, retry_after_seconds, task_json
 from exportd.errors import Forbidden
 from exportd.model import Role, Task, TaskStatus
@@ -485,17 +486,44 @@ def list_exports(
     response_model=TaskView,
     responses={**READ_ERRORS, 200: {"description": "the task", "headers": RETRY_AFTER_HEADER}},
 )
-def get_export(
+async def get_export(
     project_id: ProjectId,
     task_id: TaskId,
     request: Request,
     response: Response,
     svc: Svc,
     who: Who,
+    wait: Annotated[
+        float | None,
+        Query(
+            ge=0,
+            le=LONG_POLL_MAX_SECONDS,
+            description="long poll: answer as soon as the task changes (its version is not "
+            "`since`), or after this many seconds (at most 60); a terminal task at once",
+        ),
+    ] = None,
+    since: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=2**31 - 1,
+            description="with `wait`: the version the caller has seen (the `X-Task-Version` "
+            "header of its last answer); default: the version when the request arrives",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
-    """The full status; unfinished tasks carry `Retry-After` (1 s doubling to 30 s)."""
-    svc.authorize(who, project_id, Role.READER)
-    return _task_response(request, response, svc.get(project_id, task_id))
+    """The full status; unfinished tasks carry `Retry-After` (1 s doubling to 30 s), and
+    every answer `X-Task-Version`. With `wait`, a long poll (see the parameters)."""
+    await anyio.to_thread.run_sync(svc.authorize, who, project_id, Role.READER)
+    task = await anyio.to_thread.run_sync(svc.get, project_id, task_id)
+    if wait and not task.status.is_terminal:
+        seen = task.version if since is None else since
+        if seen == task.version:
+            poll = request.app.state.runtime.settings.events_poll_seconds
+            await wait_for_change(svc, project_id, task_id, seen, wait, poll)
+            task = await anyio.to_thread.run_sync(svc.get, project_id, task_id)
+    response.headers["X-Task-Version"] = str(task.version)
+    return _task_response(request, response, task)
 
 
 @router.post(
