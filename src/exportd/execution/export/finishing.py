@@ -84,6 +84,8 @@ def finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
             task.task_id, lease.token, outcome, [], None, finished, failed_rows, 0
         ):
             clean_up_now(rt, task, lease, generated=False)
+        else:  # timed out (or lost) meanwhile: its cleanup is due again
+            store.release_coordinator(task.task_id, lease.token, due=True)
         return
 
     if not task.plan.output.split:  # stage 70 is the assembly of one single file
