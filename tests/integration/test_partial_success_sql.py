@@ -102,3 +102,49 @@ def test_without_allow_partial_a_bad_row_fails_the_task(
     assert done["status"] == "FAILED"
     assert done["error_code"] == "PARTITIONS_FAILED"
     assert [i.get("key") for i in done["failed_items"]] == [None]
+
+
+def test_text_keys_are_bisected_at_the_median(items_source: str, live_server: Any) -> None:
+    """A key that is not an integer (md5 text): ranges split at their median row's key."""
+    server = live_server(workers=2, max_attempts=1)
+    bad = (5, 1500, 2999)
+    query = (
+        "SELECT i.tag, i.id, 100 / (CASE WHEN i.id IN (5, 1500, 2999) THEN 0 ELSE 1 END) "
+        "AS boom FROM items i WHERE i.id <= 3000"
+    )
+    admin = server.client()
+    token = admin.project("acme")
+    admin.dataset("acme", kind="sql", url=items_source, key="tag", name="tags", query=query)
+    api = server.client(token)
+    task = api.export("acme", dataset_id="tags", parallelism=2, allow_partial=True)
+    done = api.wait("acme", task["task_id"], timeout=120)
+    assert done["status"] == "COMPLETED_WITH_ERRORS", done["error_msg"]
+    with psycopg.connect(items_source) as conn:
+        tags = conn.execute(
+            "SELECT tag FROM items WHERE id = ANY(%s) ORDER BY tag", (list(bad),)
+        ).fetchall()
+    assert sorted(i["key"] for i in done["failed_items"]) == [t for (t,) in tags]
+    assert done["failed_count"] == 3 and done["finished_count"] == 2997
+    body = api.http.get(f"/v1/projects/acme/exports/{task['task_id']}/download").content
+    reader = csv.reader(io.StringIO(body.decode(), newline=""))
+    next(reader)
+    got = Counter(int(r[1]) for r in reader)
+    assert set(got.values()) == {1} and set(got) == set(range(1, 3001)) - set(bad)
+
+
+def test_a_query_that_fails_on_every_row_fails_the_partition(
+    items_source: str, live_server: Any
+) -> None:
+    """Not some rows but (nearly) all: bisection gives up after a few keys rather than
+    reading the query once per key."""
+    server = live_server(workers=2, max_attempts=1)
+    query = (  # row 1 computes (the dataset's registration reads it), no other row does
+        "SELECT i.id, 1 / (CASE WHEN i.id = 1 THEN 1 ELSE 0 END) AS boom FROM items i "
+        "WHERE i.id <= 100000"
+    )
+    api = _setup(server, items_source, query)
+    task = api.export("acme", dataset_id="items", parallelism=2, allow_partial=True)
+    done = api.wait("acme", task["task_id"], timeout=120)
+    assert done["status"] == "FAILED", done
+    assert [p["status"] for p in done["partitions"]] == ["FAILED", "FAILED"]
+    assert all("division by zero" in i["error_msg"] for i in done["failed_items"])

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 MAX_FAILED_KEYS = 1000  # per partition: beyond, the partition fails as a whole
 LISTED_KEYS = 100  # failed items kept with their key and message, per partition
+DENSE_FAILURES = 10  # this many failed keys, more than the good rows: most rows fail
 
 
 class TooManyFailures(SourceError):
@@ -66,6 +67,10 @@ class Bisection:
                 f"more than {MAX_FAILED_KEYS} rows of the partition failed; last: {message}",
                 "SOURCE_QUERY_FAILED",
             )
+        if self.failed_count >= DENSE_FAILURES and self.failed_count > self.out.rows:
+            # not some rows but most: the partition fails (one key at a time would cost a
+            # read of the query per key)
+            raise TooManyFailures(message, "SOURCE_QUERY_FAILED")
 
     def _range(self, lo: Lower, hi: Any) -> None:
         """Write every good row of [lo, hi), isolating its failing keys."""
