@@ -4,6 +4,7 @@ lets it lapse, while the working thread checks it between batches."""
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 
@@ -68,17 +69,17 @@ class Heartbeat:
             self.canceled = status
 
     def _run(self) -> None:
-        tick = self._interval if self._save is None else min(self._interval, PROGRESS_SECONDS)
-        since_beat = 0.0
+        # the interval cut into ticks of at most PROGRESS_SECONDS: a beat every `per` ticks
+        per = 1 if self._save is None else max(1, math.ceil(self._interval / PROGRESS_SECONDS))
+        tick, ticks = self._interval / per, 0
         saved = (self.rows, self.bytes)
         while not self._stop.wait(tick):
-            since_beat += tick
+            ticks += 1
             try:
-                if since_beat >= self._interval - 1e-9 or self._save is None:
-                    since_beat = 0.0
+                if ticks % per == 0:
                     saved = (self.rows, self.bytes)
                     self._apply(self._beat(*saved))
-                elif (self.rows, self.bytes) != saved:
+                elif self._save is not None and (self.rows, self.bytes) != saved:
                     saved = (self.rows, self.bytes)
                     self._apply(self._save(*saved))
             except Exception as exc:  # a store hiccup: try again; the lease may still hold
