@@ -225,6 +225,9 @@ def failure_class(exc: Exception) -> str:
     return "delivery failed"
 
 
+IDLE_POLLS = 10  # an idle thread other than the first polls every IDLE_POLLS poll_seconds
+
+
 class NotificationPool:
     """Threads that only deliver notifications, so a slow receiver holds one of these at
     most, never an export worker; stopped with the process's worker pool."""
@@ -234,7 +237,7 @@ class NotificationPool:
         self.stop_event = threading.Event()
         self.threads = [
             threading.Thread(
-                target=self.run, args=(Notifier(rt),), name=f"exportd-notify-{i}", daemon=True
+                target=self.run, args=(Notifier(rt), i), name=f"exportd-notify-{i}", daemon=True
             )
             for i in range(size)
         ]
@@ -243,13 +246,22 @@ class NotificationPool:
         for t in self.threads:
             t.start()
 
-    def run(self, notifier: Notifier) -> None:
-        """Deliver until stopped; store calls ride out an outage like the workers' do."""
+    def run(self, notifier: Notifier, index: int = 0) -> None:
+        """Deliver until stopped; store calls ride out an outage like the workers' do.
+        New notifications wake every thread (the store's wake-up); while idle, only the
+        first thread polls for retries coming due, and when it finds one it wakes the
+        others (several may be due at once): an idle process asks the outbox once per
+        `poll_seconds`, not once per thread."""
+        poll = self.rt.settings.poll_seconds
+        idle = poll if index == 0 else poll * IDLE_POLLS
         with self.rt.store.riding_out(self.rt.settings.outage_budget_seconds):
             while not self.stop_event.is_set():
                 try:
-                    if not notifier.deliver_next():
-                        self.rt.store.waker.wait(self.rt.settings.poll_seconds)
+                    if notifier.deliver_next():
+                        if index == 0 and len(self.threads) > 1:
+                            self.rt.store.waker.notify_local()
+                    else:
+                        self.rt.store.waker.wait(idle)
                 except StoreUnavailable:
                     log.warning("notifications: the store stayed unreachable")
                     self.stop_event.wait(1.0)
