@@ -546,8 +546,15 @@ async def get_export(
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if if_none_match is not None and etag_matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
-    response.headers.update(headers)
     task = await anyio.to_thread.run_sync(svc.get, project_id, task_id)
+    for _ in range(3):  # the tag of this very body: read again if it moved meanwhile
+        again, _terminal = await anyio.to_thread.run_sync(svc.task_etag, project_id, task_id)
+        if again == etag:
+            break
+        etag = again
+        task = await anyio.to_thread.run_sync(svc.get, project_id, task_id)
+    headers["ETag"] = etag
+    response.headers.update(headers)
     response.headers["X-Task-Version"] = str(task.version)
     return _task_response(request, response, task)
 
