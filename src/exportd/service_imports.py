@@ -33,7 +33,7 @@ COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
 
 
 class PayloadTooLarge(ExportdError):
-    status = 413
+    status_code = 413
 
 
 @dataclass(frozen=True)

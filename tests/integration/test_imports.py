@@ -58,3 +58,182 @@ def test_csv_import_reads_back_equal(target_url: str, live_server: Any) -> None:
     assert len(done["partitions"]) == 3
     assert done["current_state"] == {"status_id": 90, "status": "Import completed"}
     assert table_rows(target_url) == Counter(data)
+
+
+def test_jsonl_and_parquet_into_postgresql(
+    pg_target_url: str, live_server: Any, tmp_path: Path
+) -> None:
+    server: LiveServer = live_server(workers=2, batch_size=1000)
+    api = setup(server, pg_target_url)
+    data = rows(N)
+    half = N // 2
+    up = upload(api, "a.jsonl", jsonl_text(data[:half]).encode())
+    t1 = start_import(api, dataset_id="flights", upload_id=up["upload_id"], parallelism=2)
+    parquet = tmp_path / "b.parquet"
+    write_parquet(parquet, data[half:], row_group_size=700)
+    up2 = upload(api, "b.parquet", parquet.read_bytes())
+    t2 = start_import(api, dataset_id="flights", upload_id=up2["upload_id"], parallelism=2)
+    for t in (t1, t2):
+        done = api.wait("acme", t["task_id"], timeout=120)
+        assert done["status"] == "COMPLETED", done
+        assert len(done["partitions"]) == 2
+    assert table_rows(pg_target_url) == Counter(data)
+
+
+BAD_ROWS = [
+    (9, "9000001,AA,JFK,LAX,not-a-number,100.0,\\N,2013-01-01T00:00:00+00:00", "dep_delay"),
+    (19, "9000002,\\N,JFK,LAX,5,100.0,\\N,2013-01-01T00:00:00+00:00", "carrier"),
+    (29, "9000003,AAA,JFK,LAX,5,100.0,\\N,2013-01-01T00:00:00+00:00", "carrier"),
+    (39, '9000004,AA,JFK,LAX,5,100.0,"broken,2013-01-01T00:00:00+00:00', "quot"),
+    (49, "9000005,AA,JFK,LAX,5,far,\\N,2013-01-01T00:00:00+00:00", "distance"),
+    (59, "3,AA,JFK,LAX,5,100.0,\\N,2013-01-01T00:00:00+00:00", "duplicate"),
+    (2999, "9000006,AA,JFK", "fields"),
+]
+
+
+def bad_file(data: list[tuple[Any, ...]]) -> tuple[str, dict[int, str]]:
+    """The CSV of `data` with bad records put in (before the n-th good record), and the
+    line each starts on -> a word its reason must hold. Records may span lines."""
+    records = [csv_text([r]).split("\n", 1)[1].removesuffix("\n") for r in data]
+    out, bad, line = ["id,carrier,origin,dest,dep_delay,distance,note,dep_time"], {}, 2
+    pending = {min(at, len(records)): (text, why) for at, text, why in BAD_ROWS}
+    for i, rec in enumerate([*records, None]):
+        if i in pending:
+            text, why = pending[i]
+            out.append(text)
+            bad[line] = why
+            line += 1
+        if rec is not None:
+            out.append(rec)
+            line += rec.count("\n") + 1
+    return "\n".join(out) + "\n", bad
+
+
+def test_bad_rows_are_rejected_with_their_lines(target_url: str, live_server: Any) -> None:
+    server: LiveServer = live_server(workers=2, batch_size=500)
+    api = setup(server, target_url)
+    data = rows(N)
+    text, bad = bad_file(data)
+    up = upload(api, "bad.csv", text.encode())
+    task = start_import(api, dataset_id="flights", upload_id=up["upload_id"],
+                        null_values=[NULL], parallelism=3, max_errors=10)  # fmt: skip
+    done = api.wait("acme", task["task_id"], timeout=120)
+    assert done["status"] == "COMPLETED_WITH_ERRORS", done
+    assert done["failed_count"] == len(bad) and done["finished_count"] == N
+    assert sorted(i["line"] for i in done["failed_items"]) == sorted(bad)
+    report = report_rows(api, done)
+    assert [int(r["line"]) for r in report] == sorted(bad)
+    lines = text.splitlines()
+    for r in report:
+        assert bad[int(r["line"])] in r["reasons"], r
+        assert r["original"] == lines[int(r["line"]) - 1]  # a bad record is one line
+    assert table_rows(target_url) == Counter(data)  # every valid row, the first of the key
+    manifest = api.http.get(f"/v1/projects/acme/imports/{task['task_id']}/manifest").json()
+    assert manifest["rejected_rows"] == len(bad)
+    assert manifest["files"][0]["name"] == "rejected_rows.csv"
+
+
+def test_too_many_errors_imports_nothing(pg_target_url: str, live_server: Any) -> None:
+    server: LiveServer = live_server(workers=2)
+    api = setup(server, pg_target_url)
+    text, bad = bad_file(rows(500))
+    up = upload(api, "bad.csv", text.encode())
+    task = start_import(api, dataset_id="flights", upload_id=up["upload_id"],
+                        null_values=[NULL], max_errors=3)  # fmt: skip
+    done = api.wait("acme", task["task_id"], timeout=120)
+    assert done["status"] == "FAILED" and done["error_code"] == "TOO_MANY_ERRORS", done
+    assert sorted(i["line"] for i in done["failed_items"]) == sorted(bad)
+    assert table_rows(pg_target_url) == Counter()
+    assert_no_staging(pg_target_url)
+
+
+def assert_no_staging(url: str) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    names = sa.inspect(engine).get_table_names()
+    engine.dispose()
+    assert [n for n in names if n.startswith("exportd_stage_")] == []
+
+
+def test_modes_upsert_and_replace(target_url: str, live_server: Any) -> None:
+    server: LiveServer = live_server(workers=2)
+    api = setup(server, target_url)
+    data = rows(300)
+    first = upload(api, "a.csv", csv_text(data).encode())
+    t = start_import(api, dataset_id="flights", upload_id=first["upload_id"], null_values=[NULL])
+    assert api.wait("acme", t["task_id"])["status"] == "COMPLETED"
+    changed = [(r[0], "ZZ", *r[2:]) for r in data[:100]] + rows(400)[300:]
+    up = upload(api, "b.csv", csv_text(changed).encode())
+    t = start_import(api, dataset_id="flights", upload_id=up["upload_id"], null_values=[NULL],
+                     mode="upsert")  # fmt: skip
+    assert api.wait("acme", t["task_id"])["status"] == "COMPLETED"
+    assert table_rows(target_url) == Counter(changed + data[100:])
+    t = start_import(api, dataset_id="flights", upload_id=first["upload_id"], null_values=[NULL],
+                     mode="replace", parallelism=2)  # fmt: skip
+    assert api.wait("acme", t["task_id"])["status"] == "COMPLETED"
+    assert table_rows(target_url) == Counter(data)
+
+
+def test_mapping_renames_constants_and_no_header(pg_target_url: str, live_server: Any) -> None:
+    server: LiveServer = live_server(workers=1)
+    api = setup(server, pg_target_url)
+    data = rows(50)
+    text = csv_text([(*r[:6], None, r[7]) for r in data]).splitlines()[1:]
+    body = "\n".join(line.replace("\\N", "") for line in text) + "\n"
+    up = upload(api, "plain.csv", body.encode())
+    task = start_import(api, dataset_id="flights", upload_id=up["upload_id"], header=False,
+                        mapping={"#6": None}, constants={"note": "imported"})  # fmt: skip
+    done = api.wait("acme", task["task_id"])
+    assert done["status"] == "COMPLETED", done
+    assert table_rows(pg_target_url) == Counter((*r[:6], "imported", r[7]) for r in data)
+
+
+def test_bad_requests_create_nothing(pg_target_url: str, live_server: Any) -> None:
+    server: LiveServer = live_server(workers=1, max_upload_bytes=10_000)
+    admin = server.client()
+    api = setup(server, pg_target_url)
+    admin.dataset("acme", name="readonly", kind="sql", url=pg_target_url, table="flights", key="id")
+    other = server.client(admin.project("other"))
+    admin.dataset("other", name="flights", kind="sql", url=pg_target_url, table="flights",
+                  key="id", writable=True)  # fmt: skip
+    up = upload(api, "f.csv", csv_text(rows(20)).encode())
+
+    def refused(status: int, code: str, project: str = "acme", who: Any = api, **body: Any) -> None:
+        r = who.http.post(f"/v1/projects/{project}/imports", json=body)
+        assert (r.status_code, r.json()["error_code"]) == (status, code), r.text
+
+    src = {"upload_id": up["upload_id"]}
+    refused(400, "DATASET_NOT_FOUND", dataset_id="nope", **src)
+    refused(403, "DATASET_NOT_WRITABLE", dataset_id="readonly", **src)
+    refused(400, "UNKNOWN_COLUMN", dataset_id="flights", mapping={"note": "nope"}, **src)
+    refused(400, "UNKNOWN_FILE_COLUMN", dataset_id="flights", mapping={"nope": "note"}, **src)
+    refused(400, "UNSUPPORTED_FORMAT", dataset_id="flights", format="xml", **src)
+    refused(400, "UPLOAD_NOT_FOUND", project="other", who=other, dataset_id="flights", **src)
+    r = api.http.post(
+        "/v1/projects/acme/uploads", params={"name": "big.csv"}, content=b"x" * 20_000
+    )
+    assert (r.status_code, r.json()["error_code"]) == (413, "UPLOAD_TOO_LARGE"), r.text
+    r = api.http.post("/v1/projects/acme/datasets", json={"name": "w", "kind": "sql",
+                      "url": pg_target_url, "table": "flights", "writable": True})  # fmt: skip
+    assert r.status_code == 403, r.text
+    assert api.http.get("/v1/projects/acme/imports").json()["count"] == 0
+    assert other.http.get("/v1/projects/other/imports").json()["count"] == 0
+    uploads = [p for p in (server.settings.data_dir).rglob("*") if p.is_file() and "big" in p.name]
+    assert uploads == []
+
+
+def test_idempotency_key(pg_target_url: str, live_server: Any) -> None:
+    server: LiveServer = live_server(workers=1)
+    api = setup(server, pg_target_url)
+    up = upload(api, "f.csv", csv_text(rows(20)).encode())
+    body = {"dataset_id": "flights", "upload_id": up["upload_id"], "null_values": [NULL]}
+    h = {"Idempotency-Key": "k1"}
+    a = api.http.post("/v1/projects/acme/imports", json=body, headers=h)
+    b = api.http.post("/v1/projects/acme/imports", json=body, headers=h)
+    assert (a.status_code, b.status_code) == (202, 200)
+    assert a.json()["task_id"] == b.json()["task_id"]
+    c = api.http.post("/v1/projects/acme/imports", json={**body, "mode": "replace"}, headers=h)
+    assert c.status_code == 409
+    assert api.wait("acme", a.json()["task_id"])["status"] == "COMPLETED"
+    assert sum(table_rows(pg_target_url).values()) == 20

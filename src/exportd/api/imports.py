@@ -22,7 +22,7 @@ from exportd.store import TaskQuery
 
 router = APIRouter(prefix="/v1")
 
-UploadId = Annotated[str, Path(pattern=r"^up_[0-9a-f]{24}$", description="an upload's id")]
+UploadId = Annotated[str, Path(pattern=NO_NUL, max_length=64, description="an upload's id")]
 
 
 @router.post(

@@ -267,7 +267,9 @@ class ImportRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: Name = Field(pattern=NO_NUL, description="id (or name) of a writable sql dataset")
-    upload_id: str | None = Field(default=None, max_length=64, pattern=r"^up_[0-9a-f]{24}$")
+    upload_id: str | None = Field(
+        default=None, max_length=64, pattern=NO_NUL, description="POST .../uploads gave it"
+    )
     path: str | None = Field(
         default=None,
         max_length=4000,

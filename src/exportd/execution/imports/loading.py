@@ -29,8 +29,9 @@ MAX_ITEMS = 1000  # rejected rows kept per partition for the status (all go to t
 
 
 def rules_of(spec: ImportSpec) -> ValueRules:
+    text = spec.format in ("csv", "tsv")  # JSON and Parquet say null themselves
     return ValueRules(
-        null_values=frozenset(spec.null_values),
+        null_values=frozenset(spec.null_values) if text else frozenset(),
         date_format=spec.date_format,
         datetime_format=spec.datetime_format,
         timezone=spec.timezone,
