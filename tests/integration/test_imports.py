@@ -4,6 +4,7 @@ modes; and bad requests refused with a 4xx that creates nothing."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -237,3 +238,23 @@ def test_idempotency_key(pg_target_url: str, live_server: Any) -> None:
     assert c.status_code == 409
     assert api.wait("acme", a.json()["task_id"])["status"] == "COMPLETED"
     assert sum(table_rows(pg_target_url).values()) == 20
+
+
+def test_seed_001_view_and_listing(pg_target_url: str, live_server: Any) -> None:
+    server: LiveServer = live_server(workers=1)
+    api = setup(server, pg_target_url)
+    up = upload(api, "flights.csv", csv_text(rows(20)).encode())
+    task = start_import(api, dataset_id="flights", upload_id=up["upload_id"],
+                        null_values=[NULL], notify={"webhook_url": "https://example.com/h"})  # fmt: skip
+    r = api.http.get(f"/v2/acme/quality/resource/status/{task['task_id']}",
+                     headers={"workspace": "w1"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    view = r.json()
+    assert view["action"] == "REPORT" and view["file_name"] == "flights.csv"
+    body = json.loads(view["import_body"])
+    assert body["upload_id"] == up["upload_id"] and body["null_values"] == [NULL]
+    assert "webhook_url" not in json.dumps(body)  # secrets removed
+    for action, count in (("IMPORT", 1), ("REPORT", 1), ("EXPORT", 0)):
+        got = api.http.get("/v1/projects/acme/exports", params={"action": action}).json()
+        assert got["count"] == count, (action, got)
+    assert api.http.get("/v1/projects/acme/imports").json()["count"] == 1
