@@ -258,3 +258,38 @@ def test_seed_001_view_and_listing(pg_target_url: str, live_server: Any) -> None
         got = api.http.get("/v1/projects/acme/exports", params={"action": action}).json()
         assert got["count"] == count, (action, got)
     assert api.http.get("/v1/projects/acme/imports").json()["count"] == 1
+
+
+def test_client_and_cli(pg_target_url: str, live_server: Any, tmp_path: Path) -> None:
+    import anyio
+    from typer.testing import CliRunner
+
+    from exportd.cli.client import AsyncClient, Client
+    from exportd.cli.commands import app
+
+    server: LiveServer = live_server(workers=2)
+    setup(server, pg_target_url)
+    token = server.client().http.post("/v1/projects/acme/tokens", json={"role": "writer"})
+    token_value = token.json()["token"]
+    data = rows(90)
+    for i, part in enumerate((data[:30], data[30:60])):
+        (tmp_path / f"p{i}.csv").write_text(csv_text(part))
+    with Client(server.url, token_value) as c:
+        task = c.create_import("acme", "flights", file=tmp_path / "p0.csv", null_values=[NULL])
+        assert c.wait("acme", task.task_id).status == "COMPLETED"
+
+    async def run_async() -> str:
+        async with AsyncClient(server.url, token_value) as ac:
+            t = await ac.create_import("acme", "flights", file=tmp_path / "p1.csv",
+                                       null_values=[NULL])  # fmt: skip
+            return (await ac.wait("acme", t.task_id)).status
+
+    assert anyio.run(run_async) == "COMPLETED"
+    (tmp_path / "p2.jsonl").write_text(jsonl_text(data[60:]))
+    result = CliRunner().invoke(
+        app, ["import", "acme", "flights", str(tmp_path / "p2.jsonl"), "--url", server.url,
+              "--token", token_value, "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["status"] == "COMPLETED"
+    assert table_rows(pg_target_url) == Counter(data)
