@@ -159,7 +159,13 @@ def delimited_records(
         offset, line_no, data = head
         if not data.strip(b"\r\n"):
             continue
-        if data.count(q) % 2 == 0:
+        quotes = data.count(q)
+        if quotes == 0:  # the common line: no quoting, split as it is
+            text = _decode_safe(data)
+            fields = text.split(opts.sep) if text is not None else None
+            yield offset, line_no, text or data.decode("utf-8", "replace").rstrip("\r\n"), fields
+            continue
+        if quotes % 2 == 0:
             text = _decode_safe(data)
             fields = _strict_parse(text, opts) if text is not None else None
             yield offset, line_no, text or data.decode("utf-8", "replace").rstrip("\r\n"), fields

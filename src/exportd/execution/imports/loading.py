@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -21,7 +21,14 @@ from exportd.execution.partition import PartitionRun, part_folder
 from exportd.formats.readers import Record, read_records
 from exportd.model import Task
 from exportd.model.plan import ImportSpec
-from exportd.sources.targets import LINE_COLUMN, Target, TargetColumn, ValueRules, full_mapping
+from exportd.sources.targets import (
+    LINE_COLUMN,
+    Target,
+    TargetColumn,
+    ValueRules,
+    converter,
+    full_mapping,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +56,7 @@ def column_map(spec: ImportSpec, target: Target, file_columns: list[str]) -> dic
 class Checker:
     """Turns a record into a staging row, or into a rejection (column, reason)."""
 
-    columns: list[tuple[str, str, TargetColumn]]  # table column, file column, its rules
+    columns: list[tuple[str, str, Callable[[Any], Any]]]  # table column, file column, convert
     constants: dict[str, Any]
     required: list[TargetColumn]  # NOT NULL, no default, and neither mapped nor constant
     rules: ValueRules
@@ -59,8 +66,12 @@ class Checker:
         spec = task.plan.imports
         assert spec is not None
         mapping = column_map(spec, target, list(task.columns))
-        cols = [(t, f, c) for t, f in mapping.items() if (c := target.column(t)) is not None]
         rules = rules_of(spec)
+        cols = [
+            (t, f, converter(c, rules))
+            for t, f in mapping.items()
+            if (c := target.column(t)) is not None
+        ]
         consts = {k: target.column(k).convert(v, rules) for k, v in spec.constants.items()}  # type: ignore[union-attr]
         taken = set(mapping) | set(consts)
         required = [
@@ -79,9 +90,10 @@ class Checker:
             return None, [{"line": rec.line, "column": None, "reason": rec.error}]
         out: dict[str, Any] = {LINE_COLUMN: rec.line}
         bad = []
-        for table_col, file_col, col in self.columns:
+        values = rec.values
+        for table_col, file_col, convert in self.columns:
             try:
-                out[table_col] = col.convert(rec.values.get(file_col), self.rules)
+                out[table_col] = convert(values.get(file_col))
             except ValueError as exc:
                 bad.append({"line": rec.line, "column": table_col, "reason": str(exc)})
         for col in self.required:
