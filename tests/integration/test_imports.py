@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -293,3 +295,51 @@ def test_client_and_cli(pg_target_url: str, live_server: Any, tmp_path: Path) ->
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["status"] == "COMPLETED"
     assert table_rows(pg_target_url) == Counter(data)
+
+
+@pytest.fixture
+def mariadb_target() -> Iterator[str]:
+    import uuid
+
+    import pymysql
+
+    name = f"exportd_imp_{uuid.uuid4().hex[:8]}"
+    conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+        cur.execute(
+            f"""CREATE TABLE {name}.flights (id BIGINT PRIMARY KEY, carrier VARCHAR(2) NOT NULL,
+                origin VARCHAR(8) NOT NULL, dest VARCHAR(8) NOT NULL, dep_delay INT NULL,
+                distance DOUBLE NOT NULL, note TEXT NULL, dep_time DATETIME(6) NOT NULL)
+                CHARACTER SET utf8mb4"""
+        )
+    yield f"mysql+pymysql://root@127.0.0.1:3306/{name}?charset=utf8mb4"
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE {name}")
+    conn.close()
+
+
+def test_tsv_gzip_into_mariadb_with_upsert(mariadb_target: str, live_server: Any) -> None:
+    import gzip
+
+    import sqlalchemy as sa
+
+    server: LiveServer = live_server(workers=2)
+    api = setup(server, mariadb_target)
+    data = rows(400)
+    up = upload(api, "f.tsv", csv_text(data, delimiter="\t").encode())
+    t = start_import(api, dataset_id="flights", upload_id=up["upload_id"], null_values=[NULL],
+                     parallelism=2)  # fmt: skip
+    assert api.wait("acme", t["task_id"])["status"] == "COMPLETED"
+    changed = [(r[0], "ZZ", *r[2:]) for r in data[:50]]
+    up = upload(api, "g.csv.gz", gzip.compress(csv_text(changed).encode()))
+    t = start_import(api, dataset_id="flights", upload_id=up["upload_id"], null_values=[NULL],
+                     mode="upsert")  # fmt: skip
+    done = api.wait("acme", t["task_id"])
+    assert done["status"] == "COMPLETED", done
+    engine = sa.create_engine(mariadb_target)
+    with engine.connect() as conn:
+        got = conn.execute(sa.text("SELECT * FROM flights")).all()
+    engine.dispose()
+    as_utc = [(*r[:7], r[7].replace(tzinfo=UTC)) for r in got]
+    assert Counter(as_utc) == Counter(changed + data[50:])

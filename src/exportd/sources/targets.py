@@ -523,7 +523,7 @@ class Target:
         marker = sa.Table(
             MARKER_TABLE, md,
             sa.Column("task_id", sa.String(64), primary_key=True),
-            sa.Column("rows", sa.BigInteger, nullable=False),
+            sa.Column("row_count", sa.BigInteger, nullable=False),
             sa.Column("published_at", sa.DateTime, nullable=False),
         )  # fmt: skip
         with self.engine.begin() as conn:
@@ -554,8 +554,8 @@ class Target:
             try:
                 conn.execute(
                     sa.text(
-                        f"INSERT INTO {self.qualified(MARKER_TABLE)} (task_id, rows, published_at) "
-                        "VALUES (:t, :n, :at)"
+                        f"INSERT INTO {self.qualified(MARKER_TABLE)} (task_id, row_count, "
+                        "published_at) VALUES (:t, :n, :at)"
                     ),
                     {"t": task_id, "n": rows, "at": datetime.now().replace(microsecond=0)},
                 )
