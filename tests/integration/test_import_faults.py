@@ -144,3 +144,21 @@ def test_cancel_leaves_the_table_as_it_was(
     while staging_tables(target_url) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert staging_tables(target_url) == []
+
+
+def test_timeout_leaves_the_table_as_it_was(
+    target_url: str, live_server: Any, tmp_path: Path
+) -> None:
+    server = server_for(live_server, tmp_path)
+    api = setup(server, target_url)
+    up = upload(api, "f.csv", csv_text(rows(N)).encode())
+    server.start_worker(2, env={"EXPORTD_DEBUG_PAUSE_IMPORT_BATCH": "0.3"})
+    task = start_import(api, dataset_id="flights", upload_id=up["upload_id"],
+                        null_values=[NULL], parallelism=3, timeout_seconds=2)  # fmt: skip
+    done = api.wait("acme", task["task_id"], timeout=120)
+    assert done["status"] == "TIMEOUT", done
+    assert table_rows(target_url) == Counter()
+    deadline = time.monotonic() + 30
+    while staging_tables(target_url) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert staging_tables(target_url) == []

@@ -48,6 +48,10 @@ class ReadOptions:
         return self.compression == "none" and self.format in ("csv", "tsv", "jsonl")
 
     @property
+    def binary(self) -> bool:
+        return self.format in ("parquet", "xlsx")
+
+    @property
     def sep(self) -> str:
         return "\t" if self.format == "tsv" and self.delimiter == "," else self.delimiter
 
@@ -206,10 +210,12 @@ def _decode_safe(data: bytes) -> str | None:
 
 def _header(path: Path, opts: ReadOptions) -> tuple[list[str], int, int]:
     """The file's columns, the offset after the header and the first data line number."""
-    with open_binary(path, opts.compression) as raw:
-        first = raw.readline()
     if opts.format in ("jsonl", "json"):
         return [], 0, 1
+    if opts.format == "xlsx":
+        return _xlsx_header(path, opts), 0, 2 if opts.header else 1
+    with open_binary(path, opts.compression) as raw:
+        first = next(_split_lines(raw), b"")
     bom = 3 if first.startswith(b"\xef\xbb\xbf") else 0
     text = first[bom:].decode("utf-8", "replace").rstrip("\r\n")
     fields = _strict_parse(text, opts)
@@ -296,6 +302,9 @@ def read_records(
     if opts.format == "json":
         yield from _json_array_records(path, opts)
         return
+    if opts.format == "xlsx":
+        yield from _xlsx_records(path, opts, columns)
+        return
     start, end = int(bounds.get("start") or 0), bounds.get("end")
     with open_binary(path, opts.compression) as raw:
         if opts.compression == "none":
@@ -361,3 +370,45 @@ def _json_array_records(path: Path, opts: ReadOptions) -> Iterator[Record]:
             yield Record(i, text, None, "an element of the array must be an object")
         else:
             yield Record(i, text, value)
+
+
+def _xlsx_rows(path: Path) -> Iterator[tuple[Any, ...]]:
+    """The first sheet's rows (read-only, streamed)."""
+    from openpyxl import load_workbook
+
+    try:
+        book = load_workbook(path, read_only=True, data_only=True)
+    except Exception as exc:
+        raise ReadError(f"not an XLSX workbook ({type(exc).__name__})") from None
+    try:
+        yield from book.worksheets[0].iter_rows(values_only=True)
+    finally:
+        book.close()
+
+
+def _xlsx_header(path: Path, opts: ReadOptions) -> list[str]:
+    first = next(_xlsx_rows(path), None)
+    if first is None:
+        return []
+    if not opts.header:
+        return [f"#{i}" for i in range(len(first))]
+    names = ["" if v is None else str(v) for v in first]
+    if len(set(names)) != len(names) or not all(names):
+        raise ReadError("the header row has empty or repeated column names")
+    return names
+
+
+def _xlsx_records(path: Path, opts: ReadOptions, columns: list[str]) -> Iterator[Record]:
+    """Each row of the first sheet; `line` is the sheet's row number."""
+    rows = _xlsx_rows(path)
+    if opts.header:
+        next(rows, None)
+    for number, row in enumerate(rows, start=2 if opts.header else 1):
+        if all(v is None for v in row):
+            continue
+        text = json.dumps(list(row), default=str)
+        values = list(row) + [None] * (len(columns) - len(row))
+        if len(values) > len(columns) and any(v is not None for v in values[len(columns) :]):
+            yield Record(number, text, None, f"has {len(row)} cells, the header {len(columns)}")
+            continue
+        yield Record(number, text, dict(zip(columns, values, strict=False)))

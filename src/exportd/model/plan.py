@@ -79,7 +79,7 @@ class ImportSpec(BaseModel):
     source_path: str | None = None  # a file under the source directories
     source_name: str  # the file's own name (seed 001's file_name)
     source_bytes: int = 0
-    format: Literal["csv", "tsv", "jsonl", "json", "parquet"]
+    format: Literal["csv", "tsv", "jsonl", "json", "parquet", "xlsx"]
     compression: Literal["none", "gzip", "zstd"] = "none"
     header: bool = True
     delimiter: str = ","

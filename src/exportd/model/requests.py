@@ -256,7 +256,7 @@ class ProjectSettingsRequest(BaseModel):
     notify: NotifySpec | None = None
 
 
-IMPORT_FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")
+IMPORT_FORMATS = ("csv", "tsv", "jsonl", "json", "parquet", "xlsx")
 
 
 class ImportRequest(BaseModel):
@@ -284,7 +284,7 @@ class ImportRequest(BaseModel):
     )  # fmt: skip
     format: str | None = Field(
         default=None, max_length=20,
-        description="csv, tsv, jsonl, json or parquet (default: from the file's name)",
+        description="csv, tsv, jsonl, json, parquet or xlsx (default: from the file's name)",
     )  # fmt: skip
     compression: Literal["none", "gzip", "zstd"] | None = None
     header: bool = Field(default=True, description="csv/tsv: the first line names the columns")

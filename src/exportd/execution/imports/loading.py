@@ -36,7 +36,7 @@ MAX_ITEMS = 1000  # rejected rows kept per partition for the status (all go to t
 
 
 def rules_of(spec: ImportSpec) -> ValueRules:
-    text = spec.format in ("csv", "tsv")  # JSON and Parquet say null themselves
+    text = spec.format in ("csv", "tsv", "xlsx")  # JSON and Parquet say null themselves
     return ValueRules(
         null_values=frozenset(spec.null_values) if text else frozenset(),
         date_format=spec.date_format,
@@ -48,7 +48,7 @@ def rules_of(spec: ImportSpec) -> ValueRules:
 
 def column_map(spec: ImportSpec, target: Target, file_columns: list[str]) -> dict[str, str]:
     """Table column -> file column (see `full_mapping`)."""
-    header = spec.header or spec.format not in ("csv", "tsv")
+    header = spec.header or spec.format not in ("csv", "tsv", "xlsx")
     return full_mapping(target, spec.mapping, spec.ignored, spec.constants, file_columns, header)
 
 

@@ -42,6 +42,10 @@ def plan(rt: Runtime, task: Task, lease: Lease) -> None:
     except FileNotFoundError:
         store.fail_task(task.task_id, lease.token, "SOURCE_NOT_FOUND", "the file to import is gone")
         return
+    except (OSError, EOFError, UnicodeDecodeError, ValueError) as exc:  # corrupt, not ours
+        msg = f"the file cannot be read: {type(exc).__name__}: {str(exc)[:300]}"
+        store.fail_task(task.task_id, lease.token, "INVALID_FILE", msg)
+        return
     missing = [c for c in spec.mapping.values() if not c.startswith("#") and c not in found.columns]
     if found.columns and missing:
         msg = (
