@@ -26,7 +26,7 @@ from exportd.sources.targets import Target, ValueRules, full_mapping
 from exportd.storage.keys import check_prefix, output_prefix_for, project_root
 
 UPLOAD_ID = re.compile(r"^up_[0-9a-f]{24}$")
-UPLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+,=@-]{0,199}$")
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._()+,=@-]")
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
               ".json": "json", ".parquet": "parquet", ".xlsx": "xlsx"}  # fmt: skip
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
@@ -57,6 +57,13 @@ def upload_prefix(project_id: str) -> str:
     return f"uploads/{project_id}/"
 
 
+def safe_name(name: str) -> str:
+    """An upload's name as stored: letters, digits and `._()+,=@-` (anything else `_`),
+    no leading dot, at most 200 characters; its extension still names the format."""
+    cleaned = _NAME_UNSAFE.sub("_", name).lstrip(".")[-200:].lstrip(".")
+    return cleaned.replace("..", "_") or "upload"
+
+
 def guess_format(name: str) -> tuple[str | None, str]:
     """(format, compression) from a file's name: `flights.csv.gz` -> (csv, gzip)."""
     stem, compression = name.lower(), "none"
@@ -84,8 +91,7 @@ class ImportService:
     ) -> Upload:
         """Stream a file to storage (`run` does the blocking writes off the event loop);
         over `max_upload_bytes` it is refused (413) and nothing is kept."""
-        if not UPLOAD_NAME.fullmatch(name) or ".." in name:
-            raise BadRequest("name: 1-200 letters, digits, spaces or ._()+,=@-", "INVALID_NAME")
+        name = safe_name(name)
         upload_id = "up_" + uuid.uuid4().hex[:24]
         key = f"{upload_prefix(project_id)}{upload_id}/{name}"
         limit = self.rt.settings.max_upload_bytes

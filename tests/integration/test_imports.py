@@ -373,3 +373,33 @@ def test_xlsx_and_zstd_into_sqlite(live_server: Any, tmp_path: Path) -> None:
     # a sheet has no "" cell; "=cmd()" is a formula, read as its cached value (none here)
     in_sheet = [(*r[:6], None if not r[6] or r[6][0] == "=" else r[6], r[7]) for r in data[:100]]
     assert table_rows(url) == Counter(in_sheet + data[100:])
+
+
+def test_sources_a_connection_path_and_a_project_key(
+    pg_target_url: str, live_server: Any, tmp_path: Path
+) -> None:
+    server: LiveServer = live_server(workers=1)
+    api = setup(server, pg_target_url)
+    admin = server.client()
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    data = rows(60)
+    (folder / "a.csv").write_text(csv_text(data[:30]))
+    r = admin.http.post("/v1/connections", json={"name": "drop", "url": folder.as_uri(),
+                                                 "projects": ["acme"]})  # fmt: skip
+    assert r.status_code == 201, r.text
+    t = start_import(api, dataset_id="flights", connection="drop", path="a.csv",
+                     null_values=[NULL])  # fmt: skip
+    assert api.wait("acme", t["task_id"])["status"] == "COMPLETED"
+    r = api.http.post("/v1/projects/acme/imports", json={"dataset_id": "flights",
+                      "connection": "drop", "path": "../a.csv"})  # fmt: skip
+    assert r.status_code == 403, r.text
+    r = api.http.post("/v1/projects/acme/imports", json={"dataset_id": "flights",
+                      "path": str(folder / "a.csv")})  # fmt: skip
+    assert (r.status_code, r.json()["error_code"]) == (403, "CONNECTION_REQUIRED")
+    files_root = Path(server.settings.files_url.removeprefix("file://"))
+    (files_root / "exports" / "acme" / "in").mkdir(parents=True)
+    (files_root / "exports" / "acme" / "in" / "b.csv").write_text(csv_text(data[30:]))
+    t = start_import(api, dataset_id="flights", key="in/b.csv", null_values=[NULL])
+    assert api.wait("acme", t["task_id"])["status"] == "COMPLETED"
+    assert table_rows(pg_target_url) == Counter(data)
