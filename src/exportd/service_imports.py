@@ -289,7 +289,7 @@ class ImportService:
                 tc.convert(value, rules)
             except ValueError as exc:
                 raise BadRequest(f"constants: {col}: {exc}", "INVALID_CONSTANT") from None
-        key = tuple(req.key_columns or ([ds.key] if ds.key else target.primary_key))
+        key = tuple(req.key_columns or target.unique_key(ds.key or None))
         for k in key:
             if k not in table_cols:
                 raise BadRequest(f"key_columns: the table has no column {k!r}", "UNKNOWN_COLUMN")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -297,6 +297,24 @@ def _text_of(v: Any) -> str:
     return str(v)
 
 
+def _as_json(_c: TargetColumn, v: Any, _r: ValueRules) -> Any:
+    """A JSON column takes any JSON value; text is parsed (to be stored as it means)."""
+    if isinstance(v, str):
+        import json
+
+        try:
+            return json.loads(v)
+        except ValueError:
+            raise ValueError(f"not JSON: {_show(v)}") from None
+    return v
+
+
+def _json_text(v: Any) -> Any:
+    import json
+
+    return None if v is None else json.dumps(v)
+
+
 def _as_is(_c: TargetColumn, v: Any, _r: ValueRules) -> Any:
     return v
 
@@ -310,6 +328,7 @@ _CONVERTERS: dict[str, Callable[[TargetColumn, Any, ValueRules], Any]] = {
     "datetime": _as_datetime,
     "time": _as_time,
     "str": _as_str,
+    "json": _as_json,
 }
 
 
@@ -383,6 +402,14 @@ class Target:
     columns: list[TargetColumn]
     primary_key: list[str]
     sa_types: dict[str, Any]
+    unique: list[tuple[str, ...]] = field(default_factory=list)  # PK and UNIQUE sets
+
+    def unique_key(self, preferred: str | None) -> tuple[str, ...]:
+        """The key rows must not repeat: `preferred` (the dataset's key) when the table
+        declares it unique, else the primary key (else none)."""
+        if preferred and (preferred,) in self.unique:
+            return (preferred,)
+        return tuple(self.primary_key)
 
     @classmethod
     def reflect(cls, engine: sa.Engine, table: str) -> Target:
@@ -391,6 +418,9 @@ class Target:
             insp = sa.inspect(engine)
             cols = insp.get_columns(name, schema=schema)
             pk = insp.get_pk_constraint(name, schema=schema).get("constrained_columns") or []
+            uniques = [
+                tuple(u["column_names"]) for u in insp.get_unique_constraints(name, schema=schema)
+            ]
         except sa_exc.NoSuchTableError:
             raise BadRequest(
                 f"the target table {table!r} does not exist", "INVALID_TARGET"
@@ -400,7 +430,7 @@ class Target:
         return cls(
             engine, name, schema,
             [_column(dict(c), engine.dialect) for c in cols], list(pk),
-            {c["name"]: c["type"] for c in cols},
+            {c["name"]: c["type"] for c in cols}, [tuple(pk), *uniques] if pk else uniques,
         )  # fmt: skip
 
     def column(self, name: str) -> TargetColumn | None:
@@ -448,6 +478,7 @@ class Target:
         """PostgreSQL: the rows by COPY (many times faster than INSERTs)."""
         names = [c.name for c in table.columns]
         cols = ", ".join(self.q(n) for n in names)
+        as_json = {n for n in names if (c := self.column(n)) is not None and c.kind == "json"}
         with self.engine.begin() as conn:
             raw = conn.connection.driver_connection
             assert raw is not None
@@ -456,7 +487,8 @@ class Target:
                 cur.copy(f"COPY {self.qualified(table.name)} ({cols}) FROM STDIN") as copy,
             ):
                 for row in rows:
-                    copy.write_row([row.get(n) for n in names])
+                    copy.write_row([_json_text(row.get(n)) if n in as_json else row.get(n)
+                                    for n in names])  # fmt: skip
 
     def index_stage(self, name: str, key: Sequence[str]) -> None:
         if not key:
