@@ -65,6 +65,7 @@ class Record:
     raw: str
     values: dict[str, Any] | None
     error: str | None = None
+    fields: list[str] | None = None  # a delimited record's fields, in the header's order
 
 
 @dataclass
@@ -340,7 +341,7 @@ def _record(line: int, text: str, fields: Any, columns: list[str], opts: ReadOpt
         return Record(line, text, None, "broken quoting: the quoted field does not close")
     if len(fields) != len(columns):
         return Record(line, text, None, f"has {len(fields)} fields, the header {len(columns)}")
-    return Record(line, text, dict(zip(columns, fields, strict=True)))
+    return Record(line, text, None, None, fields)
 
 
 def _parquet_records(path: Path, bounds: dict[str, Any], columns: list[str]) -> Iterator[Record]:

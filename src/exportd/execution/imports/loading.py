@@ -60,6 +60,7 @@ class Checker:
     constants: dict[str, Any]
     required: list[TargetColumn]  # NOT NULL, no default, and neither mapped nor constant
     rules: ValueRules
+    positions: list[tuple[str, int, Callable[[Any], Any]]]  # by field position (delimited)
 
     @classmethod
     def of(cls, task: Task, target: Target) -> Checker:
@@ -79,23 +80,33 @@ class Checker:
             for c in target.columns
             if c.name not in taken and not c.nullable and not c.has_default
         ]
-        return cls(cols, consts, required, rules)
+        index = {name: i for i, name in enumerate(task.columns)}
+        positions = [(t, index.get(f, -1), conv) for t, f, conv in cols]
+        return cls(cols, consts, required, rules, positions)
 
     @property
     def loaded(self) -> list[str]:
         return [t for t, _, _ in self.columns] + list(self.constants)
 
     def row(self, rec: Record) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-        if rec.values is None:
+        if rec.error is not None or (rec.values is None and rec.fields is None):
             return None, [{"line": rec.line, "column": None, "reason": rec.error}]
         out: dict[str, Any] = {LINE_COLUMN: rec.line}
         bad = []
-        values = rec.values
-        for table_col, file_col, convert in self.columns:
-            try:
-                out[table_col] = convert(values.get(file_col))
-            except ValueError as exc:
-                bad.append({"line": rec.line, "column": table_col, "reason": str(exc)})
+        if rec.fields is not None:
+            fields = rec.fields
+            for table_col, pos, convert in self.positions:
+                try:
+                    out[table_col] = convert(fields[pos] if pos >= 0 else None)
+                except ValueError as exc:
+                    bad.append({"line": rec.line, "column": table_col, "reason": str(exc)})
+        else:
+            values = rec.values or {}
+            for table_col, file_col, convert in self.columns:
+                try:
+                    out[table_col] = convert(values.get(file_col))
+                except ValueError as exc:
+                    bad.append({"line": rec.line, "column": table_col, "reason": str(exc)})
         for col in self.required:
             bad.append(
                 {
