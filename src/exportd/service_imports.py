@@ -224,7 +224,7 @@ class ImportService:
             key = f"{root}/{check_prefix(req.key, 'INVALID_SOURCE')}"
             if not self.rt.storage.exists(key):
                 raise BadRequest(f"no object {req.key[:200]!r} in the project", "SOURCE_NOT_FOUND")
-            return key, None, key.rsplit("/", 1)[-1], self.rt.storage.size(key)
+            return key, None, key.rsplit("/", 1)[-1][:255], self.rt.storage.size(key)
         path = self._path(project_id, str(req.path), req.connection, who)
         return None, str(path), path.name, path.stat().st_size
 
