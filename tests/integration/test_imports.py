@@ -260,6 +260,7 @@ def test_seed_001_view_and_listing(pg_target_url: str, live_server: Any) -> None
         got = api.http.get("/v1/projects/acme/exports", params={"action": action}).json()
         assert got["count"] == count, (action, got)
     assert api.http.get("/v1/projects/acme/imports").json()["count"] == 1
+    assert api.http.get("/v2/acme/export-tasks").json()["count"] == 0  # seed 004: exports
 
 
 def test_client_and_cli(pg_target_url: str, live_server: Any, tmp_path: Path) -> None:

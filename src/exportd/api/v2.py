@@ -20,7 +20,7 @@ from exportd.api.seed_mapping import (
     seed004_item,
 )
 from exportd.api.views import retry_after_seconds
-from exportd.model import FileStatus, Role, Task, TaskStatus
+from exportd.model import FileStatus, Role, Task, TaskKind, TaskStatus
 from exportd.model.requests import NO_NUL
 from exportd.store import TaskQuery, sort_order
 
@@ -101,6 +101,7 @@ def list_export_tasks(
         descending=descending,
         offset=offset,
         limit=limit,
+        kind=TaskKind.EXPORT,  # seed 004 lists export tasks (imports: seed 001's view)
     )
     tasks, count = svc.list(project_id, q)
     return {"export_tasks": [seed004_item(t) for t in tasks], "count": count}
