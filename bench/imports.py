@@ -135,7 +135,12 @@ def phases(task: dict[str, Any]) -> str:
     plan = (first - t(task["start_time"])).total_seconds()
     load = (last - first).total_seconds()
     end = (t(task["end_time"]) - last).total_seconds()
-    return f"planning {plan:.1f} s, partitions {load:.1f} s, publish + report {end:.1f} s"
+    spans = ", ".join(
+        f"{(t(p['start_time']) - first).total_seconds():.1f}-"
+        f"{(t(p['end_time']) - first).total_seconds():.1f}"
+        for p in parts
+    )
+    return f"planning {plan:.1f} s, partitions {load:.1f} s ({spans}), publish + report {end:.1f} s"
 
 
 if __name__ == "__main__":
