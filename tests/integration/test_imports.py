@@ -136,8 +136,10 @@ def test_bad_rows_are_rejected_with_their_lines(target_url: str, live_server: An
     assert manifest["files"][0]["name"] == "rejected_rows.csv"
 
 
-def test_too_many_errors_imports_nothing(pg_target_url: str, live_server: Any) -> None:
-    server: LiveServer = live_server(workers=2)
+def test_too_many_errors_imports_nothing(
+    pg_target_url: str, store_url: str, live_server: Any
+) -> None:
+    server: LiveServer = live_server(workers=2, store_url=store_url)  # both store backends
     api = setup(server, pg_target_url)
     text, bad = bad_file(rows(500))
     up = upload(api, "bad.csv", text.encode())
