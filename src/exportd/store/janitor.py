@@ -8,15 +8,17 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from exportd.model import (
+    FileStatus,
     PartitionStatus,
     Stage,
+    TaskStatus,
 )
 from exportd.store.base import (
     later,
     utcnow,
 )
 from exportd.store.partitions import PartitionStore
-from exportd.store.tables import partitions, tasks
+from exportd.store.tables import files, notifications, partitions, tasks
 
 
 class JanitorStore(PartitionStore):
@@ -105,3 +107,57 @@ class JanitorStore(PartitionStore):
                 .where(tasks.c.coord_token.is_not(None), tasks.c.coord_expires_at < utcnow())
             ).scalar()
         return int(n or 0)
+
+    # ---- operations: figures at scrape time, retention ------------------------------------
+
+    def status_counts(self) -> dict[str, dict[str, int]]:
+        """Tasks and partitions by status, the whole service's (no project): one grouped
+        query each, over the status indexes, for the metrics."""
+        with self.read() as conn:
+            by_task = conn.execute(
+                sa.select(tasks.c.status, sa.func.count()).group_by(tasks.c.status)
+            ).all()
+            by_part = conn.execute(
+                sa.select(partitions.c.status, sa.func.count()).group_by(partitions.c.status)
+            ).all()
+        return {
+            "tasks": {str(s): int(n) for s, n in by_task},
+            "partitions": {str(s): int(n) for s, n in by_part},
+        }
+
+    def delete_finished_before(self, cutoff: datetime, limit: int) -> list[str]:
+        """Retention: delete up to `limit` tasks (with their partitions, files records and
+        notifications) that ended before `cutoff`, are terminal, have no files left in
+        the storage (not GENERATED) and no cleanup still due; oldest first. Returns their
+        ids. Each task goes in its own small transaction (no long lock on the tables)."""
+        terminal = [s.value for s in TaskStatus if s.is_terminal]
+        with self.read() as conn:
+            ids = list(
+                conn.execute(
+                    sa.select(tasks.c.task_id)
+                    .where(
+                        tasks.c.end_time < cutoff,
+                        tasks.c.status.in_(terminal),
+                        tasks.c.file_status != FileStatus.GENERATED.value,
+                        tasks.c.coordinator_due.is_(False),
+                    )
+                    .order_by(tasks.c.end_time)
+                    .limit(limit)
+                ).scalars()
+            )
+        gone = []
+        for task_id in ids:
+            with self.write() as conn:
+                still = conn.execute(
+                    sa.delete(tasks).where(
+                        tasks.c.task_id == task_id,
+                        tasks.c.status.in_(terminal),
+                        tasks.c.file_status != FileStatus.GENERATED.value,
+                        tasks.c.coordinator_due.is_(False),
+                    )
+                ).rowcount  # the children first would leave a moved task without them
+                if still:
+                    for child in (notifications, files, partitions):
+                        conn.execute(child.delete().where(child.c.task_id == task_id))
+                    gone.append(task_id)
+        return gone
