@@ -94,6 +94,8 @@ def _dispatch(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
     """The next step, by `coordinator_work`, done by the task's kind or by the cleanup."""
     work = coordinator_work(task.status, (p.status for p in task.partitions))
     kind = runner(task.kind)
+    if work is not CoordinatorWork.WAIT:
+        log.info("coordinator of %s: %s", task.task_id, work.name.lower())
     if work is CoordinatorWork.PLAN:
         kind.plan(rt, task, lease)
     elif work is CoordinatorWork.MERGE_HEADERS:

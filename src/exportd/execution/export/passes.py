@@ -123,6 +123,7 @@ def export_pass(run: PartitionRun, hb: Heartbeat) -> None:
         )  # fmt: skip
         if committed:
             metrics.committed(result.rows, result.bytes)
+            log.info("%s committed: %d rows, %d bytes", run.where, result.rows, result.bytes)
         else:
             metrics.fenced()
             log.warning("%s: lease lost before commit", run.where)
