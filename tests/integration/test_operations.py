@@ -161,3 +161,32 @@ def test_worker_metrics_port_and_json_logs(
     assert "partition" not in steps[0]
     outside = [r for r in records if "worker running" in r["message"]]
     assert outside and "task_id" not in outside[0]
+
+
+def test_failed_notifications_are_counted(sqlite_source: str, live_server: Any) -> None:
+    server: LiveServer = live_server(
+        notify_max_attempts=2,
+        notify_retry_base_seconds=0.1,
+        webhook_allow_networks=["127.0.0.1/32"],
+    )
+    admin = server.client()
+    token = admin.project("p")
+    admin.dataset("p", name="flights", url=sqlite_source, table="flights", key="id")
+    api = server.client(token)
+    url = f"{server.url}/metrics"
+    before = total(scrape(url, server.admin_token), "exportd_notification_failures_total")
+    closed = f"http://127.0.0.1:{free_port()}/nobody-listens"
+    task = api.export(
+        "p",
+        dataset_id="flights",
+        filter={"id": {"between": [1, 50]}},
+        notify={"webhook_url": closed},
+    )
+    done = api.wait(
+        "p",
+        task["task_id"],
+        until=lambda t: t["notifications"] and t["notifications"][0]["status"] == "FAILED",
+    )
+    assert done["notifications"][0]["attempts"] == 2
+    after = scrape(url, server.admin_token)
+    assert total(after, "exportd_notification_failures_total", channel="webhook") - before == 2
