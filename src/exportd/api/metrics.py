@@ -42,9 +42,11 @@ class StoreCollector(Collector):
             tasks.add_metric([status.value], counts["tasks"].get(status.value, 0))
         yield tasks
         parts = GaugeMetricFamily(
-            "exportd_partitions", "partitions in the store by status", labels=["status"]
+            "exportd_partitions",
+            "partitions not yet stopped (PENDING, RUNNING, WAITING) by status",
+            labels=["status"],
         )
-        for pstatus in PartitionStatus:
+        for pstatus in (s for s in PartitionStatus if not s.is_terminal):
             parts.add_metric([pstatus.value], counts["partitions"].get(pstatus.value, 0))
         yield parts
         by_part = counts["partitions"]
