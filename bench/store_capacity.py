@@ -72,9 +72,11 @@ def queue(store: Store, tasks: int, per_task: int, projects: int) -> None:
         assert store.plan_task(task.task_id, lease.token, planned, per_task, True, ["id"])
 
 
-def claimer(url: str, threads: int, seconds: float, out: Any) -> None:
-    """One process of simulated workers: claim, commit an empty part, again."""
+def claimer(url: str, threads: int, seconds: float, out: Any, ready: Any) -> None:
+    """One process of simulated workers: claim, commit an empty part, again (every
+    process starts claiming at the same moment, once all have started)."""
     store = Store(url)
+    ready.wait()
     counts = [0] * threads
     latencies: list[list[float]] = [[] for _ in range(threads)]
     stop = time.monotonic() + seconds
@@ -123,14 +125,76 @@ def postgres_cpu_seconds() -> float:
     return total / tick
 
 
+def proc_cpu(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return -1.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class BackendCpu:
+    """CPU seconds of this database's own PostgreSQL backends (not the cluster's other
+    users'), sampled every 0.2 s from /proc while a run goes on (the server is local)."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.stop = url, threading.Event()
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.old: set[int] = set()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while True:
+                pids = conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid()"
+                ).fetchall()
+                for (pid,) in pids:
+                    cpu = proc_cpu(pid)
+                    if cpu >= 0:
+                        self.first.setdefault(pid, cpu)
+                        self.last[pid] = cpu
+                if self.stop.wait(0.2):
+                    return
+
+    def __enter__(self) -> BackendCpu:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    @property
+    def seconds(self) -> float:
+        """New backends from 0 (they start with the run), older ones from their first
+        sample."""
+        return sum(self.last[p] - (self.first[p] if p in self.old else 0.0) for p in self.last)
+
+
 def measure_claims(url: str, procs: int, threads: int, seconds: float) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
+    backends = BackendCpu(url)
+    with psycopg.connect(url) as conn:
+        backends.old = {
+            pid for (pid,) in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            )
+        }  # fmt: skip
+    backends.__enter__()
     pg0, wall0 = postgres_cpu_seconds(), time.monotonic()
-    ps = [ctx.Process(target=claimer, args=(url, threads, seconds, out)) for _ in range(procs)]
+    ready = ctx.Barrier(procs)
+    ps = [
+        ctx.Process(target=claimer, args=(url, threads, seconds, out, ready)) for _ in range(procs)
+    ]
     for p in ps:
         p.start()
     results = [out.get() for _ in ps]
+    backends.__exit__()
     for p in ps:
         p.join()
     wall = time.monotonic() - wall0
@@ -144,7 +208,8 @@ def measure_claims(url: str, procs: int, threads: int, seconds: float) -> dict[s
         "claim_p50_ms": round(1000 * lat[len(lat) // 2], 2) if lat else None,
         "claim_p99_ms": round(1000 * lat[int(len(lat) * 0.99)], 2) if lat else None,
         "claimers_cpu_s": round(sum(r[2] for r in results), 1),
-        "postgres_cpu_s": round(postgres_cpu_seconds() - pg0, 1),
+        "backends_cpu_s": round(backends.seconds, 1),  # this database's backends
+        "postgres_cpu_s": round(postgres_cpu_seconds() - pg0, 1),  # the whole cluster's
         "wall_s": round(wall, 1),
     }
 
@@ -263,13 +328,15 @@ def main() -> None:
     print(json.dumps(figures, indent=1))
     print()
     print(
-        "| claimers | processes | claims/s | claim p50 ms | p99 ms | claimers CPU s | PostgreSQL CPU s |"
+        "| claimers | processes | claims/s | claim p50 ms | p99 ms | claimers CPU s "
+        "| backends CPU s | backend CPU ms per claim |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in figures["claims"]:
         print(
             f"| {r['claimers']} | {r['processes']} | {r['claims_per_s']} | {r['claim_p50_ms']} "
-            f"| {r['claim_p99_ms']} | {r['claimers_cpu_s']} | {r['postgres_cpu_s']} |"
+            f"| {r['claim_p99_ms']} | {r['claimers_cpu_s']} | {r['backends_cpu_s']} "
+            f"| {round(1000 * r['backends_cpu_s'] / max(r['claims'], 1), 1)} |"
         )
 
 

@@ -13,8 +13,10 @@ import sqlalchemy as sa
 from tests.integration.test_links_expiry import finished, setup
 
 
-def test_retention_deletes_old_finished_tasks_only(sqlite_source: str, live_server: Any) -> None:
-    server = live_server(retention_days=1.0)
+def test_retention_deletes_old_finished_tasks_only(
+    sqlite_source: str, store_url: str, live_server: Any
+) -> None:
+    server = live_server(store_url=store_url, retention_days=1.0)
     _, api = setup(server, sqlite_source)
     old, old_with_files, recent = (finished(api, expires_in=3600) for _ in range(3))
     engine = server.app.state.runtime.store.engine

@@ -20,6 +20,8 @@ from exportd.store.base import (
 from exportd.store.partitions import PartitionStore
 from exportd.store.tables import files, notifications, partitions, tasks
 
+RETENTION_CHUNK = 100  # tasks deleted per transaction by the retention
+
 
 class JanitorStore(PartitionStore):
     # ---- the janitor ----------------------------------------------------------------------
@@ -134,35 +136,38 @@ class JanitorStore(PartitionStore):
         """Retention: delete up to `limit` tasks (with their partitions, files records and
         notifications) that ended before `cutoff`, are terminal, have no files left in
         the storage (not GENERATED) and no cleanup still due; oldest first. Returns their
-        ids. Each task goes in its own small transaction (no long lock on the tables)."""
+        ids. A transaction deletes 100 tasks at most (no long lock on the tables)."""
         terminal = [s.value for s in TaskStatus if s.is_terminal]
+        finished = sa.and_(
+            tasks.c.end_time < cutoff,
+            tasks.c.status.in_(terminal),
+            tasks.c.file_status != FileStatus.GENERATED.value,
+            tasks.c.coordinator_due.is_(False),
+        )
         with self.read() as conn:
             ids = list(
                 conn.execute(
                     sa.select(tasks.c.task_id)
-                    .where(
-                        tasks.c.end_time < cutoff,
-                        tasks.c.status.in_(terminal),
-                        tasks.c.file_status != FileStatus.GENERATED.value,
-                        tasks.c.coordinator_due.is_(False),
-                    )
+                    .where(finished)
                     .order_by(tasks.c.end_time)
                     .limit(limit)
                 ).scalars()
             )
-        gone = []
-        for task_id in ids:
+        gone: list[str] = []
+        for start in range(0, len(ids), RETENTION_CHUNK):
+            chunk = ids[start : start + RETENTION_CHUNK]
             with self.write() as conn:
-                still = conn.execute(
-                    sa.delete(tasks).where(
-                        tasks.c.task_id == task_id,
-                        tasks.c.status.in_(terminal),
-                        tasks.c.file_status != FileStatus.GENERATED.value,
-                        tasks.c.coordinator_due.is_(False),
-                    )
-                ).rowcount  # the children first would leave a moved task without them
-                if still:
-                    for child in (notifications, files, partitions):
-                        conn.execute(child.delete().where(child.c.task_id == task_id))
-                    gone.append(task_id)
+                still = list(
+                    conn.execute(
+                        sa.select(tasks.c.task_id)
+                        .where(tasks.c.task_id.in_(chunk), finished)
+                        .with_for_update()
+                    ).scalars()
+                )  # locked: no move in between (and a terminal task hardly moves)
+                if not still:
+                    continue
+                for child in (notifications, files, partitions):
+                    conn.execute(child.delete().where(child.c.task_id.in_(still)))
+                conn.execute(tasks.delete().where(tasks.c.task_id.in_(still)))
+                gone.extend(still)
         return gone
