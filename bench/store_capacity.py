@@ -3,7 +3,9 @@
 1. Claims: how many partition claims (each followed by its fenced commit of an empty
    part, as a worker does) one PostgreSQL store sustains, with 100,000 queued partitions
    (100 RUNNING tasks x 1,000) and 1 to 32 simulated workers (processes x threads, each
-   with its own connection pool, all through `exportd.store.Store`).
+   with its own connection pool, all through `exportd.store.Store`); and heartbeats
+   (lease renewals, which every running partition makes each `lease_seconds / 4`)
+   per second with 16 leases held.
 2. History: the same claims, a task listing (of the project that holds the history,
    first page of 50 and the count), the metrics' grouped counts, with 100,000
    finished tasks (1,000,000 finished partitions) in the tables; then the retention's
@@ -72,9 +74,12 @@ def queue(store: Store, tasks: int, per_task: int, projects: int) -> None:
         assert store.plan_task(task.task_id, lease.token, planned, per_task, True, ["id"])
 
 
-def claimer(url: str, threads: int, seconds: float, out: Any, ready: Any) -> None:
+def claimer(
+    url: str, threads: int, seconds: float, out: Any, ready: Any, beats: bool = False
+) -> None:
     """One process of simulated workers: claim, commit an empty part, again (every
-    process starts claiming at the same moment, once all have started)."""
+    process starts claiming at the same moment, once all have started). With `beats`,
+    each claims one partition and then only renews its lease (heartbeats), again."""
     store = Store(url)
     ready.wait()
     counts = [0] * threads
@@ -83,6 +88,16 @@ def claimer(url: str, threads: int, seconds: float, out: Any, ready: Any) -> Non
 
     def work(k: int) -> None:
         owner = f"bench:{os.getpid()}:w{k}"
+        if beats:
+            held = store.claim_partition(owner, 60)
+            assert held is not None
+            task, part, lease = held
+            while time.monotonic() < stop:
+                t0 = time.perf_counter()
+                store.heartbeat(task.task_id, part.index, lease.token, 60, counts[k], 0)
+                latencies[k].append(time.perf_counter() - t0)
+                counts[k] += 1
+            return
         while time.monotonic() < stop:
             t0 = time.perf_counter()
             claim = store.claim_partition(owner, 60)
@@ -175,7 +190,9 @@ class BackendCpu:
         return sum(self.last[p] - (self.first[p] if p in self.old else 0.0) for p in self.last)
 
 
-def measure_claims(url: str, procs: int, threads: int, seconds: float) -> dict[str, Any]:
+def measure_claims(
+    url: str, procs: int, threads: int, seconds: float, beats: bool = False
+) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     backends = BackendCpu(url)
@@ -189,7 +206,8 @@ def measure_claims(url: str, procs: int, threads: int, seconds: float) -> dict[s
     pg0, wall0 = postgres_cpu_seconds(), time.monotonic()
     ready = ctx.Barrier(procs)
     ps = [
-        ctx.Process(target=claimer, args=(url, threads, seconds, out, ready)) for _ in range(procs)
+        ctx.Process(target=claimer, args=(url, threads, seconds, out, ready, beats))
+        for _ in range(procs)
     ]
     for p in ps:
         p.start()
@@ -296,6 +314,8 @@ def main() -> None:
             runs.append(measure_claims(url, procs, threads, args.seconds))
             print(json.dumps(runs[-1]), flush=True)
         figures["claims"] = runs
+        figures["heartbeats"] = measure_claims(url, 4, 4, args.seconds, beats=True)
+        print(json.dumps(figures["heartbeats"]), flush=True)
 
         t0 = time.monotonic()
         add_history(url, args.history)
