@@ -277,19 +277,20 @@ def test_a_worker_host_cut_off_mid_partition(cluster: Cluster) -> None:
         p = next(p for p in c.partitions(task_id) if p["idx"] == held["idx"])
         return p if p["lost_count"] >= 1 and p["lease_token"] != held["lease_token"] else None
 
-    again = wait_until(redone, 60, "the cut host's partition reclaimed")
+    wait_until(redone, 60, "the cut host's partition reclaimed")
     reclaimed_after = time.monotonic() - cut_at
-    wait_until(
-        lambda: next(p for p in c.partitions(task_id) if p["idx"] == held["idx"])["status"]
-        in ("RUNNING", "DONE"),
-        60, "the partition taken up by another host",
-    )  # fmt: skip
+
+    def retaken() -> dict[str, Any] | None:
+        p = next(p for p in c.partitions(task_id) if p["idx"] == held["idx"])
+        return p if p["status"] in ("RUNNING", "DONE") else None
+
+    again = wait_until(retaken, 60, "the partition taken up by another host")
     c.workers["w1"].reconnect()
     back_at = time.monotonic()
     done = c.finish(task_id)
     part = next(p for p in done["partitions"] if p["index"] == held["idx"])
     assert part["lost_count"] >= 1 and part["attempts"] == 1, part
-    assert ":" + str(c.procs["w1"].pid) + ":" not in (again["lease_owner"] or "")
+    assert f":{c.procs['w1'].pid}:" not in again["lease_owner"]  # another host's
 
     # the late worker's writes were fenced: its heartbeat found the lease gone, or its
     # commit was refused; its own metrics say which
@@ -381,11 +382,10 @@ def test_sigterm_hands_back_at_once(cluster: Cluster) -> None:
     assert proc.wait(timeout=30) == 0
     exited_s = time.monotonic() - sent
     p = next(p for p in c.partitions(task_id) if p["idx"] == held["idx"])
-    # handed back: free again (or already taken by another host), no loss counted, and
-    # well before the old lease would have expired
+    # handed back: free again (or already taken by another host) with no loss counted; a
+    # lease left to expire would have been reclaimed by a janitor, counting a loss
     assert p["lease_token"] != held["lease_token"], p
     assert p["lost_count"] == 0, p
-    assert time.monotonic() - sent < LEASE
     c.start_worker("w2")
     done = c.finish(task_id)
     assert all(q["lost_count"] == 0 for q in done["partitions"]), done["partitions"]
