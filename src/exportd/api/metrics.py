@@ -19,10 +19,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from exportd.api.deps import auth_token_header, bearer, service
+from exportd.api.deps import auth_token_header, bearer
 from exportd.errors import Forbidden
 from exportd.model import PartitionStatus, TaskStatus
 from exportd.runtime import Runtime
+from exportd.service import ExportService
 
 router = APIRouter(tags=["meta"])
 
@@ -73,7 +74,8 @@ def scraper(
     if rt.settings.metrics_public:
         return
     token = credentials.credentials if credentials else x_auth_token
-    who = service(request).authenticate(token.strip() if token else None)
+    svc: ExportService = request.app.state.service
+    who = svc.authenticate(token.strip() if token else None)
     if not who.is_admin:
         raise Forbidden("only the administrator token may read the metrics", "FORBIDDEN")
 
