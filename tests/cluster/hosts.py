@@ -169,3 +169,5 @@ class PgCluster:
     def drop(self) -> None:
         run("pg_dropcluster", "--stop", self.version, self.name, check=False)
         shutil.rmtree(self.socket_dir, ignore_errors=True)
+        # pg_dropcluster leaves the configuration directory when it holds a file of ours
+        shutil.rmtree(PG_VERSION_DIR / self.version / self.name, ignore_errors=True)
