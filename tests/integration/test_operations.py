@@ -5,6 +5,7 @@ after a real export; JSON log lines with the unit of work's ids."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import SOURCE_ROWS
 from tests.integration.test_faults import SLOW_QUERY, csv_rows, pg_rows, setup_project
-from tests.support import FLIGHT_COLUMNS, LiveServer, free_port
+from tests.support import FLIGHT_COLUMNS, Api, LiveServer, free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -198,3 +199,58 @@ def test_failed_notifications_are_counted(sqlite_source: str, live_server: Any) 
     assert done["notifications"][0]["attempts"] == 2
     after = scrape(url, server.admin_token)
     assert total(after, "exportd_notification_failures_total", channel="webhook") - before == 2
+
+
+def test_serve_adds_up_its_worker_processes(
+    pg_source: str, pg_database: str, tmp_path: Path
+) -> None:
+    """`exportd serve` runs its workers as processes of their own: its /metrics counts
+    what they did (prometheus_client's multiprocess mode, a directory of the server's)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "EXPORTD_DATABASE_URL": pg_database,
+        "EXPORTD_ADMIN_TOKEN": "ops-test-admin-token-0123456789",
+        "EXPORTD_LEASE_SECONDS": "3",
+        "EXPORTD_POLL_SECONDS": "0.2",
+        "EXPORTD_SHUTDOWN_GRACE_SECONDS": "0.5",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with (tmp_path / "serve.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "exportd", "serve", "--port", str(port), "--workers", "2",
+             "--data-dir", str(tmp_path / "data")],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        api = Api(url, env["EXPORTD_ADMIN_TOKEN"])
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if api.http.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, (
+                tmp_path / "serve.log"
+            ).read_text()
+            time.sleep(0.2)
+        api.project("acme")
+        api.dataset("acme", kind="sql", url=pg_source, key="id", name="flights", table="flights")
+        task = api.export("acme", dataset_id="flights", format="csv", parallelism=4)
+        done = api.wait("acme", task["task_id"], timeout=180)
+        assert done["status"] == "COMPLETED", done
+        samples = scrape(f"{url}/metrics", env["EXPORTD_ADMIN_TOKEN"])
+        assert total(samples, "exportd_rows_written_total") == SOURCE_ROWS
+        assert total(samples, "exportd_partitions_committed_total") == 4
+        pids = {
+            dict(ls)["process"].rsplit(":", 1)[1]
+            for (n, ls) in samples
+            if n == "exportd_claims_total"
+        }
+        assert str(proc.pid) not in pids and 1 <= len(pids) <= 2, pids  # the workers' own
+        assert total(samples, "exportd_tasks", status="COMPLETED") == 1
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=60) in (0, -15)  # uvicorn raises the signal again at exit

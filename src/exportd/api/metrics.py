@@ -9,12 +9,13 @@ series names a project, a task or a dataset: a scrape reveals no tenant's data."
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response, Security
 from fastapi.security import HTTPAuthorizationCredentials
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -85,5 +86,9 @@ def metrics(request: Request, _: Annotated[None, Depends(scraper)]) -> Response:
     """Prometheus metrics of this process and of the store (no project is named)."""
     store = CollectorRegistry(auto_describe=False)
     store.register(StoreCollector(request.app.state.runtime))
-    body = generate_latest(REGISTRY) + generate_latest(store)
+    own: CollectorRegistry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # `serve`'s worker processes' too
+        own = CollectorRegistry()
+        multiprocess.MultiProcessCollector(own)  # type: ignore[no-untyped-call]
+    body = generate_latest(own) + generate_latest(store)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

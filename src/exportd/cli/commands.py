@@ -169,6 +169,19 @@ def _logging(fmt: str | None = None) -> None:
     configure(fmt)
 
 
+def _share_metrics(data_dir: Path) -> None:
+    """The worker processes of `serve` count in files of a directory of the server's
+    (prometheus_client's multiprocess mode: `prometheus/` in the data directory, emptied
+    at each start), so that the API's /metrics adds up theirs."""
+    import shutil
+
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        path = data_dir / "prometheus"
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+
+
 def _settings(data_dir: Path | None, **overrides: Any) -> Settings:
     values = {k: v for k, v in overrides.items() if v is not None}
     if data_dir is not None:
@@ -203,14 +216,29 @@ def serve(
         Path | None, typer.Option("--data-dir", help="data directory (EXPORTD_DATA_DIR)")
     ] = None,
     workers: Annotated[int | None, typer.Option(help="in-process workers (default 2)")] = None,
+    worker_processes: Annotated[
+        bool | None,
+        typer.Option(
+            "--worker-processes/--worker-threads",
+            help="run the workers as processes of their own (the default) or as threads of "
+            "the API's process (EXPORTD_WORKER_PROCESSES)",
+        ),
+    ] = None,
 ) -> None:
-    """Run the HTTP API with in-process workers (the embedded deployment)."""
+    """Run the HTTP API with its workers (the embedded deployment)."""
     import uvicorn
+
+    settings = _settings(data_dir, workers=workers)
+    if worker_processes is None and "worker_processes" not in settings.model_fields_set:
+        worker_processes = True  # the fast shape, unless EXPORTD_WORKER_PROCESSES says no
+    if worker_processes is not None:
+        settings = settings.model_copy(update={"worker_processes": worker_processes})
+    _logging(settings.log_format)
+    if settings.worker_processes and settings.workers:
+        _share_metrics(settings.data_dir)  # before prometheus_client is imported (exportd.api)
 
     from exportd.api import create_app
 
-    settings = _settings(data_dir, workers=workers)
-    _logging(settings.log_format)
     where = (
         "EXPORTD_ADMIN_TOKEN"
         if settings.admin_token
