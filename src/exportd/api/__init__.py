@@ -134,6 +134,9 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
     app.include_router(router)
     app.include_router(seeds_router)
     app.include_router(metrics_router)  # GET /metrics (Prometheus)
+    from exportd.api.imports import router as imports_router
+
+    app.include_router(imports_router)
     add_dashboard(app)
     add_api_docs(app)
     app.add_middleware(InputGuard, max_body_bytes=settings.max_body_bytes)

@@ -1,7 +1,7 @@
 """tasks: an index on end_time, for the retention of finished tasks
 
 Revision ID: 0016
-Revises: 0011
+Revises: 0014
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0016"
-down_revision = "0011"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
