@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO, cast
 
+from exportd import metrics
 from exportd.documents.flatten import KeyCollector, check_width, flat_rows
 from exportd.errors import SourceError
 from exportd.execution.export.bisect import Bisection, bisectable
@@ -144,7 +145,11 @@ def export_pass(run: PartitionRun, hb: Heartbeat) -> None:
             failed_items=None if failed is None else failed.failed,
             failed_count=0 if failed is None else failed.failed_count,
         )  # fmt: skip
-        if not committed:
+        if committed:
+            metrics.committed(result.rows, result.bytes)
+            log.info("%s committed: %d rows, %d bytes", run.where, result.rows, result.bytes)
+        else:
+            metrics.fenced()
             log.warning("%s: lease lost before commit", run.where)
     finally:
         if not committed:
