@@ -131,6 +131,8 @@ class Settings(BaseSettings):
     debug_pause_before_commit: float = Field(default=0.0, ge=0)
     # ... and a coordinator between a task's terminal commit and the deletion of its parts
     debug_pause_after_finish: float = Field(default=0.0, ge=0)
+    # ... and a samples export's worker after each sample it copied
+    debug_pause_per_sample: float = Field(default=0.0, ge=0)
 
     @field_validator("webhook_allow_networks")
     @classmethod

@@ -10,11 +10,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from exportd.model.samples import SamplesSpec
+
 
 class TaskKind(enum.StrEnum):
     """What a task does; chooses the plug-in that plans, runs and finishes it."""
 
     EXPORT = "export"  # a dataset -> files
+    SAMPLES = "samples"  # a samples dataset's labelled files -> a tree or tile folder
 
 
 class DatasetKind(enum.StrEnum):
@@ -23,6 +26,7 @@ class DatasetKind(enum.StrEnum):
     SQL = "sql"  # a table or query of a database
     DOCUMENTS = "documents"  # JSON documents: a JSON column, or JSON Lines files
     FILES = "files"  # CSV, JSON Lines or Parquet files read through Arrow
+    SAMPLES = "samples"  # files (images, texts...) with their labels (model/samples.py)
 
 
 class DocumentMode(enum.StrEnum):
@@ -66,7 +70,7 @@ class ExportPlan(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal[TaskKind.EXPORT] = TaskKind.EXPORT
+    kind: Literal[TaskKind.EXPORT, TaskKind.SAMPLES] = TaskKind.EXPORT
     dataset_id: str
     dataset_kind: DatasetKind
     source_columns: tuple[str, ...]
@@ -76,6 +80,7 @@ class ExportPlan(BaseModel):
     output: OutputSpec
     notify: NotifyTargets = NotifyTargets()
     fingerprint: str  # of the request as given: an Idempotency-Key reused with another -> 409
+    samples: SamplesSpec | None = None  # a samples export (kind SAMPLES)
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -57,6 +57,8 @@ def dataset_spec(
     """`roots`: the directories a files or JSON Lines dataset's path may be under."""
     if req.kind is DatasetKind.FILES:
         return _files(req, roots, engines)
+    if req.kind is DatasetKind.SAMPLES:
+        return _samples(req, roots, engines)
     if req.kind is DatasetKind.DOCUMENTS and req.path is not None:
         return _jsonl_documents(req, roots, engines)
     if target is None:
@@ -153,4 +155,33 @@ def _files(req: DatasetRequest, roots: list[Path], engines: SqlEngines) -> Datas
         "arrow_schema": schema,
         **_named(req),
     }
+    return DatasetSpec("", None, None, "", fields, options)
+
+
+def _samples(req: DatasetRequest, roots: list[Path], engines: SqlEngines) -> DatasetSpec:
+    """Samples: a JSON Lines manifest (one sample a line), or a tree directory whose
+    top folders are the labels; under a source directory, away from exportd's data."""
+    from exportd.sources.samples import read_manifest, scan_tree
+
+    _refuse(req, ("url", "table", "query", "key", "document", "file_format"), "for samples")
+    if req.path is None:
+        raise BadRequest("path (a samples manifest or a folder) is required", "INVALID_DATASET")
+    path = Path(req.path.rstrip("/") or "/")
+    if set("*?[") & set(req.path):
+        raise BadRequest("a samples path is a file or folder, not a pattern", "INVALID_PATH")
+    tree = path.is_absolute() and path.is_dir()
+    _pattern, root, _files = check_pattern(
+        f"{path}/**" if tree else str(path), roots, engines.policy
+    )
+    if tree:
+        layout, found = "tree", scan_tree(path)
+    elif path.is_file() and path.suffix.lower() in (".jsonl", ".ndjson"):
+        layout, found = "manifest", read_manifest(path, root)
+    else:
+        raise BadRequest(
+            "path must be a samples manifest (.jsonl) or a folder of label folders",
+            "INVALID_DATASET",
+        )
+    fields = [{"name": "samples", "type": "samples", "kind": "samples", "count": len(found)}]
+    options = {"path": str(path), "root": str(root), "layout": layout, **_named(req)}
     return DatasetSpec("", None, None, "", fields, options)

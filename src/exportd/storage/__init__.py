@@ -92,6 +92,21 @@ class Composed:
     sha256: str
 
 
+@dataclass(frozen=True)
+class Copied:
+    """What a copy into the storage wrote: the object's size and sha256."""
+
+    bytes: int
+    sha256: str
+
+
+class SourceUnreadable(ExportdError):
+    """The file to copy in could not be opened or read (missing, no permission, not a
+    file): an error of that file, not of the storage."""
+
+    error_code = "SOURCE_FILE_UNREADABLE"
+
+
 class CountingWriter:
     """A binary sink that counts what passes through it (enough of the io protocol for
     io.TextIOWrapper and pyarrow's output streams)."""
@@ -213,6 +228,17 @@ class Storage(Protocol):
     def probe(self, key: str) -> None:
         """One lookup of `key`, not ridden out (readiness): `StorageUnavailable` at once
         when the storage cannot be reached."""
+        ...
+
+    def put_file(self, key: str, source: Path) -> Copied:
+        """Copy a local file in under `key`, hashed on the way (a kernel copy on a local
+        disk, an upload on S3); visible under `key` only once complete. A file that
+        cannot be read raises `SourceUnreadable`."""
+        ...
+
+    def copy(self, source_key: str, key: str) -> Copied:
+        """Copy an object of this storage to `key` inside the storage (a kernel copy on
+        a local disk, a server-side CopyObject on S3)."""
         ...
 
 
