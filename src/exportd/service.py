@@ -628,7 +628,11 @@ def samples_spec(
     return SamplesSpec(
         export_type=req.export_type,
         search_conditions=conditions,
-        sample_state=str(req.sample_state.value if isinstance(req.sample_state, SampleState) else req.sample_state),
+        sample_state=str(
+            req.sample_state.value
+            if isinstance(req.sample_state, SampleState)
+            else req.sample_state
+        ),
         samples=tuple(req.samples) if req.samples is not None else None,
         export_format=req.export_format,
         ratio_sample_usage=req.ratio_sample_usage,
@@ -678,7 +682,9 @@ def _new_dataset(
             "export_new_dataset_work_path must be a folder under the dataset's source directory",
             "INVALID_PATH",
         )
-    if rt.policy.reaches_own_data(folder) or (folder.exists() and (not folder.is_dir() or any(folder.iterdir()))):
+    if rt.policy.reaches_own_data(folder) or (
+        folder.exists() and (not folder.is_dir() or any(folder.iterdir()))
+    ):
         raise BadRequest(
             "export_new_dataset_work_path must be a new or empty folder, away from exportd's data",
             "INVALID_PATH",

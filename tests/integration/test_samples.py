@@ -45,7 +45,13 @@ def write_digits(directory: Path) -> list[dict[str, Any]]:
             "source": f"digits/{label}/{i:04d}.png",
             "labels": []
             if i % 11 == 0
-            else [{"name": label, "type": 0, "property": {"@modelarts:hard": hard, "pen": "blue" if i % 2 else "red"}}],
+            else [
+                {
+                    "name": label,
+                    "type": 0,
+                    "property": {"@modelarts:hard": hard, "pen": "blue" if i % 2 else "red"},
+                }
+            ],
             "state": STATES[i % 3],
             "hard": hard,
             "hard_coefficient": 0.5 if hard else None,
@@ -127,7 +133,9 @@ def test_tree_export_reads_as_class_folders(src: Any, live_server: Any) -> None:
     counted = api.http.get("/v1/projects/acme/datasets/tree/samples-count").json()
     assert counted["total"] == N and counted["labelled"] == N
     assert counted["labels"] == dict(expected)
-    page = api.http.get("/v1/projects/acme/datasets/tree/samples", params={"label": "3", "limit": 5}).json()
+    page = api.http.get(
+        "/v1/projects/acme/datasets/tree/samples", params={"label": "3", "limit": 5}
+    ).json()
     assert page["count"] == expected["3"] and len(page["samples"]) == 5
     assert all(s["labels"][0]["name"] == "3" for s in page["samples"])
 
@@ -171,7 +179,9 @@ def test_tile_split_search_and_partial(src: Any, live_server: Any) -> None:
     for sub, files in split.items():
         assert {f[:-4] for f in files if f.endswith(".txt")} == {f[:-4] for f in images[sub]}
         for f in images[sub]:
-            labels = [json.loads(x) for x in (folder / sub / f"{f[:-4]}.txt").read_text().splitlines()]
+            labels = [
+                json.loads(x) for x in (folder / sub / f"{f[:-4]}.txt").read_text().splitlines()
+            ]
             assert [lb["name"] for lb in labels] == [lb["name"] for lb in by_id[f]["labels"]]
             assert "@modelarts:hard" not in labels[0]["property"]  # cleared by default
             assert labels[0]["property"]["pen"] == by_id[f]["labels"][0]["property"]["pen"]
@@ -180,15 +190,21 @@ def test_tile_split_search_and_partial(src: Any, live_server: Any) -> None:
     assert abs(len(images["train"]) - 0.8 * len(labelled)) <= 1
     assert first["samples"]["split"]["train"] == len(images["train"])
     body = manifest(api, first)
-    assert body["split"]["train"] == len(images["train"]) and body["split"]["eval"] == len(images["eval"])
+    assert body["split"]["train"] == len(images["train"]) and body["split"]["eval"] == len(
+        images["eval"]
+    )
     assert (folder / first["file_name"]).read_text().splitlines()[0].startswith("id,file,subset")
     # the same seed draws the same split; another seed another one
     again = run(api, "labelled", export_type=0, export_format=2, ratio_sample_usage=True,
                 train_sample_ratio="0.80", split_seed=7)  # fmt: skip
-    assert {f for f in files_under(out_dir(server, again) / "train") if f.endswith(".png")} == images["train"]
+    assert {
+        f for f in files_under(out_dir(server, again) / "train") if f.endswith(".png")
+    } == images["train"]
     other = run(api, "labelled", export_type=0, export_format=2, ratio_sample_usage=True,
                 train_sample_ratio="0.80", split_seed=8)  # fmt: skip
-    assert {f for f in files_under(out_dir(server, other) / "train") if f.endswith(".png")} != images["train"]
+    assert {
+        f for f in files_under(out_dir(server, other) / "train") if f.endswith(".png")
+    } != images["train"]
 
     # searches select exactly the expected samples
     searches: list[tuple[dict[str, Any], set[str]]] = [
@@ -218,7 +234,9 @@ def test_tile_split_search_and_partial(src: Any, live_server: Any) -> None:
     state = run(api, "labelled", export_type=1, sample_state="__REJECTED__", export_format=1,
                 clear_hard_property=False)  # fmt: skip
     lines = version_lines(out_dir(server, state), state)
-    assert {s["id"] for s in lines} == {r["id"] for r in records if not r["labels"] and r["state"] == "__REJECTED__"}
+    assert {s["id"] for s in lines} == {
+        r["id"] for r in records if not r["labels"] and r["state"] == "__REJECTED__"
+    }
     assert any(s.get("hard") for s in lines)  # kept
 
     # a sample whose file is gone is a failed item: partial success
@@ -245,18 +263,24 @@ def test_new_dataset_is_listable_and_exportable(src: Any, live_server: Any) -> N
     assert seed["export_params"]["search_conditions"] == cond
     assert seed["path"] == str(directory / "threes") + "/"
 
-    listed = api.http.get("/v1/projects/acme/datasets/threes/samples", params={"limit": 1000}).json()
+    listed = api.http.get(
+        "/v1/projects/acme/datasets/threes/samples", params={"limit": 1000}
+    ).json()
     assert {s["id"] for s in listed["samples"]} == threes
     again = run(api, "threes", export_type=0, export_format=1)
     assert again["status"] == "COMPLETED", again
-    assert {c: len(f) for c, f in class_folders(out_dir(server, again)).items()} == {"3": len(threes)}
+    assert {c: len(f) for c, f in class_folders(out_dir(server, again)).items()} == {
+        "3": len(threes)
+    }
     r = api.http.post("/v1/projects/acme/exports", json={"dataset_id": "labelled", "sample_export": {
         "export_dest": "NEW_DATASET", "export_new_dataset_name": "threes",
         "export_new_dataset_work_path": "other"}})  # fmt: skip
     assert r.status_code == 409 and r.json()["error_code"] == "DATASET_EXISTS"
 
 
-def test_bad_requests_are_4xx_and_change_nothing(src: Any, live_server: Any, tmp_path: Path) -> None:
+def test_bad_requests_are_4xx_and_change_nothing(
+    src: Any, live_server: Any, tmp_path: Path
+) -> None:
     directory, records = src
     server = live_server(workers=1, source_dirs=[str(directory)])
     api = setup(server, directory)
@@ -282,7 +306,9 @@ def test_bad_requests_are_4xx_and_change_nothing(src: Any, live_server: Any, tmp
         {"version_format": "CarbonData"},
     ]  # fmt: skip
     for params in bad:
-        r = api.http.post("/v1/projects/acme/exports", json={"dataset_id": "labelled", "sample_export": params})
+        r = api.http.post(
+            "/v1/projects/acme/exports", json={"dataset_id": "labelled", "sample_export": params}
+        )
         assert r.status_code in (400, 422), (params, r.text)
         assert r.json()["error_code"] and r.json()["error_msg"], r.text
     r = api.http.post("/v1/projects/acme/exports", json={"dataset_id": "labelled", "format": "csv"})
@@ -294,16 +320,27 @@ def test_bad_requests_are_4xx_and_change_nothing(src: Any, live_server: Any, tmp
                  '{"id": "a", "source": "x.png", "labels": [{"name": "a/b"}]}',
                  '{"id": "a", "source": "x.png", "state": "__ALL__"}'):  # fmt: skip
         broken.write_text(line + "\n")
-        r = api.http.post("/v1/projects/acme/datasets", json={"name": "broken", "kind": "samples", "path": str(broken)})
+        r = api.http.post(
+            "/v1/projects/acme/datasets",
+            json={"name": "broken", "kind": "samples", "path": str(broken)},
+        )
         assert r.status_code == 400 and r.json()["error_code"] == "INVALID_SAMPLES", r.text
     write_manifest(broken, [records[0], records[0]])
-    r = api.http.post("/v1/projects/acme/datasets", json={"name": "broken", "kind": "samples", "path": str(broken)})
+    r = api.http.post(
+        "/v1/projects/acme/datasets",
+        json={"name": "broken", "kind": "samples", "path": str(broken)},
+    )
     assert r.status_code == 400, r.text
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    r = api.http.post("/v1/projects/acme/datasets", json={"name": "out", "kind": "samples", "path": str(outside)})
+    r = api.http.post(
+        "/v1/projects/acme/datasets", json={"name": "out", "kind": "samples", "path": str(outside)}
+    )
     assert r.status_code == 400, r.text
-    assert {d["name"] for d in api.http.get("/v1/projects/acme/datasets").json()["datasets"]} == {"tree", "labelled"}
+    assert {d["name"] for d in api.http.get("/v1/projects/acme/datasets").json()["datasets"]} == {
+        "tree",
+        "labelled",
+    }
 
 
 def test_sigkill_mid_copy_exports_each_sample_once(src: Any, live_server: Any) -> None:

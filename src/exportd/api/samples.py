@@ -74,7 +74,9 @@ def list_samples(
     response_model=SampleCounts,
     responses=READ_ERRORS,
 )
-def count_samples(project_id: ProjectId, dataset_id: DatasetId, svc: Svc, who: Who) -> dict[str, Any]:
+def count_samples(
+    project_id: ProjectId, dataset_id: DatasetId, svc: Svc, who: Who
+) -> dict[str, Any]:
     svc.authorize(who, project_id, Role.READER)
     return counts(svc.samples(project_id, dataset_id).samples)
 

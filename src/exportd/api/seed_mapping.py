@@ -257,7 +257,7 @@ def seed003_view(task: Task) -> dict[str, Any]:
     if spec is not None:
         params = samples_export_params(spec)
         export_format, export_type = int(spec.export_format), int(spec.export_type)
-        version = spec.version_format
+        version: str = spec.version_format
     else:
         conditional = search_conditions(task.request) is not None
         params = export_params(task.request)

@@ -142,7 +142,9 @@ class Sample(BaseModel):
             return self
         labels = tuple(
             lb.model_copy(
-                update={"property": {k: v for k, v in lb.property.items() if not is_hard_property(k)}}
+                update={
+                    "property": {k: v for k, v in lb.property.items() if not is_hard_property(k)}
+                }
             )
             for lb in self.labels
         )
@@ -276,21 +278,21 @@ class SampleExport(BaseModel):
     )
     export_format: ExportFormat = ExportFormat.TREE
     ratio_sample_usage: bool = False
-    train_sample_ratio: Annotated[str, StringConstraints(pattern=RATIO)] | Annotated[
-        float, Field(ge=0.0, le=1.0)
-    ] = "1.00"
+    train_sample_ratio: (
+        Annotated[str, StringConstraints(pattern=RATIO)] | Annotated[float, Field(ge=0.0, le=1.0)]
+    ) = "1.00"
     split_seed: int | None = Field(
         default=None, ge=0, le=2**63 - 1, description="the split's seed (default: of the task id)"
     )
     clear_hard_property: bool = True
     version_format: Literal["Default", "CSV"] = "Default"
     export_dest: Literal["DIR", "NEW_DATASET"] = "DIR"
-    export_new_dataset_name: Annotated[
-        str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-    ] | None = None
-    export_new_dataset_work_path: Annotated[
-        str, StringConstraints(min_length=1, max_length=4000, pattern=NO_NUL)
-    ] | None = None
+    export_new_dataset_name: (
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")] | None
+    ) = None
+    export_new_dataset_work_path: (
+        Annotated[str, StringConstraints(min_length=1, max_length=4000, pattern=NO_NUL)] | None
+    ) = None
 
 
 class SamplesSpec(BaseModel):

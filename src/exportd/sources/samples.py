@@ -67,21 +67,22 @@ def read_manifest(path: Path, root: Path) -> list[Sample]:
     base = path.parent
     samples: list[Sample] = []
     try:
-        fh = open(path, "rb")
+        data = path.read_bytes()
     except OSError as exc:
-        raise SourceError(f"the samples manifest cannot be read: {exc.strerror}", "SOURCE_FILES_MISSING") from None
-    with fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                sample = Sample.model_validate(orjson.loads(line))
-                check_source(sample.source, base, root)
-            except (orjson.JSONDecodeError, ValidationError, ValueError) as exc:
-                msg = str(exc).splitlines()
-                why = " ".join(m.strip() for m in msg[:3])[:300]
-                raise BadRequest(f"samples manifest line {n}: {why}", "INVALID_SAMPLES") from None
-            samples.append(sample)
+        raise SourceError(
+            f"the samples manifest cannot be read: {exc.strerror}", "SOURCE_FILES_MISSING"
+        ) from None
+    for n, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            sample = Sample.model_validate(orjson.loads(line))
+            check_source(sample.source, base, root)
+        except (orjson.JSONDecodeError, ValidationError, ValueError) as exc:
+            msg = str(exc).splitlines()
+            why = " ".join(m.strip() for m in msg[:3])[:300]
+            raise BadRequest(f"samples manifest line {n}: {why}", "INVALID_SAMPLES") from None
+        samples.append(sample)
     _unique_ids(samples)
     return samples
 
@@ -90,7 +91,9 @@ def _unique_ids(samples: list[Sample]) -> None:
     seen = Counter(s.id for s in samples)
     twice = [i for i, n in seen.items() if n > 1]
     if twice:
-        raise BadRequest(f"sample ids must be unique: {twice[0][:100]!r} is repeated", "INVALID_SAMPLES")
+        raise BadRequest(
+            f"sample ids must be unique: {twice[0][:100]!r} is repeated", "INVALID_SAMPLES"
+        )
 
 
 def scan_tree(directory: Path) -> list[Sample]:
@@ -108,9 +111,11 @@ def scan_tree(directory: Path) -> list[Sample]:
             mtime = os.stat(os.path.join(dirpath, name)).st_mtime
             samples.append(
                 Sample(
-                    id=source, source=source, labels=labels,
+                    id=source,
+                    source=source,
+                    labels=labels,
                     sample_time=datetime.fromtimestamp(mtime, UTC),
-                )  # fmt: skip
+                )
             )
     return samples
 
@@ -344,9 +349,12 @@ class Placement:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Placement:
         return cls(
-            Sample.model_validate(data["sample"]), data["source"], data["subset"],
-            list(data["targets"]), data.get("label_file"),
-        )  # fmt: skip
+            Sample.model_validate(data["sample"]),
+            data["source"],
+            data["subset"],
+            list(data["targets"]),
+            data.get("label_file"),
+        )
 
 
 @dataclass
@@ -370,9 +378,7 @@ class _Names:
 
 def label_file_body(sample: Sample) -> bytes:
     """A tile layout's label file: one JSON object a line per label of the sample."""
-    return b"".join(
-        orjson.dumps(lb.model_dump(mode="json")) + b"\n" for lb in sample.labels
-    )
+    return b"".join(orjson.dumps(lb.model_dump(mode="json")) + b"\n" for lb in sample.labels)
 
 
 def place(chosen: list[Sample], sset: SampleSet, spec: SamplesSpec) -> list[Placement]:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import os
 import logging
 import math
+import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager

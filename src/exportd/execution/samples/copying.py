@@ -23,11 +23,11 @@ import orjson
 from exportd.execution.heartbeat import Heartbeat
 from exportd.execution.partition import PartitionRun, discard, part_folder
 from exportd.execution.samples.planning import read_selection, spec_of
+from exportd.model import Task
 from exportd.runtime import Runtime
 from exportd.sources.samples import Placement, label_file_body
 from exportd.storage import Copied, SourceUnreadable, Storage
 from exportd.storage.keys import output_prefix
-from exportd.model import Task
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +88,15 @@ def copy_sample(target: Target, p: Placement) -> list[dict[str, Any]]:
         with target.storage.open_write(target.prefix + p.label_file, durable=False) as out:
             out.write(body)
         copied = Copied(len(body), hashlib.sha256(body).hexdigest())
-        written.append({"path": p.label_file, "bytes": copied.bytes, "sha256": copied.sha256, "label": True})
+        written.append(
+            {"path": p.label_file, "bytes": copied.bytes, "sha256": copied.sha256, "label": True}
+        )
     return written
 
 
 def copy_pass(run: PartitionRun, hb: Heartbeat) -> None:
     """Stage 60: the partition's samples copied, then its index committed."""
-    task, part, lease, rt = run.task, run.part, run.lease, run.rt
+    task, part, rt = run.task, run.part, run.rt
     placed = read_selection(rt, part.bounds["selection"])
     target = target_of(rt, task)
     dataset_root = run.dataset.options["root"]

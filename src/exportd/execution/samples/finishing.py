@@ -9,6 +9,7 @@ import csv
 import hashlib
 import io
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,7 +28,6 @@ from exportd.model import (
     FileRecord,
     FileStatus,
     Lease,
-    Partition,
     PartitionStatus,
     Stage,
     Task,
@@ -56,7 +56,9 @@ class Tally:
         return len(self.exported) + len(self.failed) + self.canceled
 
 
-def item_outcome(done: int, failed: int, canceled: int, allow_partial: bool, max_rate: float) -> Outcome:
+def item_outcome(
+    done: int, failed: int, canceled: int, allow_partial: bool, max_rate: float
+) -> Outcome:
     """The terminal status by items: every sample exported -> COMPLETED; some failed
     (their files missing or unreadable, or in a partition that failed) -> COMPLETED_WITH_ERRORS
     when partial success is allowed and the failed share is within the maximum."""
@@ -116,7 +118,9 @@ def finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
         new = _register_new_dataset(rt, task, target, t)
         if new is None:
             name = spec_of(task).new_dataset_name
-            store.fail_task(task.task_id, lease.token, "DATASET_EXISTS", f"dataset {name!r} already exists")
+            store.fail_task(
+                task.task_id, lease.token, "DATASET_EXISTS", f"dataset {name!r} already exists"
+            )
             return
     expires = utcnow() + timedelta(seconds=task.expires_in)
     records = _write_manifests(rt, task, outcome, t, expires)
@@ -138,10 +142,8 @@ def finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
 
 
 def _forget(rt: Runtime, ds: Dataset) -> None:
-    try:
+    with suppress(NotFound):
         rt.store.delete_dataset(ds.project_id, ds.dataset_id)
-    except NotFound:
-        pass
 
 
 def _sweep_temporaries(target: Target) -> None:
@@ -166,9 +168,17 @@ def version_jsonl(t: Tally) -> bytes:
 
 
 CSV_COLUMNS = (
-    "id", "file", "subset", "labels", "label_types", "state", "labeler", "hard",
-    "sample_time", "metadata",
-)  # fmt: skip
+    "id",
+    "file",
+    "subset",
+    "labels",
+    "label_types",
+    "state",
+    "labeler",
+    "hard",
+    "sample_time",
+    "metadata",
+)
 
 
 def version_csv(t: Tally) -> bytes:
@@ -179,11 +189,17 @@ def version_csv(t: Tally) -> bytes:
         s = pl.sample
         w.writerow(
             [
-                s.id, pl.targets[0], pl.subset, ";".join(lb.name for lb in s.labels),
-                ";".join(str(int(lb.type)) for lb in s.labels), s.state.value if s.state else "",
-                s.labeler or "", int(s.hard), s.sample_time.isoformat() if s.sample_time else "",
+                s.id,
+                pl.targets[0],
+                pl.subset,
+                ";".join(lb.name for lb in s.labels),
+                ";".join(str(int(lb.type)) for lb in s.labels),
+                s.state.value if s.state else "",
+                s.labeler or "",
+                int(s.hard),
+                s.sample_time.isoformat() if s.sample_time else "",
                 orjson.dumps(s.metadata).decode() if s.metadata else "",
-            ]  # fmt: skip
+            ]
         )
     return buf.getvalue().encode()
 
@@ -202,7 +218,9 @@ def split_summary(task: Task, t: Tally) -> dict[str, Any] | None:
     }
 
 
-def manifest_body(task: Task, outcome: Outcome, t: Tally, expires: datetime, version: FileRecord) -> bytes:
+def manifest_body(
+    task: Task, outcome: Outcome, t: Tally, expires: datetime, version: FileRecord
+) -> bytes:
     spec = spec_of(task)
     body = {
         "task_id": task.task_id,
@@ -228,28 +246,46 @@ def manifest_body(task: Task, outcome: Outcome, t: Tally, expires: datetime, ver
         "split": split_summary(task, t),
         "version_file": {"name": version.name, "bytes": version.bytes, "sha256": version.sha256},
         "files": [
-            {"name": f["path"], "bytes": f["bytes"], "sha256": f["sha256"],
-             "sample_id": pl.sample.id, "subset": pl.subset, **({"label_file": True} if f.get("label") else {})}
-            for pl, e in t.exported for f in e["files"]
-        ],  # fmt: skip
+            {
+                "name": f["path"],
+                "bytes": f["bytes"],
+                "sha256": f["sha256"],
+                "sample_id": pl.sample.id,
+                "subset": pl.subset,
+                **({"label_file": True} if f.get("label") else {}),
+            }
+            for pl, e in t.exported
+            for f in e["files"]
+        ],
         "failed": t.failed,
         "partitions": [
-            {"index": p.index, "status": p.status.value, "samples": p.bounds.get("count"),
-             "attempts": p.attempts, "error_code": p.error_code if p.status is not PartitionStatus.DONE else None}
+            {
+                "index": p.index,
+                "status": p.status.value,
+                "samples": p.bounds.get("count"),
+                "attempts": p.attempts,
+                "error_code": p.error_code if p.status is not PartitionStatus.DONE else None,
+            }
             for p in sorted(task.partitions, key=lambda p: p.index)
-        ],  # fmt: skip
+        ],
         "request": task.request,
     }
     return orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
 
 
-def _put(storage: Storage, task: Task, key: str, name: str, body: bytes, media: str, kind: str) -> FileRecord:
+def _put(
+    storage: Storage, task: Task, key: str, name: str, body: bytes, media: str, kind: str
+) -> FileRecord:
     with storage.open_write(key) as out:
         out.write(body)
-    return FileRecord(task.task_id, name, key, 0, len(body), hashlib.sha256(body).hexdigest(), media, kind=kind)
+    return FileRecord(
+        task.task_id, name, key, 0, len(body), hashlib.sha256(body).hexdigest(), media, kind=kind
+    )
 
 
-def _write_manifests(rt: Runtime, task: Task, outcome: Outcome, t: Tally, expires: datetime) -> list[FileRecord]:
+def _write_manifests(
+    rt: Runtime, task: Task, outcome: Outcome, t: Tally, expires: datetime
+) -> list[FileRecord]:
     """The version file (the exported samples, JSON Lines or CSV) and manifest.json, in
     the task's folder of the storage."""
     spec = spec_of(task)
@@ -260,7 +296,15 @@ def _write_manifests(rt: Runtime, task: Task, outcome: Outcome, t: Tally, expire
     version = _put(rt.storage, task, folder + task.file_name, task.file_name, body, media, "data")
     version.rows = len(t.exported)
     manifest = manifest_body(task, outcome, t, expires, version)
-    mrec = _put(rt.storage, task, folder + "manifest.json", "manifest.json", manifest, "application/json", "manifest")
+    mrec = _put(
+        rt.storage,
+        task,
+        folder + "manifest.json",
+        "manifest.json",
+        manifest,
+        "application/json",
+        "manifest",
+    )
     return [version, mrec]
 
 
@@ -281,7 +325,9 @@ def _register_new_dataset(rt: Runtime, task: Task, target: Target, t: Tally) -> 
         table=None,
         query=None,
         key="",
-        fields=[{"name": "samples", "type": "samples", "kind": "samples", "count": len(t.exported)}],
+        fields=[
+            {"name": "samples", "type": "samples", "kind": "samples", "count": len(t.exported)}
+        ],
         options={
             "path": str(Path(spec.new_dataset_path) / MANIFEST_NAME),
             "root": spec.new_dataset_root,
