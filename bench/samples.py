@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -67,7 +68,10 @@ def exportd_run(work: Path, tree: Path, workers: int, threads: int, parallelism:
     data = work / "exportd"
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir()
-    server = Exportd(data, f"sqlite:///{data}/store.db", source_dir=tree.parent)
+    with socket.socket() as s:  # not the default port: the machine may be shared
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = Exportd(data, f"sqlite:///{data}/store.db", port=port, source_dir=tree.parent)
     try:
         server.setup({"tree": {"kind": "samples", "path": str(tree)}})
         body = {
@@ -77,6 +81,12 @@ def exportd_run(work: Path, tree: Path, workers: int, threads: int, parallelism:
         }
         with server.workers(workers, threads):
             seconds, task = server.run(body)
+        if os.environ.get("BENCH_VERBOSE"):
+            times = {k: task[k] for k in ("create_time", "start_time", "end_time")}
+            parts = [
+                (p["start_time"], p["end_time"], p["finished_count"]) for p in task["partitions"]
+            ]
+            print(json.dumps({"times": times, "partitions": parts}, indent=1))
         if task["status"] != "COMPLETED":
             raise SystemExit(f"exportd: {task['status']}: {task.get('error_msg')}")
         print(f"{'exportd (tree, sha256 manifest)':<40} {seconds:8.2f} s  "

@@ -136,9 +136,18 @@ class Sample(BaseModel):
     def labelled(self) -> bool:
         return bool(self.labels)
 
+    @property
+    def has_hard_attributes(self) -> bool:
+        return bool(
+            self.hard
+            or self.hard_coefficient is not None
+            or self.hard_reasons
+            or any(is_hard_property(k) for lb in self.labels for k in lb.property)
+        )
+
     def exported(self, clear_hard: bool) -> Sample:
         """As exported: without its hard-example attributes when they are cleared."""
-        if not clear_hard:
+        if not clear_hard or not self.has_hard_attributes:
             return self
         labels = tuple(
             lb.model_copy(

@@ -128,8 +128,16 @@ class SampleSet:
     base: Path  # what relative sources are relative to
     root: Path  # the source directory the files must stay under
 
-    def path_of(self, sample: Sample) -> Path:
-        return check_source(sample.source, self.base, self.root)
+    def path_of(self, sample: Sample) -> str:
+        """Its file, absolute (checked as `check_source` does, on strings: fast)."""
+        source = sample.source
+        path = os.path.normpath(source if source.startswith("/") else f"{self.base}/{source}")
+        root = str(self.root)
+        if ".." in source.split("/") or not (path == root or path.startswith(root + "/")):
+            raise SourceError(
+                f"sample {sample.id[:100]!r}: source outside the dataset", "SOURCE_PATH_OUTSIDE"
+            )
+        return path
 
 
 def load(dataset: Dataset) -> SampleSet:
@@ -329,17 +337,23 @@ def split(ids: list[str], ratio: float, seed: int) -> set[str]:
 
 @dataclass
 class Placement:
-    """One selected sample and the files it becomes (relative to the export's folder)."""
+    """One selected sample and the files it becomes (relative to the export's folder).
+    The sample is kept as JSON (as exported: hard attributes cleared when asked): the
+    copy and the manifests only pass it on."""
 
-    sample: Sample  # as exported (hard attributes cleared when asked)
+    sample: dict[str, Any]
     source: str  # its file, absolute
     subset: str  # train, eval, or "" without a split
     targets: list[str]  # copies of the file: one per label folder (tree), or one (tile)
     label_file: str | None = None  # tile: the label file beside it
 
+    @property
+    def id(self) -> str:
+        return str(self.sample["id"])
+
     def to_json(self) -> dict[str, Any]:
         return {
-            "sample": self.sample.model_dump(mode="json", exclude_defaults=True),
+            "sample": self.sample,
             "source": self.source,
             "subset": self.subset,
             "targets": self.targets,
@@ -349,11 +363,7 @@ class Placement:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Placement:
         return cls(
-            Sample.model_validate(data["sample"]),
-            data["source"],
-            data["subset"],
-            list(data["targets"]),
-            data.get("label_file"),
+            data["sample"], data["source"], data["subset"], data["targets"], data.get("label_file")
         )
 
 
@@ -376,9 +386,16 @@ class _Names:
         return name
 
 
-def label_file_body(sample: Sample) -> bytes:
+def label_file_body(sample: dict[str, Any]) -> bytes:
     """A tile layout's label file: one JSON object a line per label of the sample."""
-    return b"".join(orjson.dumps(lb.model_dump(mode="json")) + b"\n" for lb in sample.labels)
+    labels = sample.get("labels") or []
+    return b"".join(
+        orjson.dumps(
+            {"name": lb["name"], "type": lb.get("type", 0), "property": lb.get("property", {})}
+        )
+        + b"\n"
+        for lb in labels
+    )
 
 
 def place(chosen: list[Sample], sset: SampleSet, spec: SamplesSpec) -> list[Placement]:
@@ -401,8 +418,8 @@ def place(chosen: list[Sample], sset: SampleSet, spec: SamplesSpec) -> list[Plac
         sub = "" if train is None else (TRAIN if s.id in train else EVAL)
         prefix = f"{sub}/" if sub else ""
         stem, ext = os.path.splitext(s.name)
-        out = s.exported(spec.clear_hard_property)
-        source = str(sset.path_of(s))
+        out = s.exported(spec.clear_hard_property).model_dump(mode="json", exclude_defaults=True)
+        source = sset.path_of(s)
         if tree:
             folders = list(dict.fromkeys(f"{prefix}{lb.name}/" for lb in s.labels)) or [prefix]
             targets = [f + names.take(f, stem, (ext,)) + ext for f in folders]

@@ -230,10 +230,11 @@ class Storage(Protocol):
         when the storage cannot be reached."""
         ...
 
-    def put_file(self, key: str, source: Path) -> Copied:
-        """Copy a local file in under `key`, hashed on the way (a kernel copy on a local
-        disk, an upload on S3); visible under `key` only once complete. A file that
-        cannot be read raises `SourceUnreadable`."""
+    def put_file(self, key: str, source: Path | int) -> Copied:
+        """Copy a local file (a path, or a descriptor open for reading, left open) in
+        under `key`, hashed on the way (a kernel copy on a local disk, an upload on S3);
+        visible under `key` only once complete. A file that cannot be read raises
+        `SourceUnreadable`."""
         ...
 
     def copy(self, source_key: str, key: str) -> Copied:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import secrets
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -115,45 +116,52 @@ class LocalStorage:
     def open_read(self, key: str) -> BinaryIO:
         return self._again("open", lambda: open(self._path(key), "rb"))
 
-    def put_file(self, key: str, source: Path) -> Copied:
+    def put_file(self, key: str, source: Path | int) -> Copied:
         """A temporary file beside the target, filled inside the kernel
         (`os.copy_file_range`; a small file in one read, hashed from that same buffer)
         and renamed into place; not fsynced (as parts: the result is complete once the
-        task's manifest, written durably, says so). The key is checked as a string:
+        task's manifest, written durably, says so). `source`: a path, or a file already
+        open (its descriptor stays the caller's). The key is checked as a string:
         resolving each of many small files' paths would cost more than copying them."""
+        if isinstance(source, int):
+            return self._fill(os.path.join(self.root, check_key(key)), source)
         try:
             src = os.open(source, os.O_RDONLY)
         except OSError as exc:
             raise SourceUnreadable(f"{Path(source).name}: {exc.strerror}") from None
         try:
-            return self._fill(self.root / check_key(key), src)
+            return self._fill(os.path.join(self.root, check_key(key)), src)
         finally:
             os.close(src)
 
     def copy(self, source_key: str, key: str) -> Copied:
         return self.put_file(key, self._path(source_key))
 
-    def _fill(self, path: Path, src: int) -> Copied:
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    def _fill(self, path: str, src: int) -> Copied:
+        head, name = os.path.split(path)
+        tmp = f"{head}/.{name}.{secrets.token_hex(6)}.tmp"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
         with named_errors():
             try:
                 dst = os.open(tmp, flags, 0o644)
             except FileNotFoundError:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                os.makedirs(head, exist_ok=True)
                 dst = os.open(tmp, flags, 0o644)
+        done = False
         try:
             with named_errors():
                 copied = _copy_hashing(src, dst)
                 os.close(dst)
                 dst = -1
                 os.replace(tmp, path)
+                done = True
             return copied
         finally:
             if dst >= 0:
                 os.close(dst)
-            with suppress(FileNotFoundError):
-                os.unlink(tmp)
+            if not done:
+                with suppress(FileNotFoundError):
+                    os.unlink(tmp)
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
         def read() -> bytes:

@@ -242,16 +242,17 @@ class S3Storage:
     def exists(self, key: str) -> bool:
         return self._head(key) is not None
 
-    def put_file(self, key: str, source: Path) -> Copied:
+    def put_file(self, key: str, source: Path | int) -> Copied:
         """A local file uploaded under `key`: a small one from one buffer (hashed from
         it), a large one hashed first, then uploaded by the transfer manager."""
+        name = f"/proc/self/fd/{source}" if isinstance(source, int) else str(source)
         try:
-            with open(source, "rb") as fh:
+            with open(source, "rb", closefd=not isinstance(source, int)) as fh:
                 size = os.fstat(fh.fileno()).st_size
                 data = fh.read() if size <= SPOOL else None
                 digest = hashlib.sha256(data) if data is not None else _hash_file(fh)
         except OSError as exc:
-            raise SourceUnreadable(f"{source.name}: {exc.strerror}") from None
+            raise SourceUnreadable(f"{os.path.basename(name)}: {exc.strerror}") from None
         target = self._k(key)
         if data is not None:
             body = data
@@ -261,9 +262,7 @@ class S3Storage:
             return Copied(len(data), digest.hexdigest())
         self._call(
             "upload",
-            lambda: self.client.upload_file(
-                str(source), self.bucket, target, Config=self._transfer
-            ),
+            lambda: self.client.upload_file(name, self.bucket, target, Config=self._transfer),
         )
         return Copied(size, digest.hexdigest())
 

@@ -26,7 +26,7 @@ from exportd.execution.samples.planning import read_selection, spec_of
 from exportd.model import Task
 from exportd.runtime import Runtime
 from exportd.sources.samples import Placement, label_file_body
-from exportd.storage import Copied, SourceUnreadable, Storage
+from exportd.storage import SourceUnreadable, Storage
 from exportd.storage.keys import output_prefix
 
 log = logging.getLogger(__name__)
@@ -53,32 +53,51 @@ def target_of(rt: Runtime, task: Task) -> Target:
 
 
 class _Guard:
-    """Whether a sample's file may be read: it resolves under the dataset's source
-    directory, and away from exportd's own data."""
+    """Opens a sample's file if it may be read: it resolves (the file opened, looked up
+    by its descriptor: no race with a symlink swapped meanwhile) under the dataset's
+    source directory, and away from exportd's own data."""
 
     def __init__(self, rt: Runtime, root: str) -> None:
         self.root = os.path.realpath(root)
         self.policy = rt.policy
         self.own = rt.policy.reaches_own_data(root)
 
-    def why_not(self, source: str) -> str | None:
-        real = os.path.realpath(source)
-        if not (real == self.root or real.startswith(self.root + os.sep)):
-            return "the sample's file resolves outside the dataset's source directory"
-        if self.own and self.policy.is_own_file(real):
-            return "the sample's file is exportd's own data"
-        return None
+    def open(self, source: str) -> int:
+        try:
+            fd = os.open(source, os.O_RDONLY)
+        except OSError as exc:
+            raise SourceUnreadable(f"{os.path.basename(source)}: {exc.strerror}") from None
+        try:
+            real = _real_path(fd, source)
+            if not (real == self.root or real.startswith(self.root + os.sep)):
+                why = "the sample's file resolves outside the dataset's source directory"
+                raise SourceUnreadable(why, "SOURCE_NOT_ALLOWED")
+            if self.own and self.policy.is_own_file(real):
+                raise SourceUnreadable(
+                    "the sample's file is exportd's own data", "SOURCE_NOT_ALLOWED"
+                )
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
 
-def copy_sample(target: Target, p: Placement) -> list[dict[str, Any]]:
-    """The sample's file to each of its targets (the second and later from the first,
-    inside the storage), then its label file: what was written."""
+def _real_path(fd: int, source: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:  # no /proc: resolve the name instead
+        return os.path.realpath(source)
+
+
+def copy_sample(target: Target, p: Placement, fd: int) -> list[dict[str, Any]]:
+    """The sample's file (open as `fd`) to each of its targets (the second and later
+    from the first, inside the storage), then its label file: what was written."""
     written: list[dict[str, Any]] = []
     first: str | None = None
     for rel in p.targets:
         key = target.prefix + rel
         if first is None:
-            copied = target.storage.put_file(key, Path(p.source))
+            copied = target.storage.put_file(key, fd)
             first = key
         else:
             copied = target.storage.copy(first, key)
@@ -87,10 +106,8 @@ def copy_sample(target: Target, p: Placement) -> list[dict[str, Any]]:
         body = label_file_body(p.sample)
         with target.storage.open_write(target.prefix + p.label_file, durable=False) as out:
             out.write(body)
-        copied = Copied(len(body), hashlib.sha256(body).hexdigest())
-        written.append(
-            {"path": p.label_file, "bytes": copied.bytes, "sha256": copied.sha256, "label": True}
-        )
+        digest = hashlib.sha256(body).hexdigest()
+        written.append({"path": p.label_file, "bytes": len(body), "sha256": digest, "label": True})
     return written
 
 
@@ -105,12 +122,13 @@ def copy_pass(run: PartitionRun, hb: Heartbeat) -> None:
     done = failed = written = 0
     for p in placed:
         hb.check()
-        entry: dict[str, Any] = {"id": p.sample.id, "subset": p.subset}
-        refused = guard.why_not(p.source)
+        entry: dict[str, Any] = {"id": p.id, "subset": p.subset}
         try:
-            if refused:
-                raise SourceUnreadable(refused, "SOURCE_NOT_ALLOWED")
-            entry["files"] = copy_sample(target, p)
+            fd = guard.open(p.source)
+            try:
+                entry["files"] = copy_sample(target, p, fd)
+            finally:
+                os.close(fd)
             done += 1
             written += sum(f["bytes"] for f in entry["files"])
         except SourceUnreadable as exc:

@@ -82,7 +82,7 @@ def tally(rt: Runtime, task: Task) -> Tally:
         if p.status is PartitionStatus.DONE and p.part_key:
             entries = {e["id"]: e for e in read_index(rt.storage, p.part_key)}
             for pl in placed:
-                e = entries[pl.sample.id]
+                e = entries[pl.id]
                 if "files" in e:
                     out.exported.append((pl, e))
                 else:
@@ -92,7 +92,7 @@ def tally(rt: Runtime, task: Task) -> Tally:
         else:
             code, msg = p.error_code or "PARTITION_FAILED", p.error_msg or ""
             out.failed += [
-                {"id": pl.sample.id, "error_code": code, "error_msg": msg[:500]} for pl in placed
+                {"id": pl.id, "error_code": code, "error_msg": msg[:500]} for pl in placed
             ]
     return out
 
@@ -159,8 +159,7 @@ def _sweep_temporaries(target: Target) -> None:
 
 def _exported_sample(pl: Placement) -> dict[str, Any]:
     """The sample as exported, its source now its (first) file in the export."""
-    body = pl.sample.model_copy(update={"source": pl.targets[0]})
-    return body.model_dump(mode="json", exclude_defaults=True)
+    return {**pl.sample, "source": pl.targets[0]}
 
 
 def version_jsonl(t: Tally) -> bytes:
@@ -187,18 +186,19 @@ def version_csv(t: Tally) -> bytes:
     w.writerow(CSV_COLUMNS)
     for pl, _ in t.exported:
         s = pl.sample
+        labels = s.get("labels") or []
         w.writerow(
             [
-                s.id,
+                pl.id,
                 pl.targets[0],
                 pl.subset,
-                ";".join(lb.name for lb in s.labels),
-                ";".join(str(int(lb.type)) for lb in s.labels),
-                s.state.value if s.state else "",
-                s.labeler or "",
-                int(s.hard),
-                s.sample_time.isoformat() if s.sample_time else "",
-                orjson.dumps(s.metadata).decode() if s.metadata else "",
+                ";".join(lb["name"] for lb in labels),
+                ";".join(str(lb.get("type", 0)) for lb in labels),
+                s.get("state") or "",
+                s.get("labeler") or "",
+                int(bool(s.get("hard"))),
+                s.get("sample_time") or "",
+                orjson.dumps(s["metadata"]).decode() if s.get("metadata") else "",
             ]
         )
     return buf.getvalue().encode()
@@ -250,7 +250,7 @@ def manifest_body(
                 "name": f["path"],
                 "bytes": f["bytes"],
                 "sha256": f["sha256"],
-                "sample_id": pl.sample.id,
+                "sample_id": pl.id,
                 "subset": pl.subset,
                 **({"label_file": True} if f.get("label") else {}),
             }
