@@ -99,25 +99,35 @@ def _unique_ids(samples: list[Sample]) -> None:
 def scan_tree(directory: Path) -> list[Sample]:
     """A tree of class folders: every file under a top folder is a sample labelled with
     the folder's name (image classification); a file at the top is unlabelled. Hidden
-    files and folders are skipped; the id is the file's path relative to the tree."""
-    samples = []
-    for dirpath, dirnames, filenames in os.walk(directory):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = Path(dirpath).relative_to(directory)
-        for name in sorted(f for f in filenames if not f.startswith(".")):
-            source = (rel / name).as_posix()
-            top = rel.parts[0] if rel.parts else None
-            labels = (Label(name=top, type=LabelType.IMAGE_CLASSIFICATION),) if top else ()
-            mtime = os.stat(os.path.join(dirpath, name)).st_mtime
-            samples.append(
-                Sample(
-                    id=source,
-                    source=source,
-                    labels=labels,
-                    sample_time=datetime.fromtimestamp(mtime, UTC),
+    files and folders are skipped; the id is the file's path relative to the tree. The
+    records are built unvalidated: every value comes from the file system (a folder
+    name that cannot be a label is refused first)."""
+    samples: list[Sample] = []
+    _scan(str(directory), "", None, samples)
+    return sorted(samples, key=lambda s: s.id)
+
+
+def _scan(path: str, rel: str, label: tuple[Label, ...] | None, out: list[Sample]) -> None:
+    with os.scandir(path) as it:
+        entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    for e in entries:
+        source = rel + e.name
+        if e.is_dir():
+            below = label
+            if below is None:
+                try:
+                    below = (Label(name=e.name, type=LabelType.IMAGE_CLASSIFICATION),)
+                except ValidationError:
+                    why = f"folder {e.name[:100]!r} cannot be a label name"
+                    raise BadRequest(why, "INVALID_SAMPLES") from None
+            _scan(e.path, source + "/", below, out)
+        elif e.is_file():
+            when = datetime.fromtimestamp(e.stat().st_mtime, UTC)
+            out.append(
+                Sample.model_construct(
+                    id=source, source=source, labels=label or (), sample_time=when
                 )
             )
-    return samples
 
 
 @dataclass(frozen=True)
@@ -378,6 +388,11 @@ class _Names:
 
     def take(self, folder: str, stem: str, suffixes: tuple[str, ...]) -> str:
         """The first of `stem`, `stem-1`, `stem-2`... free with every suffix in `folder`."""
+        if len(suffixes) == 1:  # the common case, in short
+            path = folder + stem + suffixes[0]
+            if path not in self.taken:
+                self.taken.add(path)
+                return stem
         n, name = 0, stem
         while not self.free(*(folder + name + s for s in suffixes)):
             n += 1

@@ -243,6 +243,9 @@ class Storage(Protocol):
         ...
 
 
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
+
 def check_key(key: str) -> str:
     """A storage key is relative and '/'-separated, with no empty, '.' or '..' segment;
     a trailing '/' names a folder-like prefix."""
@@ -250,7 +253,7 @@ def check_key(key: str) -> str:
     if (
         not key
         or "\\" in key
-        or any(ord(c) < 32 for c in key)
+        or _CONTROL.search(key) is not None
         or any(s in ("", ".", "..") for s in segments)
     ):
         raise ValueError(f"invalid storage key {key[:200]!r}")
