@@ -372,3 +372,23 @@ def test_sigkill_mid_copy_exports_each_sample_once(src: Any, live_server: Any) -
     time.sleep(0)  # nothing left under the task's parts either once cleaned up
     parts = server.settings.data_dir / "files" / "parts" / done["task_id"]
     api.wait("acme", done["task_id"], timeout=30, until=lambda _t: not parts.exists())
+
+
+def test_cancel_mid_copy_leaves_nothing(src: Any, live_server: Any) -> None:
+    directory, _ = src
+    server = live_server(workers=2, source_dirs=[str(directory)], debug_pause_per_sample=0.02)
+    api = setup(server, directory)
+    task = api.export("acme", dataset_id="tree", parallelism=2, sample_export={"export_format": 1})
+    api.wait(
+        "acme", task["task_id"], timeout=60,
+        until=lambda t: any(p["finished_count"] > 0 for p in t["partitions"]),
+    )  # fmt: skip
+    r = api.http.post(f"/v1/projects/acme/exports/{task['task_id']}/cancel")
+    assert r.status_code == 202, r.text
+    done = api.wait("acme", task["task_id"], timeout=60)
+    assert done["status"] == "CANCELED", done
+    root = server.settings.data_dir / "files"
+    api.wait(
+        "acme", task["task_id"], timeout=30,
+        until=lambda _t: not [p for p in root.rglob("*") if p.is_file() and task["task_id"] in str(p)],
+    )  # fmt: skip

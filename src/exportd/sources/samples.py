@@ -99,9 +99,7 @@ def _unique_ids(samples: list[Sample]) -> None:
 def scan_tree(directory: Path) -> list[Sample]:
     """A tree of class folders: every file under a top folder is a sample labelled with
     the folder's name (image classification); a file at the top is unlabelled. Hidden
-    files and folders are skipped; the id is the file's path relative to the tree. The
-    records are built unvalidated: every value comes from the file system (a folder
-    name that cannot be a label is refused first)."""
+    files and folders are skipped; the id is the file's path relative to the tree."""
     samples: list[Sample] = []
     _scan(str(directory), "", None, samples)
     return sorted(samples, key=lambda s: s.id)
@@ -123,11 +121,7 @@ def _scan(path: str, rel: str, label: tuple[Label, ...] | None, out: list[Sample
             _scan(e.path, source + "/", below, out)
         elif e.is_file():
             when = datetime.fromtimestamp(e.stat().st_mtime, UTC)
-            out.append(
-                Sample.model_construct(
-                    id=source, source=source, labels=label or (), sample_time=when
-                )
-            )
+            out.append(Sample(id=source, source=source, labels=label or (), sample_time=when))
 
 
 @dataclass(frozen=True)
