@@ -268,7 +268,9 @@ class ExportService:
         target = self._source_target(who, project_id, req)
         files = req.kind is DatasetKind.FILES or req.path is not None
         roots = self._file_roots(who, project_id, req) if files else []
-        spec = dataset_spec(req, target, self.rt.engines, roots)
+        spec = dataset_spec(
+            req, target, self.rt.engines, roots, self.rt.settings.source_s3_prefixes
+        )
         ds = Dataset(
             dataset_id="ds_" + uuid.uuid4().hex[:16],
             project_id=project_id,

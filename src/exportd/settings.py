@@ -36,6 +36,11 @@ class Settings(BaseSettings):
         "may be registered (JSON list); none: such datasets are refused. SQLite sources "
         "must be files under them too, for every caller",
     )
+    source_s3_prefixes: list[str] = Field(
+        default_factory=list,
+        description="S3 prefixes (`s3://bucket/prefix?endpoint_url=...&region=...`, JSON "
+        "list) under which the administrator may register `samples` datasets",
+    )
     connections: dict[str, ConnectionSetting] = Field(
         default_factory=dict,
         description='connection profiles (JSON): {"name": {"url": ..., "projects": [...]}}; '

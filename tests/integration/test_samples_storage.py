@@ -89,3 +89,53 @@ def test_samples_export_to_s3(s3_storage_url: str, tmp_path: Path, live_server: 
     for f in images:
         with storage.open_read(prefix + f["name"]) as fh:
             assert fh.read() == (src / by_name[f["name"]]["source"]).read_bytes()
+
+
+@pytest.mark.parametrize("dest", ["local", "s3"])
+def test_samples_from_an_s3_prefix(
+    dest: str, s3_endpoint: str, s3_storage_url: str, tmp_path: Path, live_server: Any
+) -> None:
+    """A tree of class folders and a manifest in S3, under the administrator's S3 source
+    prefix: listed, counted and exported (to S3: server-side copies)."""
+    from tests.support import s3_client
+
+    src = tmp_path / "src"
+    src.mkdir()
+    records = write_digits(src)[:30]
+    client = s3_client(s3_endpoint)
+    bucket = "samples-src-" + tmp_path.name[-8:].lower().replace("_", "-")
+    client.create_bucket(Bucket=bucket)
+    for r in records:
+        client.put_object(
+            Bucket=bucket, Key=f"lab/{r['source']}", Body=(src / r["source"]).read_bytes()
+        )
+    manifest = "".join(json.dumps(r) + "\n" for r in records).encode()
+    client.put_object(Bucket=bucket, Key="lab/few.jsonl", Body=manifest)
+    allowed = f"s3://{bucket}/lab?endpoint_url={s3_endpoint}&region=us-east-1"
+    storage = {"storage_url": s3_storage_url} if dest == "s3" else {}
+    server = live_server(workers=2, source_s3_prefixes=[allowed], **storage)
+    api = server.client()
+    api.project("acme")
+    api.dataset("acme", name="tree", kind="samples", path=f"s3://{bucket}/lab/digits/")
+    api.dataset("acme", name="few", kind="samples", path=f"s3://{bucket}/lab/few.jsonl")
+    r = api.http.post(
+        "/v1/projects/acme/datasets",
+        json={"name": "x", "kind": "samples", "path": f"s3://{bucket}/other/"},
+    )
+    assert r.status_code == 400 and r.json()["error_code"] == "INVALID_PATH", r.text
+    counted = api.http.get("/v1/projects/acme/datasets/tree/samples-count").json()
+    assert counted["total"] == len(records)
+
+    for name in ("tree", "few"):
+        task = api.export("acme", dataset_id=name, sample_export={"export_format": 1})
+        done = api.wait("acme", task["task_id"], timeout=120)
+        assert done["status"] == "COMPLETED", done
+        body = api.http.get(f"/v1/projects/acme/exports/{done['task_id']}/manifest").json()
+        out = open_storage(server.settings.files_url)
+        by_name = {r["source"].rsplit("/", 1)[1]: r for r in records}
+        assert len(body["files"]) == len(records)
+        for f in body["files"]:
+            with out.open_read(body["path"] + f["name"]) as fh:
+                data = fh.read()
+            assert sha(data) == f["sha256"]
+            assert data == (src / by_name[f["name"].rsplit("/", 1)[-1]]["source"]).read_bytes()

@@ -11,7 +11,7 @@ import os
 import random
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path, PurePosixPath
@@ -64,20 +64,23 @@ def check_source(source: str, base: Path, root: Path) -> Path:
 
 def read_manifest(path: Path, root: Path) -> list[Sample]:
     """Every sample of a manifest, checked: a bad line is a 400 naming the line."""
-    base = path.parent
-    samples: list[Sample] = []
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise SourceError(
             f"the samples manifest cannot be read: {exc.strerror}", "SOURCE_FILES_MISSING"
         ) from None
+    return parse_manifest(data, lambda source: check_source(source, path.parent, root))
+
+
+def parse_manifest(data: bytes, check: Callable[[str], object]) -> list[Sample]:
+    samples: list[Sample] = []
     for n, line in enumerate(data.splitlines(), 1):
         if not line.strip():
             continue
         try:
             sample = Sample.model_validate(orjson.loads(line))
-            check_source(sample.source, base, root)
+            check(sample.source)
         except (orjson.JSONDecodeError, ValidationError, ValueError) as exc:
             msg = str(exc).splitlines()
             why = " ".join(m.strip() for m in msg[:3])[:300]
@@ -124,29 +127,86 @@ def _scan(path: str, rel: str, label: tuple[Label, ...] | None, out: list[Sample
             out.append(Sample(id=source, source=source, labels=label or (), sample_time=when))
 
 
+S3_SOURCE = "s3:"  # a sample's file in an S3 source: `s3:` + its key there
+
+
 @dataclass(frozen=True)
 class SampleSet:
-    """A samples dataset's samples, with where their files are."""
+    """A samples dataset's samples, with where their files are: on this host's disk
+    (under `root`), or in an S3 source (`s3` set: keys relative to its prefix)."""
 
     samples: list[Sample]
-    base: Path  # what relative sources are relative to
-    root: Path  # the source directory the files must stay under
+    base: Path | str  # what relative sources are relative to
+    root: Path | str  # the source directory (S3: "") the files must stay under
+    s3: str | None = None
 
     def path_of(self, sample: Sample) -> str:
-        """Its file, absolute (checked as `check_source` does, on strings: fast)."""
+        """Its file, absolute (checked as `check_source` does, on strings: fast); in an
+        S3 source, `s3:` and its key."""
         source = sample.source
+        if ".." in source.split("/"):
+            raise SourceError(
+                f"sample {sample.id[:100]!r}: '..' in its source", "SOURCE_PATH_OUTSIDE"
+            )
+        if self.s3 is not None:
+            key = source.lstrip("/") if source.startswith("/") else f"{self.base}{source}"
+            return S3_SOURCE + key
         path = os.path.normpath(source if source.startswith("/") else f"{self.base}/{source}")
         root = str(self.root)
-        if ".." in source.split("/") or not (path == root or path.startswith(root + "/")):
+        if not (path == root or path.startswith(root + "/")):
             raise SourceError(
                 f"sample {sample.id[:100]!r}: source outside the dataset", "SOURCE_PATH_OUTSIDE"
             )
         return path
 
 
+def s3_source(url: str) -> Any:
+    """The S3 storage an S3 source's keys are read from (the administrator's URL)."""
+    from exportd.storage.s3 import S3Storage
+
+    return S3Storage.from_url(url)
+
+
+def s3_folder(path: str) -> str:
+    return path.strip("/") + "/" if path.strip("/") else ""
+
+
+def _load_s3(url: str, path: str, layout: str) -> SampleSet:
+    storage = s3_source(url)
+    if layout == "tree":
+        folder = s3_folder(path)
+        found = []
+        for obj in storage.scan(folder):
+            rel = obj.key[len(folder) :]
+            parts = rel.split("/")
+            if any(p.startswith(".") for p in parts) or is_temporary_name(parts[-1]):
+                continue
+            labels = (Label(name=parts[0]),) if len(parts) > 1 else ()
+            found.append(Sample(id=rel, source=rel, labels=labels, sample_time=obj.modified))
+        return SampleSet(sorted(found, key=lambda s: s.id), folder, "", url)
+    try:
+        with storage.open_read(path) as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise SourceError("the samples manifest is gone", "SOURCE_FILES_MISSING") from None
+    base = path.rsplit("/", 1)[0] + "/" if "/" in path else ""
+    return SampleSet(parse_manifest(data, _relative), base, "", url)
+
+
+def is_temporary_name(name: str) -> bool:
+    return name.endswith(".tmp") and name.startswith(".")
+
+
+def _relative(source: str) -> None:
+    if ".." in source.split("/") or source.startswith("/"):
+        raise ValueError("an S3 source's sample must be a relative key, without '..'")
+
+
 def load(dataset: Dataset) -> SampleSet:
     """The samples of a dataset as they are now (manifest read, or tree scanned)."""
     opts = dataset.options
+    if opts.get("s3"):
+        return _load_s3(str(opts["s3"]), str(opts["path"]), str(opts.get("layout")))
     path, root = Path(opts["path"]), Path(opts["root"])
     if opts.get("layout") == "tree":
         if not path.is_dir():

@@ -266,11 +266,21 @@ class S3Storage:
         )
         return Copied(size, digest.hexdigest())
 
+    def same_service(self, other: S3Storage) -> bool:
+        """Whether a server-side copy can reach `other`'s objects (one endpoint)."""
+        return bool(self.client.meta.endpoint_url == other.client.meta.endpoint_url)
+
+    def copy_from(self, other: S3Storage, source_key: str, key: str) -> Copied:
+        """A server-side copy of another S3 storage's object (on the same service)."""
+        return self._copy({"Bucket": other.bucket, "Key": other._k(source_key)}, key)
+
     def copy(self, source_key: str, key: str) -> Copied:
+        return self._copy({"Bucket": self.bucket, "Key": self._k(source_key)}, key)
+
+    def _copy(self, src: dict[str, str], key: str) -> Copied:
         """A server-side CopyObject (the bytes never leave the storage) asking S3 for
         the copy's SHA-256 checksum; where the service gives none, the object is read
         back to hash it. Objects over 5 GiB (a single copy's limit) are not supported."""
-        src = {"Bucket": self.bucket, "Key": self._k(source_key)}
         reply = self._call(
             "copy",
             lambda: self.client.copy_object(

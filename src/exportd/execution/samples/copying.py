@@ -25,8 +25,8 @@ from exportd.execution.partition import PartitionRun, discard, part_folder
 from exportd.execution.samples.planning import read_selection, spec_of
 from exportd.model import Task
 from exportd.runtime import Runtime
-from exportd.sources.samples import Placement, label_file_body
-from exportd.storage import SourceUnreadable, Storage
+from exportd.sources.samples import S3_SOURCE, Placement, label_file_body, s3_source
+from exportd.storage import Copied, SourceUnreadable, Storage
 from exportd.storage.keys import output_prefix
 
 log = logging.getLogger(__name__)
@@ -111,24 +111,77 @@ def copy_sample(target: Target, p: Placement, fd: int) -> list[dict[str, Any]]:
     return written
 
 
+def s3(run: PartitionRun) -> Any:
+    """The S3 source of the run's dataset (opened once per attempt)."""
+    found = getattr(run, "_s3_source", None)
+    if found is None:
+        found = s3_source(str(run.dataset.options["s3"]))
+        run._s3_source = found  # type: ignore[attr-defined]
+    return found
+
+
+def copy_from_s3(target: Target, source: Any, p: Placement) -> list[dict[str, Any]]:
+    """A sample in an S3 source: a server-side copy into an S3 storage of the same
+    service, else its bytes read and written (hashed on the way)."""
+    from botocore.exceptions import ClientError
+
+    from exportd.storage.s3 import S3Storage
+
+    key = p.source[len(S3_SOURCE) :]
+    dst = target.prefix + p.targets[0]
+    try:
+        if isinstance(target.storage, S3Storage) and target.storage.same_service(source):
+            copied = target.storage.copy_from(source, key, dst)
+        else:
+            with source.open_read(key) as fh:
+                data = fh.read()
+            with target.storage.open_write(dst, durable=False) as out:
+                out.write(data)
+            copied = Copied(len(data), hashlib.sha256(data).hexdigest())
+    except (FileNotFoundError, ClientError) as exc:
+        raise SourceUnreadable(f"{key.rsplit('/', 1)[-1]}: {type(exc).__name__}") from None
+    rest = Placement(p.sample, "", p.subset, p.targets[1:], p.label_file)
+    first = {"path": p.targets[0], "bytes": copied.bytes, "sha256": copied.sha256}
+    return [first, *_more(target, dst, rest)]
+
+
+def _more(target: Target, first: str, p: Placement) -> list[dict[str, Any]]:
+    """Copies after the first (inside the target storage) and the label file."""
+    written = []
+    for rel in p.targets:
+        copied = target.storage.copy(first, target.prefix + rel)
+        written.append({"path": rel, "bytes": copied.bytes, "sha256": copied.sha256})
+    if p.label_file is not None:
+        body = label_file_body(p.sample)
+        with target.storage.open_write(target.prefix + p.label_file, durable=False) as out:
+            out.write(body)
+        digest = hashlib.sha256(body).hexdigest()
+        written.append({"path": p.label_file, "bytes": len(body), "sha256": digest, "label": True})
+    return written
+
+
 def copy_pass(run: PartitionRun, hb: Heartbeat) -> None:
     """Stage 60: the partition's samples copied, then its index committed."""
     task, part, rt = run.task, run.part, run.rt
     placed = read_selection(rt, part.bounds["selection"])
     target = target_of(rt, task)
     dataset_root = run.dataset.options["root"]
-    guard = _Guard(rt, dataset_root)
+    guard = _Guard(rt, dataset_root) if dataset_root else None  # none: an S3 source
     lines: list[bytes] = []
     done = failed = written = 0
     for p in placed:
         hb.check()
         entry: dict[str, Any] = {"id": p.id, "subset": p.subset}
         try:
-            fd = guard.open(p.source)
-            try:
-                entry["files"] = copy_sample(target, p, fd)
-            finally:
-                os.close(fd)
+            if p.source.startswith(S3_SOURCE):
+                entry["files"] = copy_from_s3(target, s3(run), p)
+            else:
+                assert guard is not None, "a local sample in an S3 source's plan"
+                fd = guard.open(p.source)
+                try:
+                    entry["files"] = copy_sample(target, p, fd)
+                finally:
+                    os.close(fd)
             done += 1
             written += sum(f["bytes"] for f in entry["files"])
         except SourceUnreadable as exc:
