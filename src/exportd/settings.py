@@ -144,6 +144,11 @@ class Settings(BaseSettings):
     debug_pause_after_finish: float = Field(default=0.0, ge=0)
     # ... and a samples export's worker after each sample it copied
     debug_pause_per_sample: float = Field(default=0.0, ge=0)
+    # imports: the largest upload, and pauses for fault-injection tests (a worker sleeps
+    # after each batch it loads; a coordinator inside its publish, before the commit)
+    max_upload_bytes: int = Field(default=10 << 30, ge=1, description="larger uploads: 413")
+    debug_pause_import_batch: float = Field(default=0.0, ge=0)
+    debug_pause_in_publish: float = Field(default=0.0, ge=0)
 
     @field_validator("webhook_allow_networks")
     @classmethod

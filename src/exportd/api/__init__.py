@@ -135,6 +135,9 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
     from exportd.api.samples import router as samples_router
 
     app.include_router(samples_router)
+    from exportd.api.imports import router as imports_router
+
+    app.include_router(imports_router)
     add_dashboard(app)
     add_api_docs(app)
     app.add_middleware(InputGuard, max_body_bytes=settings.max_body_bytes)

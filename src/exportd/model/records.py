@@ -141,6 +141,8 @@ class Task:
     created_by: str | None = None  # id of the token that created it ("admin": the administrator)
     created_by_name: str | None = None  # that token's name
     kind: TaskKind = TaskKind.EXPORT
+    # an import's rejected rows (line, column, reason; the first ones, in file order)
+    failed_items: list[dict[str, Any]] | None = None
     partitions: list[Partition] = field(default_factory=list)
     files: list[FileRecord] = field(default_factory=list)
     notifications: list[Notification] = field(default_factory=list)

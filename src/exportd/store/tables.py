@@ -154,6 +154,8 @@ tasks = sa.Table(
     sa.Column("coord_lapsed_at", TS, nullable=True),
     # when a partition of the task was last claimed: whose turn it is (fair claiming)
     sa.Column("last_claim_time", TS, nullable=True),
+    # an import's rejected rows (the first ones, in file order): line, column, reason
+    sa.Column("failed_items", sa.JSON, nullable=True),
     sa.UniqueConstraint("project_id", "idempotency_key", name="uq_tasks_idempotency"),
     sa.Index("ix_tasks_project_create", "project_id", "create_time"),
     sa.Index("ix_tasks_coordinator_due", "coordinator_due"),

@@ -2,7 +2,7 @@
 labelled files) join the CHECK constraints of `datasets.kind` and `tasks.kind`
 
 Revision ID: 0015
-Revises: 0011
+Revises: 0014
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0015"
-down_revision = "0011"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
 # the values as of this revision; a later revision that adds one replaces the constraint
 # again (re-chained after another that changed these lists: take the union of both)
-BEFORE = {"datasets": ["sql", "documents", "files"], "tasks": ["export"]}
+BEFORE = {"datasets": ["sql", "documents", "files"], "tasks": ["export", "import"]}
 AFTER = {"datasets": [*BEFORE["datasets"], "samples"], "tasks": [*BEFORE["tasks"], "samples"]}
 
 
