@@ -343,9 +343,16 @@ def test_bad_requests_are_4xx_and_change_nothing(
     }
 
 
-def test_sigkill_mid_copy_exports_each_sample_once(src: Any, live_server: Any) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_sigkill_mid_copy_exports_each_sample_once(
+    backend: str, src: Any, live_server: Any, request: pytest.FixtureRequest
+) -> None:
     directory, _ = src
-    server = live_server(workers=0, source_dirs=[str(directory)], lease_seconds=2.0, max_attempts=3)
+    store_url = request.getfixturevalue("pg_database") if backend == "postgresql" else None
+    server = live_server(
+        store_url=store_url, workers=0, source_dirs=[str(directory)], lease_seconds=2.0,
+        max_attempts=3,
+    )  # fmt: skip
     api = setup(server, directory)
     victim = server.start_worker(concurrency=2, env={"EXPORTD_DEBUG_PAUSE_PER_SAMPLE": "0.03"})
     task = api.export("acme", dataset_id="tree", parallelism=4, sample_export={"export_format": 1})
