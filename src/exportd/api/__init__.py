@@ -127,11 +127,13 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
             error_body("INTERNAL_ERROR", "internal error; see the server log"), status_code=500
         )
 
+    from exportd.api.metrics import router as metrics_router
     from exportd.api.v1 import router
     from exportd.api.v2 import router as seeds_router
 
     app.include_router(router)
     app.include_router(seeds_router)
+    app.include_router(metrics_router)  # GET /metrics (Prometheus)
     from exportd.api.samples import router as samples_router
 
     app.include_router(samples_router)

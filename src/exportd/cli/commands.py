@@ -161,10 +161,25 @@ def _api(url: str, token: str | None, data_dir: Path | None) -> Iterator[Client]
         yield c
 
 
-def _logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+def _logging(fmt: str | None = None) -> None:
+    """Log lines on stderr: text, or JSON (`EXPORTD_LOG_FORMAT=json`), each naming its
+    unit of work (see `exportd.logs`)."""
+    from exportd.logs import configure
+
+    configure(fmt)
+
+
+def _share_metrics(data_dir: Path) -> None:
+    """The worker processes of `serve` count in files of a directory of the server's
+    (prometheus_client's multiprocess mode: `prometheus/` in the data directory, emptied
+    at each start), so that the API's /metrics adds up theirs."""
+    import shutil
+
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        path = data_dir / "prometheus"
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
 
 
 def _settings(data_dir: Path | None, **overrides: Any) -> Settings:
@@ -213,22 +228,28 @@ def serve(
     """Run the HTTP API with its workers (the embedded deployment)."""
     import uvicorn
 
-    from exportd.api import create_app
-
-    _logging()
     settings = _settings(data_dir, workers=workers)
     if worker_processes is None and "worker_processes" not in settings.model_fields_set:
         worker_processes = True  # the fast shape, unless EXPORTD_WORKER_PROCESSES says no
     if worker_processes is not None:
         settings = settings.model_copy(update={"worker_processes": worker_processes})
+    _logging(settings.log_format)
+    if settings.worker_processes and settings.workers:
+        _share_metrics(settings.data_dir)  # before prometheus_client is imported (exportd.api)
+
+    from exportd.api import create_app
+
     where = (
         "EXPORTD_ADMIN_TOKEN"
         if settings.admin_token
         else str((settings.data_dir / "admin_token").resolve())
     )
     console.print(f"exportd on http://{host}:{port}; admin token in {where}", soft_wrap=True)
+    from exportd.logs import UVICORN_LOG_CONFIG
+
     uvicorn.run(  # SIGTERM: open requests get the grace too, then the workers theirs
         create_app(settings), host=host, port=port, log_level="info",
+        log_config=UVICORN_LOG_CONFIG,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_seconds)),
     )  # fmt: skip
 
@@ -239,13 +260,28 @@ def worker(
         Path | None, typer.Option("--data-dir", help="data directory (EXPORTD_DATA_DIR)")
     ] = None,
     concurrency: Annotated[int, typer.Option(help="worker threads")] = 2,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="serve Prometheus metrics on this port (EXPORTD_METRICS_PORT)"),
+    ] = None,
+    metrics_addr: Annotated[
+        str | None,
+        typer.Option(help="address of the metrics port (EXPORTD_METRICS_ADDR, 127.0.0.1)"),
+    ] = None,
 ) -> None:
     """Run workers alone, sharing the store and storage with the API processes."""
+    from exportd import metrics
     from exportd.execution.pool import WorkerPool
     from exportd.runtime import Runtime
 
-    _logging()
-    rt = Runtime(_settings(data_dir))
+    settings = _settings(data_dir, metrics_port=metrics_port, metrics_addr=metrics_addr)
+    _logging(settings.log_format)
+    rt = Runtime(settings)
+    if settings.metrics_port is not None:
+        port = metrics.serve(settings.metrics_port, settings.metrics_addr)
+        logging.getLogger("exportd").info(
+            "worker metrics on http://%s:%d/metrics", settings.metrics_addr, port
+        )
     pool = WorkerPool(rt, concurrency)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

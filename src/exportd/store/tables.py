@@ -161,6 +161,7 @@ tasks = sa.Table(
     sa.Index("ix_tasks_coordinator_due", "coordinator_due"),
     sa.Index("ix_tasks_status", "status"),
     sa.Index("ix_tasks_file_expiry", "file_status", "file_expires_at"),
+    sa.Index("ix_tasks_end_time", "end_time"),  # retention of finished tasks
     one_of("tasks", "status", values(TaskStatus)),
     one_of("tasks", "file_status", values(FileStatus)),
     one_of("tasks", "stage", values(Stage)),

@@ -2,7 +2,7 @@
 labelled files) join the CHECK constraints of `datasets.kind` and `tasks.kind`
 
 Revision ID: 0015
-Revises: 0014
+Revises: 0016
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0015"
-down_revision = "0014"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
