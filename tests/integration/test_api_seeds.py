@@ -91,7 +91,7 @@ def test_seed_views_of_a_completed_export(store_url: str, source: str, live_serv
         "error_msg": None,
         "export_format": 2,
         "export_params": {
-            "clear_hard_property": False,
+            "clear_hard_property": True,
             "export_dataset_version_format": None,
             "export_dataset_version_name": None,
             "export_dest": "DIR",

@@ -163,6 +163,11 @@ class TaskView(BaseModel):
     notifications: list[NotificationView]
     partitions: list[PartitionView]
     request: dict[str, Any] = Field(description="the request as given")
+    samples: dict[str, Any] | None = Field(
+        default=None,
+        description="a samples export: export_type, layout, destination and its split "
+        "(train_sample_ratio, seed, train and eval sizes)",
+    )
     kind: str = Field(default="export", description="export or import")
 
 

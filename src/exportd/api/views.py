@@ -201,6 +201,7 @@ def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> di
         "notifications": [notification_json(n) for n in task.notifications],
         "partitions": [partition_json(p) for p in task.partitions],
         "request": request,
+        "samples": samples_json(task),
         "kind": task.kind.value,
     }
     if task.kind is TaskKind.IMPORT:  # items are rows; stages say "import"
@@ -212,6 +213,35 @@ def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> di
         for p, view in zip(task.partitions, body["partitions"], strict=True):
             view["current_state"] = import_stage_json(p.stage)
     return body
+
+
+def samples_json(task: Task) -> dict[str, Any] | None:
+    """A samples export's own status: what it selects, its layout and its split (the
+    planned train/eval sizes, once the total is known; the manifest has the exported)."""
+    spec = task.plan.samples
+    if spec is None:
+        return None
+    split = None
+    if spec.ratio_sample_usage:
+        n = task.total_count
+        train = None if n is None else math.floor(n * spec.train_sample_ratio + 0.5)
+        split = {
+            "train_sample_ratio": spec.train_sample_ratio,
+            "seed": spec.split_seed,
+            "train": train,
+            "eval": None if n is None or train is None else n - train,
+            "folders": ["train/", "eval/"],
+        }
+    return {
+        "export_type": int(spec.export_type),
+        "export_format": int(spec.export_format),
+        "layout": "tree" if int(spec.export_format) == 1 else "tile",
+        "export_dest": spec.export_dest,
+        "version_format": spec.version_format,
+        "clear_hard_property": spec.clear_hard_property,
+        "new_dataset_name": spec.new_dataset_name,
+        "split": split,
+    }
 
 
 def import_stage_json(stage: Stage) -> dict[str, Any]:
