@@ -2,7 +2,7 @@
 success: their count, and the first of them with key and message)
 
 Revision ID: 0012
-Revises: 0016
+Revises: 0015
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0012"
-down_revision = "0016"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
