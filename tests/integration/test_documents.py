@@ -422,9 +422,9 @@ def test_worker_killed_during_header_pass(docs_pg: str, pg_database: str, live_s
 def test_header_pass_failure_follows_the_partial_success_rule(
     allow_partial: bool, tmp_path: Path, live_server: Any
 ) -> None:
-    """A document that is not JSON fails its partition's header pass (after its retries).
-    The merge then applies the request's rule: FAILED at once, or the other partitions
-    export and the task ends COMPLETED_WITH_ERRORS."""
+    """A document that is not JSON: without partial success it fails its partition's
+    header pass (after its retries) and the task; with it, that document is one failed
+    item (its key and the reason) and every other document is exported."""
     docs = make_docs(100)
     path = tmp_path / "broken.db"
     build_sqlite_docs(path, docs)
@@ -459,10 +459,13 @@ def test_header_pass_failure_follows_the_partial_success_rule(
         assert [p["status"] for p in done["partitions"]] == ["CANCELED", "FAILED"]
         return
     assert done["status"] == "COMPLETED_WITH_ERRORS", done
+    assert failed["key"] == "document of key 90" and done["failed_count"] == 1
+    kept = [d for d in docs if d["id"] != 90]
     header, rows = read_csv(download(api, "p", task["task_id"]))
-    assert header == oracle_header(docs[:50])
-    assert Counter(tuple(r) for r in rows) == oracle_rows(docs[:50], header)
-    assert [p["status"] for p in done["partitions"]] == ["DONE", "FAILED"]
+    assert header == oracle_header(kept)
+    assert Counter(tuple(r) for r in rows) == oracle_rows(kept, header)
+    assert [p["status"] for p in done["partitions"]] == ["DONE", "DONE"]
+    assert done["finished_count"] == 99 and done["success_rate"] == 99.0
 
 
 def test_jsonl_to_csv_through_arrow_is_identical_to_the_python_path(

@@ -124,7 +124,7 @@ def failed_rows(succeeded: list[Partition]) -> list[dict[str, Any]]:
         {
             "partition": p.index,
             "key": i.get("key"),
-            "error_code": "ROW_FAILED",
+            "error_code": i.get("error_code", "ROW_FAILED"),  # or INVALID_DOCUMENT
             "error_msg": i.get("error_msg"),
         }
         for p in succeeded

@@ -5,7 +5,9 @@ the worker flattens them for flat formats or hands them as-is to nesting formats
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -128,13 +130,40 @@ JSON_DIALECTS: dict[str, Callable[[Any], JsonAccess]] = {
 }
 
 
+SKIPPED = object()  # what `load_document` gives for a bad document that is a failed item
+MAX_BAD_DOCUMENTS = 1000  # listed per partition; past that the partition fails whole
+
+_bad: contextvars.ContextVar[list[dict[str, Any]] | None] = contextvars.ContextVar(
+    "exportd_bad_documents", default=None
+)
+
+
+@contextmanager
+def bad_documents(collect: bool) -> Iterator[list[dict[str, Any]]]:
+    """While inside (and `collect`: the task allows partial success), a document that is
+    not valid JSON is one failed item `{key, error_code, error_msg}` (its file and byte
+    offset, or its row key) and is left out, instead of failing the partition."""
+    found: list[dict[str, Any]] = []
+    token = _bad.set(found if collect else None)
+    try:
+        yield found
+    finally:
+        _bad.reset(token)
+
+
 def load_document(raw: Any, where: str) -> Any:
-    """A document as stored: already parsed (json/jsonb through psycopg) or JSON text."""
+    """A document as stored: already parsed (json/jsonb through psycopg) or JSON text;
+    SKIPPED for a bad one that `bad_documents` collects."""
     if isinstance(raw, (str, bytes, bytearray, memoryview)):
         try:
             return orjson.loads(bytes(raw) if isinstance(raw, memoryview) else raw)
         except orjson.JSONDecodeError as exc:
-            raise SourceError(f"{where}: invalid JSON ({exc})"[:500], "INVALID_DOCUMENT") from None
+            message = f"{where}: invalid JSON ({exc})"[:500]
+            found = _bad.get()
+            if found is None or len(found) >= MAX_BAD_DOCUMENTS:
+                raise SourceError(message, "INVALID_DOCUMENT") from None
+            found.append({"key": where, "error_code": "INVALID_DOCUMENT", "error_msg": message})
+            return SKIPPED
     return raw
 
 
@@ -155,7 +184,8 @@ class SqlDocumentSource(SqlSource):
 
     def read(self, sel: Selection, bounds: dict[str, Any], batch_size: int) -> Iterator[list[Row]]:
         for batch in super().read(sel, bounds, batch_size):
-            yield [(load_document(doc, f"document of key {key!r}"),) for doc, key in batch]
+            docs = [load_document(doc, f"document of key {key!r}") for doc, key in batch]
+            yield [(d,) for d in docs if d is not SKIPPED]
 
 
 class JsonLinesDocumentSource:
@@ -195,7 +225,7 @@ class JsonLinesDocumentSource:
                     yield loads(line)
                 except orjson.JSONDecodeError:
                     if line.strip():  # a blank line is skipped; anything else is an error
-                        load_document(line, f"{Path(path).name} at byte {offset}")
+                        load_document(line, f"{Path(path).name} at byte {offset}")  # or skipped
         except OSError as exc:
             raise SourceError(
                 f"cannot read {Path(path).name}: {exc.strerror}", "SOURCE_UNAVAILABLE"

@@ -22,6 +22,7 @@ from exportd.formats.splitting import Layout, PartOutput
 from exportd.model import Task
 from exportd.model.plan import DocumentMode
 from exportd.runtime import columns_for
+from exportd.sources.documents import bad_documents
 from exportd.sources.sql import SqlSource
 from exportd.sources.sql_ranges import KeyRanges
 
@@ -39,18 +40,22 @@ def header_pass(run: PartitionRun, hb: Heartbeat) -> None:
     cache = _cell_cache(run) if arrow else None
     committed = False
     try:
-        if arrow:
-            segments = run.part.bounds["segments"]
-            paths, documents, chunks = collect_headers(segments, hb.check, cache)
-            check_width(paths)
-        else:
-            keys = KeyCollector(arrays)
-            for batch in run.batches():
-                hb.check()
-                keys.add(batch)
-            paths, documents = keys.keys, keys.documents
+        with bad_documents(run.task.allow_partial) as bad:
+            if arrow:
+                segments = run.part.bounds["segments"]
+                paths, documents, chunks = collect_headers(segments, hb.check, cache)
+                check_width(paths)
+            else:
+                keys = KeyCollector(arrays)
+                for batch in run.batches():
+                    hb.check()
+                    keys.add(batch)
+                paths, documents = keys.keys, keys.documents
         hb.check()
-        stored = None if cache is None else {"folder": cache.folder, "chunks": chunks}
+        # the rows the export pass will not read again: their bad documents go with them
+        stored = (
+            None if cache is None else {"folder": cache.folder, "chunks": chunks, "failed": bad}
+        )
         committed = run.rt.store.commit_headers(
             run.task.task_id, run.part.index, run.lease.token, paths, documents, stored
         )
@@ -108,17 +113,21 @@ def export_pass(run: PartitionRun, hb: Heartbeat) -> None:
     committed = False
     failed: Bisection | None = None
     documents = task.plan.documents is not None
+    bad: list[dict[str, Any]] = []  # documents that are failed items (not valid JSON)
     try:
         try:
             with PartOutput(rt.storage, folder, fmt, columns, layout, _writer(fmt, task)) as out:
                 fast = None if documents else fast_path(run.source, fmt, layout, columns, rt.settings.fast_paths)  # fmt: skip
                 if fast is not None:
                     fast.export(run.sel, part.bounds, out, hb)
-                elif not (documents and _export_cached_documents(run, out, hb)):
-                    for batch in _rows(run):
-                        hb.check()
-                        out.write(batch)
-                        hb.progress(out.rows, out.size)
+                elif documents and _export_cached_documents(run, out, hb):
+                    bad = list(((part.header or {}).get("cache") or {}).get("failed") or [])
+                else:
+                    with bad_documents(documents and task.allow_partial) as bad:
+                        for batch in _rows(run):
+                            hb.check()
+                            out.write(batch)
+                            hb.progress(out.rows, out.size)
                 result = out.finish()
         except SourceError as exc:
             # a SQL read that failed on some rows: isolate them, keep every other row
@@ -142,8 +151,8 @@ def export_pass(run: PartitionRun, hb: Heartbeat) -> None:
         committed = rt.store.commit_partition(
             task.task_id, part.index, lease.token, result.key, result.rows, result.bytes,
             result.sha256,
-            failed_items=None if failed is None else failed.failed,
-            failed_count=0 if failed is None else failed.failed_count,
+            failed_items=bad or None if failed is None else failed.failed,
+            failed_count=len(bad) if failed is None else failed.failed_count,
         )  # fmt: skip
         if committed:
             metrics.committed(result.rows, result.bytes)
