@@ -93,6 +93,7 @@ def selection_for(task: Task, dataset: Dataset) -> Selection:
     return Selection(
         columns=list(task.plan.source_columns),
         filter=validate_filter(list(task.plan.filter), filter_fields(dataset)),
+        snapshot=task.snapshot_id,  # the snapshot every partition imports, if any
     )
 
 

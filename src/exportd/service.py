@@ -22,7 +22,14 @@ from exportd.formats import Column, Format, FormatLimits, get_format, keeps_nest
 from exportd.formats.splitting import Layout
 from exportd.model import Dataset, FileRecord, FileStatus, Role, Stage, Task, TaskStatus
 from exportd.model.names import FILE_NAME_PATTERN, FORMAT_NAMES
-from exportd.model.plan import DatasetKind, DocumentMode, ExportPlan, NotifyTargets, OutputSpec
+from exportd.model.plan import (
+    Consistency,
+    DatasetKind,
+    DocumentMode,
+    ExportPlan,
+    NotifyTargets,
+    OutputSpec,
+)
 from exportd.model.requests import (
     ConnectionBody,
     DatasetRequest,
@@ -352,6 +359,7 @@ class ExportService:
             notify=notify,
             # of the request as given with the dataset's id, not of the task's ids
             fingerprint=_fingerprint(request, source_columns, documents),
+            consistency=Consistency(req.consistency) if req.consistency else None,
         )
         now = datetime.now(UTC)
         task = Task(

@@ -163,7 +163,33 @@ def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> di
         "notifications": [notification_json(n) for n in task.notifications],
         "partitions": [partition_json(p) for p in task.partitions],
         "request": request,
+        "consistency": consistency_json(task, now),
     }
+    return body
+
+
+def consistency_json(task: Task, now: datetime) -> dict[str, Any] | None:
+    """What the export guarantees (docs/consistency.md), with the source's protection:
+    whether partitions wait for a source connection, and the age of the oldest
+    transaction the export holds on the source (a snapshot's holder, or the oldest
+    running partition's read)."""
+    if task.consistency is None:
+        return None
+    body = dict(task.consistency)
+    pending = any(p.status is PartitionStatus.PENDING for p in task.partitions)
+    body["waiting_for_source"] = bool(task.waiting_for_source and pending)
+    body["oldest_transaction_age_seconds"] = None
+    if not task.status.is_terminal:
+        starts = [
+            p.start_time
+            for p in task.partitions
+            if p.status is PartitionStatus.RUNNING and p.start_time is not None
+        ]
+        held = (body.get("snapshot") or {}).get("time") if task.snapshot_id else None
+        if held:
+            starts.append(datetime.fromisoformat(held))
+        if starts:
+            body["oldest_transaction_age_seconds"] = round((now - min(starts)).total_seconds(), 1)
     return body
 
 
@@ -197,4 +223,6 @@ def dataset_json(ds: Dataset) -> dict[str, Any]:
             {"name": f["name"], "type": f.get("type"), "kind": f.get("kind")} for f in ds.fields
         ],
         "create_time": iso(ds.create_time),
+        "max_connections": ds.options.get("max_connections"),
+        "statement_timeout_seconds": ds.options.get("statement_timeout_seconds"),
     }

@@ -1,5 +1,8 @@
 """SQL datasets through SQLAlchemy: any table or read-only query of SQLite, PostgreSQL or
-MariaDB, partitioned by ranges of a key column, streamed with server-side cursors."""
+MariaDB, partitioned by ranges of a key column (a table without one: PostgreSQL by ctid
+page ranges, SQLite by rowid), streamed with server-side cursors. A partition reads in
+one transaction: under the task's exported snapshot where it has one, with the dataset's
+statement timeout (docs/consistency.md)."""
 
 from __future__ import annotations
 
@@ -14,9 +17,9 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 
-from exportd.errors import BadRequest, first_line
+from exportd.errors import BadRequest, SourceError, first_line
 from exportd.model import Dataset
-from exportd.outages import source_error
+from exportd.outages import source_error, unreachable
 from exportd.sources import Estimate, Selection
 from exportd.sources.filters import COERCE, compile_filter
 from exportd.sources.policy import SourcePolicy
@@ -193,6 +196,57 @@ def check_query(query: str) -> None:
         )
 
 
+class SnapshotLost(SourceError):
+    """The task's exported snapshot can no longer be imported (its holder's transaction
+    ended: connection lost, host gone): the task's partitions are re-run under a fresh one."""
+
+    def __init__(self, error_msg: str) -> None:
+        super().__init__(error_msg, "SNAPSHOT_LOST")
+
+
+def read_setup(dialect: str, sel: Selection, dataset: Dataset) -> list[str]:
+    """The statements that open a partition's read transaction, before its first query:
+    the task's snapshot (PostgreSQL: REPEATABLE READ importing it) and the dataset's
+    statement timeout. Shared by the generic path and the fast paths."""
+    out: list[str] = []
+    timeout = dataset.options.get("statement_timeout_seconds")
+    if dialect == "postgresql":
+        if sel.snapshot:
+            out.append("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            out.append(f"SET TRANSACTION SNAPSHOT '{_snapshot_literal(sel.snapshot)}'")
+        if timeout:
+            out.append(f"SET LOCAL statement_timeout = {int(timeout) * 1000}")
+    elif dialect == "mariadb" and timeout:
+        out.append(f"SET SESSION max_statement_time = {int(timeout)}")
+    elif dialect == "mysql" and timeout:
+        out.append(f"SET SESSION max_execution_time = {int(timeout) * 1000}")
+    return out
+
+
+_SNAPSHOT_ID = re.compile(r"^[0-9A-Fa-f-]{1,100}$")
+
+
+def _snapshot_literal(snapshot: str) -> str:
+    if not _SNAPSHOT_ID.match(snapshot):  # pg_export_snapshot()'s own shape, never input
+        raise SnapshotLost("the task's snapshot identifier is malformed")
+    return snapshot
+
+
+def run_setup(execute: Any, statements: list[str]) -> None:
+    """Run `read_setup`'s statements with a driver's `execute`; a snapshot that cannot be
+    imported any more raises SnapshotLost."""
+    for statement in statements:
+        if statement.startswith("SET TRANSACTION SNAPSHOT"):
+            try:
+                execute(statement)
+            except Exception as exc:
+                if unreachable(exc):
+                    raise
+                raise SnapshotLost(f"the task's snapshot is gone: {first_line(exc)}") from None
+        else:
+            execute(statement)
+
+
 def _db_error_text(exc: sa_exc.DBAPIError) -> str:
     """The database's own message, first line only, without the statement or parameters."""
     return first_line(exc.orig) if exc.orig is not None else type(exc).__name__
@@ -210,12 +264,34 @@ class SqlSource:
         else:
             self.from_ = sa.text(dataset.query or "").columns(*[sa.column(n) for n in names])
             self.from_ = self.from_.subquery("q")
-        self.key = self.from_.c[dataset.key]
+        # how the rows are split: a declared key first; a table without one by its
+        # physical place (PostgreSQL ctid pages, SQLite rowid); else one partition
+        dialect = engine.dialect.name
+        self.split = "key" if dataset.key else "none"
+        if not dataset.key and dataset.table and dialect == "postgresql":
+            self.split = "ctid"
+        elif not dataset.key and dataset.table and dialect == "sqlite":
+            self.split = "rowid"
+        if self.split == "key":
+            self.key: Any = self.from_.c[dataset.key]
+        elif self.split == "rowid":
+            self.key = sa.literal_column("rowid")
+        else:
+            self.key = None
 
     def _where(self, sel: Selection) -> Any:
         return compile_filter(sel.filter, lambda f: self.from_.c[f])
 
     def _range(self, bounds: dict[str, Any]) -> Any:
+        if "pages" in bounds:  # [lo, hi) pages of the heap; hi None: to the end
+            lo, hi = bounds["pages"]
+            ctid: Any = sa.literal_column("ctid")
+            cond = [ctid >= sa.text(f"'({int(lo)},0)'::tid")] if lo else []
+            if hi is not None:
+                cond.append(ctid < sa.text(f"'({int(hi)},0)'::tid"))
+            return sa.and_(*cond) if cond else sa.true()
+        if self.key is None:
+            return sa.true()
         coerce = COERCE.get(bounds.get("kind", "unknown"), lambda v: v)
         cond = []
         if bounds.get("lo") is not None:
@@ -235,14 +311,16 @@ class SqlSource:
     ) -> sa.Select[Any]:
         """One partition's rows in key order: the selection, or `exprs` over its columns."""
         base = self._select(sel) if exprs is None else sa.select(*exprs).select_from(self.from_)
-        return base.where(self._range(bounds), self._where(sel)).order_by(self.key)
+        stmt = base.where(self._range(bounds), self._where(sel))
+        return stmt if self.key is None else stmt.order_by(self.key)  # ctid: heap order
 
     def estimate(self, sel: Selection) -> Estimate:
         stmt = sa.select(sa.func.count()).select_from(self.from_).where(self._where(sel))
         try:
             with self.engine.connect() as conn:
                 if self.engine.dialect.name == "postgresql":
-                    plan = self._explain_rows(conn, sa.select(self.key).where(self._where(sel)))
+                    probe: Any = sa.select(sa.literal_column("1")).select_from(self.from_)
+                    plan = self._explain_rows(conn, probe.where(self._where(sel)))
                     if plan is not None:
                         return Estimate(plan, True)
                 if not sel.filter and self._key_is_rowid(conn):
@@ -267,6 +345,8 @@ class SqlSource:
         table = self.dataset.table
         if self.engine.dialect.name != "sqlite" or not table or "." in table:
             return False
+        if self.split == "rowid":
+            return True
         info = conn.exec_driver_sql("SELECT name, type, pk FROM pragma_table_info(?)", (table,))
         pks = [(name, (typ or "").upper()) for name, typ, pk in info if pk]
         return pks == [(self.dataset.key, "INTEGER")]
@@ -287,7 +367,11 @@ class SqlSource:
             return None
 
     def plan(self, sel: Selection, parallelism: int) -> list[dict[str, Any]]:
-        kind = self.kinds.get(self.dataset.key, "unknown")
+        if self.split == "ctid":
+            return self._page_ranges(parallelism)
+        if self.split == "none":
+            return [{"lo": None, "hi": None, "nulls": True, "kind": "unknown"}]
+        kind = "int" if self.split == "rowid" else self.kinds.get(self.dataset.key, "unknown")
         try:
             with self.engine.connect() as conn:
                 lo, hi = self._key_bounds(conn)
@@ -307,6 +391,28 @@ class SqlSource:
             {"lo": edges[i], "hi": edges[i + 1], "nulls": nulls and i == last, "kind": kind}
             for i in range(len(edges) - 1)
         ]
+
+    def _page_ranges(self, parallelism: int) -> list[dict[str, Any]]:
+        """PostgreSQL, a table without a key: ranges of heap pages, as many as asked, from
+        the table's size in pages (`relpages`, or its file size when it was never
+        analyzed); the last range is open so that pages added since are read too. Each
+        range is a TID range scan (PostgreSQL 14+): no index, no sort."""
+        schema, table = _split_table(self.dataset.table or "")
+        name = f"{schema}.{table}" if schema else table
+        size = sa.text(
+            "SELECT greatest(c.relpages::bigint, pg_relation_size(c.oid) /"
+            " current_setting('block_size')::bigint) FROM pg_class c"
+            " WHERE c.oid = to_regclass(:name)"
+        )
+        try:
+            with self.engine.connect() as conn:
+                pages = int(conn.execute(size, {"name": name}).scalar() or 0)
+        except sa_exc.DBAPIError as exc:
+            raise source_error(exc, "SOURCE_QUERY_FAILED") from None
+        parts = max(1, min(parallelism, pages))
+        cuts = [pages * i // parts for i in range(1, parts)]
+        edges: list[Any] = [0, *cuts, None]
+        return [{"pages": [edges[i], edges[i + 1]]} for i in range(parts)]
 
     def _key_may_be_null(self, conn: sa.Connection) -> bool:
         """Whether the last range must also take the rows whose key is NULL. A table is
@@ -345,9 +451,12 @@ class SqlSource:
         self, sel: Selection, bounds: dict[str, Any], batch_size: int
     ) -> Iterator[list[tuple[Any, ...]]]:
         stmt = self.partition_select(sel, bounds)
+        dialect = self.engine.dialect.name
+        setup = read_setup(dialect, sel, self.dataset)
         try:
             with self.engine.connect() as conn, conn.begin():
-                if self.engine.dialect.name == "sqlite":
+                run_setup(conn.exec_driver_sql, setup)
+                if dialect == "sqlite":
                     yield from _sqlite_batches(conn, stmt, batch_size)
                     return
                 result = conn.execute(

@@ -18,10 +18,11 @@ from exportd.store.engine import normalize_url
 from exportd.store.janitor import JanitorStore
 from exportd.store.partitions import HeartbeatReply
 from exportd.store.rows import as_utc
+from exportd.store.snapshots import SnapshotStore
 from exportd.store.tasks import SORT_FIELDS, TaskQuery, sort_order
 
 
-class Store(JanitorStore, CatalogStore):
+class Store(JanitorStore, SnapshotStore, CatalogStore):
     """Every operation on the store, by concern in the mixins above."""
 
 

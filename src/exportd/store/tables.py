@@ -154,6 +154,12 @@ tasks = sa.Table(
     sa.Column("coord_lapsed_at", TS, nullable=True),
     # when a partition of the task was last claimed: whose turn it is (fair claiming)
     sa.Column("last_claim_time", TS, nullable=True),
+    # consistency: the snapshot partitions import, its generation, what was delivered,
+    # and whether a claim skipped it for want of a source connection (max_connections)
+    sa.Column("snapshot_id", sa.String(200), nullable=True),
+    sa.Column("snapshot_gen", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("consistency", sa.JSON, nullable=True),
+    sa.Column("waiting_for_source", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.UniqueConstraint("project_id", "idempotency_key", name="uq_tasks_idempotency"),
     sa.Index("ix_tasks_project_create", "project_id", "create_time"),
     sa.Index("ix_tasks_coordinator_due", "coordinator_due"),
