@@ -147,8 +147,8 @@ def open_snapshot(engine: sa.Engine, task_id: str) -> Holder:
         raw = engine.raw_connection()
     except sa.exc.DBAPIError as exc:
         raise source_error(exc, "SOURCE_QUERY_FAILED") from None
-    raw.detach()  # never back to the pool: it closes with the holder
     conn: Any = raw.driver_connection
+    raw.detach()  # never back to the pool: it closes with the holder
     try:
         conn.rollback()
         conn.autocommit = True
@@ -168,7 +168,8 @@ def open_snapshot(engine: sa.Engine, task_id: str) -> Holder:
             " ELSE pg_current_wal_lsn() END)::text"
         ).fetchone()
     except Exception as exc:
-        raw.invalidate()
+        with contextlib.suppress(Exception):
+            conn.close()
         if isinstance(exc, sa.exc.DBAPIError) or type(exc).__module__.startswith("psycopg"):
             raise source_error(exc, "SOURCE_QUERY_FAILED") from None
         raise
