@@ -168,7 +168,11 @@ def test_per_partition_says_what_it_delivers(
         done = api.wait("p", task["task_id"])
     assert done["status"] == "COMPLETED", done
     c = done["consistency"]
-    assert (c["requested"], c["delivered"], c["snapshot"]) == ("per_partition", "per_partition", None)
+    assert (c["requested"], c["delivered"], c["snapshot"]) == (
+        "per_partition",
+        "per_partition",
+        None,
+    )
     rows, seen = _total(api, task["task_id"], "csv")  # the total is not asserted
     print("per_partition total", seen, "invariant", TOTAL)
     assert rows == ACCOUNTS

@@ -56,13 +56,14 @@ class Holder:
     task_id: str
     snapshot_id: str
     identity: dict[str, Any]  # id, time, wal_lsn, holder_pid, holder_host
-    conn: Any  # psycopg.Connection, out of the pool
+    conn: Any  # psycopg.Connection
+    raw: Any  # its pool's checkout: a dataset's max_connections counts the holder
     stop: threading.Event = field(default_factory=threading.Event)
 
     def close(self) -> None:
         self.stop.set()
-        with contextlib.suppress(Exception):  # already gone
-            self.conn.close()
+        with contextlib.suppress(Exception):  # closed, never back to the pool as it is
+            self.raw.invalidate()
 
 
 class Holders:
@@ -95,6 +96,13 @@ class Holders:
     def held(self, task_id: str) -> Holder | None:
         with self._lock:
             return self._by_task.get(task_id)
+
+    def release(self, task_id: str) -> None:
+        """Let go of the task's snapshot now, if this process holds it (at finish)."""
+        with self._lock:
+            holder = self._by_task.pop(task_id, None)
+        if holder is not None:
+            holder.close()
 
     def close_all(self) -> None:
         with self._lock:
@@ -147,8 +155,7 @@ def open_snapshot(engine: sa.Engine, task_id: str) -> Holder:
         raw = engine.raw_connection()
     except sa.exc.DBAPIError as exc:
         raise source_error(exc, "SOURCE_QUERY_FAILED") from None
-    conn: Any = raw.driver_connection
-    raw.detach()  # never back to the pool: it closes with the holder
+    conn: Any = raw.driver_connection  # checked out for the holder's life
     try:
         conn.rollback()
         conn.autocommit = True
@@ -169,7 +176,7 @@ def open_snapshot(engine: sa.Engine, task_id: str) -> Holder:
         ).fetchone()
     except Exception as exc:
         with contextlib.suppress(Exception):
-            conn.close()
+            raw.invalidate()
         if isinstance(exc, sa.exc.DBAPIError) or type(exc).__module__.startswith("psycopg"):
             raise source_error(exc, "SOURCE_QUERY_FAILED") from None
         raise
@@ -181,7 +188,7 @@ def open_snapshot(engine: sa.Engine, task_id: str) -> Holder:
         "holder_pid": pid,
         "holder_host": socket.gethostname(),
     }
-    return Holder(task_id, snapshot_id, identity, conn)
+    return Holder(task_id, snapshot_id, identity, conn, raw)
 
 
 def shares_snapshot(source: Source, dataset: Dataset) -> str | None:

@@ -88,8 +88,11 @@ class AdbcParquet:
 
 def build(source: Source, fmt: Format, columns: Sequence[Column]) -> AdbcParquet | None:
     """ADBC for a PostgreSQL table or query (psycopg) to Parquet, for column kinds whose
-    Arrow types ADBC reads exactly."""
+    Arrow types ADBC reads exactly; not for a dataset with `max_connections`, whose
+    connections are all in its engine's pool (the generic path writes the same file)."""
     table = sql_table(source, "postgresql", "psycopg")
     if table is None or not isinstance(fmt, ParquetFormat) or not adbc_supports(columns):
+        return None
+    if table.dataset.options.get("max_connections"):  # ADBC connects outside the counted pool
         return None
     return AdbcParquet(table, columns)

@@ -87,7 +87,7 @@ def _sql_fields(
             "key (the partitioning column) is required for a query or documents",
             "INVALID_KEY",
         )
-    engine = engines.get(target.url)
+    engine = engines.get(target.url, req.max_connections)  # the pool its exports will use
     probe(engine)  # unreachable: the one generic answer; the store: refused
     fields = describe_sql(engine, req.table, req.query)
     if req.key and req.key not in {f["name"] for f in fields}:

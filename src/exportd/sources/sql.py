@@ -34,18 +34,20 @@ class SqlEngines:
     every connection when it is opened (sources/policy.py)."""
 
     def __init__(self, policy: SourcePolicy | None = None) -> None:
-        self._engines: dict[str, sa.Engine] = {}
+        self._engines: dict[tuple[str, int | None], sa.Engine] = {}
         self._lock = threading.Lock()
         self.policy = policy
 
-    def get(self, url: str) -> sa.Engine:
+    def get(self, url: str, max_connections: int | None = None) -> sa.Engine:
+        """`max_connections` (a dataset's limit): an engine of its own whose pool never
+        holds more connections than that (a snapshot's holder is one of them)."""
         if self.policy is not None:
             self.policy.check_url(url)
         with self._lock:
-            engine = self._engines.get(url)
+            engine = self._engines.get((url, max_connections))
             if engine is None:
-                engine = _create_source_engine(url, self.policy)
-                self._engines[url] = engine
+                engine = _create_source_engine(url, self.policy, max_connections)
+                self._engines[(url, max_connections)] = engine
             return engine
 
     def dispose(self) -> None:
@@ -58,7 +60,9 @@ class SqlEngines:
 CONNECT_TIMEOUT_SECONDS = 10  # a source that accepts and never answers fails like any other
 
 
-def _create_source_engine(url: str, policy: SourcePolicy | None = None) -> sa.Engine:
+def _create_source_engine(
+    url: str, policy: SourcePolicy | None = None, max_connections: int | None = None
+) -> sa.Engine:
     """An engine whose every session is read-only: a dataset's query can never write,
     whatever SQL an administrator registered."""
     try:
@@ -73,8 +77,8 @@ def _create_source_engine(url: str, policy: SourcePolicy | None = None) -> sa.En
             engine = sa.create_engine(
                 u,
                 pool_pre_ping=True,
-                pool_size=4,
-                max_overflow=8,
+                pool_size=max_connections or 4,
+                max_overflow=0 if max_connections else 8,
                 connect_args={
                     "options": "-c default_transaction_read_only=on",
                     "connect_timeout": CONNECT_TIMEOUT_SECONDS,
@@ -85,8 +89,8 @@ def _create_source_engine(url: str, policy: SourcePolicy | None = None) -> sa.En
             engine = sa.create_engine(
                 u,
                 pool_pre_ping=True,
-                pool_size=4,
-                max_overflow=8,
+                pool_size=max_connections or 4,
+                max_overflow=0 if max_connections else 8,
                 connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
                 hide_parameters=True,
             )
