@@ -61,6 +61,8 @@ class Holder:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def close(self) -> None:
+        if self.stop.is_set():
+            return
         self.stop.set()
         with contextlib.suppress(Exception):  # closed, never back to the pool as it is
             self.raw.invalidate()
