@@ -127,12 +127,13 @@ class Exportd:
     def export(
         self, dataset: str, fmt: str, workers: int, fast: bool = True, parallelism: int = 4,
         options: dict[str, Any] | None = None, threads: int = 1,
+        extra: dict[str, Any] | None = None,
     ) -> tuple[float, float, int, str]:  # fmt: skip
         """(seconds request -> COMPLETED, peak RSS of the largest worker, rows, error);
         each worker process runs `threads` worker threads (`--concurrency`)."""
         body = {
             "dataset_id": dataset, "format": fmt, "parallelism": parallelism,
-            "format_options": options or {},
+            "format_options": options or {}, **(extra or {}),
         }  # fmt: skip
         with self.workers(workers, threads, fast) as procs:
             seconds, task = self.run(body)

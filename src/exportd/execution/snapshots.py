@@ -128,6 +128,8 @@ class Holders:
             try:
                 holder.conn.execute("SELECT 1")
             except Exception as exc:
+                if holder.stop.is_set():  # let go of meanwhile (the task finished)
+                    return
                 log.warning("snapshot holder of %s lost: %s", holder.task_id, exc)
                 self.drop(holder)
                 # partitions that have not imported it yet would fail: a fresh one now
