@@ -127,3 +127,38 @@ def test_protection_fields_are_for_databases(live_server: Any, tmp_path: Any) ->
         json={"name": "f", "url": "sqlite:///x.db", "table": "t", "max_connections": 0},
     )
     assert r.status_code in (400, 422), r.text
+
+
+def test_mariadb_says_per_partition_and_times_out(live_server: Any) -> None:
+    """MariaDB cannot share a snapshot between connections: the export delivers
+    per_partition and says so; its statement timeout stops a read (max_statement_time)."""
+    import pymysql
+
+    name = f"exportd_{uuid.uuid4().hex[:8]}"
+    conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+        cur.execute(f"CREATE TABLE {name}.t (id INT PRIMARY KEY, v INT)")
+        cur.executemany(f"INSERT INTO {name}.t VALUES (%s, %s)", [(i, i) for i in range(1, 2001)])
+    url = f"mysql+pymysql://root@127.0.0.1:3306/{name}"
+    try:
+        server = live_server(workers=2, max_attempts=1)
+        admin = server.client()
+        admin.project("p")
+        admin.dataset("p", name="t", url=url, table="t", key="id")
+        slow = "SELECT id, IF(id = 1500, SLEEP(3), 0) AS slept FROM t"
+        admin.dataset("p", name="slow", url=url, query=slow, key="id", statement_timeout_seconds=1)
+        task = admin.export("p", dataset_id="t", parallelism=2, consistency="snapshot")
+        done = admin.wait("p", task["task_id"])
+        assert done["status"] == "COMPLETED" and done["finished_count"] == 2000, done
+        c = done["consistency"]
+        assert (c["requested"], c["delivered"]) == ("snapshot", "per_partition")
+        assert "cannot be shared" in c["reason"]
+        task = admin.export("p", dataset_id="slow", parallelism=1)
+        done = admin.wait("p", task["task_id"])
+        assert done["status"] == "FAILED", done
+        assert any("max_statement_time" in (p["error_msg"] or "") for p in done["partitions"])
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE {name}")
+        conn.close()

@@ -178,6 +178,8 @@ def consistency_json(task: Task, now: datetime) -> dict[str, Any] | None:
     body = dict(task.consistency)
     pending = any(p.status is PartitionStatus.PENDING for p in task.partitions)
     body["waiting_for_source"] = bool(task.waiting_for_source and pending)
+    if body["waiting_for_source"] and not task.status.is_terminal:
+        body["note"] = "waiting for a source connection (the dataset's max_connections)"
     body["oldest_transaction_age_seconds"] = None
     if not task.status.is_terminal:
         starts = [

@@ -220,10 +220,10 @@ def read_setup(dialect: str, sel: Selection, dataset: Dataset) -> list[str]:
             out.append(f"SET TRANSACTION SNAPSHOT '{_snapshot_literal(sel.snapshot)}'")
         if timeout:
             out.append(f"SET LOCAL statement_timeout = {int(timeout) * 1000}")
-    elif dialect == "mariadb" and timeout:
-        out.append(f"SET SESSION max_statement_time = {int(timeout)}")
-    elif dialect == "mysql" and timeout:
-        out.append(f"SET SESSION max_execution_time = {int(timeout) * 1000}")
+    elif dialect == "mariadb":  # a session setting: always set (0: none), the pool reuses it
+        out.append(f"SET SESSION max_statement_time = {int(timeout or 0)}")
+    elif dialect == "mysql":
+        out.append(f"SET SESSION max_execution_time = {int(timeout or 0) * 1000}")
     return out
 
 
@@ -456,7 +456,8 @@ class SqlSource:
     ) -> Iterator[list[tuple[Any, ...]]]:
         stmt = self.partition_select(sel, bounds)
         dialect = self.engine.dialect.name
-        setup = read_setup(dialect, sel, self.dataset)
+        mariadb = getattr(self.engine.dialect, "is_mariadb", False)  # known once connected
+        setup = read_setup("mariadb" if mariadb else dialect, sel, self.dataset)
         try:
             with self.engine.connect() as conn, conn.begin():
                 run_setup(conn.exec_driver_sql, setup)
