@@ -45,17 +45,20 @@ def main() -> None:
             }
         )
         for fmt in ("csv", "parquet"):
-            for name, dataset, mode in CASES:
-                runs = [
-                    ex.export(dataset, fmt, args.workers, extra={"consistency": mode})
-                    for _ in range(args.repeat)
-                ]
-                ok = [r for r in runs if not r[3]] or runs
+            # round robin: each repeat runs every case once, so that the load of a shared
+            # machine drifting between runs does not favour one case
+            runs: dict[str, list[tuple[float, float, int, str]]] = {c[0]: [] for c in CASES}
+            for _ in range(args.repeat):
+                for name, dataset, mode in CASES:
+                    extra = {"consistency": mode}
+                    runs[name].append(ex.export(dataset, fmt, args.workers, extra=extra))
+                    shutil.rmtree(work / "files", ignore_errors=True)
+            for name, _dataset, _mode in CASES:
+                ok = [r for r in runs[name] if not r[3]] or runs[name]
                 secs, rss, n, err = min(ok, key=lambda r: r[0])
                 line = f"| PostgreSQL -> {fmt:7} | {name:26} | {n:>9,} | {secs:6.2f} | {n / secs:>9,.0f} | {rss:5.0f} | {err} |"  # fmt: skip
                 print(line, flush=True)
                 lines.append(line)
-                shutil.rmtree(work / "files", ignore_errors=True)
     finally:
         ex.close()
     print(f"\n{rows:,} rows, {args.workers} worker processes, parallelism 4, best of "

@@ -156,3 +156,33 @@ def test_postgresql_pages_are_tid_range_scans(pg_database: str) -> None:
     rows = [r for p in parts for batch in src.read(sel, p, 1000) for r in batch]
     assert Counter(_key(tuple(r)) for r in rows) == Counter(_key(r) for r in ALL)
     engine.dispose()
+
+
+def test_keyless_export_survives_sigkill_of_a_worker(source: str, live_server: Any) -> None:
+    """The worker that planned the task (and, on PostgreSQL, holds its snapshot) is
+    killed mid-export: its partitions are taken up again, under a fresh snapshot, and
+    every row is still exported exactly once."""
+    import os
+    import signal
+
+    server = live_server(workers=0, lease_seconds=2.0, debug_pause_before_commit=1.0)
+    admin = server.client()
+    admin.project("p")
+    admin.dataset("p", name="flights", url=source, table="flights")
+    victim = server.start_worker(concurrency=2)
+    task = admin.export("p", dataset_id="flights", format="csv", parallelism=4)
+
+    def running(t: dict[str, Any]) -> bool:
+        return t["is_terminal"] or any(p["status"] == "RUNNING" for p in t["partitions"])
+
+    assert not admin.wait("p", task["task_id"], timeout=60, until=running)["is_terminal"]
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    server.start_worker(concurrency=2)
+    done = admin.wait("p", task["task_id"], timeout=120)
+    assert done["status"] == "COMPLETED", done
+    if source.startswith("postgresql"):  # the holder died with its worker: all read again
+        assert done["consistency"]["snapshot_restarts"] >= 1, done["consistency"]
+    else:  # the killed worker's partitions were reclaimed as lost
+        assert max(p["lost_count"] for p in done["partitions"]) >= 1
+    assert Counter(_read_csv(admin, task["task_id"])) == Counter(_key(r) for r in ALL)

@@ -134,7 +134,10 @@ class Holders:
                 self.drop(holder)
                 # partitions that have not imported it yet would fail: a fresh one now
                 # (those that imported it read on, but are read again: one moment)
-                renew(self.rt, holder.task_id, source, gen, pending_only=True)
+                try:
+                    renew(self.rt, holder.task_id, source, gen, pending_only=True)
+                except SourceError as err:  # the partitions will see the loss themselves
+                    log.warning("no fresh snapshot for %s: %s", holder.task_id, err.error_msg)
                 return
         self.drop(holder)
 
@@ -247,13 +250,10 @@ def start(rt: Runtime, task: Task, dataset: Dataset, source: Source, token: str)
 
 def renew(rt: Runtime, task_id: str, source: SqlSource, gen: int, pending_only: bool) -> bool:
     """The snapshot of generation `gen` is lost: open a fresh one here and replace it
-    (once per generation, whoever comes first); True when this call replaced it."""
+    (once per generation, whoever comes first); True when this call replaced it. A
+    fresh snapshot that cannot be opened raises (SourceError: an outage is ridden out)."""
     registry = holders(rt)
-    try:
-        holder = open_snapshot(source.engine, task_id)
-    except SourceError as exc:
-        log.warning("a fresh snapshot for %s could not be opened: %s", task_id, exc.error_msg)
-        return False
+    holder = open_snapshot(source.engine, task_id)  # a SourceError: the caller's to handle
     why = (
         "the snapshot's holder was lost: every partition is read again under a fresh "
         "snapshot, so that the output is of one moment"
