@@ -432,6 +432,17 @@ class ExportService:
         """The task's change counter (None: no such task); cheap enough to poll."""
         return self.store.task_version(project_id, task_id)
 
+    def task_etag(self, project_id: str, task_id: str) -> tuple[str, bool]:
+        """A weak entity tag of the task's status body (it changes whenever anything the
+        body shows from the store changes), and whether the task is terminal; 404 for no
+        such task. Cheap: no body is built."""
+        found = self.store.task_stamp(project_id, task_id)
+        if found is None:
+            raise NotFound(f"export task {task_id!r} not found", "TASK_NOT_FOUND")
+        stamp, terminal = found
+        digest = hashlib.blake2b(f"{task_id}:{stamp}".encode(), digest_size=12).hexdigest()
+        return f'W/"{digest}"', terminal
+
     def list(self, project_id: str, query: TaskQuery) -> tuple[list[Task], int]:
         """A page of tasks; a `dataset_id` filter may name the dataset, as requests do."""
         if query.dataset_id is not None:

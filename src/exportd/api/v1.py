@@ -99,6 +99,18 @@ def token_json(t: TokenInfo) -> dict[str, Any]:
     }
 
 
+ETAG_HEADER = {"ETag": {"description": "weak tag of the status body", "schema": {"type": "string"}}}
+
+
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """RFC 9110's weak comparison of `If-None-Match` (a list of tags, or `*`) with ours."""
+    ours = etag.removeprefix("W/")
+    return any(
+        tag == "*" or tag.removeprefix("W/") == ours
+        for tag in (t.strip() for t in if_none_match.split(","))
+    )
+
+
 def _task_response(request: Request, response: Response, task: Task) -> dict[str, Any]:
     wait = retry_after_seconds(task)
     if wait is not None:
@@ -461,7 +473,11 @@ def list_exports(
     "/projects/{project_id}/exports/{task_id}",
     tags=["exports"],
     response_model=TaskView,
-    responses={**READ_ERRORS, 200: {"description": "the task", "headers": RETRY_AFTER_HEADER}},
+    responses={
+        **READ_ERRORS,
+        200: {"description": "the task", "headers": {**RETRY_AFTER_HEADER, **ETAG_HEADER}},
+        304: {"description": "not modified since the `If-None-Match` tag", "headers": ETAG_HEADER},
+    },
 )
 def get_export(
     project_id: ProjectId,
@@ -470,9 +486,19 @@ def get_export(
     response: Response,
     svc: Svc,
     who: Who,
-) -> dict[str, Any]:
-    """The full status; unfinished tasks carry `Retry-After` (1 s doubling to 30 s)."""
+    if_none_match: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Any:
+    """The full status; unfinished tasks carry `Retry-After` (1 s doubling to 30 s).
+    Every answer carries a weak `ETag`: a poller that sends it back in `If-None-Match`
+    gets `304 Not Modified` (no body) for as long as nothing stored that the body shows
+    has changed, at the cost of one indexed read (time-derived fields of the body it
+    holds, `rows_per_second`, `eta_seconds`, are as of that body)."""
     svc.authorize(who, project_id, Role.READER)
+    etag, _terminal = svc.task_etag(project_id, task_id)
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if if_none_match is not None and etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+    response.headers.update(headers)
     return _task_response(request, response, svc.get(project_id, task_id))
 
 

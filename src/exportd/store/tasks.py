@@ -153,6 +153,38 @@ class TaskStore(OutboxStore):
                 )
             ).scalar()
 
+    def task_stamp(self, project_id: str, task_id: str) -> tuple[str, bool] | None:
+        """What changes whenever anything a task's status body shows changes (the task
+        row's version, its partitions' and notifications' last updates and counts, its
+        files), and whether the task is terminal: one indexed read, no body built. None:
+        no such task in this project."""
+        with self.read() as conn:
+            row = conn.execute(
+                sa.select(
+                    tasks.c.version,
+                    tasks.c.status,
+                    sa.select(sa.func.max(partitions.c.update_time))
+                    .where(partitions.c.task_id == task_id)
+                    .scalar_subquery(),
+                    sa.select(sa.func.count())
+                    .select_from(partitions)
+                    .where(partitions.c.task_id == task_id)
+                    .scalar_subquery(),
+                    sa.select(sa.func.max(notifications.c.update_time))
+                    .where(notifications.c.task_id == task_id)
+                    .scalar_subquery(),
+                    sa.select(sa.func.count())
+                    .select_from(files)
+                    .where(files.c.task_id == task_id)
+                    .scalar_subquery(),
+                ).where(tasks.c.project_id == project_id, tasks.c.task_id == task_id)
+            ).first()
+        if row is None:
+            return None
+        version, status, parts_at, parts, notes_at, nfiles = row
+        stamp = f"{version}.{parts}.{parts_at}.{notes_at}.{nfiles}"
+        return stamp, TaskStatus(status).is_terminal
+
     def list_tasks(self, project_id: str, q: TaskQuery) -> tuple[list[Task], int]:
         cond = [tasks.c.project_id == project_id]
         if q.statuses is not None:
