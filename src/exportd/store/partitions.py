@@ -139,7 +139,7 @@ class PartitionStore(CoordinationStore):
                 conn.execute(
                     sa.update(tasks)
                     .where(tasks.c.task_id.in_(waiting), tasks.c.waiting_for_source.is_(False))
-                    .values(waiting_for_source=True)
+                    .values(waiting_for_source=True, version=tasks.c.version + 1)
                 )
             if found is None:
                 return None
