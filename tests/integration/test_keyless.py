@@ -186,3 +186,27 @@ def test_keyless_export_survives_sigkill_of_a_worker(source: str, live_server: A
     else:  # the killed worker's partitions were reclaimed as lost
         assert max(p["lost_count"] for p in done["partitions"]) >= 1
     assert Counter(_read_csv(admin, task["task_id"])) == Counter(_key(r) for r in ALL)
+
+
+def test_text_key_is_split_at_sampled_quantiles(pg_database: str) -> None:
+    """A text key (md5 strings) on a PostgreSQL table: cuts from a TABLESAMPLE of its
+    pages, each range about a quarter of the rows, every row exactly once."""
+    n = 120_000
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE docs (code text PRIMARY KEY, v integer)")
+        conn.execute(f"INSERT INTO docs SELECT md5(i::text), i FROM generate_series(1, {n}) i")
+        conn.execute("ANALYZE docs")
+    engine = SqlEngines().get(pg_database)
+    fields = describe_sql(engine, "docs", None)
+    ds = Dataset("ds", "p", "d", "sql", pg_database, "docs", None, "code", fields, {}, datetime.now(UTC))  # fmt: skip
+    src = SqlSource(ds, engine)
+    with engine.connect() as conn:
+        assert src._sampled_cuts(conn, 4) is not None  # the sample, not 3 OFFSET scans
+    sel = Selection(["code", "v"], [])
+    parts = src.plan(sel, 4)
+    assert len(parts) == 4
+    sizes = [sum(len(b) for b in src.read(sel, p, 5000)) for p in parts]
+    assert sum(sizes) == n and all(0.15 * n < s < 0.35 * n for s in sizes), sizes
+    values = sorted(v for p in parts for b in src.read(sel, p, 5000) for _, v in b)
+    assert values == list(range(1, n + 1))
+    engine.dispose()
