@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from exportd.errors import SourceError
 from exportd.model import Dataset, DatasetKind, Task
 from exportd.model.plan import Consistency
 from exportd.outages import source_error
@@ -136,8 +135,8 @@ class Holders:
                 # (those that imported it read on, but are read again: one moment)
                 try:
                     renew(self.rt, holder.task_id, source, gen, pending_only=True)
-                except SourceError as err:  # the partitions will see the loss themselves
-                    log.warning("no fresh snapshot for %s: %s", holder.task_id, err.error_msg)
+                except Exception as err:  # the partitions will see the loss themselves
+                    log.warning("no fresh snapshot for %s: %s", holder.task_id, err)
                 return
         self.drop(holder)
 

@@ -85,6 +85,13 @@ class SnapshotStore(PartitionStore):
         once per generation: two partitions that both saw the loss replace it once."""
         now = utcnow()
         with self.write() as conn:
+            # the partitions first, then the task: the order of heartbeats and commits
+            conn.execute(
+                sa.select(partitions.c.idx)
+                .where(partitions.c.task_id == task_id)
+                .order_by(partitions.c.idx)
+                .with_for_update()
+            ).all()
             row = conn.execute(
                 sa.select(tasks.c.consistency)
                 .where(
