@@ -84,6 +84,13 @@ def test_max_connections_holds_across_eight_workers(
             done = admin.wait("p", task["task_id"], until=note)
             assert done["status"] == "COMPLETED", done
             assert done["finished_count"] == ROWS and len(done["partitions"]) == 8
+        # two exports at once: a second holder would leave no connection for a partition
+        both = [admin.export("p", dataset_id="accounts", parallelism=8) for _ in range(2)]
+        ends = [admin.wait("p", t["task_id"]) for t in both]
+        assert [e["status"] for e in ends] == ["COMPLETED", "COMPLETED"], ends
+        assert all(e["finished_count"] == ROWS for e in ends)
+        delivered = sorted(e["consistency"]["delivered"] for e in ends)
+        assert delivered == ["per_partition", "snapshot"], [e["consistency"] for e in ends]
     assert backends.samples > 20
     assert 0 < backends.most <= 2, backends.at_most
     assert any(c.get("waiting_for_source") for c in seen)

@@ -58,13 +58,33 @@ class Holder:
     conn: Any  # psycopg.Connection
     raw: Any  # its pool's checkout: a dataset's max_connections counts the holder
     stop: threading.Event = field(default_factory=threading.Event)
+    # the connection's user: its watcher's pings, and its closing (back to the pool)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def ping(self) -> bool:
+        """Whether the holder's transaction is alive (False once it was let go of)."""
+        with self.lock:
+            if self.stop.is_set():
+                return False
+            self.conn.execute("SELECT 1")
+            return True
 
     def close(self) -> None:
-        if self.stop.is_set():
-            return
-        self.stop.set()
-        with contextlib.suppress(Exception):  # closed, never back to the pool as it is
-            self.raw.invalidate()
+        with self.lock:
+            if self.stop.is_set():
+                return
+            self.stop.set()
+            self._close()
+
+    def _close(self) -> None:
+        try:  # back to the pool as a plain session: no new connection replaces it
+            self.conn.execute("ROLLBACK")
+            self.conn.execute("RESET ALL")  # to the session's defaults (its startup options)
+            self.conn.autocommit = False
+            self.raw.close()
+        except Exception:  # lost (or half reset): closed, never reused
+            with contextlib.suppress(Exception):
+                self.raw.invalidate()
 
 
 class Holders:
@@ -125,7 +145,8 @@ class Holders:
             if status.is_terminal or current != holder.snapshot_id or (parts and not open_parts):
                 break
             try:
-                holder.conn.execute("SELECT 1")
+                if not holder.ping():
+                    return
             except Exception as exc:
                 if holder.stop.is_set():  # let go of meanwhile (the task finished)
                     return
@@ -232,19 +253,34 @@ def start(rt: Runtime, task: Task, dataset: Dataset, source: Source, token: str)
     elif why_not is not None:
         info["reason"] = why_not
     if requested is Consistency.PER_PARTITION or why_not is not None:
-        return rt.store.set_consistency(task.task_id, token, task.snapshot_gen, None, info)
+        return bool(rt.store.set_consistency(task.task_id, token, task.snapshot_gen, None, info))
     assert isinstance(source, SqlSource)
+    if not rt.store.holder_slot_free(task.task_id):  # checked again when it is recorded
+        return _no_holder_slot(rt, task, token, info)
     registry = holders(rt)
     holder = open_snapshot(source.engine, task.task_id)
     info.update(delivered=Consistency.SNAPSHOT.value, snapshot=holder.identity)
     info["reason"] = "one PostgreSQL snapshot exported and imported by every partition"
-    if not rt.store.set_consistency(
+    recorded = rt.store.set_consistency(
         task.task_id, token, task.snapshot_gen, holder.snapshot_id, info
-    ):
+    )
+    if recorded is None:  # other exports' snapshots take the dataset's connections
+        holder.close()
+        return _no_holder_slot(rt, task, token, info)
+    if not recorded:
         holder.close()
         return False
     registry.keep(holder, source)
     return True
+
+
+def _no_holder_slot(rt: Runtime, task: Task, token: str, info: dict[str, Any]) -> bool:
+    info.update(delivered=Consistency.PER_PARTITION.value, snapshot=None)
+    info["reason"] = (
+        "the dataset's max_connections are taken by other exports' snapshots: one more "
+        "would leave no connection for a partition"
+    )
+    return bool(rt.store.set_consistency(task.task_id, token, task.snapshot_gen, None, info))
 
 
 def renew(rt: Runtime, task_id: str, source: SqlSource, gen: int, pending_only: bool) -> bool:

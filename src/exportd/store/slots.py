@@ -42,3 +42,25 @@ def source_slot_free(conn: sa.Connection, task_id: str, postgres: bool) -> bool:
         )
     ).scalar()
     return int(running or 0) + int(holders or 0) < int(limit)
+
+
+def holder_slot_free(conn: sa.Connection, task_id: str, postgres: bool) -> bool:
+    """Whether the task may hold a snapshot on its dataset's source and still leave a
+    connection for a partition: the holders of the dataset's other running tasks and
+    this one stay below its `max_connections` (the dataset's row is locked)."""
+    t = tasks.c
+    ds_id = conn.execute(sa.select(t.dataset_id).where(t.task_id == task_id)).scalar()
+    find = sa.select(datasets.c.options).where(datasets.c.dataset_id == ds_id)
+    options = conn.execute(find.with_for_update() if postgres else find).scalar()
+    limit = (options or {}).get("max_connections")
+    if not limit:
+        return True
+    holders = conn.execute(
+        sa.select(sa.func.count()).where(
+            t.dataset_id == ds_id,
+            t.task_id != task_id,
+            t.status == TaskStatus.RUNNING.value,
+            t.snapshot_id.is_not(None),
+        )
+    ).scalar()
+    return int(holders or 0) + 1 < int(limit)

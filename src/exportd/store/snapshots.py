@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from exportd.model import PartitionPhase, PartitionStatus, Stage, TaskStatus
 from exportd.store.base import utcnow
 from exportd.store.partitions import PartitionStore
+from exportd.store.slots import holder_slot_free
 from exportd.store.tables import partitions, tasks
 
 OPEN = (PartitionStatus.PENDING.value, PartitionStatus.RUNNING.value)
@@ -24,12 +25,16 @@ class SnapshotStore(PartitionStore):
         gen: int,
         snapshot_id: str | None,
         info: dict[str, Any],
-    ) -> bool:
+    ) -> bool | None:
         """The coordinator (at plan) records what the task delivers and the snapshot its
         partitions import; `gen` is the generation it read (a replanned task's stale
-        holder is then told apart from the current one)."""
+        holder is then told apart from the current one). False: the lease is lost. None:
+        a snapshot would leave its dataset no connection for a partition (other exports'
+        holders take the dataset's `max_connections`): nothing is written."""
         now = utcnow()
         with self.write() as conn:
+            if snapshot_id is not None and not holder_slot_free(conn, task_id, self.is_postgres):
+                return None
             n = conn.execute(
                 sa.update(tasks)
                 .where(
@@ -46,6 +51,12 @@ class SnapshotStore(PartitionStore):
                 )
             ).rowcount
         return n == 1
+
+    def holder_slot_free(self, task_id: str) -> bool:
+        """Whether a snapshot's holder for the task would leave its dataset a connection
+        for a partition (read only: `set_consistency` checks again, locked)."""
+        with self.read() as conn:
+            return holder_slot_free(conn, task_id, False)
 
     def snapshot_state(self, task_id: str) -> tuple[TaskStatus, str | None, int, int, int] | None:
         """(status, snapshot id, generation, open partitions, partitions) of a task, for
