@@ -49,7 +49,9 @@ test: install
 	$(BIN)/mypy
 	$(BIN)/pytest
 
+# the bench's extra tools on top of the dev lock (constrained by it where they overlap)
 bench: install
+	$(PIP) -c requirements/dev.txt -e '.[bench]'
 	$(BIN)/python -m bench
 
 # on purpose only: newest versions allowed by pyproject.toml, the dev set first and the

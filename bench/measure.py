@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ class Result:
     seconds: float
     peak_rss_mb: float
     note: str = ""
+    runs: list[float] = field(default_factory=list)  # seconds of each alternated round
+    ratio: float | None = None  # median of the rounds' tool / embedded-default times
 
     @property
     def rows_per_s(self) -> float:
@@ -49,8 +51,12 @@ def run_process(argv: list[str], stdout: Path | None = None) -> tuple[float, flo
     return seconds, rss_kb / 1024, error
 
 
-def tool(name: str, source: str, out: Path) -> tuple[float, float, str]:
-    return run_process([sys.executable, "-m", "bench.tools", name, source, str(out)])
+def tool(name: str, source: str, out: Path, *extra: str) -> tuple[float, float, str]:
+    from bench.duckdb_env import python
+    from bench.tools import DUCKDB_TOOLS
+
+    exe = python() if name in DUCKDB_TOOLS else sys.executable
+    return run_process([exe, "-m", "bench.tools", name, source, str(out), *extra])
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -60,22 +66,14 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-class Exportd:
-    """exportd as deployed: one API process (no workers) and N worker processes sharing a
-    PostgreSQL store and a local storage directory."""
+class _Api:
+    """An exportd API process started with `env` and these `serve` arguments."""
 
-    def __init__(
-        self, data_dir: Path, store_url: str, port: int = 8765, source_dir: Path | None = None
-    ) -> None:
-        self.env = dict(os.environ)
-        self.env.update(
-            EXPORTD_DATA_DIR=str(data_dir), EXPORTD_DATABASE_URL=store_url,
-            EXPORTD_ADMIN_TOKEN="bench-admin", EXPORTD_WORKERS="0",
-            EXPORTD_SOURCE_DIRS=json.dumps([str(source_dir)] if source_dir else []),
-        )  # fmt: skip
+    def __init__(self, env: dict[str, str], port: int, *serve_args: str) -> None:
+        self.env = env
         self.url = f"http://127.0.0.1:{port}"
         self.api = subprocess.Popen(
-            [sys.executable, "-m", "exportd", "serve", "--port", str(port), "--workers", "0"],
+            [sys.executable, "-m", "exportd", "serve", "--port", str(port), *serve_args],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         self.http = httpx.Client(
@@ -93,6 +91,79 @@ class Exportd:
         for name, body in datasets.items():
             r = self.http.post("/v1/projects/bench/datasets", json={"name": name, **body})
             assert r.status_code < 300, r.text
+
+    def run(self, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        """(seconds from the request to a terminal status, the final task)."""
+        t0 = time.monotonic()
+        task: dict[str, Any] = self.http.post("/v1/projects/bench/exports", json=body).json()
+        while not task.get("is_terminal"):
+            time.sleep(0.05)
+            task = self.http.get(f"/v1/projects/bench/exports/{task['task_id']}").json()
+        return time.monotonic() - t0, task
+
+    def close(self) -> None:
+        self.api.terminate()
+        self.api.wait()
+
+
+def _body(
+    dataset: str, fmt: str, parallelism: int, options: dict[str, Any] | None
+) -> dict[str, Any]:
+    return {
+        "dataset_id": dataset, "format": fmt, "parallelism": parallelism,
+        "format_options": options or {},
+    }  # fmt: skip
+
+
+def _outcome(task: dict[str, Any]) -> tuple[int, str]:
+    error = "" if task["status"] == "COMPLETED" else f"{task['status']}: {task.get('error_msg')}"
+    return int(task.get("finished_count") or 0), error
+
+
+class Embedded(_Api):
+    """exportd as a newcomer runs it: `exportd serve` with its defaults (its SQLite store
+    and storage in the data directory, its default workers), nothing else set."""
+
+    def __init__(self, data_dir: Path, port: int = 8766, source_dir: Path | None = None) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTD_")}
+        env.update(
+            EXPORTD_DATA_DIR=str(data_dir), EXPORTD_ADMIN_TOKEN="bench-admin",
+            EXPORTD_SOURCE_DIRS=json.dumps([str(source_dir)] if source_dir else []),
+        )  # fmt: skip
+        super().__init__(env, port)
+
+    def processes(self) -> list[int]:
+        """The serve process and any worker processes it runs."""
+        pids = [self.api.pid]
+        children = Path(f"/proc/{self.api.pid}/task/{self.api.pid}/children")
+        if children.exists():
+            pids += [int(p) for p in children.read_text().split()]
+        return pids
+
+    def export(
+        self, dataset: str, fmt: str, parallelism: int = 4,
+        options: dict[str, Any] | None = None,
+    ) -> tuple[float, float, int, str]:  # fmt: skip
+        """(seconds request -> COMPLETED, peak RSS of its processes so far, rows, error)."""
+        seconds, task = self.run(_body(dataset, fmt, parallelism, options))
+        rss = max(peak_rss_mb(p) for p in self.processes())
+        return seconds, rss, *_outcome(task)
+
+
+class Exportd(_Api):
+    """exportd as deployed: one API process (no workers) and N worker processes sharing a
+    PostgreSQL store and a local storage directory."""
+
+    def __init__(
+        self, data_dir: Path, store_url: str, port: int = 8765, source_dir: Path | None = None
+    ) -> None:
+        env = dict(os.environ)
+        env.update(
+            EXPORTD_DATA_DIR=str(data_dir), EXPORTD_DATABASE_URL=store_url,
+            EXPORTD_ADMIN_TOKEN="bench-admin", EXPORTD_WORKERS="0",
+            EXPORTD_SOURCE_DIRS=json.dumps([str(source_dir)] if source_dir else []),
+        )  # fmt: skip
+        super().__init__(env, port, "--workers", "0")
 
     @contextlib.contextmanager
     def workers(
@@ -115,15 +186,6 @@ class Exportd:
             for p in procs:
                 p.wait()
 
-    def run(self, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-        """(seconds from the request to a terminal status, the final task)."""
-        t0 = time.monotonic()
-        task: dict[str, Any] = self.http.post("/v1/projects/bench/exports", json=body).json()
-        while not task.get("is_terminal"):
-            time.sleep(0.05)
-            task = self.http.get(f"/v1/projects/bench/exports/{task['task_id']}").json()
-        return time.monotonic() - t0, task
-
     def export(
         self, dataset: str, fmt: str, workers: int, fast: bool = True, parallelism: int = 4,
         options: dict[str, Any] | None = None, threads: int = 1,
@@ -131,18 +193,7 @@ class Exportd:
     ) -> tuple[float, float, int, str]:  # fmt: skip
         """(seconds request -> COMPLETED, peak RSS of the largest worker, rows, error);
         each worker process runs `threads` worker threads (`--concurrency`)."""
-        body = {
-            "dataset_id": dataset, "format": fmt, "parallelism": parallelism,
-            "format_options": options or {}, **(extra or {}),
-        }  # fmt: skip
         with self.workers(workers, threads, fast) as procs:
-            seconds, task = self.run(body)
+            seconds, task = self.run({**_body(dataset, fmt, parallelism, options), **(extra or {})})
             rss = max(peak_rss_mb(p.pid) for p in procs)
-        error = (
-            "" if task["status"] == "COMPLETED" else f"{task['status']}: {task.get('error_msg')}"
-        )
-        return seconds, rss, int(task.get("finished_count") or 0), error
-
-    def close(self) -> None:
-        self.api.terminate()
-        self.api.wait()
+        return seconds, rss, *_outcome(task)

@@ -1,5 +1,6 @@
 """The tools exportd is compared with, each run in a process of its own by
-`python -m bench.tools NAME SOURCE OUT` so its peak RSS can be measured alone."""
+`python -m bench.tools NAME SOURCE OUT [QUERY]` so its peak RSS can be measured alone.
+The DuckDB tools run in DuckDB 1.4's own environment (`bench.duckdb_env`)."""
 
 from __future__ import annotations
 
@@ -56,17 +57,30 @@ def adbc_run(source: str, out: str) -> None:
 
 
 def duckdb_run(source: str, out: str) -> None:
-    import duckdb
+    """DuckDB 1.4's postgres or sqlite scanner (its parallel ctid-range scan on
+    PostgreSQL), COPY to CSV or to Parquet with zstd, as exportd writes it."""
+    from bench.duckdb_env import connect
 
-    con = duckdb.connect()
-    if source.startswith("postgresql"):
-        con.execute("INSTALL postgres; LOAD postgres")
-        con.execute(f"ATTACH '{source}' AS src (TYPE postgres, READ_ONLY)")
-    else:
-        con.execute("INSTALL sqlite; LOAD sqlite")
-        con.execute(f"ATTACH '{source}' AS src (TYPE sqlite, READ_ONLY)")
-    fmt = "parquet" if out.endswith(".parquet") else "csv, header true"
+    con = connect()
+    kind = "postgres" if source.startswith("postgresql") else "sqlite"
+    con.execute(f"LOAD {kind}")
+    con.execute(f"ATTACH '{source}' AS src (TYPE {kind}, READ_ONLY)")
+    fmt = "parquet, compression zstd" if out.endswith(".parquet") else "csv, header true"
     con.execute(f"COPY (SELECT * FROM src.flights ORDER BY id) TO '{out}' (FORMAT {fmt})")
+
+
+def xlsx_run(source: str, out: str, query: str = QUERY) -> None:
+    """A straightforward xlsxwriter loop in constant-memory mode over the SQLite rows."""
+    import xlsxwriter
+
+    conn = sqlite3.connect(source)
+    cur = conn.execute(query)
+    book = xlsxwriter.Workbook(out, {"constant_memory": True})
+    sheet = book.add_worksheet()
+    sheet.write_row(0, 0, [d[0] for d in cur.description])
+    for i, row in enumerate(cur, start=1):
+        sheet.write_row(i, 0, row)
+    book.close()
 
 
 def _flat(doc: dict[str, Any], prefix: str, out: dict[str, Any]) -> dict[str, Any]:
@@ -105,9 +119,9 @@ def docs_python_run(source: str, out: str) -> None:
 
 def docs_duckdb_run(source: str, out: str) -> None:
     """DuckDB's read_json sampling every document, nested objects unnested to columns."""
-    import duckdb
+    from bench.duckdb_env import connect
 
-    duckdb.connect().execute(
+    connect().execute(
         f"COPY (SELECT unnest(j, recursive := true) FROM read_json('{source}', "
         f"sample_size = -1) j) TO '{out}' (FORMAT csv, HEADER true)"
     )
@@ -115,8 +129,9 @@ def docs_duckdb_run(source: str, out: str) -> None:
 
 TOOLS = {
     "pandas": pandas_run, "polars": polars_run, "adbc": adbc_run, "duckdb": duckdb_run,
-    "docs-python": docs_python_run, "docs-duckdb": docs_duckdb_run,
+    "docs-python": docs_python_run, "docs-duckdb": docs_duckdb_run, "xlsx": xlsx_run,
 }  # fmt: skip
+DUCKDB_TOOLS = {"duckdb", "docs-duckdb"}  # run in bench.duckdb_env's interpreter
 
 if __name__ == "__main__":
-    TOOLS[sys.argv[1]](sys.argv[2], sys.argv[3])
+    TOOLS[sys.argv[1]](*sys.argv[2:])

@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     )
 
     workers: int = Field(default=2, ge=0, le=64, description="in-process workers of `serve`")
+    worker_processes: bool = Field(
+        default=False,
+        description="`serve` runs its workers as processes of their own (no interpreter "
+        "lock shared with each other or the API) instead of threads; `exportd serve` "
+        "turns it on unless told `--worker-threads`",
+    )
     lease_seconds: float = Field(default=20.0, gt=0, description="a lease's length")
     shutdown_grace_seconds: float = Field(
         default=10.0,

@@ -22,6 +22,7 @@ from exportd.api.schemas import ErrorBody
 from exportd.api.ui import add_api_docs, add_dashboard
 from exportd.errors import ExportdError, StoreUnavailable, Unavailable
 from exportd.execution.pool import WorkerPool
+from exportd.execution.processes import WorkerProcesses
 from exportd.outages import unreachable
 from exportd.runtime import Runtime
 from exportd.service import ExportService
@@ -56,7 +57,12 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
         rt = Runtime(settings)
         app.state.runtime = rt
         app.state.service = ExportService(rt)
-        pool = WorkerPool(rt, settings.workers if workers is None else workers)
+        count = settings.workers if workers is None else workers
+        pool: WorkerPool | WorkerProcesses
+        if settings.worker_processes and count:
+            pool = WorkerProcesses(settings, count)  # the API's process does no background work
+        else:
+            pool = WorkerPool(rt, count)
         pool.start()
         try:
             yield

@@ -41,7 +41,8 @@ auth_token_header = APIKeyHeader(
 )
 
 
-def service(request: Request) -> ExportService:
+async def service(request: Request) -> ExportService:
+    """The process's service (async: nothing blocks, so no trip to the thread pool)."""
     svc: ExportService = request.app.state.service
     return svc
 
@@ -53,7 +54,8 @@ def principal(
 ) -> Principal:
     """The caller, from `Authorization: Bearer` or `X-Auth-Token` (401 without either)."""
     token = credentials.credentials if credentials else x_auth_token
-    return service(request).authenticate(token.strip() if token else None)
+    svc: ExportService = request.app.state.service
+    return svc.authenticate(token.strip() if token else None)
 
 
 def links(request: Request) -> LinkSigner:

@@ -201,14 +201,26 @@ def serve(
         Path | None, typer.Option("--data-dir", help="data directory (EXPORTD_DATA_DIR)")
     ] = None,
     workers: Annotated[int | None, typer.Option(help="in-process workers (default 2)")] = None,
+    worker_processes: Annotated[
+        bool | None,
+        typer.Option(
+            "--worker-processes/--worker-threads",
+            help="run the workers as processes of their own (the default) or as threads of "
+            "the API's process (EXPORTD_WORKER_PROCESSES)",
+        ),
+    ] = None,
 ) -> None:
-    """Run the HTTP API with in-process workers (the embedded deployment)."""
+    """Run the HTTP API with its workers (the embedded deployment)."""
     import uvicorn
 
     from exportd.api import create_app
 
     _logging()
     settings = _settings(data_dir, workers=workers)
+    if worker_processes is None and "worker_processes" not in settings.model_fields_set:
+        worker_processes = True  # the fast shape, unless EXPORTD_WORKER_PROCESSES says no
+    if worker_processes is not None:
+        settings = settings.model_copy(update={"worker_processes": worker_processes})
     where = (
         "EXPORTD_ADMIN_TOKEN"
         if settings.admin_token

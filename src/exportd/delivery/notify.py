@@ -225,6 +225,9 @@ def failure_class(exc: Exception) -> str:
     return "delivery failed"
 
 
+IDLE_POLLS = 10  # an idle thread other than the first polls every IDLE_POLLS poll_seconds
+
+
 class NotificationPool:
     """Threads that only deliver notifications, so a slow receiver holds one of these at
     most, never an export worker; stopped with the process's worker pool."""
@@ -232,9 +235,11 @@ class NotificationPool:
     def __init__(self, rt: Services, size: int) -> None:
         self.rt = rt
         self.stop_event = threading.Event()
+        self._primary_busy = threading.Event()  # the first thread is inside a delivery
+        self._more = threading.Event()  # the first thread's last ask found work
         self.threads = [
             threading.Thread(
-                target=self.run, args=(Notifier(rt),), name=f"exportd-notify-{i}", daemon=True
+                target=self.run, args=(Notifier(rt), i), name=f"exportd-notify-{i}", daemon=True
             )
             for i in range(size)
         ]
@@ -243,13 +248,43 @@ class NotificationPool:
         for t in self.threads:
             t.start()
 
-    def run(self, notifier: Notifier) -> None:
-        """Deliver until stopped; store calls ride out an outage like the workers' do."""
+    def run(self, notifier: Notifier, index: int = 0) -> None:
+        """Deliver until stopped; store calls ride out an outage like the workers' do.
+
+        The first thread asks the outbox at every wake-up of the store and every
+        `poll_seconds`; the others ask only while it is busy delivering (a slow receiver
+        must not hold up the rest), after it found work (several may be due at once), or
+        every IDLE_POLLS poll_seconds: a wake-up costs the store one query, not one per
+        thread."""
+        poll = self.rt.settings.poll_seconds
+        idle = poll if index == 0 else poll * IDLE_POLLS
+        last = 0.0
         with self.rt.store.riding_out(self.rt.settings.outage_budget_seconds):
             while not self.stop_event.is_set():
                 try:
-                    if not notifier.deliver_next():
-                        self.rt.store.waker.wait(self.rt.settings.poll_seconds)
+                    ask = (
+                        index == 0
+                        or self._primary_busy.is_set()
+                        or self._more.is_set()
+                        or time.monotonic() - last >= idle
+                    )
+                    found = False
+                    if ask:
+                        last = time.monotonic()
+                        if index == 0:
+                            self._primary_busy.set()
+                        try:
+                            found = notifier.deliver_next()
+                        finally:
+                            if index == 0:
+                                self._primary_busy.clear()
+                    if found and index == 0 and len(self.threads) > 1:
+                        self._more.set()
+                        self.rt.store.waker.notify_local()
+                    elif not found:
+                        if index == 0:
+                            self._more.clear()
+                        self.rt.store.waker.wait(idle)
                 except StoreUnavailable:
                     log.warning("notifications: the store stayed unreachable")
                     self.stop_event.wait(1.0)

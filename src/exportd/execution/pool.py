@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 import time
+from datetime import UTC, datetime
 
 from exportd.delivery.notify import NotificationPool
 from exportd.errors import (
@@ -80,18 +81,27 @@ class Worker:
                     stop.wait(1.0)
 
 
-DEADLINE_SWEEP_SECONDS = 0.5
+DEADLINE_IDLE_SECONDS = 5.0
 
 
 def keep_deadlines(rt: Runtime, stop: threading.Event) -> None:
-    """Time out late tasks every half second whatever the workers are doing (they may
-    all be inside long partitions): a partition of a timed-out task stops at its next
-    heartbeat. One indexed read per sweep; errors (a store outage) wait for the next."""
-    while not stop.wait(DEADLINE_SWEEP_SECONDS):
+    """Time out late tasks at their deadline whatever the workers are doing (they may all
+    be inside long partitions: a partition of a timed-out task stops at its next
+    heartbeat). The thread sleeps until the earliest deadline of an active task, or until
+    new work wakes it (a newly planned task may have an earlier one), at most
+    DEADLINE_IDLE_SECONDS; errors (a store outage) wait a second."""
+    while not stop.is_set():
         try:
             rt.store.time_out_late()
+            due = rt.store.next_deadline()
         except Exception as exc:
             log.warning("deadline sweep failed: %s", type(exc).__name__)
+            stop.wait(1.0)
+            continue
+        wait = DEADLINE_IDLE_SECONDS
+        if due is not None:
+            wait = min(wait, max((due - datetime.now(UTC)).total_seconds() + 0.005, 0.01))
+        rt.store.waker.wait(wait)
 
 
 class WorkerPool:

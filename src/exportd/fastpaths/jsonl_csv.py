@@ -341,11 +341,26 @@ def _arrow_cells(table: pa.Table, csv: ArrowCsv) -> dict[str, pa.Array]:
     return out
 
 
-def _python_cells(docs: list[Any], paths: list[str], opts: CsvOptions) -> dict[str, pa.Array]:
-    """The cells of a chunk by the generic writer (which renders each value by its type,
-    so a column's cells do not depend on the rows around them)."""
+def _python_paths_and_cells(
+    docs: list[Any], opts: CsvOptions
+) -> tuple[list[str], dict[str, pa.Array]]:
+    """The paths of a chunk (in order of first appearance, as `Flattener.add_paths` gives
+    them: they are the keys `flatten` makes) and its cells by the generic writer (which
+    renders each value by its type, so a column's cells do not depend on the rows around
+    them), from one flattening of each document."""
     flat = Flattener("json")
     rows = [flat.flatten(d) for d in docs]
+    keys: dict[str, Any] = {}
+    for row in rows:
+        keys.update(row)  # new keys go last, in the row's order; known ones keep their place
+    paths = list(keys)
+    check_width(paths)
+    return paths, _python_cells(rows, paths, opts)
+
+
+def _python_cells(
+    rows: list[dict[str, Any]], paths: list[str], opts: CsvOptions
+) -> dict[str, pa.Array]:
     enc = CsvEncoder(opts, max(len(paths), 2))
     return {
         p: pa.array(enc.column(i, [r.get(p) for r in rows]), pa.string())
@@ -376,13 +391,15 @@ def collect_headers(
             known = pa.schema(_known(table.schema))
         except NotExact:
             docs = documents_of(chunk, name, offset)
-            keys: dict[str, None] = {}
-            for doc in docs:
-                flat.add_paths(doc, keys)
-            paths, rows = list(keys), len(docs)
-            check_width(paths)
+            rows = len(docs)
             if cache is not None:
-                cells = _python_cells(docs, paths, cache.opts)
+                paths, cells = _python_paths_and_cells(docs, cache.opts)
+            else:
+                keys: dict[str, None] = {}
+                for doc in docs:
+                    flat.add_paths(doc, keys)
+                paths = list(keys)
+                check_width(paths)
         lists.append(paths)
         documents += rows
         if cache is not None and rows:

@@ -106,7 +106,11 @@ class StoreBase:
         self.is_postgres = self.dialect == "postgresql"
         if run_migrations:
             migrate(self.engine)
-        self.waker = Waker(self.engine if self.is_postgres else None, NOTIFY_CHANNEL)
+        database = self.engine.url.database
+        sqlite_file = (
+            database if self.dialect == "sqlite" and database and database != ":memory:" else None
+        )
+        self.waker = Waker(self.engine if self.is_postgres else None, NOTIFY_CHANNEL, sqlite_file)
 
     def close(self) -> None:
         self.waker.close()
@@ -150,6 +154,9 @@ class StoreBase:
         """Wake workers once the transaction commits (NOTIFY is transactional)."""
         if self.is_postgres:
             conn.execute(sa.text("SELECT pg_notify(:c, '')"), {"c": NOTIFY_CHANNEL})
+        elif self.dialect == "sqlite":  # other processes on this file read it (Waker)
+            version = conn.exec_driver_sql("PRAGMA user_version").scalar() or 0
+            conn.exec_driver_sql(f"PRAGMA user_version = {(int(version) + 1) % 2**31}")
         self.waker.notify_local()
 
     def _skip_locked(self, stmt: sa.Select[Any], of: Any = None) -> sa.Select[Any]:

@@ -29,6 +29,7 @@ from exportd.store.base import (
     task_from_row,
     utcnow,
 )
+from exportd.store.rows import as_utc
 from exportd.store.tables import files, partitions, tasks
 from exportd.store.tasks import _IDLE, TaskStore
 
@@ -123,6 +124,17 @@ class CoordinationStore(TaskStore):
             if n:
                 self._notify(conn)
         return n
+
+    def next_deadline(self) -> datetime | None:
+        """The earliest deadline of an active task (None: no active task has one)."""
+        with self.read() as conn:
+            found = conn.execute(
+                sa.select(sa.func.min(tasks.c.deadline)).where(
+                    tasks.c.status.in_(sorted(s.value for s in ACTIVE_STATUSES)),
+                    tasks.c.deadline.is_not(None),
+                )
+            ).scalar()
+        return as_utc(found)
 
     def _time_out_late(self, conn: sa.Connection, now: datetime, task_id: str | None = None) -> int:
         """The guarded move to TIMEOUT of the late active tasks (of `task_id` only, when

@@ -1,0 +1,106 @@
+"""The status endpoint under load, over loopback only: the most requests per second that
+`concurrency` clients get from `GET .../exports/{id}` (plain, and conditional with
+`If-None-Match`), and the latency that `pollers` clients polling once a second see while
+an export runs. Bounded in clients and in time."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+
+
+@dataclass
+class Load:
+    what: str
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    not_modified: int = 0
+    errors: int = 0
+
+    @property
+    def per_second(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+def _quantile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
+
+
+def _loopback(url: str) -> None:
+    host = urlsplit(url).hostname
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise SystemExit(f"load is only ever sent to loopback, not to {host}")
+
+
+async def _client(
+    url: str, token: str, path: str, stop: float, pause: float | None, conditional: bool,
+    out: list[float], counts: dict[str, int], http: httpx.AsyncClient,
+) -> None:  # fmt: skip
+    etag: str | None = None
+    if pause:
+        await asyncio.sleep(random.uniform(0, pause))  # pollers do not start in step
+    while time.monotonic() < stop:
+        headers = {"If-None-Match": etag} if conditional and etag else {}
+        t0 = time.monotonic()
+        try:
+            r = await http.get(path, headers=headers)
+        except httpx.HTTPError:
+            counts["errors"] += 1
+            continue
+        out.append((time.monotonic() - t0) * 1000)
+        if r.status_code == 304:
+            counts["not_modified"] += 1
+        elif r.status_code != 200:
+            counts["errors"] += 1
+        etag = r.headers.get("etag", etag)
+        if pause:
+            await asyncio.sleep(pause)
+
+
+async def _run(
+    url: str, token: str, path: str, clients: int, seconds: float, pause: float | None,
+    conditional: bool, what: str,
+) -> Load:  # fmt: skip
+    _loopback(url)
+    latencies: list[float] = []
+    counts = {"not_modified": 0, "errors": 0}
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(
+        base_url=url, headers={"Authorization": f"Bearer {token}"}, limits=limits, timeout=30
+    ) as http:
+        t0 = time.monotonic()
+        stop = t0 + seconds
+        await asyncio.gather(*(
+            _client(url, token, path, stop, pause, conditional, latencies, counts, http)
+            for _ in range(clients)
+        ))  # fmt: skip
+        elapsed = time.monotonic() - t0
+    return Load(
+        what, len(latencies), elapsed, _quantile(latencies, 0.5), _quantile(latencies, 0.99),
+        counts["not_modified"], counts["errors"],
+    )  # fmt: skip
+
+
+def saturate(
+    url: str, token: str, path: str, clients: int = 32, seconds: float = 8.0,
+    conditional: bool = False,
+) -> Load:  # fmt: skip
+    """As many requests as `clients` back-to-back clients get in `seconds`."""
+    what = f"{clients} clients back to back{', If-None-Match' if conditional else ''}"
+    return asyncio.run(_run(url, token, path, clients, seconds, None, conditional, what))
+
+
+def pollers(url: str, token: str, path: str, clients: int = 200, seconds: float = 15.0) -> Load:
+    """`clients` pollers, each once a second with `If-None-Match`, as a dashboard polls."""
+    what = f"{clients} pollers once a second, If-None-Match"
+    return asyncio.run(_run(url, token, path, clients, seconds, 1.0, True, what))
