@@ -19,6 +19,7 @@ from exportd.sources.connections import Connections
 from exportd.sources.filters import validate_filter
 from exportd.sources.policy import SourcePolicy
 from exportd.sources.sql import SqlEngines, SqlSource
+from exportd.sources.targets import TargetEngines
 from exportd.storage import Storage, open_storage
 from exportd.store import Store
 
@@ -37,6 +38,7 @@ class Runtime:
             store_engine=lambda: self.store.engine,
         )
         self.engines = SqlEngines(self.policy)
+        self.targets = TargetEngines(self.policy)  # writable: import targets only
         self.connections = Connections(self.store, settings.connections, self.policy, self.engines)
         self.admin_token = settings.admin_token or _admin_token_file(settings.data_dir)
         self.links = LinkSigner(
@@ -76,6 +78,7 @@ class Runtime:
 
     def close(self) -> None:
         self.engines.dispose()
+        self.targets.dispose()
         self.store.close()
 
 

@@ -264,6 +264,10 @@ class ExportService:
         target = self._source_target(who, project_id, req)
         files = req.kind is DatasetKind.FILES or req.path is not None
         roots = self._file_roots(who, project_id, req) if files else []
+        if req.writable and not who.is_admin:
+            raise Forbidden("only the server administrator marks a dataset writable", "FORBIDDEN")
+        if req.writable and (req.kind is not DatasetKind.SQL or not req.table):
+            raise BadRequest("only a sql dataset of a table can be writable", "INVALID_DATASET")
         spec = dataset_spec(req, target, self.rt.engines, roots)
         ds = Dataset(
             dataset_id="ds_" + uuid.uuid4().hex[:16],
@@ -275,7 +279,7 @@ class ExportService:
             query=spec.query,
             key=spec.key,
             fields=spec.fields,
-            options=spec.options,
+            options={**spec.options, "writable": True} if req.writable else spec.options,
             create_time=datetime.now(UTC),
         )
         self.store.add_dataset(ds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -137,6 +138,36 @@ class Settings(BaseSettings):
     debug_pause_before_commit: float = Field(default=0.0, ge=0)
     # ... and a coordinator between a task's terminal commit and the deletion of its parts
     debug_pause_after_finish: float = Field(default=0.0, ge=0)
+    # imports: the largest upload, and pauses for fault-injection tests (a worker sleeps
+    # after each batch it loads; a coordinator inside its publish, before the commit)
+    max_upload_bytes: int = Field(default=10 << 30, ge=1, description="larger uploads: 413")
+    debug_pause_import_batch: float = Field(default=0.0, ge=0)
+    debug_pause_in_publish: float = Field(default=0.0, ge=0)
+
+    # operations: metrics, logs, retention
+    metrics_public: bool = Field(
+        default=False,
+        description="serve the API's /metrics without a token (it names no project); "
+        "default: only to the administrator token",
+    )
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="`exportd worker`: serve its metrics on this port (0: any free one)",
+    )  # fmt: skip
+    metrics_addr: str = Field(
+        default="127.0.0.1", description="`exportd worker`: the address of its metrics port"
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="log lines: text, or one JSON object a line"
+    )
+    retention_days: float | None = Field(
+        default=None, gt=0,
+        description="the janitor deletes finished tasks (terminal, files expired or "
+        "deleted) that ended more than this many days ago; none: kept",
+    )  # fmt: skip
+    retention_batch: int = Field(
+        default=500, ge=1, le=100_000, description="tasks deleted per janitor run at most"
+    )
 
     @field_validator("webhook_allow_networks")
     @classmethod

@@ -104,6 +104,8 @@ def point_at_real_objects(case: Any, t: Target) -> None:
 DATA_DEPENDENT = {
     ("POST", "/v1/projects/{project_id}/exports"),
     ("POST", "/v1/projects/{project_id}/datasets"),
+    # an import's target must be a writable dataset, its source an upload of the project
+    ("POST", "/v1/projects/{project_id}/imports"),
 }
 
 

@@ -20,6 +20,7 @@ DISTRIBUTIONS = {
     "adbc_driver_postgresql": "adbc-driver-postgresql",
     "adbc_driver_sqlite": "adbc-driver-sqlite",
     "botocore": "boto3",
+    "prometheus_client": "prometheus-client",
 }
 
 

@@ -127,11 +127,16 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
             error_body("INTERNAL_ERROR", "internal error; see the server log"), status_code=500
         )
 
+    from exportd.api.metrics import router as metrics_router
     from exportd.api.v1 import router
     from exportd.api.v2 import router as seeds_router
 
     app.include_router(router)
     app.include_router(seeds_router)
+    app.include_router(metrics_router)  # GET /metrics (Prometheus)
+    from exportd.api.imports import router as imports_router
+
+    app.include_router(imports_router)
     add_dashboard(app)
     add_api_docs(app)
     app.add_middleware(InputGuard, max_body_bytes=settings.max_body_bytes)

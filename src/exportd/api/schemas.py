@@ -91,11 +91,15 @@ class NotificationView(BaseModel):
 
 
 class FailedItem(BaseModel):
-    """A partition that failed, with its error (partial success, seed 002)."""
+    """A partition that failed, with its error (partial success, seed 002); of an import,
+    a rejected row: its line (or Parquet row), the column and the reason."""
 
-    partition: int
-    error_code: str | None
-    error_msg: str | None
+    partition: int | None = None
+    error_code: str | None = None
+    error_msg: str | None = None
+    line: int | None = Field(default=None, description="imports: the rejected row's line")
+    column: str | None = Field(default=None, description="imports: the column at fault")
+    reason: str | None = Field(default=None, description="imports: why the row was rejected")
 
 
 class SucceededItem(BaseModel):
@@ -154,6 +158,7 @@ class TaskView(BaseModel):
         "(snapshot | per_partition), reason, snapshot (id, time, wal_lsn), "
         "snapshot_restarts, waiting_for_source, oldest_transaction_age_seconds",
     )
+    kind: str = Field(default="export", description="export or import")
 
 
 class TaskList(BaseModel):
@@ -180,6 +185,7 @@ class DatasetView(BaseModel):
     document: str | None = Field(description="documents: the JSON column")
     file_format: str | None = Field(description="files: csv, jsonl or parquet")
     connection: str | None = Field(description="the connection profile the dataset reads")
+    writable: bool = Field(default=False, description="imports may write into it")
     fields: list[DatasetField]
     create_time: str
     max_connections: int | None = Field(

@@ -9,7 +9,9 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from exportd.model import ACTIVE_STATUSES, FileStatus, Stage, Task, TaskStatus
+import orjson
+
+from exportd.model import ACTIVE_STATUSES, FileStatus, Stage, Task, TaskKind, TaskStatus
 
 T = TaskStatus
 F = FileStatus
@@ -273,7 +275,7 @@ def seed001_view(task: Task) -> dict[str, Any]:
         "id": task.task_id,
         "resource_id": task.task_id,
         "resource_type": "DATASET",
-        "action": "EXPORT",
+        "action": seed001_action(task.kind),
         "file_name": task.file_name,
         "start_time": seed_time(task.start_time),
         "end_time": seed_time(task.end_time),
@@ -283,7 +285,40 @@ def seed001_view(task: Task) -> dict[str, Any]:
         "domain_id": task.created_by,
         "user_name": task.created_by_name,
         "export_resources": task.dataset_id,
-        "import_body": "",
+        "import_body": import_body(task),
         "file_status": task.file_status.value,
         "currentState": current_state(task.stage),
     }
+
+
+SEED001_ACTIONS = {TaskKind.EXPORT: "EXPORT", TaskKind.IMPORT: "REPORT"}
+"""Seed 001's `action`: EXPORT, and REPORT for an import (the seed's word)."""
+
+ACTION_FILTERS = {"EXPORT": TaskKind.EXPORT, "REPORT": TaskKind.IMPORT, "IMPORT": TaskKind.IMPORT}
+"""What a listing's `action` filter accepts: seed 001's words, and IMPORT for REPORT."""
+
+_SECRET_WORDS = ("secret", "token", "password", "url")
+
+
+def seed001_action(kind: TaskKind) -> str:
+    return SEED001_ACTIONS.get(kind, kind.value.upper())
+
+
+def import_body(task: Task) -> str:
+    """An import's request as submitted, as JSON text, without anything secret-like (a
+    webhook URL, a token); blank for an export."""
+    if task.kind is not TaskKind.IMPORT:
+        return ""
+    return orjson.dumps(_without_secrets(task.request)).decode()
+
+
+def _without_secrets(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: _without_secrets(v)
+            for k, v in value.items()
+            if not any(w in str(k).lower() for w in _SECRET_WORDS)
+        }
+    if isinstance(value, list):
+        return [_without_secrets(v) for v in value]
+    return value

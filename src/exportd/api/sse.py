@@ -14,8 +14,8 @@ import anyio
 import orjson
 
 from exportd.api.seed_mapping import current_state
-from exportd.api.views import iso, rates, retry_after_seconds
-from exportd.model import Task
+from exportd.api.views import import_stage_json, iso, rates, retry_after_seconds
+from exportd.model import Stage, Task, TaskKind
 from exportd.service import ExportService
 
 RECONNECT_MS = 2000
@@ -25,12 +25,13 @@ def snapshot(task: Task) -> dict[str, Any]:
     """The state an event carries: status, stage, counts, rate and ETA, and each
     partition's stage."""
     rate, eta = rates(task, datetime.now(UTC))
+    stage_json = import_stage_json if task.kind is TaskKind.IMPORT else Stage.as_json
     return {
         "task_id": task.task_id,
         "status": task.status.value,
         "is_terminal": task.status.is_terminal,
         "file_status": task.file_status.value,
-        "current_state": task.stage.as_json(),
+        "current_state": stage_json(task.stage),
         "currentState": current_state(task.stage),
         "progress": round(task.progress, 2),
         "total_count": task.total_count,
@@ -48,7 +49,7 @@ def snapshot(task: Task) -> dict[str, Any]:
             {
                 "index": p.index,
                 "status": p.status.value,
-                "current_state": p.stage.as_json(),
+                "current_state": stage_json(p.stage),
                 "finished_count": p.finished_count,
             }
             for p in task.partitions

@@ -32,7 +32,7 @@ from exportd.api.schemas import (
     TokenView,
     WebhookSecretView,
 )
-from exportd.api.seed_mapping import StatusFilter, statuses_for_filter
+from exportd.api.seed_mapping import ACTION_FILTERS, StatusFilter, statuses_for_filter
 from exportd.api.sse import task_events
 from exportd.api.views import connection_json, dataset_json, iso, retry_after_seconds, task_json
 from exportd.errors import Forbidden
@@ -442,6 +442,10 @@ def list_exports(
     ] = None,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    action: Annotated[
+        Literal["EXPORT", "REPORT", "IMPORT"] | None,
+        Query(description="one kind: EXPORT, or REPORT (seed 001's word; IMPORT too) imports"),
+    ] = None,
 ) -> dict[str, Any]:
     """List a project's exports, newest first unless `sort_field` (+ `sort_type`, default
     asc) says; ties are broken by task_id, so pages never overlap or skip."""
@@ -463,6 +467,7 @@ def list_exports(
         descending=descending,
         offset=offset,
         limit=limit,
+        kind=ACTION_FILTERS[action] if action else None,
     )
     tasks, count = svc.list(project_id, q)
     base, signer = base_url(request), links(request)

@@ -20,7 +20,7 @@ from exportd.api.seed_mapping import (
     seed004_item,
 )
 from exportd.api.views import retry_after_seconds
-from exportd.model import FileStatus, Role, Task, TaskStatus
+from exportd.model import FileStatus, Role, Task, TaskKind, TaskStatus
 from exportd.model.requests import NO_NUL
 from exportd.store import TaskQuery, sort_order
 
@@ -101,6 +101,7 @@ def list_export_tasks(
         descending=descending,
         offset=offset,
         limit=limit,
+        kind=TaskKind.EXPORT,  # seed 004 lists export tasks (imports: seed 001's view)
     )
     tasks, count = svc.list(project_id, q)
     return {"export_tasks": [seed004_item(t) for t in tasks], "count": count}
@@ -173,7 +174,7 @@ class ResourceTaskStatus(BaseModel):
     id: str = Field(description="Record ID")
     resource_id: str = Field(description="ID of the resource export task")
     resource_type: str = Field(description="Resource type (DATASET)")
-    action: Literal["EXPORT", "REPORT"] = Field(description="EXPORT (exportd never imports)")
+    action: Literal["EXPORT", "REPORT"] = Field(description="EXPORT, or REPORT for an import")
     file_name: str
     start_time: str | None = Field(pattern=SEED_TIME, description=SEED_TIME_TEXT)
     end_time: str | None = Field(pattern=SEED_TIME, description=SEED_TIME_TEXT)
@@ -183,7 +184,9 @@ class ResourceTaskStatus(BaseModel):
     domain_id: str | None = Field(description="id of the token that created the task")
     user_name: str | None = Field(description="name of the token that created the task")
     export_resources: str | None = Field(description="the exported dataset's id")
-    import_body: str | None = Field(description="always blank")
+    import_body: str | None = Field(
+        description="an import's request as submitted (JSON, secrets removed); blank for exports"
+    )
     file_status: FileStatus
     currentState: CurrentState = Field(description="seed 000's stage")
 

@@ -14,8 +14,11 @@ from exportd.model import (
     NotificationStatus,
     Partition,
     PartitionStatus,
+    Stage,
     Task,
+    TaskKind,
 )
+from exportd.model.status import IMPORT_STAGE_TEXTS
 from exportd.retrying import backoff
 from exportd.sources.connections import Connection
 
@@ -164,7 +167,16 @@ def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> di
         "partitions": [partition_json(p) for p in task.partitions],
         "request": request,
         "consistency": consistency_json(task, now),
+        "kind": task.kind.value,
     }
+    if task.kind is TaskKind.IMPORT:  # items are rows; stages say "import"
+        body["failed_items"] = list(task.failed_items or [])
+        rows = task.finished_count + task.failed_count
+        if task.status.is_terminal and rows:
+            body["success_rate"] = round(100.0 * task.finished_count / rows, 2)
+        body["current_state"] = import_stage_json(task.stage)
+        for p, view in zip(task.partitions, body["partitions"], strict=True):
+            view["current_state"] = import_stage_json(p.stage)
     return body
 
 
@@ -195,6 +207,10 @@ def consistency_json(task: Task, now: datetime) -> dict[str, Any] | None:
     return body
 
 
+def import_stage_json(stage: Stage) -> dict[str, Any]:
+    return {"status_id": int(stage), "status": IMPORT_STAGE_TEXTS[stage]}
+
+
 def connection_json(c: Connection, reachable: bool | None = None) -> dict[str, Any]:
     """A connection profile as the administrator sees it: never its URL."""
     return {
@@ -221,6 +237,7 @@ def dataset_json(ds: Dataset) -> dict[str, Any]:
         "document": ds.options.get("document"),
         "file_format": ds.options.get("file_format"),
         "connection": ds.options.get("connection"),
+        "writable": bool(ds.options.get("writable")),
         "fields": [
             {"name": f["name"], "type": f.get("type"), "kind": f.get("kind")} for f in ds.fields
         ],

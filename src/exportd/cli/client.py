@@ -441,6 +441,18 @@ class BaseClient:
         path = f"/v1/projects/{project_id}/exports"
         return Call("POST", path, self._task, json=body, headers=headers)
 
+    def _create_import(
+        self,
+        project_id: str,
+        dataset_id: str,
+        idempotency_key: str | None,
+        options: Mapping[str, Any],
+    ) -> Call[Task]:
+        body: dict[str, Any] = {"dataset_id": dataset_id, **_drop_none(options)}
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        path = f"/v1/projects/{project_id}/imports"
+        return Call("POST", path, self._task, json=body, headers=headers)
+
     def _get_export(self, project_id: str, task_id: str) -> Call[Task]:
         return Call("GET", self._task_path(project_id, task_id), self._task)
 
@@ -676,6 +688,33 @@ class Client(BaseClient):
             self._create_export(project_id, dataset_id, fields, idempotency_key, options)
         )
 
+    def upload(self, project_id: str, path: Path | str, name: str | None = None) -> dict[str, Any]:
+        """Upload a file to import (streamed from disk): its upload_id, bytes and sha256."""
+        path = Path(path)
+        with path.open("rb") as fh:
+            r = self._http.post(
+                f"/v1/projects/{project_id}/uploads", params={"name": name or path.name},
+                content=fh, timeout=httpx.Timeout(None, connect=10.0),
+            )  # fmt: skip
+        self._raise_for(r)
+        return dict(_json(r))
+
+    def create_import(
+        self,
+        project_id: str,
+        dataset_id: str,
+        *,
+        file: Path | str | None = None,
+        idempotency_key: str | None = None,
+        **options: Any,
+    ) -> Task:
+        """Start an import into a writable dataset: `file` (a local file, uploaded
+        first), or `upload_id`, `path` (+ `connection`) or `key` among `options`, with
+        the request's other fields (format, mapping, constants, mode, max_errors, ...)."""
+        if file is not None:
+            options = {**options, "upload_id": self.upload(project_id, file)["upload_id"]}
+        return self.send(self._create_import(project_id, dataset_id, idempotency_key, options))
+
     def get_export(self, project_id: str, task_id: str) -> Task:
         return self.send(self._get_export(project_id, task_id))
 
@@ -849,6 +888,41 @@ class AsyncClient(BaseClient):
         """Start an export (see `Client.create_export`)."""
         return await self.send(
             self._create_export(project_id, dataset_id, fields, idempotency_key, options)
+        )
+
+    async def upload(
+        self, project_id: str, path: Path | str, name: str | None = None
+    ) -> dict[str, Any]:
+        """Upload a file to import (see `Client.upload`)."""
+        path = Path(path)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            with path.open("rb") as fh:
+                while chunk := await anyio.to_thread.run_sync(fh.read, 1 << 20):
+                    yield chunk
+
+        r = await self._http.post(
+            f"/v1/projects/{project_id}/uploads", params={"name": name or path.name},
+            content=chunks(), timeout=httpx.Timeout(None, connect=10.0),
+        )  # fmt: skip
+        self._raise_for(r)
+        return dict(_json(r))
+
+    async def create_import(
+        self,
+        project_id: str,
+        dataset_id: str,
+        *,
+        file: Path | str | None = None,
+        idempotency_key: str | None = None,
+        **options: Any,
+    ) -> Task:
+        """Start an import (see `Client.create_import`)."""
+        if file is not None:
+            up = await self.upload(project_id, file)
+            options = {**options, "upload_id": up["upload_id"]}
+        return await self.send(
+            self._create_import(project_id, dataset_id, idempotency_key, options)
         )
 
     async def get_export(self, project_id: str, task_id: str) -> Task:

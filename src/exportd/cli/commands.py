@@ -161,10 +161,25 @@ def _api(url: str, token: str | None, data_dir: Path | None) -> Iterator[Client]
         yield c
 
 
-def _logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+def _logging(fmt: str | None = None) -> None:
+    """Log lines on stderr: text, or JSON (`EXPORTD_LOG_FORMAT=json`), each naming its
+    unit of work (see `exportd.logs`)."""
+    from exportd.logs import configure
+
+    configure(fmt)
+
+
+def _share_metrics(data_dir: Path) -> None:
+    """The worker processes of `serve` count in files of a directory of the server's
+    (prometheus_client's multiprocess mode: `prometheus/` in the data directory, emptied
+    at each start), so that the API's /metrics adds up theirs."""
+    import shutil
+
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        path = data_dir / "prometheus"
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
 
 
 def _settings(data_dir: Path | None, **overrides: Any) -> Settings:
@@ -213,22 +228,28 @@ def serve(
     """Run the HTTP API with its workers (the embedded deployment)."""
     import uvicorn
 
-    from exportd.api import create_app
-
-    _logging()
     settings = _settings(data_dir, workers=workers)
     if worker_processes is None and "worker_processes" not in settings.model_fields_set:
         worker_processes = True  # the fast shape, unless EXPORTD_WORKER_PROCESSES says no
     if worker_processes is not None:
         settings = settings.model_copy(update={"worker_processes": worker_processes})
+    _logging(settings.log_format)
+    if settings.worker_processes and settings.workers:
+        _share_metrics(settings.data_dir)  # before prometheus_client is imported (exportd.api)
+
+    from exportd.api import create_app
+
     where = (
         "EXPORTD_ADMIN_TOKEN"
         if settings.admin_token
         else str((settings.data_dir / "admin_token").resolve())
     )
     console.print(f"exportd on http://{host}:{port}; admin token in {where}", soft_wrap=True)
+    from exportd.logs import UVICORN_LOG_CONFIG
+
     uvicorn.run(  # SIGTERM: open requests get the grace too, then the workers theirs
         create_app(settings), host=host, port=port, log_level="info",
+        log_config=UVICORN_LOG_CONFIG,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_seconds)),
     )  # fmt: skip
 
@@ -239,13 +260,28 @@ def worker(
         Path | None, typer.Option("--data-dir", help="data directory (EXPORTD_DATA_DIR)")
     ] = None,
     concurrency: Annotated[int, typer.Option(help="worker threads")] = 2,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="serve Prometheus metrics on this port (EXPORTD_METRICS_PORT)"),
+    ] = None,
+    metrics_addr: Annotated[
+        str | None,
+        typer.Option(help="address of the metrics port (EXPORTD_METRICS_ADDR, 127.0.0.1)"),
+    ] = None,
 ) -> None:
     """Run workers alone, sharing the store and storage with the API processes."""
+    from exportd import metrics
     from exportd.execution.pool import WorkerPool
     from exportd.runtime import Runtime
 
-    _logging()
-    rt = Runtime(_settings(data_dir))
+    settings = _settings(data_dir, metrics_port=metrics_port, metrics_addr=metrics_addr)
+    _logging(settings.log_format)
+    rt = Runtime(settings)
+    if settings.metrics_port is not None:
+        port = metrics.serve(settings.metrics_port, settings.metrics_addr)
+        logging.getLogger("exportd").info(
+            "worker metrics on http://%s:%d/metrics", settings.metrics_addr, port
+        )
     pool = WorkerPool(rt, concurrency)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -806,6 +842,92 @@ def export(
 
     out.emit(task.raw, human, str(saved or task.task_id))
     raise typer.Exit(_outcome(task))
+
+
+@app.command("import")
+def import_(
+    project_id: ProjectArg,
+    dataset: Annotated[str, typer.Argument(help="a writable sql dataset (name or id)")],
+    file: Annotated[Path | None, typer.Argument(help="a local file to upload and import")] = None,
+    path: Annotated[
+        str | None, typer.Option(help="instead: a file on the server (see --connection)")
+    ] = None,
+    connection: Annotated[str | None, typer.Option(help="the files connection of --path")] = None,
+    key: Annotated[str | None, typer.Option(help="instead: an object of the project")] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="csv, tsv, jsonl, json or parquet")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="append, upsert or replace")] = "append",
+    mapping: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="FILE_COLUMN:TABLE_COLUMN, or FILE_COLUMN: to ignore it"),
+    ] = None,
+    constant: Annotated[
+        list[str] | None, typer.Option("--constant", help="TABLE_COLUMN=VALUE (repeatable)")
+    ] = None,
+    header: Annotated[bool, typer.Option(help="csv/tsv: the first line names columns")] = True,
+    null: Annotated[list[str] | None, typer.Option(help="a text read as NULL")] = None,
+    delimiter: Annotated[str | None, typer.Option(help="csv: the delimiter")] = None,
+    date_format: Annotated[str | None, typer.Option(help="strptime format of dates")] = None,
+    datetime_format: Annotated[str | None, typer.Option(help="of timestamps")] = None,
+    timezone: Annotated[str | None, typer.Option(help="of naive timestamps")] = None,
+    key_column: Annotated[
+        list[str] | None, typer.Option("--key-column", help="unique key (upsert's)")
+    ] = None,
+    max_errors: Annotated[int | None, typer.Option(help="rejected rows allowed")] = None,
+    max_error_rate: Annotated[float | None, typer.Option(help="rejected share allowed")] = None,
+    allow_partial: Annotated[bool, typer.Option(help="accept rejected rows")] = False,
+    parallelism: Annotated[int | None, typer.Option(help="partitions")] = None,
+    timeout: Annotated[int | None, typer.Option(help="timeout_seconds")] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option("--idempotency-key", help="the same key: the same task")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="follow it until it ends")] = True,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    data_dir: DataDir = None,
+    json_: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Import a file into a table and follow it live; exits 0 when COMPLETED, 5 when
+    COMPLETED_WITH_ERRORS (the rejected rows are in the task's report), 1 otherwise."""
+    out = Out(json_, quiet)
+    if sum(x is not None for x in (file, path, key)) != 1:
+        raise typer.BadParameter("give one of FILE, --path and --key")
+    options: dict[str, Any] = {
+        "path": path, "connection": connection, "key": key, "format": fmt, "mode": mode,
+        "mapping": _import_mapping(mapping or []) or None,
+        "constants": dict(_pair(c, "=") for c in constant or []) or None,
+        "header": header, "null_values": null, "delimiter": delimiter,
+        "date_format": date_format, "datetime_format": datetime_format,
+        "timezone": timezone, "key_columns": key_column, "max_errors": max_errors,
+        "max_error_rate": max_error_rate, "allow_partial": allow_partial,
+        "parallelism": parallelism, "timeout_seconds": timeout,
+    }  # fmt: skip
+    with _api(url, token, data_dir) as c:
+        task = c.create_import(
+            project_id, dataset, file=file, idempotency_key=idempotency_key, **options
+        )
+        if out.live:
+            console.print(f"import [bold]{task.task_id}[/bold] accepted")
+        if not wait:
+            out.emit(task.raw, lambda: None, task.task_id)
+            return
+        task = follow(c, project_id, task, out)
+    out.emit(task.raw, lambda: _summary(task), task.task_id)
+    raise typer.Exit(_outcome(task))
+
+
+def _pair(text: str, sep: str) -> tuple[str, str]:
+    name, found, value = text.partition(sep)
+    if not found or not name:
+        raise typer.BadParameter(f"expected NAME{sep}VALUE, got {text!r}")
+    return name, value
+
+
+def _import_mapping(items: list[str]) -> dict[str, str | None]:
+    """`--map FILE:TABLE` renames, `--map FILE:` ignores."""
+    return {f: (t or None) for f, t in (_pair(i, ":") for i in items)}
 
 
 def _status_view(t: Task) -> None:

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import httpx
 import orjson
 
+from exportd import metrics
 from exportd.delivery.links import LinkSigner, iso
 from exportd.delivery.outbound import OutboundPolicy, RefusedByPolicy, guarded_client
 from exportd.errors import StoreUnavailable
@@ -144,6 +145,8 @@ class Notifier:
                 note.attempts + 1, s.notify_retry_base_seconds, s.notify_retry_max_seconds
             )
         store.record_attempt(note.notification_id, token, attempt, payload, retry)
+        if not outcome.ok:
+            metrics.notification_failed(note.channel.value)
         if outcome.status_code is not None and not outcome.ok:
             log.warning("webhook %s to %s: %s", note.notification_id, note.target, outcome.error)
         return True

@@ -36,6 +36,7 @@ def clean_up_now(rt: Runtime, task: Task, lease: Lease, *, generated: bool) -> N
     """Right after the terminal move (whose commit recorded the cleanup as due, the
     lease kept): clean up and release; a failure leaves it due, tried again later."""
     try:
+        _clean_kind(rt, task)
         _clean_storage(rt, task, generated=generated)
     except Exception as exc:
         log.warning("cleanup of %s failed: %s", task.task_id, type(exc).__name__)
@@ -76,8 +77,18 @@ def cleanup(rt: Runtime, task: Task, lease: Lease) -> None:
         )
         return
     store.stop_abandoned_partitions(task.task_id)
+    _clean_kind(rt, task)
     _clean_storage(rt, task, generated=task.file_status is FileStatus.GENERATED)
     if task.status is TaskStatus.CANCELING:
         store.finish_cancel(task.task_id, lease.token)
     else:
         store.release_coordinator(task.task_id, lease.token, due=False)
+
+
+def _clean_kind(rt: Runtime, task: Task) -> None:
+    """What a kind keeps outside the storage (an import's staging tables), if anything."""
+    from exportd.execution.kinds import runner
+
+    hook = getattr(runner(task.kind), "clean_up", None)
+    if hook is not None:
+        hook(rt, task)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 
+from exportd import metrics
 from exportd.errors import LeaseLost, StoreUnavailable
 from exportd.execution.cleanup import cleanup, cleanup_later
 from exportd.execution.heartbeat import Heartbeat
 from exportd.execution.kinds import runner
+from exportd.logs import unit_of_work
 from exportd.model import (
     Lease,
     Task,
@@ -33,6 +35,12 @@ OUTAGE_RETRY_SECONDS = 5.0  # after a storage outage outlasted the budget
 
 
 def run(rt: Runtime, task: Task, lease: Lease) -> None:
+    """One coordinator step, with every log line of it naming the task."""
+    with unit_of_work(task.task_id, None, "coordinator"):
+        _run(rt, task, lease)
+
+
+def _run(rt: Runtime, task: Task, lease: Lease) -> None:
     store = rt.store
 
     def beat(_rows: int, _bytes: int) -> TaskStatus | None:
@@ -43,6 +51,7 @@ def run(rt: Runtime, task: Task, lease: Lease) -> None:
         with Heartbeat(beat, rt.settings.heartbeat_interval, None) as hb:
             _dispatch(rt, task, lease, hb)
     except LeaseLost:
+        metrics.lease_lost("coordinator")
         log.warning("coordinator of %s lost its lease", task.task_id)
     except StoreUnavailable:  # not an error of this work: the lease lapses, another takes over
         log.warning("coordinator of %s: the store stayed unreachable", task.task_id)
@@ -85,6 +94,8 @@ def _dispatch(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
     """The next step, by `coordinator_work`, done by the task's kind or by the cleanup."""
     work = coordinator_work(task.status, (p.status for p in task.partitions))
     kind = runner(task.kind)
+    if work is not CoordinatorWork.WAIT:
+        log.info("coordinator of %s: %s", task.task_id, work.name.lower())
     if work is CoordinatorWork.PLAN:
         kind.plan(rt, task, lease)
     elif work is CoordinatorWork.MERGE_HEADERS:

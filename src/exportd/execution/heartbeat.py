@@ -3,6 +3,7 @@ lets it lapse, while the working thread checks it between batches."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from collections.abc import Callable
@@ -29,6 +30,10 @@ class Heartbeat:
         self.canceled: TaskStatus | None = None
 
     def __enter__(self) -> Heartbeat:
+        ctx = contextvars.copy_context()  # its log lines name the unit of work too
+        self._thread = threading.Thread(
+            target=ctx.run, args=(self._run,), name="exportd-heartbeat", daemon=True
+        )
         self._thread.start()
         return self
 

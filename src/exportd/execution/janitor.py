@@ -6,9 +6,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import timedelta
 
+from exportd import metrics
 from exportd.execution.sweeper import Sweeper
 from exportd.runtime import Runtime
+from exportd.store import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,9 @@ class Janitor:
             self._next = now + self.rt.settings.janitor_seconds
             s = self.rt.settings
             done = self.rt.store.reap(s.max_lost, grace=s.lease_seconds)
+            metrics.reaped(done.get("reclaimed", 0), done.get("lease_failed", 0))
             done["files_expired"] = self.expire_files()
+            done["tasks_retired"] = self.retire_tasks()
             if now >= self._next_sweep:  # lists the whole storage: now and then
                 self._next_sweep = now + self.rt.settings.sweep_seconds
                 done.update(self.sweeper.sweep())
@@ -41,6 +46,14 @@ class Janitor:
                 log.info("janitor: %s", done)
         finally:
             self._lock.release()
+
+    def retire_tasks(self) -> int:
+        """Retention (`retention_days`): delete finished tasks that ended long ago."""
+        days = self.rt.settings.retention_days
+        if days is None:
+            return 0
+        cutoff = utcnow() - timedelta(days=days)
+        return len(self.rt.store.delete_finished_before(cutoff, self.rt.settings.retention_batch))
 
     def expire_files(self) -> int:
         """Delete the files whose `expires_in` has passed, then mark them DELETED (in this

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from exportd import metrics
 from exportd.errors import (
     Canceled,
     ExportdError,
@@ -19,6 +20,7 @@ from exportd.errors import (
 )
 from exportd.execution.heartbeat import Heartbeat
 from exportd.execution.kinds import runner
+from exportd.logs import unit_of_work
 from exportd.model import Dataset, Lease, Partition, Task, TaskStatus
 from exportd.model.lifecycle import retry_decision
 from exportd.outages import source_outage
@@ -65,6 +67,12 @@ class PartitionRun:
 
 
 def run_partition(rt: Runtime, task: Task, part: Partition, lease: Lease) -> None:
+    """`attempt`, with every log line of it naming the task and the partition."""
+    with unit_of_work(task.task_id, part.index):
+        attempt(rt, task, part, lease)
+
+
+def attempt(rt: Runtime, task: Task, part: Partition, lease: Lease) -> None:
     """Run one pass of a partition (its header pass, or its export into a part) and
     commit it fenced by the lease token; every failure ends in a retry or a FAILED.
 
@@ -93,6 +101,7 @@ def run_partition(rt: Runtime, task: Task, part: Partition, lease: Lease) -> Non
                 what=f"{run.where}: reading the source",
             )
     except LeaseLost:
+        metrics.lease_lost("partition")
         log.warning("%s: lease lost; attempt abandoned", run.where)
     except Canceled:
         store.cancel_partition(task.task_id, part.index, lease.token)

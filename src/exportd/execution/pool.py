@@ -12,6 +12,7 @@ import threading
 import time
 from datetime import UTC, datetime
 
+from exportd import metrics
 from exportd.delivery.notify import NotificationPool
 from exportd.errors import (
     StoreUnavailable,
@@ -36,6 +37,7 @@ class Worker:
     ) -> None:
         self.rt = rt
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{name}"
+        self.name = name
         self.janitor = janitor
         self.shutdown = shutdown or Shutdown()  # a pool's, or a lone worker's own
 
@@ -44,7 +46,9 @@ class Worker:
         runs holding its lease's hand-back, for a shutdown whose grace runs out."""
         store, lease_s = self.rt.store, self.rt.settings.lease_seconds
         self.janitor.maybe_run()
+        started = time.monotonic()
         claim = store.claim_coordinator(self.owner, lease_s)
+        metrics.claimed("coordinator", time.monotonic() - started, claim is not None)
         if claim is not None:
             task, lease = claim
             with self.shutdown.holding(
@@ -53,7 +57,9 @@ class Worker:
                 coordinator.run(self.rt, task, lease)
             release_memory()
             return True
+        started = time.monotonic()
         pclaim = store.claim_partition(self.owner, lease_s)
+        metrics.claimed("partition", time.monotonic() - started, pclaim is not None)
         if pclaim is not None:
             ptask, part, p_lease = pclaim
             with self.shutdown.holding(
@@ -68,6 +74,7 @@ class Worker:
         """Work until stopped. Every store call of this thread (claims, commits, the
         coordinator's and the janitor's) rides out a store outage for up to
         `outage_budget_seconds`."""
+        metrics.set_worker(self.name)
         with self.rt.store.riding_out(self.rt.settings.outage_budget_seconds):
             while not stop.is_set():
                 try:
@@ -150,6 +157,7 @@ class WorkerPool:
         busy = sum(t.is_alive() for t in self.threads)
         if busy:
             handed = self.shutdown.abandon()
+            metrics.handed_back(handed)
             log.warning("shutdown grace over: %d unit(s) of work handed back", handed)
             for t in self.threads:  # a unit that notices its lost lease unwinds quickly
                 t.join(max(0.0, min(1.0, deadline + 1.0 - time.monotonic())))

@@ -44,9 +44,9 @@ def run_worker_process(settings: Settings, parent: int) -> None:
     from exportd.runtime import Runtime
 
     _die_with_parent(parent)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from exportd.logs import configure
+
+    configure(settings.log_format)  # text or JSON, as the server's
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

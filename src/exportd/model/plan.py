@@ -15,6 +15,7 @@ class TaskKind(enum.StrEnum):
     """What a task does; chooses the plug-in that plans, runs and finishes it."""
 
     EXPORT = "export"  # a dataset -> files
+    IMPORT = "import"  # a file -> a table (seed 001's REPORT action)
 
 
 class DatasetKind(enum.StrEnum):
@@ -66,6 +67,46 @@ class OutputSpec(BaseModel):
         return bool(self.max_rows_per_file or self.max_bytes_per_file)
 
 
+class ImportMode(enum.StrEnum):
+    """How an import's rows reach its target table (all in one transaction at the end)."""
+
+    APPEND = "append"  # inserted beside the rows already there
+    UPSERT = "upsert"  # inserted, or replacing the row of the same key
+    REPLACE = "replace"  # the table's contents replaced by the file's rows
+
+
+class ImportSpec(BaseModel):
+    """An import's plan: the source file (a storage key or a local path), how to read it,
+    which file column goes to which table column, and how rows are loaded. The error
+    report goes to the task's output folder (`ExportPlan.output.prefix`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source_key: str | None = None  # an upload, or an object under the project's root
+    source_path: str | None = None  # a file under the source directories
+    source_name: str  # the file's own name (seed 001's file_name)
+    source_bytes: int = 0
+    format: Literal["csv", "tsv", "jsonl", "json", "parquet", "xlsx"]
+    compression: Literal["none", "gzip", "zstd"] = "none"
+    header: bool = True
+    delimiter: str = ","
+    quote: str = '"'
+    null_values: tuple[str, ...] = ("",)
+    date_format: str | None = None
+    datetime_format: str | None = None
+    timezone: str = "UTC"
+    decimal_separator: str = "."
+    # table column -> file column (by name, or "#n" the n-th, 0-based); constants apart
+    mapping: dict[str, str] = Field(default_factory=dict)
+    ignored: tuple[str, ...] = ()  # file columns left out
+    constants: dict[str, Any] = Field(default_factory=dict)
+    file_columns: tuple[str, ...] = ()  # the header (or given names) as planned
+    mode: ImportMode = ImportMode.APPEND
+    key: tuple[str, ...] = ()  # unique within the file; upsert's conflict target
+    max_errors: int | None = None
+    max_error_rate: float | None = None
+
+
 class ExportPlan(BaseModel):
     """An export's plan. `source_columns` are read from the dataset in output order;
     `filter` is the validated filter (values coerced again by the source's field kinds
@@ -73,7 +114,7 @@ class ExportPlan(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal[TaskKind.EXPORT] = TaskKind.EXPORT
+    kind: Literal[TaskKind.EXPORT, TaskKind.IMPORT] = TaskKind.EXPORT
     dataset_id: str
     dataset_kind: DatasetKind
     source_columns: tuple[str, ...]
@@ -86,6 +127,7 @@ class ExportPlan(BaseModel):
     # asked for (None: the default, `snapshot` where the database can share one); what was
     # delivered is the task's `consistency` record
     consistency: Consistency | None = None
+    imports: ImportSpec | None = None  # an import's source, reading and loading (kind IMPORT)
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -148,6 +148,8 @@ class Task:
     snapshot_gen: int = 0
     consistency: dict[str, Any] | None = None
     waiting_for_source: bool = False  # a claim skipped it: its dataset's connections are taken
+    # an import's rejected rows (line, column, reason; the first ones, in file order)
+    failed_items: list[dict[str, Any]] | None = None
     partitions: list[Partition] = field(default_factory=list)
     files: list[FileRecord] = field(default_factory=list)
     notifications: list[Notification] = field(default_factory=list)

@@ -218,6 +218,10 @@ class DatasetRequest(BaseModel):
         description="database datasets: a partition's read is stopped by the source after "
         "this long (PostgreSQL statement_timeout, MariaDB max_statement_time)",
     )
+    writable: bool = Field(
+        default=False,
+        description="sql table: imports may write into it (the server administrator only)",
+    )
 
 
 class ConnectionBody(BaseModel):
@@ -270,4 +274,70 @@ class ProjectSettingsRequest(BaseModel):
         "`parts/` nor under another project's `exports/`",
         json_schema_extra=checked_by_service(PREFIX_PATTERN),
     )
+    notify: NotifySpec | None = None
+
+
+IMPORT_FORMATS = ("csv", "tsv", "jsonl", "json", "parquet", "xlsx")
+
+
+class ImportRequest(BaseModel):
+    """An import: a file (an upload, a path under a files connection or the source
+    directories, or an object under the project's storage root) into a writable `sql`
+    dataset, with its column mapping, reading options and loading mode."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: Name = Field(pattern=NO_NUL, description="id (or name) of a writable sql dataset")
+    upload_id: str | None = Field(
+        default=None, max_length=64, pattern=NO_NUL, description="POST .../uploads gave it"
+    )
+    path: str | None = Field(
+        default=None,
+        max_length=4000,
+        pattern=NO_NUL,
+        description="a file: relative to `connection` (a files connection of the project), "
+        "or (server administrator) an absolute path under a source directory",
+    )
+    connection: str | None = Field(default=None, pattern=CONNECTION_NAME)
+    key: str | None = Field(
+        default=None, max_length=1000, pattern=NO_NUL,
+        description="an object under the project's storage root",
+    )  # fmt: skip
+    format: str | None = Field(
+        default=None, max_length=20,
+        description="csv, tsv, jsonl, json, parquet or xlsx (default: from the file's name)",
+    )  # fmt: skip
+    compression: Literal["none", "gzip", "zstd"] | None = None
+    header: bool = Field(default=True, description="csv/tsv: the first line names the columns")
+    delimiter: str | None = Field(default=None, min_length=1, max_length=1)
+    quote: str = Field(default='"', min_length=1, max_length=1)
+    null_values: list[Annotated[str, StringConstraints(max_length=100)]] = Field(
+        default_factory=lambda: [""], max_length=20, description="texts read as NULL"
+    )
+    date_format: str | None = Field(default=None, max_length=100, pattern=NO_NUL)
+    datetime_format: str | None = Field(default=None, max_length=100, pattern=NO_NUL)
+    timezone: str = Field(default="UTC", max_length=100, description="of naive timestamps")
+    decimal_separator: Literal[".", ","] = "."
+    mapping: dict[Name, Name | None] | None = Field(
+        default=None,
+        description="file column -> table column (a rename), or null (ignored); other file "
+        "columns go to the table column of the same name (without a header: `#0`, `#1`...)",
+    )
+    constants: dict[Name, Any] | None = Field(
+        default=None, description="table column -> the value every row gets"
+    )
+    mode: Literal["append", "upsert", "replace"] = "append"
+    key_columns: list[Name] | None = Field(
+        default=None, max_length=32,
+        description="unique within the file; upsert's key (default: the dataset's key, "
+        "else the table's primary key)",
+    )  # fmt: skip
+    max_errors: int | None = Field(default=None, ge=0, description="rejected rows allowed")
+    max_error_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    allow_partial: bool = Field(
+        default=False, description="without max_errors/max_error_rate: accept rejected rows"
+    )
+    parallelism: int | None = Field(default=None, ge=1, le=1024)
+    timeout_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+    expires_in: int | None = Field(default=None, ge=60, le=366 * 24 * 3600)
     notify: NotifySpec | None = None

@@ -120,6 +120,17 @@ STAGE_TEXTS: dict[Stage, str] = {
 }
 
 
+IMPORT_STAGE_TEXTS: dict[Stage, str] = {
+    **STAGE_TEXTS,
+    Stage.GETTING_TOTAL: "Counting rows to import...",
+    Stage.EXPORTING: "Importing: validating and loading rows...",
+    Stage.COMPLETING_UPLOAD: "Publishing the import into the table",
+    Stage.WRITING_MANIFEST: "Writing the import's error report and manifest, sending emails...",
+    Stage.COMPLETED: "Import completed",
+}
+"""An import's stages: seed 000's numbers, texts that say what an import does there."""
+
+
 class Role(enum.StrEnum):
     """What a project token may do."""
 

@@ -15,6 +15,7 @@ from exportd.store.base import utcnow
 from exportd.store.catalog import CatalogStore, TokenInfo
 from exportd.store.coordination import PlannedPartition
 from exportd.store.engine import normalize_url
+from exportd.store.imports import ImportStore
 from exportd.store.janitor import JanitorStore
 from exportd.store.partitions import HeartbeatReply
 from exportd.store.rows import as_utc
@@ -22,7 +23,7 @@ from exportd.store.snapshots import SnapshotStore
 from exportd.store.tasks import SORT_FIELDS, TaskQuery, sort_order
 
 
-class Store(JanitorStore, SnapshotStore, CatalogStore):
+class Store(JanitorStore, SnapshotStore, CatalogStore, ImportStore):
     """Every operation on the store, by concern in the mixins above."""
 
 

@@ -8,15 +8,19 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from exportd.model import (
+    FileStatus,
     PartitionStatus,
     Stage,
+    TaskStatus,
 )
 from exportd.store.base import (
     later,
     utcnow,
 )
 from exportd.store.partitions import PartitionStore
-from exportd.store.tables import partitions, tasks
+from exportd.store.tables import files, notifications, partitions, tasks
+
+RETENTION_CHUNK = 100  # tasks deleted per transaction by the retention
 
 
 class JanitorStore(PartitionStore):
@@ -105,3 +109,65 @@ class JanitorStore(PartitionStore):
                 .where(tasks.c.coord_token.is_not(None), tasks.c.coord_expires_at < utcnow())
             ).scalar()
         return int(n or 0)
+
+    # ---- operations: figures at scrape time, retention ------------------------------------
+
+    def status_counts(self) -> dict[str, dict[str, int]]:
+        """Tasks by status and the partitions not yet stopped by status (PENDING, RUNNING,
+        WAITING), the whole service's (no project), for the metrics: one grouped query
+        each, over the status indexes. Stopped partitions are not counted: they are most
+        of the table, and their count would cost a pass over its index at every scrape."""
+        active = [s.value for s in PartitionStatus if not s.is_terminal]
+        with self.read() as conn:
+            by_task = conn.execute(
+                sa.select(tasks.c.status, sa.func.count()).group_by(tasks.c.status)
+            ).all()
+            by_part = conn.execute(
+                sa.select(partitions.c.status, sa.func.count())
+                .where(partitions.c.status.in_(active))
+                .group_by(partitions.c.status)
+            ).all()
+        return {
+            "tasks": {str(s): int(n) for s, n in by_task},
+            "partitions": {str(s): int(n) for s, n in by_part},
+        }
+
+    def delete_finished_before(self, cutoff: datetime, limit: int) -> list[str]:
+        """Retention: delete up to `limit` tasks (with their partitions, files records and
+        notifications) that ended before `cutoff`, are terminal, have no files left in
+        the storage (not GENERATED) and no cleanup still due; oldest first. Returns their
+        ids. A transaction deletes 100 tasks at most (no long lock on the tables)."""
+        terminal = [s.value for s in TaskStatus if s.is_terminal]
+        finished = sa.and_(
+            tasks.c.end_time < cutoff,
+            tasks.c.status.in_(terminal),
+            tasks.c.file_status != FileStatus.GENERATED.value,
+            tasks.c.coordinator_due.is_(False),
+        )
+        with self.read() as conn:
+            ids = list(
+                conn.execute(
+                    sa.select(tasks.c.task_id)
+                    .where(finished)
+                    .order_by(tasks.c.end_time)
+                    .limit(limit)
+                ).scalars()
+            )
+        gone: list[str] = []
+        for start in range(0, len(ids), RETENTION_CHUNK):
+            chunk = ids[start : start + RETENTION_CHUNK]
+            with self.write() as conn:
+                still = list(
+                    conn.execute(
+                        sa.select(tasks.c.task_id)
+                        .where(tasks.c.task_id.in_(chunk), finished)
+                        .with_for_update()
+                    ).scalars()
+                )  # locked: no move in between (and a terminal task hardly moves)
+                if not still:
+                    continue
+                for child in (notifications, files, partitions):
+                    conn.execute(child.delete().where(child.c.task_id.in_(still)))
+                conn.execute(tasks.delete().where(tasks.c.task_id.in_(still)))
+                gone.extend(still)
+        return gone

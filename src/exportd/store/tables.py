@@ -160,11 +160,14 @@ tasks = sa.Table(
     sa.Column("snapshot_gen", sa.Integer, nullable=False, server_default="0"),
     sa.Column("consistency", sa.JSON, nullable=True),
     sa.Column("waiting_for_source", sa.Boolean, nullable=False, server_default=sa.false()),
+    # an import's rejected rows (the first ones, in file order): line, column, reason
+    sa.Column("failed_items", sa.JSON, nullable=True),
     sa.UniqueConstraint("project_id", "idempotency_key", name="uq_tasks_idempotency"),
     sa.Index("ix_tasks_project_create", "project_id", "create_time"),
     sa.Index("ix_tasks_coordinator_due", "coordinator_due"),
     sa.Index("ix_tasks_status", "status"),
     sa.Index("ix_tasks_file_expiry", "file_status", "file_expires_at"),
+    sa.Index("ix_tasks_end_time", "end_time"),  # retention of finished tasks
     one_of("tasks", "status", values(TaskStatus)),
     one_of("tasks", "file_status", values(FileStatus)),
     one_of("tasks", "stage", values(Stage)),

@@ -18,6 +18,7 @@ from exportd.model import (
     PartitionStatus,
     Stage,
     Task,
+    TaskKind,
     TaskStatus,
 )
 from exportd.store.base import (
@@ -59,6 +60,7 @@ class TaskQuery:
     descending: bool = True
     offset: int = 0
     limit: int = 20
+    kind: TaskKind | None = None  # one kind only (the imports listing)
 
 
 # partitions that are not yet working under a lease and may be stopped outright
@@ -206,6 +208,8 @@ class TaskStore(OutboxStore):
             cond.append(tasks.c.create_time >= q.created_from)
         if q.created_to is not None:
             cond.append(tasks.c.create_time < q.created_to)
+        if q.kind is not None:
+            cond.append(tasks.c.kind == q.kind.value)
         col = tasks.c[q.sort_field]
         order = [col.desc() if q.descending else col.asc()]
         order.append(tasks.c.task_id.desc() if q.descending else tasks.c.task_id.asc())

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO, cast
 
+from exportd import metrics
 from exportd.documents.flatten import KeyCollector, check_width, flat_rows
 from exportd.execution.heartbeat import Heartbeat
 from exportd.execution.partition import PartitionRun, discard, part_folder
@@ -120,7 +121,11 @@ def export_pass(run: PartitionRun, hb: Heartbeat) -> None:
             task.task_id, part.index, lease.token, result.key, result.rows, result.bytes,
             result.sha256,
         )  # fmt: skip
-        if not committed:
+        if committed:
+            metrics.committed(result.rows, result.bytes)
+            log.info("%s committed: %d rows, %d bytes", run.where, result.rows, result.bytes)
+        else:
+            metrics.fenced()
             log.warning("%s: lease lost before commit", run.where)
     finally:
         if not committed:

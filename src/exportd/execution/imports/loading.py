@@ -1,0 +1,205 @@
+"""An import's work on one partition (stage 60): its records read, every value checked
+against the target's column (`TargetColumn.convert`), the valid rows loaded into the
+partition's own staging table (named after the attempt's lease token), the rejected
+ones written to the attempt's error file; then the fenced commit. A commit that fails
+(the lease was lost) drops the attempt's staging table; a killed attempt's table is
+dropped by the task's end (every staging table of the task)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import orjson
+
+from exportd.execution.heartbeat import Heartbeat
+from exportd.execution.imports.files import read_options, source_file
+from exportd.execution.partition import PartitionRun, part_folder
+from exportd.formats.readers import Record, read_records
+from exportd.model import Task
+from exportd.model.plan import ImportSpec
+from exportd.sources.targets import (
+    LINE_COLUMN,
+    Target,
+    TargetColumn,
+    ValueRules,
+    converter,
+    full_mapping,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_ITEMS = 1000  # rejected rows kept per partition for the status (all go to the report)
+
+
+def rules_of(spec: ImportSpec) -> ValueRules:
+    text = spec.format in ("csv", "tsv", "xlsx")  # JSON and Parquet say null themselves
+    return ValueRules(
+        null_values=frozenset(spec.null_values) if text else frozenset(),
+        date_format=spec.date_format,
+        datetime_format=spec.datetime_format,
+        timezone=spec.timezone,
+        decimal_separator=spec.decimal_separator,
+    )
+
+
+def column_map(spec: ImportSpec, target: Target, file_columns: list[str]) -> dict[str, str]:
+    """Table column -> file column (see `full_mapping`)."""
+    header = spec.header or spec.format not in ("csv", "tsv", "xlsx")
+    return full_mapping(target, spec.mapping, spec.ignored, spec.constants, file_columns, header)
+
+
+@dataclass
+class Checker:
+    """Turns a record into a staging row, or into a rejection (column, reason)."""
+
+    columns: list[tuple[str, str, Callable[[Any], Any]]]  # table column, file column, convert
+    constants: dict[str, Any]
+    required: list[TargetColumn]  # NOT NULL, no default, and neither mapped nor constant
+    rules: ValueRules
+    positions: list[tuple[str, int, Callable[[Any], Any]]]  # by field position (delimited)
+
+    @classmethod
+    def of(cls, task: Task, target: Target) -> Checker:
+        spec = task.plan.imports
+        assert spec is not None
+        mapping = column_map(spec, target, list(task.columns))
+        rules = rules_of(spec)
+        cols = [
+            (t, f, converter(c, rules))
+            for t, f in mapping.items()
+            if (c := target.column(t)) is not None
+        ]
+        consts = {k: target.column(k).convert(v, rules) for k, v in spec.constants.items()}  # type: ignore[union-attr]
+        taken = set(mapping) | set(consts)
+        required = [
+            c
+            for c in target.columns
+            if c.name not in taken and not c.nullable and not c.has_default
+        ]
+        index = {name: i for i, name in enumerate(task.columns)}
+        positions = [(t, index.get(f, -1), conv) for t, f, conv in cols]
+        return cls(cols, consts, required, rules, positions)
+
+    @property
+    def loaded(self) -> list[str]:
+        return [t for t, _, _ in self.columns] + list(self.constants)
+
+    def row(self, rec: Record) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        if rec.error is not None or (rec.values is None and rec.fields is None):
+            return None, [{"line": rec.line, "column": None, "reason": rec.error}]
+        out: dict[str, Any] = {LINE_COLUMN: rec.line}
+        bad = []
+        if rec.fields is not None:
+            fields = rec.fields
+            for table_col, pos, convert in self.positions:
+                try:
+                    out[table_col] = convert(fields[pos] if pos >= 0 else None)
+                except ValueError as exc:
+                    bad.append({"line": rec.line, "column": table_col, "reason": str(exc)})
+        else:
+            values = rec.values or {}
+            for table_col, file_col, convert in self.columns:
+                try:
+                    out[table_col] = convert(values.get(file_col))
+                except ValueError as exc:
+                    bad.append({"line": rec.line, "column": table_col, "reason": str(exc)})
+        for col in self.required:
+            bad.append(
+                {
+                    "line": rec.line,
+                    "column": col.name,
+                    "reason": "a value is required (the column is NOT NULL)",
+                }
+            )
+        if bad:
+            return None, bad
+        out.update(self.constants)
+        return out, []
+
+
+def load_partition(run: PartitionRun, hb: Heartbeat) -> None:
+    rt, task, part = run.rt, run.task, run.part
+    spec = task.plan.imports
+    assert spec is not None
+    target = Target.reflect(
+        rt.targets.get(rt.connections.dataset_url(run.dataset)), run.dataset.table or ""
+    )
+    checker = Checker.of(task, target)
+    stage = target.stage_name(task.task_id, part.index, run.lease.token)
+    target.create_stage(stage, checker.loaded)
+    table = target.stage_table(stage, checker.loaded)
+    folder = part_folder(task, part, run.lease)
+    errors_key = folder + "rejected.jsonl"
+    loaded = rejected = 0
+    items: list[dict[str, Any]] = []
+    committed = False
+    try:
+        with source_file(rt, spec) as path, rt.storage.open_write(errors_key) as errors:
+            for batch in _batches(
+                read_records(path, read_options(spec), part.bounds, list(task.columns)),
+                rt.settings.batch_size,
+            ):
+                rows = []
+                for rec in batch:
+                    row, bad = checker.row(rec)
+                    if row is None:
+                        rejected += 1
+                        _reject(errors, rec, bad)
+                        items.extend(bad[: max(MAX_ITEMS - len(items), 0)])
+                    else:
+                        rows.append(row)
+                target.load(table, rows)
+                loaded += len(rows)
+                hb.progress(loaded, 0)
+                if rt.settings.debug_pause_import_batch:
+                    time.sleep(rt.settings.debug_pause_import_batch)
+                hb.check()
+        target.index_stage(stage, spec.key)
+        result = {
+            "stage": stage,
+            "loaded": loaded,
+            "rejected": rejected,
+            "errors": errors_key,
+            "items": items,
+        }
+        result_key = folder + "result.json"
+        with rt.storage.open_write(result_key) as out:
+            out.write(orjson.dumps(result))
+        hb.check()
+        committed = rt.store.commit_partition(
+            task.task_id, part.index, run.lease.token, result_key, loaded, 0, ""
+        )
+        if not committed:
+            log.warning("%s: lease lost before the commit", run.where)
+    finally:
+        if not committed:
+            try:
+                target.drop_stages([stage])
+            except Exception as exc:  # dropped with the task's end otherwise
+                log.warning(
+                    "%s: staging table left for the end (%s)", run.where, type(exc).__name__
+                )
+
+
+def _reject(out: BinaryIO, rec: Record, bad: list[dict[str, Any]]) -> None:
+    line = {"line": rec.line, "reasons": [_reason(b) for b in bad], "raw": rec.raw}
+    out.write(orjson.dumps(line) + b"\n")
+
+
+def _reason(b: dict[str, Any]) -> str:
+    return f"{b['column']}: {b['reason']}" if b.get("column") else str(b["reason"])
+
+
+def _batches(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
+    batch: list[Record] = []
+    for rec in records:
+        batch.append(rec)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

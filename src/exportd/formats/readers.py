@@ -1,0 +1,415 @@
+"""Reading input files for imports: records with their line numbers and original text,
+and the split of a file into partitions that each start on a record boundary.
+
+Text files (CSV, TSV, JSON Lines) are split by byte ranges at record boundaries: a CSV
+record is one physical line unless its quotes are unbalanced, in which case the lines
+that follow are joined until they balance and the whole parses as one record of the
+header's width (a quoted newline). A line whose quote never closes that way is a broken
+record of its own: it is rejected alone and reading goes on at the next line, so one bad
+quote never swallows the rows after it. Planning and reading walk the file with the same
+rules, so a range that starts on a boundary reads exactly the records planned for it.
+Parquet files split by row groups. Compressed files (gzip, zstd) are read as one
+partition (a compressed stream cannot be entered in the middle)."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import itertools
+import json
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+READ_CHUNK = 1 << 20
+MAX_JOINED_LINES = 200  # a quoted field may hold this many newlines
+MAX_RECORD_BYTES = 1 << 24
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read a file: its format and, for the delimited ones, their dialect."""
+
+    format: str  # csv | tsv | jsonl | json | parquet
+    compression: str = "none"
+    header: bool = True
+    delimiter: str = ","
+    quote: str = '"'
+
+    @property
+    def delimited(self) -> bool:
+        return self.format in ("csv", "tsv")
+
+    @property
+    def splittable(self) -> bool:
+        return self.compression == "none" and self.format in ("csv", "tsv", "jsonl")
+
+    @property
+    def binary(self) -> bool:
+        return self.format in ("parquet", "xlsx")
+
+    @property
+    def sep(self) -> str:
+        return "\t" if self.format == "tsv" and self.delimiter == "," else self.delimiter
+
+
+@dataclass
+class Record:
+    """One record of the file: where it starts (1-based line, or row for Parquet), its
+    original text, and its values by file column (None when it could not be parsed)."""
+
+    line: int
+    raw: str
+    values: dict[str, Any] | None
+    error: str | None = None
+    fields: list[str] | None = None  # a delimited record's fields, in the header's order
+
+
+@dataclass
+class FilePlan:
+    """A file's split: byte ranges (or row groups), the header, the number of records."""
+
+    ranges: list[dict[str, Any]]
+    columns: list[str]
+    records: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ReadError(ValueError):
+    """The file cannot be read at all (not a line of it: the whole)."""
+
+
+def open_binary(path: Path, compression: str) -> BinaryIO:
+    raw = path.open("rb")
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
+    if compression == "zstd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
+    return raw
+
+
+# ---- physical lines and delimited records ---------------------------------------------
+
+
+def _lines(stream: IO[bytes], start: int, end: int | None) -> Iterator[tuple[int, bytes]]:
+    """(offset, line with its newline) from `start` up to (not including) `end`."""
+    pos = start
+    for line in _split_lines(stream):
+        if end is not None and pos >= end:
+            return
+        yield pos, line
+        pos += len(line)
+
+
+def _split_lines(stream: IO[bytes]) -> Iterator[bytes]:
+    if isinstance(stream, io.BufferedReader):
+        yield from stream
+        return
+    rest = b""
+    while chunk := stream.read(READ_CHUNK):
+        *lines, rest = (rest + chunk).split(b"\n")
+        for line in lines:
+            yield line + b"\n"
+    if rest:
+        yield rest
+
+
+def _decode(data: bytes) -> str:
+    text = data.decode("utf-8")
+    return text.rstrip("\r\n")
+
+
+def _parse_delimited(text: str, opts: ReadOptions) -> list[str] | None:
+    rows = list(
+        csv.reader(
+            io.StringIO(text, newline=""), delimiter=opts.sep, quotechar=opts.quote, strict=True
+        )
+    )
+    return rows[0] if len(rows) == 1 else None
+
+
+def _strict_parse(text: str, opts: ReadOptions) -> list[str] | None:
+    try:
+        return _parse_delimited(text, opts)
+    except csv.Error:
+        return None
+
+
+def delimited_records(
+    lines: Iterable[tuple[int, bytes]], first_line: int, opts: ReadOptions, width: int | None
+) -> Iterator[tuple[int, int, str, list[str] | None]]:
+    """(offset, line number, original text, fields or None) of each record (see the
+    module's docstring for quoted newlines and broken quotes). Blank lines are skipped."""
+    q = opts.quote.encode()
+    source = iter(lines)
+    back: deque[tuple[int, int, bytes]] = deque()
+    number = first_line
+
+    def take() -> tuple[int, int, bytes] | None:
+        nonlocal number
+        if back:
+            return back.popleft()
+        got = next(source, None)
+        if got is None:
+            return None
+        number += 1
+        return got[0], number - 1, got[1]
+
+    while (head := take()) is not None:
+        offset, line_no, data = head
+        if not data.strip(b"\r\n"):
+            continue
+        quotes = data.count(q)
+        if quotes == 0:  # the common line: no quoting, split as it is
+            text = _decode_safe(data)
+            fields = text.split(opts.sep) if text is not None else None
+            yield offset, line_no, text or data.decode("utf-8", "replace").rstrip("\r\n"), fields
+            continue
+        if quotes % 2 == 0:
+            text = _decode_safe(data)
+            fields = _strict_parse(text, opts) if text is not None else None
+            yield offset, line_no, text or data.decode("utf-8", "replace").rstrip("\r\n"), fields
+            continue
+        joined = [head]
+        quotes = data.count(q)
+        size = len(data)
+        closed = False
+        while len(joined) < MAX_JOINED_LINES and size < MAX_RECORD_BYTES:
+            nxt = take()
+            if nxt is None:
+                break
+            joined.append(nxt)
+            quotes += nxt[2].count(q)
+            size += len(nxt[2])
+            if quotes % 2 == 0:
+                closed = True
+                break
+        if closed:
+            text = _decode_safe(b"".join(j[2] for j in joined))
+            fields = _strict_parse(text, opts) if text is not None else None
+            if fields is not None and (width is None or len(fields) == width):
+                yield offset, line_no, text or "", fields
+                continue
+        back.extendleft(reversed(joined[1:]))  # read again after the broken line
+        yield offset, line_no, data.decode("utf-8", "replace").rstrip("\r\n"), None
+
+
+def _decode_safe(data: bytes) -> str | None:
+    try:
+        return _decode(data)
+    except UnicodeDecodeError:
+        return None
+
+
+# ---- planning -------------------------------------------------------------------------
+
+
+def _header(path: Path, opts: ReadOptions) -> tuple[list[str], int, int]:
+    """The file's columns, the offset after the header and the first data line number."""
+    if opts.format in ("jsonl", "json"):
+        return [], 0, 1
+    if opts.format == "xlsx":
+        return _xlsx_header(path, opts), 0, 2 if opts.header else 1
+    with open_binary(path, opts.compression) as raw:
+        first = next(_split_lines(raw), b"")
+    bom = 3 if first.startswith(b"\xef\xbb\xbf") else 0
+    text = first[bom:].decode("utf-8", "replace").rstrip("\r\n")
+    fields = _strict_parse(text, opts)
+    if fields is None:
+        raise ReadError("the first line of the file cannot be read as CSV")
+    if not opts.header:
+        return [f"#{i}" for i in range(len(fields))], bom, 1
+    if len(set(fields)) != len(fields) or not all(fields):
+        raise ReadError("the header line has empty or repeated column names")
+    return fields, len(first), 2
+
+
+def plan_file(path: Path, opts: ReadOptions, parts: int) -> FilePlan:
+    """Split a file into at most `parts` ranges that start on record boundaries, and
+    count its records (stage 10)."""
+    if opts.format == "parquet":
+        return _plan_parquet(path, parts)
+    columns, start, first_line = _header(path, opts)
+    if not opts.splittable:
+        n = sum(
+            1 for _ in read_records(path, opts, {"start": start, "first_line": first_line}, columns)
+        )
+        return FilePlan([{"start": start, "end": None, "first_line": first_line}], columns, n)
+    size = path.stat().st_size
+    step = max((size - start) // max(parts, 1), 1)
+    cuts: list[dict[str, Any]] = [{"start": start, "first_line": first_line}]
+    records = 0
+    with path.open("rb") as f:
+        f.seek(start)
+        width = len(columns) if opts.delimited else None
+        for offset, line_no, _text, _fields in _records_of(
+            _lines(f, start, None), first_line, opts, width
+        ):
+            if offset >= cuts[-1]["start"] + step and len(cuts) < parts:
+                cuts.append({"start": offset, "first_line": line_no})
+            records += 1
+    for a, b in itertools.pairwise(cuts):
+        a["end"] = b["start"]
+    cuts[-1]["end"] = None
+    return FilePlan(cuts, columns, records)
+
+
+def _records_of(
+    lines: Iterable[tuple[int, bytes]], first_line: int, opts: ReadOptions, width: int | None
+) -> Iterator[tuple[int, int, str, Any]]:
+    if opts.delimited:
+        yield from delimited_records(lines, first_line, opts, width)
+        return
+    number = first_line
+    for offset, data in lines:
+        number += 1
+        if data.strip():
+            yield offset, number - 1, data.decode("utf-8", "replace").rstrip("\r\n"), None
+
+
+def _plan_parquet(path: Path, parts: int) -> FilePlan:
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except Exception as exc:
+        raise ReadError(f"not a Parquet file ({type(exc).__name__})") from None
+    groups = meta.num_row_groups
+    columns = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    per = max(-(-groups // max(parts, 1)), 1)
+    ranges, first = [], 1
+    for g in range(0, groups, per):
+        rows = sum(meta.row_group(i).num_rows for i in range(g, min(g + per, groups)))
+        ranges.append({"row_groups": list(range(g, min(g + per, groups))), "first_line": first})
+        first += rows
+    return FilePlan(ranges or [{"row_groups": [], "first_line": 1}], columns, meta.num_rows)
+
+
+# ---- reading one partition ------------------------------------------------------------
+
+
+def read_records(
+    path: Path, opts: ReadOptions, bounds: dict[str, Any], columns: list[str]
+) -> Iterator[Record]:
+    """The records of one partition, in file order."""
+    if opts.format == "parquet":
+        yield from _parquet_records(path, bounds, columns)
+        return
+    if opts.format == "json":
+        yield from _json_array_records(path, opts)
+        return
+    if opts.format == "xlsx":
+        yield from _xlsx_records(path, opts, columns)
+        return
+    start, end = int(bounds.get("start") or 0), bounds.get("end")
+    with open_binary(path, opts.compression) as raw:
+        if opts.compression == "none":
+            raw.seek(start)
+        else:
+            _skip(raw, start)
+        width = len(columns) if opts.delimited else None
+        lines = _lines(raw, start, None if end is None else int(end))
+        for _offset, line_no, text, fields in _records_of(
+            lines, int(bounds["first_line"]), opts, width
+        ):
+            yield _record(line_no, text, fields, columns, opts)
+
+
+def _skip(raw: IO[bytes], n: int) -> None:
+    while n > 0:
+        got = raw.read(min(n, READ_CHUNK))
+        if not got:
+            return
+        n -= len(got)
+
+
+def _record(line: int, text: str, fields: Any, columns: list[str], opts: ReadOptions) -> Record:
+    if opts.format == "jsonl":
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            return Record(line, text, None, f"not valid JSON: {exc}")
+        if not isinstance(value, dict):
+            return Record(line, text, None, "a JSON Lines record must be an object")
+        return Record(line, text, value)
+    if fields is None:
+        return Record(line, text, None, "broken quoting: the quoted field does not close")
+    if len(fields) != len(columns):
+        return Record(line, text, None, f"has {len(fields)} fields, the header {len(columns)}")
+    return Record(line, text, None, None, fields)
+
+
+def _parquet_records(path: Path, bounds: dict[str, Any], columns: list[str]) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(path)
+    row = int(bounds["first_line"])
+    for g in bounds.get("row_groups", []):
+        for batch in f.iter_batches(batch_size=5000, row_groups=[g]):
+            for value in batch.to_pylist():
+                yield Record(row, json.dumps(value, default=str), value)
+                row += 1
+
+
+def _json_array_records(path: Path, opts: ReadOptions) -> Iterator[Record]:
+    """A JSON array of objects (read whole: JSON arrays are for small files)."""
+    with open_binary(path, opts.compression) as raw:
+        try:
+            data = json.load(raw)
+        except ValueError as exc:
+            raise ReadError(f"not a JSON array: {exc}") from None
+    if not isinstance(data, list):
+        raise ReadError("a JSON file to import must hold an array of objects")
+    for i, value in enumerate(data, start=1):
+        text = json.dumps(value, default=str)
+        if not isinstance(value, dict):
+            yield Record(i, text, None, "an element of the array must be an object")
+        else:
+            yield Record(i, text, value)
+
+
+def _xlsx_rows(path: Path) -> Iterator[tuple[Any, ...]]:
+    """The first sheet's rows (read-only, streamed)."""
+    from openpyxl import load_workbook
+
+    try:
+        book = load_workbook(path, read_only=True, data_only=True)
+    except Exception as exc:
+        raise ReadError(f"not an XLSX workbook ({type(exc).__name__})") from None
+    try:
+        yield from book.worksheets[0].iter_rows(values_only=True)
+    finally:
+        book.close()
+
+
+def _xlsx_header(path: Path, opts: ReadOptions) -> list[str]:
+    first = next(_xlsx_rows(path), None)
+    if first is None:
+        return []
+    if not opts.header:
+        return [f"#{i}" for i in range(len(first))]
+    names = ["" if v is None else str(v) for v in first]
+    if len(set(names)) != len(names) or not all(names):
+        raise ReadError("the header row has empty or repeated column names")
+    return names
+
+
+def _xlsx_records(path: Path, opts: ReadOptions, columns: list[str]) -> Iterator[Record]:
+    """Each row of the first sheet; `line` is the sheet's row number."""
+    rows = _xlsx_rows(path)
+    if opts.header:
+        next(rows, None)
+    for number, row in enumerate(rows, start=2 if opts.header else 1):
+        if all(v is None for v in row):
+            continue
+        text = json.dumps(list(row), default=str)
+        values = list(row) + [None] * (len(columns) - len(row))
+        if len(values) > len(columns) and any(v is not None for v in values[len(columns) :]):
+            yield Record(number, text, None, f"has {len(row)} cells, the header {len(columns)}")
+            continue
+        yield Record(number, text, dict(zip(columns, values, strict=False)))
