@@ -59,6 +59,10 @@ class Runtime:
             from exportd.sources.files import ArrowFilesSource
 
             return ArrowFilesSource(dataset)
+        if dataset.kind is DatasetKind.SAMPLES:
+            from exportd.sources.samples import SamplesSource
+
+            return SamplesSource(dataset)
         raise BadRequest(f"unsupported dataset kind {dataset.kind!r}", "INVALID_DATASET")
 
     def _engine(self, dataset: Dataset) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import secrets
 import uuid
@@ -29,6 +30,7 @@ from exportd.model.plan import (
     ExportPlan,
     NotifyTargets,
     OutputSpec,
+    TaskKind,
 )
 from exportd.model.requests import (
     ConnectionBody,
@@ -38,10 +40,13 @@ from exportd.model.requests import (
     ProjectSettingsRequest,
     TokenRequest,
 )
+from exportd.model.samples import ExportType, SampleExport, SamplesSpec, SampleState
 from exportd.runtime import Runtime, filter_fields
 from exportd.sources.connections import Connection
 from exportd.sources.filters import validate_filter
 from exportd.sources.registration import SourceTarget, dataset_spec
+from exportd.sources.samples import SampleSet, unknown_ids
+from exportd.sources.samples import load as load_samples
 from exportd.storage.keys import (
     check_prefix,
     check_project_root,
@@ -268,7 +273,9 @@ class ExportService:
             raise Forbidden("only the server administrator marks a dataset writable", "FORBIDDEN")
         if req.writable and (req.kind is not DatasetKind.SQL or not req.table):
             raise BadRequest("only a sql dataset of a table can be writable", "INVALID_DATASET")
-        spec = dataset_spec(req, target, self.rt.engines, roots)
+        spec = dataset_spec(
+            req, target, self.rt.engines, roots, self.rt.settings.source_s3_prefixes
+        )
         ds = Dataset(
             dataset_id="ds_" + uuid.uuid4().hex[:16],
             project_id=project_id,
@@ -313,6 +320,8 @@ class ExportService:
             raise BadRequest(
                 f"unknown dataset {req.dataset_id[:100]!r}", "DATASET_NOT_FOUND"
             ) from None
+        if ds.kind is DatasetKind.SAMPLES or req.sample_export is not None:
+            return self._submit_samples(project_id, req, ds, idempotency_key, who)
         if req.format not in FORMAT_NAMES:
             raise BadRequest(
                 f"unknown format {req.format[:20]!r}; use one of {', '.join(FORMAT_NAMES)}",
@@ -396,6 +405,91 @@ class ExportService:
                 "IDEMPOTENCY_KEY_REUSED",
             )
         return (self.store.get_task(project_id, stored.task_id), created)
+
+    def _submit_samples(
+        self,
+        project_id: str,
+        req: ExportRequest,
+        ds: Dataset,
+        idempotency_key: str | None,
+        who: Principal | None,
+    ) -> tuple[Task, bool]:
+        """A samples export (seed 003): the request's `sample_export` checked against the
+        dataset and fixed as the plan's samples spec (the split seed drawn, the new
+        dataset's folder resolved); the other export options do not apply."""
+        if ds.kind is not DatasetKind.SAMPLES:
+            raise BadRequest("sample_export applies to samples datasets only", "INVALID_REQUEST")
+        not_here = sorted(set(req.model_fields_set) & _NOT_FOR_SAMPLES)
+        if not_here:
+            raise BadRequest(
+                f"{', '.join(not_here)} do not apply to a samples export (see sample_export)",
+                "INVALID_REQUEST",
+            )
+        params = req.sample_export or SampleExport()
+        task_id = uuid.uuid4().hex
+        spec = samples_spec(self.rt, project_id, ds, params, task_id)
+        parallelism = req.parallelism or self.rt.settings.default_parallelism
+        if parallelism > self.rt.settings.max_parallelism:
+            raise BadRequest(
+                f"parallelism may be at most {self.rt.settings.max_parallelism}",
+                "INVALID_PARALLELISM",
+            )
+        fmt = "csv" if spec.version_format == "CSV" else "jsonl"
+        file_name = check_file_name(req.file_name or f"{ds.name}-{task_id[:8]}.{fmt}")
+        request = req.model_dump(mode="json", by_alias=True, exclude_none=True)
+        request["dataset_id"] = ds.dataset_id
+        request.pop("format", None)
+        prefix, notify = self._delivery(project_id, req, task_id)
+        plan = ExportPlan(
+            kind=TaskKind.SAMPLES,
+            dataset_id=ds.dataset_id,
+            dataset_kind=ds.kind,
+            source_columns=(),
+            output=OutputSpec(format=fmt, prefix=prefix),
+            notify=notify,
+            fingerprint=_fingerprint(request, [], None),
+            samples=spec,
+        )
+        now = datetime.now(UTC)
+        task = Task(
+            task_id=task_id,
+            project_id=project_id,
+            dataset_id=ds.dataset_id,
+            status=TaskStatus.PENDING,
+            stage=Stage.NOT_STARTED,
+            file_status=FileStatus.PREPARING,
+            request=request,
+            plan=plan,
+            format=fmt,
+            file_name=file_name,
+            columns=[],
+            parallelism=parallelism,
+            # a sample whose file is missing is a failed item: partial success, unless refused
+            allow_partial=req.allow_partial if "allow_partial" in req.model_fields_set else True,
+            max_error_rate=req.max_error_rate,
+            timeout_seconds=req.timeout_seconds,
+            expires_in=req.expires_in or self.rt.settings.default_expires_in,
+            create_time=now,
+            update_time=now,
+            idempotency_key=idempotency_key,
+            created_by=who.token_id if who else None,
+            created_by_name=who.name if who else None,
+            kind=TaskKind.SAMPLES,
+        )
+        stored, created = self.store.insert_task(task)
+        if not created and stored.plan.fingerprint != plan.fingerprint:
+            raise Conflict(
+                "this Idempotency-Key was already used with a different request",
+                "IDEMPOTENCY_KEY_REUSED",
+            )
+        return (self.store.get_task(project_id, stored.task_id), created)
+
+    def samples(self, project_id: str, dataset_id: str) -> SampleSet:
+        """A samples dataset's samples as they are now (404: not a samples dataset)."""
+        ds = self.store.get_dataset(project_id, dataset_id)
+        if ds.kind is not DatasetKind.SAMPLES:
+            raise NotFound(f"dataset {dataset_id[:100]!r} holds no samples", "NOT_SAMPLES")
+        return load_samples(ds)
 
     def _delivery(
         self, project_id: str, req: ExportRequest, task_id: str
@@ -524,6 +618,97 @@ class ExportService:
         record = self.file_for_download(project_id, task_id, "manifest.json")
         with self.rt.storage.open_read(record.key) as fh:
             return fh.read()
+
+
+_NOT_FOR_SAMPLES = frozenset(
+    {"fields", "filter", "format", "format_options", "compression", "max_rows_per_file",
+     "max_bytes_per_file", "arrays"}
+)  # fmt: skip
+
+
+def samples_spec(
+    rt: Runtime, project_id: str, ds: Dataset, req: SampleExport, task_id: str
+) -> SamplesSpec:
+    """A samples export's request checked and completed into its plan."""
+    conditions = tuple(req.search_conditions or ())
+    if (req.export_type is ExportType.SEARCH) != bool(conditions):
+        raise BadRequest(
+            "search_conditions are given with export_type 3 (conditional search), and only then",
+            "INVALID_SEARCH",
+        )
+    if req.samples is not None:
+        missing = unknown_ids(load_samples(ds).samples, req.samples)
+        if missing:
+            raise BadRequest(
+                f"{len(missing)} sample ids are not in the dataset, e.g. {missing[0][:100]!r}",
+                "UNKNOWN_SAMPLES",
+            )
+    new_name, new_path, new_root = _new_dataset(rt, project_id, ds, req)
+    return SamplesSpec(
+        export_type=req.export_type,
+        search_conditions=conditions,
+        sample_state=str(
+            req.sample_state.value
+            if isinstance(req.sample_state, SampleState)
+            else req.sample_state
+        ),
+        samples=tuple(req.samples) if req.samples is not None else None,
+        export_format=req.export_format,
+        ratio_sample_usage=req.ratio_sample_usage,
+        train_sample_ratio=float(req.train_sample_ratio),
+        split_seed=req.split_seed if req.split_seed is not None else int(task_id[:15], 16),
+        clear_hard_property=req.clear_hard_property,
+        version_format=req.version_format,
+        export_dest=req.export_dest,
+        new_dataset_name=new_name,
+        new_dataset_path=new_path,
+        new_dataset_root=new_root,
+    )
+
+
+def _new_dataset(
+    rt: Runtime, project_id: str, ds: Dataset, req: SampleExport
+) -> tuple[str | None, str | None, str | None]:
+    """NEW_DATASET: its name (not taken) and its folder: absolute, or relative to the
+    source dataset's source directory, and under that directory in either case; new or
+    empty, away from exportd's own data."""
+    given = req.export_new_dataset_name is not None or req.export_new_dataset_work_path is not None
+    if req.export_dest == "DIR":
+        if given:
+            raise BadRequest(
+                "export_new_dataset_name and _work_path go with export_dest NEW_DATASET",
+                "INVALID_REQUEST",
+            )
+        return None, None, None
+    name, path = req.export_new_dataset_name, req.export_new_dataset_work_path
+    if not name or not path:
+        raise BadRequest(
+            "NEW_DATASET needs export_new_dataset_name and export_new_dataset_work_path",
+            "INVALID_REQUEST",
+        )
+    try:
+        rt.store.get_dataset(project_id, name)
+    except NotFound:
+        pass
+    else:
+        raise Conflict(f"dataset {name!r} already exists", "DATASET_EXISTS")
+    root = Path(ds.options["root"])
+    if ".." in Path(path).parts:
+        raise BadRequest("export_new_dataset_work_path must not contain '..'", "INVALID_PATH")
+    folder = Path(os.path.realpath(root / path))  # an absolute path replaces the root
+    if not (folder == root or root in folder.parents) or folder == root:
+        raise BadRequest(
+            "export_new_dataset_work_path must be a folder under the dataset's source directory",
+            "INVALID_PATH",
+        )
+    if rt.policy.reaches_own_data(folder) or (
+        folder.exists() and (not folder.is_dir() or any(folder.iterdir()))
+    ):
+        raise BadRequest(
+            "export_new_dataset_work_path must be a new or empty folder, away from exportd's data",
+            "INVALID_PATH",
+        )
+    return name, str(folder), str(root)
 
 
 def _filter_list(raw: list[dict[str, Any]] | dict[str, Any] | None) -> list[dict[str, Any]]:

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
         "may be registered (JSON list); none: such datasets are refused. SQLite sources "
         "must be files under them too, for every caller",
     )
+    source_s3_prefixes: list[str] = Field(
+        default_factory=list,
+        description="S3 prefixes (`s3://bucket/prefix?endpoint_url=...&region=...`, JSON "
+        "list) under which the administrator may register `samples` datasets",
+    )
     connections: dict[str, ConnectionSetting] = Field(
         default_factory=dict,
         description='connection profiles (JSON): {"name": {"url": ..., "projects": [...]}}; '
@@ -138,6 +143,8 @@ class Settings(BaseSettings):
     debug_pause_before_commit: float = Field(default=0.0, ge=0)
     # ... and a coordinator between a task's terminal commit and the deletion of its parts
     debug_pause_after_finish: float = Field(default=0.0, ge=0)
+    # ... and a samples export's worker after each sample it copied
+    debug_pause_per_sample: float = Field(default=0.0, ge=0)
     # imports: the largest upload, and pauses for fault-injection tests (a worker sleeps
     # after each batch it loads; a coordinator inside its publish, before the commit)
     max_upload_bytes: int = Field(default=10 << 30, ge=1, description="larger uploads: 413")

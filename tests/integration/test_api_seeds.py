@@ -91,7 +91,7 @@ def test_seed_views_of_a_completed_export(store_url: str, source: str, live_serv
         "error_msg": None,
         "export_format": 2,
         "export_params": {
-            "clear_hard_property": False,
+            "clear_hard_property": True,
             "export_dataset_version_format": None,
             "export_dataset_version_name": None,
             "export_dest": "DIR",
@@ -294,7 +294,7 @@ def test_seed001_answers_500_with_an_error_body(source: str, live_server: Any) -
 def test_partial_success_as_seed_002_describes_it(
     pg_source: str, pg_database: str, live_server: Any
 ) -> None:
-    """One partition of four fails on every attempt (division by zero in its rows):
+    """One row of 4,000 fails (division by zero), isolated by bisection:
     COMPLETED_WITH_ERRORS with the successful and failed items, the errors and the rate;
     terminal, so no Retry-After; the seed views call it a success."""
     server: LiveServer = live_server(store_url=pg_database, workers=2)
@@ -306,14 +306,14 @@ def test_partial_success_as_seed_002_describes_it(
     done = p["writer"].wait("acme", task["task_id"], timeout=120)
     assert done["status"] == "COMPLETED_WITH_ERRORS", done
     assert done["is_terminal"] is True and done["retry_after"] is None
-    assert [i["partition"] for i in done["failed_items"]] == [1]
+    # item-level: the one bad row (id 1500) is isolated, its partition commits the rest
+    assert [(i["partition"], i["key"]) for i in done["failed_items"]] == [(1, 1500)]
     [failed] = done["failed_items"]
-    assert (
-        failed["error_code"] == "SOURCE_QUERY_FAILED" and "division by zero" in failed["error_msg"]
-    )
-    assert [i["partition"] for i in done["successful_items"]] == [0, 2, 3]
-    assert sum(i["rows"] for i in done["successful_items"]) == 3000 == done["finished_count"]
-    assert done["success_rate"] == 75.0
+    assert failed["error_code"] == "ROW_FAILED" and "division by zero" in failed["error_msg"]
+    assert [i["partition"] for i in done["successful_items"]] == [0, 1, 2, 3]
+    assert sum(i["rows"] for i in done["successful_items"]) == 3999 == done["finished_count"]
+    assert done["failed_count"] == 1
+    assert done["success_rate"] == 99.97  # 3999 / 4000, rounded down
     assert done["error_code"] == "PARTIAL_FAILURE"
     r = p["reader"].http.get(f"/v1/projects/acme/exports/{task['task_id']}")
     assert "Retry-After" not in r.headers

@@ -134,6 +134,9 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
     app.include_router(router)
     app.include_router(seeds_router)
     app.include_router(metrics_router)  # GET /metrics (Prometheus)
+    from exportd.api.samples import router as samples_router
+
+    app.include_router(samples_router)
     from exportd.api.imports import router as imports_router
 
     app.include_router(imports_router)

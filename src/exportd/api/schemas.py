@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from exportd.api.seed_mapping import Seed002Status
 from exportd.model import (
     Channel,
     FileStatus,
@@ -91,10 +92,13 @@ class NotificationView(BaseModel):
 
 
 class FailedItem(BaseModel):
-    """A partition that failed, with its error (partial success, seed 002); of an import,
-    a rejected row: its line (or Parquet row), the column and the reason."""
+    """A partition that failed, with its error (partial success, seed 002); one row that
+    failed inside a committed partition (`key` set, error_code ROW_FAILED, the database's
+    message); of an import, a rejected row: its line (or Parquet row), the column and the
+    reason."""
 
     partition: int | None = None
+    key: Any = Field(default=None, description="the failed row's key (a failed row only)")
     error_code: str | None = None
     error_msg: str | None = None
     line: int | None = Field(default=None, description="imports: the rejected row's line")
@@ -116,6 +120,10 @@ class TaskView(BaseModel):
     project_id: str
     dataset_id: str
     status: TaskStatus
+    task_status: Seed002Status = Field(
+        description="seed 002's TaskStatusEnum value of `status` (RUNNING and CANCELING: "
+        "IN_PROGRESS; TIMEOUT: FAILED); see docs/api-mapping.md"
+    )
     is_terminal: bool = Field(description="true once the status can never change again")
     file_status: FileStatus
     current_state: StageView
@@ -145,7 +153,10 @@ class TaskView(BaseModel):
     is_download: bool
     download_count: int
     retry_after: int | None = Field(description="seconds a poller should wait; null once terminal")
-    success_rate: float | None = Field(description="percent of stopped partitions that succeeded")
+    success_rate: float | None = Field(
+        description="percent of the selected rows delivered, once ended with failures "
+        "(finished_count / (finished_count + failed_count)); else of stopped partitions"
+    )
     successful_items: list[SucceededItem]
     failed_items: list[FailedItem]
     files: list[FileView]
@@ -157,6 +168,11 @@ class TaskView(BaseModel):
         description="the guarantee delivered (docs/consistency.md): requested, delivered "
         "(snapshot | per_partition), reason, snapshot (id, time, wal_lsn), "
         "snapshot_restarts, waiting_for_source, oldest_transaction_age_seconds",
+    )
+    samples: dict[str, Any] | None = Field(
+        default=None,
+        description="a samples export: export_type, layout, destination and its split "
+        "(train_sample_ratio, seed, train and eval sizes)",
     )
     kind: str = Field(default="export", description="export or import")
 

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from exportd.model import ACTIVE_STATUSES, FileStatus, Stage, Task, TaskKind, TaskStatus
+from exportd.model.samples import SamplesSpec
 
 T = TaskStatus
 F = FileStatus
@@ -102,6 +103,15 @@ def statuses_for_filter(value: str) -> tuple[TaskStatus, ...]:
     return tuple(s for s in TaskStatus if _SEED002_OF_NATIVE[s] is wanted)
 
 
+def statuses_for_task_status(value: Seed002Status) -> tuple[TaskStatus, ...]:
+    """Native statuses whose `task_status` (seed 002's value, `seed002_status`) is
+    `value`: exactly the tasks shown with it. PROCESSING, never shown, is read as its
+    synonym IN_PROGRESS; the entity-lifecycle values select none."""
+    if value is Seed002Status.PROCESSING:
+        value = Seed002Status.IN_PROGRESS
+    return tuple(s for s in TaskStatus if _SEED002_OF_NATIVE[s] is value)
+
+
 class StatusFilter(enum.StrEnum):
     """What the native list's `status` filter accepts: every native status, and every
     TaskStatusEnum value of seed 002 (see `statuses_for_filter`)."""
@@ -177,7 +187,7 @@ def seed004_item(task: Task) -> dict[str, Any]:
 
 # ---- seed 003: a dataset's export task ---------------------------------------------------------
 
-EXPORT_FORMAT_TILE = 2  # flat files under one directory, never a tree
+EXPORT_FORMAT_TILE = 2  # an export of rows: flat files under one directory, never a tree
 EXPORT_TYPE_ALL = 2
 EXPORT_TYPE_CONDITIONAL = 3
 
@@ -196,11 +206,17 @@ def version_format(fmt: str) -> str:
     return "CSV" if fmt == "csv" else "Default"
 
 
+def ratio_text(ratio: float) -> str:
+    """train_sample_ratio as the seed writes it: a String, two decimals ("1.00")."""
+    return f"{ratio:.2f}"
+
+
 def export_params(request: dict[str, Any]) -> dict[str, Any]:
-    """Seed 003's ExportParams: exports go to a directory of the project's storage (DIR);
-    the sample/labeling options of the seed do not apply and keep their defaults."""
+    """Seed 003's ExportParams of an export of rows: to a directory of the project's
+    storage (DIR), no split; hard-example attributes, which rows do not have, are
+    cleared as the seed's default says."""
     return {
-        "clear_hard_property": False,
+        "clear_hard_property": True,
         "export_dataset_version_format": None,
         "export_dataset_version_name": None,
         "export_dest": "DIR",
@@ -214,21 +230,58 @@ def export_params(request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def samples_export_params(spec: SamplesSpec) -> dict[str, Any]:
+    """Seed 003's ExportParams of a samples export: every field as the task runs it."""
+    new = spec.export_dest == "NEW_DATASET"
+    return {
+        "clear_hard_property": spec.clear_hard_property,
+        "export_dataset_version_format": spec.version_format if new else None,
+        "export_dataset_version_name": None,  # exportd's datasets have no versions
+        "export_dest": spec.export_dest,
+        "export_new_dataset_name": spec.new_dataset_name,
+        "export_new_dataset_work_path": spec.new_dataset_path,
+        "ratio_sample_usage": spec.ratio_sample_usage,
+        "sample_state": spec.sample_state,
+        "samples": list(spec.samples) if spec.samples is not None else None,
+        "search_conditions": [
+            c.model_dump(mode="json", exclude_none=True) for c in spec.search_conditions
+        ]
+        or None,
+        "train_sample_ratio": ratio_text(spec.train_sample_ratio),
+    }
+
+
 def output_path(task: Task) -> str:
-    """Where the task's files are, relative to the storage (never the storage's URL)."""
+    """Where the task's files are, relative to the storage (never the storage's URL); a
+    NEW_DATASET export's files are in the new dataset's folder."""
+    spec = task.plan.samples
+    if spec is not None and spec.new_dataset_path:
+        return spec.new_dataset_path.rstrip("/") + "/"
+    if spec is not None:
+        return "/" + task.plan.output.prefix
     return f"/exports/{task.project_id}/{task.task_id}/"
 
 
 def seed003_view(task: Task) -> dict[str, Any]:
     """Seed 003's Table 2 for a task (plus seed 000's currentState)."""
-    conditional = search_conditions(task.request) is not None
+    spec = task.plan.samples
+    if spec is not None:
+        params = samples_export_params(spec)
+        export_format, export_type = int(spec.export_format), int(spec.export_type)
+        version: str = spec.version_format
+    else:
+        conditional = search_conditions(task.request) is not None
+        params = export_params(task.request)
+        export_format = EXPORT_FORMAT_TILE
+        export_type = EXPORT_TYPE_CONDITIONAL if conditional else EXPORT_TYPE_ALL
+        version = version_format(task.format)
     return {
         "create_time": epoch_ms(task.create_time),
         "error_code": task.error_code,
         "error_msg": task.error_msg,
-        "export_format": EXPORT_FORMAT_TILE,
-        "export_params": export_params(task.request),
-        "export_type": EXPORT_TYPE_CONDITIONAL if conditional else EXPORT_TYPE_ALL,
+        "export_format": export_format,
+        "export_params": params,
+        "export_type": export_type,
         "finished_sample_count": task.finished_count,
         "path": output_path(task),
         "progress": float(task.progress),
@@ -236,7 +289,7 @@ def seed003_view(task: Task) -> dict[str, Any]:
         "task_id": task.task_id,
         "total_sample_count": task.total_count,
         "update_time": epoch_ms(task.update_time),
-        "version_format": version_format(task.format),
+        "version_format": version,
         "version_id": None,
         "currentState": current_state(task.stage),
     }

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import orjson
 
-from exportd.api.seed_mapping import current_state
+from exportd.api.seed_mapping import current_state, seed002_status
 from exportd.api.views import import_stage_json, iso, rates, retry_after_seconds
 from exportd.model import Stage, Task, TaskKind
 from exportd.service import ExportService
@@ -29,13 +29,14 @@ def snapshot(task: Task) -> dict[str, Any]:
     return {
         "task_id": task.task_id,
         "status": task.status.value,
+        "task_status": seed002_status(task.status).value,
         "is_terminal": task.status.is_terminal,
         "file_status": task.file_status.value,
         "current_state": stage_json(task.stage),
         "currentState": current_state(task.stage),
         "progress": round(task.progress, 2),
         "total_count": task.total_count,
-        "total_is_estimate": task.total_is_estimate,
+        "total_is_estimate": task.total_is_estimate and task.total_count is not None,
         "finished_count": task.finished_count,
         "failed_count": task.failed_count,
         "bytes_written": task.bytes_written,
@@ -121,3 +122,19 @@ async def task_events(
             yield b": keepalive\n\n"
         await anyio.sleep(poll_seconds)
         quiet += poll_seconds
+
+
+LONG_POLL_MAX_SECONDS = 60
+
+
+async def wait_for_change(
+    svc: ExportService, project_id: str, task_id: str, seen: int, wait: float, poll: float
+) -> None:
+    """A long poll: return as soon as the task's version is not `seen` (it changed, or
+    it is gone), or after `wait` seconds. One indexed read of the version per `poll`."""
+    end = anyio.current_time() + wait
+    while (left := end - anyio.current_time()) > 0:
+        await anyio.sleep(min(poll, left))
+        version = await anyio.to_thread.run_sync(svc.task_version, project_id, task_id)
+        if version != seen:
+            return

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 
@@ -32,11 +33,17 @@ from exportd.api.schemas import (
     TokenView,
     WebhookSecretView,
 )
-from exportd.api.seed_mapping import ACTION_FILTERS, StatusFilter, statuses_for_filter
-from exportd.api.sse import task_events
+from exportd.api.seed_mapping import (
+    ACTION_FILTERS,
+    Seed002Status,
+    StatusFilter,
+    statuses_for_filter,
+    statuses_for_task_status,
+)
+from exportd.api.sse import LONG_POLL_MAX_SECONDS, task_events, wait_for_change
 from exportd.api.views import connection_json, dataset_json, iso, retry_after_seconds, task_json
 from exportd.errors import Forbidden
-from exportd.model import Role, Task
+from exportd.model import Role, Task, TaskStatus
 from exportd.model.requests import (
     NO_NUL,
     ConnectionBody,
@@ -424,7 +431,20 @@ def list_exports(
     who: Who,
     status: Annotated[
         list[StatusFilter] | None,
-        Query(max_length=20, description="any of these (native or seed-002 TaskStatusEnum)"),
+        Query(
+            max_length=20,
+            description="any of these native statuses (the `status` field: FAILED is "
+            "FAILED only); a seed-002 value that is not native (IN_PROGRESS, PROCESSING...) "
+            "is read as `task_status`",
+        ),
+    ] = None,
+    task_status: Annotated[
+        list[Seed002Status] | None,
+        Query(
+            max_length=20,
+            description="any of these seed-002 TaskStatusEnum values, as the `task_status` "
+            "field shows them (FAILED is FAILED and TIMEOUT); with `status`, both must hold",
+        ),
     ] = None,
     file_name: Annotated[
         str | None, Query(pattern=NO_NUL, max_length=255, description="exact name")
@@ -454,6 +474,10 @@ def list_exports(
     statuses = None
     if status:
         statuses = tuple(dict.fromkeys(s for v in status for s in statuses_for_filter(v.value)))
+    if task_status:
+        seeded = {s for v in task_status for s in statuses_for_task_status(v)}
+        among = statuses if statuses is not None else tuple(TaskStatus)
+        statuses = tuple(s for s in among if s in seeded)
     q = TaskQuery(
         statuses=statuses,
         file_name=file_name,
@@ -484,27 +508,61 @@ def list_exports(
         304: {"description": "not modified since the `If-None-Match` tag", "headers": ETAG_HEADER},
     },
 )
-def get_export(
+async def get_export(
     project_id: ProjectId,
     task_id: TaskId,
     request: Request,
     response: Response,
     svc: Svc,
     who: Who,
+    wait: Annotated[
+        float | None,
+        Query(
+            ge=0,
+            le=LONG_POLL_MAX_SECONDS,
+            description="long poll: answer as soon as the task changes (its version is not "
+            "`since`), or after this many seconds (at most 60); a terminal task at once",
+        ),
+    ] = None,
+    since: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=2**31 - 1,
+            description="with `wait`: the version the caller has seen (the `X-Task-Version` "
+            "header of its last answer); default: the version when the request arrives",
+        ),
+    ] = None,
     if_none_match: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Any:
     """The full status; unfinished tasks carry `Retry-After` (1 s doubling to 30 s).
     Every answer carries a weak `ETag`: a poller that sends it back in `If-None-Match`
     gets `304 Not Modified` (no body) for as long as nothing stored that the body shows
     has changed, at the cost of one indexed read (time-derived fields of the body it
-    holds, `rows_per_second`, `eta_seconds`, are as of that body)."""
-    svc.authorize(who, project_id, Role.READER)
-    etag, _terminal = svc.task_etag(project_id, task_id)
+    holds, `rows_per_second`, `eta_seconds`, are as of that body). A 200 carries
+    `X-Task-Version`. With `wait`, a long poll (see the parameters)."""
+    await anyio.to_thread.run_sync(svc.authorize, who, project_id, Role.READER)
+    etag, terminal = await anyio.to_thread.run_sync(svc.task_etag, project_id, task_id)
+    if wait and not terminal:
+        version = await anyio.to_thread.run_sync(svc.task_version, project_id, task_id)
+        if version is not None and (since is None or since == version):
+            poll = request.app.state.runtime.settings.events_poll_seconds
+            await wait_for_change(svc, project_id, task_id, version, wait, poll)
+            etag, terminal = await anyio.to_thread.run_sync(svc.task_etag, project_id, task_id)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if if_none_match is not None and etag_matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
+    task = await anyio.to_thread.run_sync(svc.get, project_id, task_id)
+    for _ in range(3):  # the tag of this very body: read again if it moved meanwhile
+        again, _terminal = await anyio.to_thread.run_sync(svc.task_etag, project_id, task_id)
+        if again == etag:
+            break
+        etag = again
+        task = await anyio.to_thread.run_sync(svc.get, project_id, task_id)
+    headers["ETag"] = etag
     response.headers.update(headers)
-    return _task_response(request, response, svc.get(project_id, task_id))
+    response.headers["X-Task-Version"] = str(task.version)
+    return _task_response(request, response, task)
 
 
 @router.post(

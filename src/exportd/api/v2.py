@@ -121,18 +121,23 @@ class ExportParams(BaseModel):
     sample_state: str
     samples: list[str] | None
     search_conditions: list[dict[str, Any]] | None = Field(
-        description="the request's filter conditions (combined with OR), as given"
+        description="a samples export's SearchConditions, or an export's filter conditions "
+        "(combined with OR), as given"
     )
-    train_sample_ratio: str
+    train_sample_ratio: str = Field(description="training share of a split, e.g. 0.80")
 
 
 class DatasetExportTask(BaseModel):
     create_time: int = Field(description="Time when a task is created (epoch ms).")
     error_code: str | None
     error_msg: str | None
-    export_format: int = Field(description="2: tile structure (flat files).")
+    export_format: int = Field(
+        description="1: tree structure (a folder per label), 2: tile structure (flat files)."
+    )
     export_params: ExportParams
-    export_type: int = Field(description="2: all, 3: conditional search (a filter).")
+    export_type: int = Field(
+        description="0: labeled, 1: unlabeled, 2: all, 3: conditional search (a filter)."
+    )
     finished_sample_count: int
     path: str = Field(description="Export output path, relative to the storage.")
     progress: float = Field(description="Percentage of current task progress.")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
-from exportd.api.seed_mapping import current_state
+from exportd.api.seed_mapping import current_state, seed002_status
 from exportd.delivery.links import LinkSigner
 from exportd.model import (
     Dataset,
@@ -113,6 +114,36 @@ def rates(task: Task, now: datetime) -> tuple[float | None, float | None]:
     return round(rate, 1), round(left / rate, 1) if rate > 0 else None
 
 
+FAILED_ROWS_LISTED = 1000  # rows listed in failed_items; failed_count counts them all
+
+
+def failed_rows(succeeded: list[Partition]) -> list[dict[str, Any]]:
+    """The rows that failed inside committed partitions (isolated by bisection): one item
+    each, with its key and the database's message, in partition then key order."""
+    items = [
+        {
+            "partition": p.index,
+            "key": i.get("key"),
+            "error_code": "ROW_FAILED",
+            "error_msg": i.get("error_msg"),
+        }
+        for p in succeeded
+        for i in p.failed_items or []
+    ]
+    return items[:FAILED_ROWS_LISTED]
+
+
+def success_rate(task: Task, done: int, stopped: int) -> float | None:
+    """Percent of the selected items (rows) delivered, once the task has ended with its
+    counts (finished_count delivered, failed_count failed); before that, and for a task
+    whose counts are unknown, the percent of stopped partitions that succeeded."""
+    counted = task.finished_count + task.failed_count
+    if task.status.is_terminal and task.failed_count and counted:
+        # rounded down: a task with a failed row never shows 100.0
+        return math.floor(10000.0 * task.finished_count / counted) / 100
+    return round(100.0 * done / stopped, 2) if stopped else None
+
+
 def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> dict[str, Any]:
     now = datetime.now(UTC)
     rate, eta = rates(task, now)
@@ -127,6 +158,7 @@ def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> di
         "project_id": task.project_id,
         "dataset_id": task.dataset_id,
         "status": task.status.value,
+        "task_status": seed002_status(task.status).value,
         "is_terminal": task.status.is_terminal,
         "file_status": task.file_status.value,
         "current_state": state,
@@ -135,7 +167,7 @@ def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> di
         "file_name": task.file_name,
         "columns": task.columns,
         "total_count": task.total_count,
-        "total_is_estimate": task.total_is_estimate,
+        "total_is_estimate": task.total_is_estimate and task.total_count is not None,
         "finished_count": task.finished_count,
         "failed_count": task.failed_count,
         "progress": round(task.progress, 2),
@@ -156,17 +188,21 @@ def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> di
         "is_download": task.is_download,
         "download_count": task.download_count,
         "retry_after": retry_after_seconds(task, now),
-        "success_rate": round(100.0 * done / stopped, 2) if stopped else None,
+        "success_rate": success_rate(task, done, stopped),
         "successful_items": [{"partition": p.index, "rows": p.finished_count} for p in succeeded],
         "failed_items": [
-            {"partition": p.index, "error_code": p.error_code, "error_msg": p.error_msg}
-            for p in failed
+            *(
+                {"partition": p.index, "error_code": p.error_code, "error_msg": p.error_msg}
+                for p in failed
+            ),
+            *failed_rows(succeeded),
         ],
         "files": [file_json(task, f, base, links) for f in task.files],
         "notifications": [notification_json(n) for n in task.notifications],
         "partitions": [partition_json(p) for p in task.partitions],
         "request": request,
         "consistency": consistency_json(task, now),
+        "samples": samples_json(task),
         "kind": task.kind.value,
     }
     if task.kind is TaskKind.IMPORT:  # items are rows; stages say "import"
@@ -205,6 +241,35 @@ def consistency_json(task: Task, now: datetime) -> dict[str, Any] | None:
         if starts:
             body["oldest_transaction_age_seconds"] = round((now - min(starts)).total_seconds(), 1)
     return body
+
+
+def samples_json(task: Task) -> dict[str, Any] | None:
+    """A samples export's own status: what it selects, its layout and its split (the
+    planned train/eval sizes, once the total is known; the manifest has the exported)."""
+    spec = task.plan.samples
+    if spec is None:
+        return None
+    split = None
+    if spec.ratio_sample_usage:
+        n = task.total_count
+        train = None if n is None else math.floor(n * spec.train_sample_ratio + 0.5)
+        split = {
+            "train_sample_ratio": spec.train_sample_ratio,
+            "seed": spec.split_seed,
+            "train": train,
+            "eval": None if n is None or train is None else n - train,
+            "folders": ["train/", "eval/"],
+        }
+    return {
+        "export_type": int(spec.export_type),
+        "export_format": int(spec.export_format),
+        "layout": "tree" if int(spec.export_format) == 1 else "tile",
+        "export_dest": spec.export_dest,
+        "version_format": spec.version_format,
+        "clear_hard_property": spec.clear_hard_property,
+        "new_dataset_name": spec.new_dataset_name,
+        "split": split,
+    }
 
 
 def import_stage_json(stage: Stage) -> dict[str, Any]:

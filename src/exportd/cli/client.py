@@ -11,15 +11,16 @@ follow `exportd.retrying.backoff` (0.5 s doubling to 8 s, or the server's `Retry
 for at most `retry_seconds`.
 
 `wait()` follows a task live over its server-sent events (`GET .../events`) and, when the
-stream cannot be had or breaks, polls as the server says (`Retry-After`: 1 s doubling to
-30 s)."""
+stream cannot be had or breaks, long-polls (`GET .../exports/{id}?wait=20&since=version`,
+answered as soon as the task changes), or, against a server that does not long-poll,
+polls as the server says (`Retry-After`: 1 s doubling to 30 s)."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -39,6 +40,7 @@ TERMINAL = frozenset({"COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCELED"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "DELETE", "PUT"})
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 POLL_BASE, POLL_CAP = 1.0, 30.0
+LONG_POLL_SECONDS = 20.0  # a long poll's `wait` (the server allows up to 60)
 RETRY_BASE, RETRY_CAP = 0.5, 8.0
 
 
@@ -215,6 +217,7 @@ class Task:
     partitions: list[PartitionInfo]
     raw: dict[str, Any] = field(repr=False)
     event: str | None = None
+    version: int | None = None  # the `X-Task-Version` of a GET (long polls ask past it)
 
     @property
     def is_terminal(self) -> bool:
@@ -456,6 +459,25 @@ class BaseClient:
     def _get_export(self, project_id: str, task_id: str) -> Call[Task]:
         return Call("GET", self._task_path(project_id, task_id), self._task)
 
+    def _long_poll(
+        self, project_id: str, task_id: str, since: int | None, wait: float
+    ) -> Call[Task]:
+        """The task once it changed past version `since`, or after `wait` seconds."""
+        params: dict[str, Any] = {"wait": f"{wait:.1f}"}
+        if since is not None:
+            params["since"] = since
+        return Call("GET", self._task_path(project_id, task_id), self._task, params=params)
+
+    def _long_wait(self, deadline: float | None) -> float:
+        """How long the next long poll may wait: LONG_POLL_SECONDS, within the client's
+        read timeout (less a margin) and the caller's deadline; 0: do not long-poll."""
+        wait = LONG_POLL_SECONDS
+        if self._timeout.read is not None:
+            wait = min(wait, self._timeout.read - 5.0)
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic())
+        return wait if wait >= 1.0 else 0.0
+
     def _list_exports(self, project_id: str, params: Mapping[str, Any]) -> Call[TaskPage]:
         path = f"/v1/projects/{project_id}/exports"
         return Call("GET", path, self._page, params=_drop_none(params))
@@ -477,7 +499,9 @@ class BaseClient:
 
     @staticmethod
     def _task(r: httpx.Response) -> Task:
-        return Task.from_json(_json(r))
+        task = Task.from_json(_json(r))
+        version = str(r.headers.get("X-Task-Version", ""))
+        return replace(task, version=int(version)) if version.isdigit() else task
 
     @staticmethod
     def _page(r: httpx.Response) -> TaskPage:
@@ -782,14 +806,23 @@ class Client(BaseClient):
     def _poll(
         self, project_id: str, task_id: str, on_update: UPDATE | None, deadline: float | None
     ) -> Task:
-        polls = 0
+        """Long polls (`?wait=`: answered as soon as the task changes); against a server
+        that does not long-poll (no `X-Task-Version`), polls as `Retry-After` says."""
+        polls, since = 0, None
         while True:
-            task = self.get_export(project_id, task_id)
+            wait = self._long_wait(deadline)
+            if wait:
+                task = self.send(self._long_poll(project_id, task_id, since, wait))
+            else:
+                task = self.get_export(project_id, task_id)
             if on_update:
                 on_update(task)
             if task.is_terminal:
                 return task
             self._check_deadline(task, deadline)
+            if wait and task.version is not None:
+                since = task.version
+                continue
             polls += 1
             time.sleep(self._poll_delay(task, polls, deadline))
 
@@ -987,13 +1020,20 @@ class AsyncClient(BaseClient):
                 self._check_deadline(task, deadline)
         except FOLLOW_ERRORS as exc:
             log.info("events of %s unavailable (%s); polling", task_id, exc)
-        polls = 0
-        while True:
-            task = await self.get_export(project_id, task_id)
+        polls, since = 0, None
+        while True:  # long polls, else as `Retry-After` says (see `Client._poll`)
+            wait = self._long_wait(deadline)
+            if wait:
+                task = await self.send(self._long_poll(project_id, task_id, since, wait))
+            else:
+                task = await self.get_export(project_id, task_id)
             await _call(on_update, task)
             if task.is_terminal:
                 return task
             self._check_deadline(task, deadline)
+            if wait and task.version is not None:
+                since = task.version
+                continue
             polls += 1
             await anyio.sleep(self._poll_delay(task, polls, deadline))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from exportd.execution.kinds import runner
 from exportd.model import (
     FileStatus,
     Lease,
@@ -63,6 +64,9 @@ def _clean_storage(rt: Runtime, task: Task, *, generated: bool) -> None:
     ]
     for key in doomed:
         storage.delete(key)
+    kind_cleanup = getattr(runner(task.kind), "clean_storage", None)
+    if kind_cleanup is not None:  # what a kind writes beyond the folder's own files
+        kind_cleanup(rt, task, generated=generated)
 
 
 def cleanup(rt: Runtime, task: Task, lease: Lease) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import threading
 from collections.abc import Callable
 
@@ -17,9 +18,21 @@ log = logging.getLogger(__name__)
 Beat = Callable[[int, int], TaskStatus | None]
 
 
+PROGRESS_SECONDS = 1.0  # progress saved about once a second between two beats
+
+
 class Heartbeat:
-    def __init__(self, beat: Beat, interval: float, keep_running: TaskStatus | None) -> None:
+    def __init__(
+        self,
+        beat: Beat,
+        interval: float,
+        keep_running: TaskStatus | None,
+        save: Beat | None = None,
+    ) -> None:
+        """`save`: records the progress only (a light, fenced write), called about once a
+        second between beats when the counts moved; it answers like a beat."""
         self._beat = beat
+        self._save = save
         self._interval = interval
         self._keep = keep_running  # stop the work when the task leaves this status
         self._stop = threading.Event()
@@ -61,9 +74,19 @@ class Heartbeat:
             self.canceled = status
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        # the interval cut into ticks of at most PROGRESS_SECONDS: a beat every `per` ticks
+        per = 1 if self._save is None else max(1, math.ceil(self._interval / PROGRESS_SECONDS))
+        tick, ticks = self._interval / per, 0
+        saved = (self.rows, self.bytes)
+        while not self._stop.wait(tick):
+            ticks += 1
             try:
-                self._apply(self._beat(self.rows, self.bytes))
+                if ticks % per == 0:
+                    saved = (self.rows, self.bytes)
+                    self._apply(self._beat(*saved))
+                elif self._save is not None and (self.rows, self.bytes) != saved:
+                    saved = (self.rows, self.bytes)
+                    self._apply(self._save(*saved))
             except Exception as exc:  # a store hiccup: try again; the lease may still hold
                 log.warning("heartbeat failed: %s", type(exc).__name__)
             if self.lost or self.canceled:

@@ -37,6 +37,7 @@ class KindRunner(Protocol):
 
 
 _RUNNERS: dict[TaskKind, str] = {TaskKind.EXPORT: "exportd.execution.export:KIND"}
+_RUNNERS[TaskKind.SAMPLES] = "exportd.execution.samples:KIND"
 _RUNNERS[TaskKind.IMPORT] = "exportd.execution.imports:KIND"
 
 

@@ -58,6 +58,12 @@ class PartitionRun:
         )  # fmt: skip
         return None if reply is None else reply.task_status
 
+    def save_progress(self, rows: int, written: int) -> TaskStatus | None:
+        """The partition's counts, between beats (about once a second)."""
+        return self.rt.store.record_progress(
+            self.task.task_id, self.part.index, self.lease.token, rows, written
+        )
+
     def batches(self) -> Iterator[Sequence[Sequence[Any]]]:
         return self.source.read(self.sel, self.part.bounds, self.rt.settings.batch_size)
 
@@ -93,7 +99,9 @@ def attempt(rt: Runtime, task: Task, part: Partition, lease: Lease) -> None:
         return
     work = runner(task.kind).partition_work(part)
     try:
-        with Heartbeat(run.beat, rt.settings.heartbeat_interval, TaskStatus.RUNNING) as hb:
+        with Heartbeat(
+            run.beat, rt.settings.heartbeat_interval, TaskStatus.RUNNING, run.save_progress
+        ) as hb:
             ride_out(
                 lambda: work(run, hb),
                 transient=source_outage(rt.settings.outage_budget_seconds),

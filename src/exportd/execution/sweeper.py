@@ -7,7 +7,8 @@ what those tasks are, and removes
 
 - parts (`parts/{task}/...`) of tasks that are terminal, or unknown to the store and
   older than the grace period (a task deleted, or a crash between its records and files);
-- the files of a task's output folder (`.../{task}/{name}`) when the task is terminal
+- the files of a task's output folder (`.../{task}/{name}`, and a samples export's
+  tree below it) when the task is terminal
   and its files are not GENERATED (FAILED, CANCELED, TIMEOUT, expired), or when the store
   does not know the task and they are older than the grace period;
 - temporary files (`.name.<hex>.tmp`, a write a crash cut short) older than the grace
@@ -45,12 +46,17 @@ class Found:
 
 
 def owner(key: str) -> Found | None:
-    """Whose key this is: `parts/{task}/...` or `.../{task}/{file}`; None for any other."""
+    """Whose key this is: `parts/{task}/...` or `.../{task}/{file}`, or a samples export's
+    `.../{task}/{label}/{file}` and `.../{task}/{train|eval}/{label}/{file}`; None for
+    any other."""
     segments = key.split("/")
     if len(segments) >= 3 and segments[0] == "parts" and TASK_ID.match(segments[1]):
         return Found(key, segments[1], True)
-    if len(segments) >= 2 and segments[0] != "parts" and TASK_ID.match(segments[-2]):
-        return Found(key, segments[-2], False)
+    if segments[0] == "parts":
+        return None
+    for depth in (2, 3, 4):  # the nearest task folder above the file
+        if len(segments) >= depth and TASK_ID.match(segments[-depth]):
+            return Found(key, segments[-depth], False)
     return None
 
 

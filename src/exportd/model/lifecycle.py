@@ -102,6 +102,40 @@ def finish_outcome(
     return Outcome(T.FAILED, "PARTITIONS_FAILED", msg, rate)
 
 
+def item_outcome(
+    parts: Outcome, delivered: int, failed_rows: int, failed_items: int,
+    allow_partial: bool, max_error_rate: float,
+) -> Outcome:  # fmt: skip
+    """The outcome counted in items (rows): `delivered` rows are in the result, while
+    `failed_rows` lie in failed partitions and `failed_items` failed one by one inside
+    committed partitions. The success rate is delivered / selected; a task whose
+    partitions all committed ends COMPLETED_WITH_ERRORS when rows failed within them
+    (and partial success is allowed within the error rate), else FAILED (ROWS_FAILED).
+    A task failed by its partitions stays FAILED."""
+    selected = delivered + failed_rows + failed_items
+    if selected == 0 or (failed_rows == 0 and failed_items == 0):
+        return parts
+    rate = 100.0 * delivered / selected
+    if parts.status is T.FAILED:
+        return Outcome(parts.status, parts.error_code, parts.error_msg, rate)
+    if failed_items == 0:
+        return Outcome(parts.status, parts.error_code, parts.error_msg, rate)
+    error_rate = (failed_rows + failed_items) / selected
+    what = f"{failed_rows + failed_items} of {selected} rows failed"
+    if allow_partial and delivered > 0 and error_rate <= max_error_rate:
+        return Outcome(
+            T.COMPLETED_WITH_ERRORS, "PARTIAL_FAILURE", f"{what}; success rate {rate:.2f}%", rate
+        )
+    if allow_partial:
+        msg = (
+            f"{what}: error rate {100 * error_rate:.2f}% "
+            f"exceeds the allowed {100 * max_error_rate:.1f}%"
+        )
+    else:
+        msg = f"{what} and allow_partial is not set"
+    return Outcome(T.FAILED, "ROWS_FAILED", msg, rate)
+
+
 class CoordinatorWork(enum.StrEnum):
     """What the coordinator ("master task") has to do when it is due."""
 

@@ -10,11 +10,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from exportd.model.samples import SamplesSpec
+
 
 class TaskKind(enum.StrEnum):
     """What a task does; chooses the plug-in that plans, runs and finishes it."""
 
     EXPORT = "export"  # a dataset -> files
+    SAMPLES = "samples"  # a samples dataset's labelled files -> a tree or tile folder
     IMPORT = "import"  # a file -> a table (seed 001's REPORT action)
 
 
@@ -24,6 +27,7 @@ class DatasetKind(enum.StrEnum):
     SQL = "sql"  # a table or query of a database
     DOCUMENTS = "documents"  # JSON documents: a JSON column, or JSON Lines files
     FILES = "files"  # CSV, JSON Lines or Parquet files read through Arrow
+    SAMPLES = "samples"  # files (images, texts...) with their labels (model/samples.py)
 
 
 class DocumentMode(enum.StrEnum):
@@ -114,7 +118,7 @@ class ExportPlan(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal[TaskKind.EXPORT, TaskKind.IMPORT] = TaskKind.EXPORT
+    kind: Literal[TaskKind.EXPORT, TaskKind.IMPORT, TaskKind.SAMPLES] = TaskKind.EXPORT
     dataset_id: str
     dataset_kind: DatasetKind
     source_columns: tuple[str, ...]
@@ -127,6 +131,7 @@ class ExportPlan(BaseModel):
     # asked for (None: the default, `snapshot` where the database can share one); what was
     # delivered is the task's `consistency` record
     consistency: Consistency | None = None
+    samples: SamplesSpec | None = None  # a samples export (kind SAMPLES)
     imports: ImportSpec | None = None  # an import's source, reading and loading (kind IMPORT)
 
     def to_json(self) -> dict[str, Any]:

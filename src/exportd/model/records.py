@@ -68,6 +68,8 @@ class Partition:
     start_time: datetime | None = None
     end_time: datetime | None = None
     update_time: datetime | None = None
+    failed_count: int = 0  # rows of a DONE partition that failed (isolated by bisection)
+    failed_items: list[dict[str, Any]] | None = None  # the first of them: key, error_msg
 
 
 @dataclass

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from exportd.model.names import FILE_NAME_PATTERN, FORMAT_NAMES, PREFIX_PATTERN
 from exportd.model.plan import DatasetKind
+from exportd.model.samples import SampleExport
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 # free text that is stored or handed to a driver as is: no NUL (PostgreSQL text cannot
@@ -162,6 +163,13 @@ class ExportRequest(BaseModel):
         description="snapshot: every partition reads one moment of the database (PostgreSQL; "
         "the default where the database can share a snapshot); per_partition: each "
         "partition reads at its own moment. The status says what was delivered",
+    )
+    sample_export: SampleExport | None = Field(
+        default=None,
+        description="a samples dataset's export, in seed 003's terms: export_type, "
+        "search_conditions, sample_state, samples, export_format (1 tree, 2 tile), "
+        "ratio_sample_usage, train_sample_ratio, clear_hard_property, version_format, "
+        "export_dest (DIR or NEW_DATASET)",
     )
 
 

@@ -7,9 +7,11 @@ before; the connection policy (sources/policy.py) is applied by the source engin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from exportd.errors import BadRequest
 from exportd.model import DatasetKind
@@ -54,10 +56,15 @@ def dataset_spec(
     target: SourceTarget | None,
     engines: SqlEngines,
     roots: list[Path],
+    s3_prefixes: Sequence[str] = (),
 ) -> DatasetSpec:
     """`roots`: the directories a files or JSON Lines dataset's path may be under."""
     if req.kind is DatasetKind.FILES:
         return _files(req, roots, engines)
+    if req.kind is DatasetKind.SAMPLES and req.path is not None and req.path.startswith("s3://"):
+        return _s3_samples(req, s3_prefixes)
+    if req.kind is DatasetKind.SAMPLES:
+        return _samples(req, roots, engines)
     if req.kind is DatasetKind.DOCUMENTS and req.path is not None:
         return _jsonl_documents(req, roots, engines)
     if target is None:
@@ -167,3 +174,71 @@ def _files(req: DatasetRequest, roots: list[Path], engines: SqlEngines) -> Datas
         **_named(req),
     }
     return DatasetSpec("", None, None, "", fields, options)
+
+
+def _samples(req: DatasetRequest, roots: list[Path], engines: SqlEngines) -> DatasetSpec:
+    """Samples: a JSON Lines manifest (one sample a line), or a tree directory whose
+    top folders are the labels; under a source directory, away from exportd's data."""
+    from exportd.sources.samples import read_manifest, scan_tree
+
+    _refuse(req, ("url", "table", "query", "key", "document", "file_format"), "for samples")
+    if req.path is None:
+        raise BadRequest("path (a samples manifest or a folder) is required", "INVALID_DATASET")
+    path = Path(req.path.rstrip("/") or "/")
+    if set("*?[") & set(req.path):
+        raise BadRequest("a samples path is a file or folder, not a pattern", "INVALID_PATH")
+    tree = path.is_absolute() and path.is_dir()
+    _pattern, root, _files = check_pattern(
+        f"{path}/**" if tree else str(path), roots, engines.policy
+    )
+    if tree:
+        layout, found = "tree", scan_tree(path)
+    elif path.is_file() and path.suffix.lower() in (".jsonl", ".ndjson"):
+        layout, found = "manifest", read_manifest(path, root)
+    else:
+        raise BadRequest(
+            "path must be a samples manifest (.jsonl) or a folder of label folders",
+            "INVALID_DATASET",
+        )
+    fields = [{"name": "samples", "type": "samples", "kind": "samples", "count": len(found)}]
+    options = {"path": str(path), "root": str(root), "layout": layout, **_named(req)}
+    return DatasetSpec("", None, None, "", fields, options)
+
+
+def _s3_samples(req: DatasetRequest, prefixes: Sequence[str]) -> DatasetSpec:
+    """Samples in S3: `s3://bucket/folder/` (a tree) or `s3://bucket/.../x.jsonl` (a
+    manifest), under one of the administrator's S3 prefixes (EXPORTD_SOURCE_S3_PREFIXES),
+    whose URL gives the endpoint; the dataset keeps that URL and the key under it."""
+    from exportd.sources.samples import _load_s3
+
+    _refuse(
+        req,
+        ("url", "table", "query", "key", "document", "file_format", "connection"),
+        "for S3 samples",
+    )
+    assert req.path is not None
+    wanted = urlsplit(req.path)
+    if ".." in wanted.path.split("/") or wanted.query:
+        raise BadRequest("an S3 samples path is s3://bucket/key, without '..'", "INVALID_PATH")
+    for url in prefixes:
+        allowed = urlsplit(url)
+        prefix = allowed.path.strip("/")
+        key = wanted.path.strip("/")
+        if allowed.netloc != wanted.netloc or not (
+            prefix == "" or key == prefix or key.startswith(prefix + "/")
+        ):
+            continue
+        rel = key[len(prefix) :].strip("/")
+        layout = "manifest" if rel.lower().endswith((".jsonl", ".ndjson")) else "tree"
+        found = _load_s3(url, rel, layout)
+        if not found.samples:
+            raise BadRequest("no sample under this S3 path", "INVALID_PATH")
+        fields = [
+            {"name": "samples", "type": "samples", "kind": "samples", "count": len(found.samples)}
+        ]
+        options = {"path": rel, "root": "", "layout": layout, "s3": url}
+        return DatasetSpec("", None, None, "", fields, options)
+    raise BadRequest(
+        "the S3 path is not under an S3 source prefix of the server (EXPORTD_SOURCE_S3_PREFIXES)",
+        "INVALID_PATH",
+    )

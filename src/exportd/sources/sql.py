@@ -227,6 +227,13 @@ def read_setup(dialect: str, sel: Selection, dataset: Dataset) -> list[str]:
     return out
 
 
+def setup_dialect(engine: sa.Engine) -> str:
+    """The dialect `read_setup` speaks: MariaDB apart from MySQL (known once connected)."""
+    if getattr(engine.dialect, "is_mariadb", False):
+        return "mariadb"
+    return str(engine.dialect.name)
+
+
 _SNAPSHOT_ID = re.compile(r"^[0-9A-Fa-f-]{1,100}$")
 
 
@@ -494,8 +501,7 @@ class SqlSource:
     ) -> Iterator[list[tuple[Any, ...]]]:
         stmt = self.partition_select(sel, bounds)
         dialect = self.engine.dialect.name
-        mariadb = getattr(self.engine.dialect, "is_mariadb", False)  # known once connected
-        setup = read_setup("mariadb" if mariadb else dialect, sel, self.dataset)
+        setup = read_setup(setup_dialect(self.engine), sel, self.dataset)
         try:
             with self.engine.connect() as conn, conn.begin():
                 run_setup(conn.exec_driver_sql, setup)

@@ -92,6 +92,21 @@ class Composed:
     sha256: str
 
 
+@dataclass(frozen=True)
+class Copied:
+    """What a copy into the storage wrote: the object's size and sha256."""
+
+    bytes: int
+    sha256: str
+
+
+class SourceUnreadable(ExportdError):
+    """The file to copy in could not be opened or read (missing, no permission, not a
+    file): an error of that file, not of the storage."""
+
+    error_code = "SOURCE_FILE_UNREADABLE"
+
+
 class CountingWriter:
     """A binary sink that counts what passes through it (enough of the io protocol for
     io.TextIOWrapper and pyarrow's output streams)."""
@@ -215,6 +230,21 @@ class Storage(Protocol):
         when the storage cannot be reached."""
         ...
 
+    def put_file(self, key: str, source: Path | int) -> Copied:
+        """Copy a local file (a path, or a descriptor open for reading, left open) in
+        under `key`, hashed on the way (a kernel copy on a local disk, an upload on S3);
+        visible under `key` only once complete. A file that cannot be read raises
+        `SourceUnreadable`."""
+        ...
+
+    def copy(self, source_key: str, key: str) -> Copied:
+        """Copy an object of this storage to `key` inside the storage (a kernel copy on
+        a local disk, a server-side CopyObject on S3)."""
+        ...
+
+
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
 
 def check_key(key: str) -> str:
     """A storage key is relative and '/'-separated, with no empty, '.' or '..' segment;
@@ -223,7 +253,7 @@ def check_key(key: str) -> str:
     if (
         not key
         or "\\" in key
-        or any(ord(c) < 32 for c in key)
+        or _CONTROL.search(key) is not None
         or any(s in ("", ".", "..") for s in segments)
     ):
         raise ValueError(f"invalid storage key {key[:200]!r}")

@@ -8,15 +8,18 @@ See `Assembly` for the plan and for how the sha256 of the result is computed."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import logging
 import math
+import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 from urllib.parse import parse_qs, quote, unquote, urlparse
 
@@ -28,8 +31,10 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from exportd.storage import (
     Composed,
+    Copied,
     OpenUpload,
     Piece,
+    SourceUnreadable,
     Span,
     StorageFull,
     StorageUnavailable,
@@ -236,6 +241,58 @@ class S3Storage:
 
     def exists(self, key: str) -> bool:
         return self._head(key) is not None
+
+    def put_file(self, key: str, source: Path | int) -> Copied:
+        """A local file uploaded under `key`: a small one from one buffer (hashed from
+        it), a large one hashed first, then uploaded by the transfer manager."""
+        name = f"/proc/self/fd/{source}" if isinstance(source, int) else str(source)
+        try:
+            with open(source, "rb", closefd=not isinstance(source, int)) as fh:
+                size = os.fstat(fh.fileno()).st_size
+                data = fh.read() if size <= SPOOL else None
+                digest = hashlib.sha256(data) if data is not None else _hash_file(fh)
+        except OSError as exc:
+            raise SourceUnreadable(f"{os.path.basename(name)}: {exc.strerror}") from None
+        target = self._k(key)
+        if data is not None:
+            body = data
+            self._call(
+                "put", lambda: self.client.put_object(Bucket=self.bucket, Key=target, Body=body)
+            )
+            return Copied(len(data), digest.hexdigest())
+        self._call(
+            "upload",
+            lambda: self.client.upload_file(name, self.bucket, target, Config=self._transfer),
+        )
+        return Copied(size, digest.hexdigest())
+
+    def same_service(self, other: S3Storage) -> bool:
+        """Whether a server-side copy can reach `other`'s objects (one endpoint)."""
+        return bool(self.client.meta.endpoint_url == other.client.meta.endpoint_url)
+
+    def copy_from(self, other: S3Storage, source_key: str, key: str) -> Copied:
+        """A server-side copy of another S3 storage's object (on the same service)."""
+        return self._copy({"Bucket": other.bucket, "Key": other._k(source_key)}, key)
+
+    def copy(self, source_key: str, key: str) -> Copied:
+        return self._copy({"Bucket": self.bucket, "Key": self._k(source_key)}, key)
+
+    def _copy(self, src: dict[str, str], key: str) -> Copied:
+        """A server-side CopyObject (the bytes never leave the storage) asking S3 for
+        the copy's SHA-256 checksum; where the service gives none, the object is read
+        back to hash it. Objects over 5 GiB (a single copy's limit) are not supported."""
+        reply = self._call(
+            "copy",
+            lambda: self.client.copy_object(
+                Bucket=self.bucket, Key=self._k(key), CopySource=src, ChecksumAlgorithm="SHA256"
+            ),
+        )
+        checksum = reply.get("CopyObjectResult", {}).get("ChecksumSHA256")
+        size = self.size(key)
+        if checksum:
+            return Copied(size, base64.b64decode(checksum).hex())
+        with self.open_read(key) as fh:
+            return Copied(size, _hash_file(fh).hexdigest())
 
     def probe(self, key: str) -> None:
         try:
@@ -641,3 +698,10 @@ class Assembly:
         except ClientError:
             return False
         return int(head["ContentLength"]) == self.total
+
+
+def _hash_file(fh: Any) -> Any:
+    digest = hashlib.sha256()
+    while chunk := fh.read(CHUNK):
+        digest.update(chunk)
+    return digest

@@ -299,7 +299,8 @@ class CoordinationStore(TaskStore):
         bytes_written: int,
     ) -> bool:
         """The terminal move of a task whose partitions have all stopped, together with its
-        file records (visible as GENERATED only from this commit on). The cleanup of its
+        file records (visible as GENERATED only from this commit on). Fenced by the
+        deadline too: a task past it ends TIMEOUT in this transaction instead (False). The cleanup of its
         parts is recorded as due in the same commit; the coordinator keeps its lease for
         it and releases the lease once the storage confirms (`release_coordinator`)."""
         now = utcnow()
@@ -311,6 +312,8 @@ class CoordinationStore(TaskStore):
                 outcome.status,
                 now,
                 tasks.c.coord_token == token,
+                # past its deadline, a task can only end TIMEOUT (below), whatever its output
+                sa.or_(tasks.c.deadline.is_(None), tasks.c.deadline >= now),
                 # a failed end keeps the stage last reached (see docs/api-mapping.md)
                 stage=Stage.COMPLETED.value if generated else tasks.c.stage,
                 file_status=(FileStatus.GENERATED if generated else FileStatus.FAILED).value,
@@ -347,6 +350,8 @@ class CoordinationStore(TaskStore):
                         for r in records
                     ],
                 )
+            if not ok and self._time_out_late(conn, now, task_id):  # late: TIMEOUT instead
+                self._notify(conn)
         return ok
 
     def finish_cancel(self, task_id: str, token: str, *, cleaned: bool = True) -> bool:

@@ -151,6 +151,7 @@ class PartitionStore(CoordinationStore):
                 lease_owner=owner, lease_token=token, lease_expires_at=expires,
                 attempts=partitions.c.attempts + 1, stage=_stage_of_pass(),
                 finished_count=0, bytes_written=0, start_time=now, not_before=None,
+                failed_count=0, failed_items=None,
             )  # fmt: skip
             if not ok:
                 return None
@@ -206,6 +207,43 @@ class PartitionStore(CoordinationStore):
             status = self._refresh_task_progress(conn, task_id, now)
         return HeartbeatReply(status)
 
+    def record_progress(
+        self, task_id: str, index: int, token: str, finished: int, bytes_written: int
+    ) -> TaskStatus | None:
+        """A partition's counts between two heartbeats (about once a second): one fenced
+        update of its own row (no lock on the task row, no sum: a status read adds the
+        running partitions' counts up), and the task's `version` moves so that watchers
+        (SSE, long polls) see it. Never recorded once the task is no longer live. None:
+        the lease is lost; else the task's status (the next heartbeat handles a deadline)."""
+        now = utcnow()
+        with self.write() as conn:
+            n = conn.execute(
+                sa.update(partitions)
+                .where(*self._fence(task_id, index, token), _task_live(task_id, now))
+                .values(finished_count=finished, bytes_written=bytes_written, update_time=now)
+            ).rowcount
+            if n == 1:
+                moved = conn.execute(
+                    sa.update(tasks)
+                    .where(
+                        tasks.c.task_id == task_id,
+                        tasks.c.status == TaskStatus.RUNNING.value,
+                    )
+                    .values(version=tasks.c.version + 1)
+                ).rowcount
+                if moved == 1:
+                    return TaskStatus.RUNNING
+            else:
+                held = conn.execute(
+                    sa.select(partitions.c.idx).where(*self._fence(task_id, index, token))
+                ).first()
+                if held is None:
+                    return None
+            status = conn.execute(
+                sa.select(tasks.c.status).where(tasks.c.task_id == task_id)
+            ).scalar_one()
+        return TaskStatus(status)
+
     def _refresh_task_progress(
         self, conn: sa.Connection, task_id: str, now: datetime
     ) -> TaskStatus:
@@ -243,10 +281,13 @@ class PartitionStore(CoordinationStore):
         rows: int,
         bytes_written: int,
         sha256: str,
+        failed_items: list[dict[str, Any]] | None = None,
+        failed_count: int = 0,
     ) -> bool:
         """Fenced commit: the part becomes part of the result only if this lease still holds.
         When it is the last partition to stop, the coordinator's finishing work becomes due
-        in the same transaction."""
+        in the same transaction. `failed_count` rows of the partition failed and are not in
+        the part (`failed_items`: the first of them, with key and message)."""
         now = utcnow()
         with self.write() as conn:
             ok = self._move_partition(
@@ -255,6 +296,7 @@ class PartitionStore(CoordinationStore):
                 stage=Stage.COMPLETED.value, part_key=part_key, part_sha256=sha256,
                 finished_count=rows, bytes_written=bytes_written, end_time=now,
                 lease_token=None, lease_expires_at=None, error_code=None, error_msg=None,
+                failed_count=failed_count, failed_items=failed_items,
             )  # fmt: skip
             if ok:
                 self._after_partition_stop(conn, task_id, now)

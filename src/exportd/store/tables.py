@@ -208,6 +208,10 @@ partitions = sa.Table(
     sa.Column("start_time", TS, nullable=True),
     sa.Column("end_time", TS, nullable=True),
     sa.Column("update_time", TS, nullable=True),
+    # item-level partial success: rows of a committed partition that failed (bisection),
+    # their count and the first of them ({"key", "error_msg"})
+    sa.Column("failed_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("failed_items", sa.JSON, nullable=True),
     sa.Index("ix_partitions_status", "status"),
     one_of("partitions", "status", values(PartitionStatus)),
     one_of("partitions", "phase", values(PartitionPhase)),

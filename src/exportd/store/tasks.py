@@ -145,7 +145,7 @@ class TaskStore(OutboxStore):
             task.partitions = self._partitions(conn, task_id)
             task.files = self._files(conn, task_id)
             task.notifications = self.task_notifications(conn, task_id)
-        return task
+        return live_counts(task)
 
     def task_version(self, project_id: str, task_id: str) -> int | None:
         with self.read() as conn:
@@ -222,7 +222,7 @@ class TaskStore(OutboxStore):
             ).all()
             result = [task_from_row(r._mapping) for r in rows]
             self._attach_children(conn, result)
-        return result, int(count or 0)
+        return [live_counts(t) for t in result], int(count or 0)
 
     def _attach_children(self, conn: sa.Connection, found: list[Task]) -> None:
         """Load the partitions, files and notifications of a page of tasks: one query each."""
@@ -353,3 +353,17 @@ class TaskStore(OutboxStore):
             .where(partitions.c.task_id == task_id, partitions.c.status.in_(_IDLE))
             .values(status=PartitionStatus.CANCELED.value, update_time=now, end_time=now)
         )
+
+
+def live_counts(task: Task) -> Task:
+    """A running task's counts as its partitions last saved them (about once a second;
+    the task row sums them only at heartbeats): the rows and bytes of its partitions,
+    and the progress they make, never below the progress already shown."""
+    if task.status is not TaskStatus.RUNNING or not task.partitions:
+        return task
+    task.finished_count = sum(p.finished_count for p in task.partitions)
+    task.bytes_written = sum(p.bytes_written for p in task.partitions)
+    if task.total_count:
+        share = min(99.0, 100.0 * task.finished_count / task.total_count)
+        task.progress = max(task.progress, share)
+    return task

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +87,7 @@ def manifest_body(
         "total_rows": sum(f.record.rows for f in files),
         "failed_rows": failed_rows,
         "success_rate": round(outcome.success_rate, 2),
+        "failed_items": failed_item_list(p for ps in by.values() for p in ps),
         "compression": task.plan.output.compression or "none",
         "files": [
             {
@@ -114,3 +116,23 @@ def manifest_body(
         "consistency": task.consistency,
     }
     return orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+FAILED_ITEMS_LISTED = 1000  # items listed in a manifest or a status (their count is whole)
+
+
+def failed_item_list(parts: Iterable[Partition]) -> list[dict[str, Any]]:
+    """The rows that failed inside committed partitions, by partition then key order:
+    partition, key and the database's message (at most FAILED_ITEMS_LISTED)."""
+    items = [
+        {
+            "partition": p.index,
+            "key": i.get("key"),
+            "error_code": "ROW_FAILED",
+            "error_msg": i.get("error_msg"),
+        }
+        for p in sorted(parts, key=lambda p: p.index)
+        if p.status is PartitionStatus.DONE
+        for i in p.failed_items or []
+    ]
+    return items[:FAILED_ITEMS_LISTED]

@@ -26,6 +26,7 @@ from exportd.model import (
 from exportd.model.lifecycle import (
     Outcome,
     finish_outcome,
+    item_outcome,
 )
 from exportd.runtime import Runtime, selection_for
 from exportd.storage.keys import output_prefix
@@ -74,11 +75,19 @@ def finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
     outcome = _named_cause(outcome, by[PartitionStatus.FAILED])
     finished = sum(p.finished_count for p in by[PartitionStatus.DONE])
     failed_rows = _failed_rows(rt, task, by[PartitionStatus.FAILED])
+    # rows that failed inside committed partitions (isolated by bisection): items
+    failed_items = sum(p.failed_count for p in by[PartitionStatus.DONE])
+    outcome = item_outcome(
+        outcome, finished, failed_rows, failed_items, task.allow_partial, task.max_error_rate
+    )
+    failed_rows += failed_items
     if outcome.status is TaskStatus.FAILED:
         if store.finish_task(
             task.task_id, lease.token, outcome, [], None, finished, failed_rows, 0
         ):
             clean_up_now(rt, task, lease, generated=False)
+        else:  # timed out (or lost) meanwhile: its cleanup is due again
+            store.release_coordinator(task.task_id, lease.token, due=True)
         return
 
     if not task.plan.output.split:  # stage 70 is the assembly of one single file

@@ -11,6 +11,8 @@ from typing import Any, BinaryIO, cast
 
 from exportd import metrics
 from exportd.documents.flatten import KeyCollector, check_width, flat_rows
+from exportd.errors import SourceError
+from exportd.execution.export.bisect import Bisection, bisectable
 from exportd.execution.heartbeat import Heartbeat
 from exportd.execution.partition import PartitionRun, discard, part_folder
 from exportd.fastpaths import cached_cells, documents_through_arrow, fast_path
@@ -20,6 +22,8 @@ from exportd.formats.splitting import Layout, PartOutput
 from exportd.model import Task
 from exportd.model.plan import DocumentMode
 from exportd.runtime import columns_for
+from exportd.sources.sql import SqlSource
+from exportd.sources.sql_ranges import KeyRanges
 
 log = logging.getLogger(__name__)
 
@@ -102,24 +106,44 @@ def export_pass(run: PartitionRun, hb: Heartbeat) -> None:
     layout = Layout.of(task.plan.output)
     columns = columns_for(task, run.dataset)
     committed = False
+    failed: Bisection | None = None
+    documents = task.plan.documents is not None
     try:
-        with PartOutput(rt.storage, folder, fmt, columns, layout, _writer(fmt, task)) as out:
-            documents = task.plan.documents is not None
-            fast = None if documents else fast_path(run.source, fmt, layout, columns, rt.settings.fast_paths)  # fmt: skip
-            if fast is not None:
-                fast.export(run.sel, part.bounds, out, hb)
-            elif not (documents and _export_cached_documents(run, out, hb)):
-                for batch in _rows(run):
-                    hb.check()
-                    out.write(batch)
-                    hb.progress(out.rows, out.size)
-            result = out.finish()
+        try:
+            with PartOutput(rt.storage, folder, fmt, columns, layout, _writer(fmt, task)) as out:
+                fast = None if documents else fast_path(run.source, fmt, layout, columns, rt.settings.fast_paths)  # fmt: skip
+                if fast is not None:
+                    fast.export(run.sel, part.bounds, out, hb)
+                elif not (documents and _export_cached_documents(run, out, hb)):
+                    for batch in _rows(run):
+                        hb.check()
+                        out.write(batch)
+                        hb.progress(out.rows, out.size)
+                result = out.finish()
+        except SourceError as exc:
+            # a SQL read that failed on some rows: isolate them, keep every other row
+            if not (task.allow_partial and documents is False and bisectable(run.source, exc)):
+                raise
+            log.info("%s: %s; isolating the failing rows", run.where, exc.error_msg)
+            discard(run, folder)
+            folder = part_folder(task, part, lease, kind="b")
+            with PartOutput(rt.storage, folder, fmt, columns, layout, _writer(fmt, task)) as out:
+                ranges = KeyRanges(cast(SqlSource, run.source), run.sel, part.bounds)
+                failed = Bisection(ranges, out, hb, rt.settings.batch_size)
+                failed.run()
+                result = out.finish()
+            log.info(
+                "%s: %d failing rows isolated in %d range reads",
+                run.where, failed.failed_count, failed.reads,
+            )  # fmt: skip
         if rt.settings.debug_pause_before_commit:
             time.sleep(rt.settings.debug_pause_before_commit)
         hb.check()
         committed = rt.store.commit_partition(
             task.task_id, part.index, lease.token, result.key, result.rows, result.bytes,
             result.sha256,
+            failed_items=None if failed is None else failed.failed,
+            failed_count=0 if failed is None else failed.failed_count,
         )  # fmt: skip
         if committed:
             metrics.committed(result.rows, result.bytes)

@@ -2,7 +2,7 @@
 and whether a claim skipped them for want of a source connection
 
 Revision ID: 0013
-Revises: 0016 (re-chained after main's 0014, 0016)
+Revises: 0012 (re-chained after main's last, 0012)
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0013"
-down_revision = "0016"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
