@@ -43,7 +43,8 @@ from exportd.model import (
     Stage,
     TaskStatus,
 )
-from tests.records import T0, make_task
+from exportd.model.plan import OutputSpec
+from tests.records import T0, make_plan, make_task
 
 # ---- times ------------------------------------------------------------------------------
 
@@ -263,7 +264,7 @@ def test_seed003_view_fields() -> None:
     assert view["export_type"] == 3 and view["export_format"] == 2
     assert view["export_params"]["search_conditions"] == cond
     assert view["status"] == "RUNNING" and view["version_format"] == "CSV"
-    assert view["path"] == f"/exports/acme/{task.task_id}/"
+    assert view["path"] == "/" + task.plan.output.prefix
     assert view["task_id"] == task.task_id and view["version_id"] is None
     assert view["error_code"] is None and view["error_msg"] is None
     DatasetExportTask.model_validate(view)
@@ -317,3 +318,31 @@ def test_seed001_view_fields() -> None:
         "currentState": {"statusId": 0, "status": "Not started yet..."},
     }
     ResourceTaskStatus.model_validate(view)
+
+
+def test_seed003_path_is_where_the_files_are_destination_included() -> None:
+    plan = make_plan(output=OutputSpec(format="csv", prefix="exports/acme/daily/2026/t/"))
+    assert seed003_view(make_task(plan=plan))["path"] == "/exports/acme/daily/2026/t/"
+
+
+def test_a_split_export_names_a_file_it_wrote() -> None:
+    files = [
+        FileRecord("t", name, "k/" + name, 1, 2, "0" * 64, "text/csv")
+        for name in ("out-00001.csv", "out-00002.csv")
+    ]
+    files.append(
+        FileRecord("t", "manifest.json", "k/m", 0, 2, "0" * 64, "application/json", kind="manifest")
+    )
+    done = make_task(status=TaskStatus.COMPLETED, stage=Stage.COMPLETED, files=files)
+    assert task_json(done)["file_name"] == "out-00001.csv"
+    assert seed004_item(done)["file_name"] == "out-00001.csv"
+    assert task_json(make_task())["file_name"] == "out.csv"  # nothing written yet: the plan's
+
+
+@pytest.mark.parametrize("status", [TaskStatus.FAILED, TaskStatus.TIMEOUT, TaskStatus.CANCELED])
+def test_a_task_that_delivered_nothing_claims_no_item(status: TaskStatus) -> None:
+    parts = [Partition("t", 0, PartitionStatus.DONE, Stage.COMPLETED, {}, finished_count=10)]
+    task = make_task(status=status, stage=Stage.COMPLETED, partitions=parts, finished_count=10)
+    body = task_json(task)
+    assert body["successful_items"] == [] and body["success_rate"] == 0.0
+    assert seed003_view(task)["finished_sample_count"] == 0

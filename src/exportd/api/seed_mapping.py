@@ -149,6 +149,20 @@ _FAILED = (T.FAILED, T.CANCELED, T.TIMEOUT)
 _LIVE_FILES = (F.PREPARING, F.GENERATED, F.FAILED)
 
 
+# tasks whose output was thrown away (their parts deleted): they delivered no item
+DISCARDED = frozenset({TaskStatus.FAILED, TaskStatus.TIMEOUT, TaskStatus.CANCELED})
+
+
+def shown_file_name(task: Task) -> str:
+    """The name of a file the task really wrote: the planned name while none exists (or
+    when it is the only one), the first data file's for a split export (`stem-00001.ext`;
+    `files` lists them all)."""
+    names = [f.name for f in task.files if f.kind == "data"]
+    if not names or task.file_name in names:
+        return task.file_name
+    return names[0]
+
+
 def seed004_status(status: TaskStatus, file_status: FileStatus) -> Seed004Status:
     """CREATING while it runs; EXPIRED once its files are gone; SUCCESS or FAIL otherwise."""
     if status in ACTIVE_STATUSES:
@@ -174,7 +188,7 @@ def seed004_item(task: Task) -> dict[str, Any]:
     """An ExportTaskItem of seed 004 (plus seed 000's currentState)."""
     return {
         "task_id": task.task_id,
-        "file_name": task.file_name,
+        "file_name": shown_file_name(task),
         "status": seed004_status(task.status, task.file_status).value,
         "fail_reason": task.error_msg,
         "error_code": task.error_code,
@@ -257,9 +271,7 @@ def output_path(task: Task) -> str:
     spec = task.plan.samples
     if spec is not None and spec.new_dataset_path:
         return spec.new_dataset_path.rstrip("/") + "/"
-    if spec is not None:
-        return "/" + task.plan.output.prefix
-    return f"/exports/{task.project_id}/{task.task_id}/"
+    return "/" + task.plan.output.prefix  # the project's root, the destination, the task
 
 
 def seed003_view(task: Task) -> dict[str, Any]:
@@ -282,7 +294,7 @@ def seed003_view(task: Task) -> dict[str, Any]:
         "export_format": export_format,
         "export_params": params,
         "export_type": export_type,
-        "finished_sample_count": task.finished_count,
+        "finished_sample_count": 0 if task.status in DISCARDED else task.finished_count,
         "path": output_path(task),
         "progress": float(task.progress),
         "status": task.status.value,
@@ -329,7 +341,7 @@ def seed001_view(task: Task) -> dict[str, Any]:
         "resource_id": task.task_id,
         "resource_type": "DATASET",
         "action": seed001_action(task.kind),
-        "file_name": task.file_name,
+        "file_name": shown_file_name(task),
         "start_time": seed_time(task.start_time),
         "end_time": seed_time(task.end_time),
         "status": seed001_status(task.status).value,

@@ -6,7 +6,7 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-from exportd.api.seed_mapping import current_state, seed002_status
+from exportd.api.seed_mapping import DISCARDED, current_state, seed002_status, shown_file_name
 from exportd.delivery.links import LinkSigner
 from exportd.model import (
     Dataset,
@@ -164,7 +164,6 @@ def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> di
         "current_state": state,
         "currentState": current_state(task.stage),
         "format": task.format,
-        "file_name": task.file_name,
         "columns": task.columns,
         "total_count": task.total_count,
         "total_is_estimate": task.total_is_estimate and task.total_count is not None,
@@ -190,6 +189,7 @@ def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> di
         "retry_after": retry_after_seconds(task, now),
         "success_rate": success_rate(task, done, stopped),
         "successful_items": [{"partition": p.index, "rows": p.finished_count} for p in succeeded],
+        "file_name": shown_file_name(task),
         "failed_items": [
             *(
                 {"partition": p.index, "error_code": p.error_code, "error_msg": p.error_msg}
@@ -205,6 +205,9 @@ def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> di
         "samples": samples_json(task),
         "kind": task.kind.value,
     }
+    if task.status in DISCARDED:  # its parts are deleted: nothing was delivered
+        body["successful_items"] = []
+        body["success_rate"] = 0.0
     if task.kind is TaskKind.IMPORT:  # items are rows; stages say "import"
         body["failed_items"] = list(task.failed_items or [])
         rows = task.finished_count + task.failed_count
