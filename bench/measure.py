@@ -189,10 +189,11 @@ class Exportd(_Api):
     def export(
         self, dataset: str, fmt: str, workers: int, fast: bool = True, parallelism: int = 4,
         options: dict[str, Any] | None = None, threads: int = 1,
+        extra: dict[str, Any] | None = None,
     ) -> tuple[float, float, int, str]:  # fmt: skip
         """(seconds request -> COMPLETED, peak RSS of the largest worker, rows, error);
         each worker process runs `threads` worker threads (`--concurrency`)."""
         with self.workers(workers, threads, fast) as procs:
-            seconds, task = self.run(_body(dataset, fmt, parallelism, options))
+            seconds, task = self.run({**_body(dataset, fmt, parallelism, options), **(extra or {})})
             rss = max(peak_rss_mb(p.pid) for p in procs)
         return seconds, rss, *_outcome(task)

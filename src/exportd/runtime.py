@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from exportd.delivery.links import LinkSigner, secret_file
 from exportd.documents.flatten import DocumentPaths
@@ -49,12 +50,11 @@ class Runtime:
         from exportd.sources.documents import JsonLinesDocumentSource, SqlDocumentSource
 
         if dataset.kind is DatasetKind.SQL:
-            return SqlSource(dataset, self.engines.get(self.connections.dataset_url(dataset)))
+            return SqlSource(dataset, self._engine(dataset))
         if dataset.kind is DatasetKind.DOCUMENTS and dataset.options.get("path"):
             return JsonLinesDocumentSource(dataset)
         if dataset.kind is DatasetKind.DOCUMENTS:
-            engine = self.engines.get(self.connections.dataset_url(dataset))
-            return SqlDocumentSource(dataset, engine)
+            return SqlDocumentSource(dataset, self._engine(dataset))
         if dataset.kind is DatasetKind.FILES:  # imported here: pyarrow.dataset is 50 MB of memory
             from exportd.sources.files import ArrowFilesSource
 
@@ -64,6 +64,12 @@ class Runtime:
 
             return SamplesSource(dataset)
         raise BadRequest(f"unsupported dataset kind {dataset.kind!r}", "INVALID_DATASET")
+
+    def _engine(self, dataset: Dataset) -> Any:
+        """The source engine of a database dataset: with `max_connections`, one whose
+        pool holds at most that many connections (docs/consistency.md)."""
+        limit = dataset.options.get("max_connections")
+        return self.engines.get(self.connections.dataset_url(dataset), limit)
 
     def format(self, task: Task) -> Format:
         out = task.plan.output
@@ -100,6 +106,7 @@ def selection_for(task: Task, dataset: Dataset) -> Selection:
     return Selection(
         columns=list(task.plan.source_columns),
         filter=validate_filter(list(task.plan.filter), filter_fields(dataset)),
+        snapshot=task.snapshot_id,  # the snapshot every partition imports, if any
     )
 
 

@@ -24,6 +24,7 @@ from exportd.formats.splitting import Layout
 from exportd.model import Dataset, FileRecord, FileStatus, Role, Stage, Task, TaskStatus
 from exportd.model.names import FILE_NAME_PATTERN, FORMAT_NAMES
 from exportd.model.plan import (
+    Consistency,
     DatasetKind,
     DocumentMode,
     ExportPlan,
@@ -371,6 +372,7 @@ class ExportService:
             notify=notify,
             # of the request as given with the dataset's id, not of the task's ids
             fingerprint=_fingerprint(request, source_columns, documents),
+            consistency=Consistency(req.consistency) if req.consistency else None,
         )
         now = datetime.now(UTC)
         task = Task(

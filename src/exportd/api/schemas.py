@@ -163,6 +163,12 @@ class TaskView(BaseModel):
     notifications: list[NotificationView]
     partitions: list[PartitionView]
     request: dict[str, Any] = Field(description="the request as given")
+    consistency: dict[str, Any] | None = Field(
+        default=None,
+        description="the guarantee delivered (docs/consistency.md): requested, delivered "
+        "(snapshot | per_partition), reason, snapshot (id, time, wal_lsn), "
+        "snapshot_restarts, waiting_for_source, oldest_transaction_age_seconds",
+    )
     samples: dict[str, Any] | None = Field(
         default=None,
         description="a samples export: export_type, layout, destination and its split "
@@ -198,6 +204,12 @@ class DatasetView(BaseModel):
     writable: bool = Field(default=False, description="imports may write into it")
     fields: list[DatasetField]
     create_time: str
+    max_connections: int | None = Field(
+        default=None, description="most source connections its exports hold at once"
+    )
+    statement_timeout_seconds: int | None = Field(
+        default=None, description="a partition's read is stopped by the source after this"
+    )
 
 
 class ConnectionView(BaseModel):

@@ -201,6 +201,7 @@ def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> di
         "notifications": [notification_json(n) for n in task.notifications],
         "partitions": [partition_json(p) for p in task.partitions],
         "request": request,
+        "consistency": consistency_json(task, now),
         "samples": samples_json(task),
         "kind": task.kind.value,
     }
@@ -215,6 +216,33 @@ def task_json(task: Task, base: str = "", links: LinkSigner | None = None) -> di
         body["current_state"] = import_stage_json(task.stage)
         for p, view in zip(task.partitions, body["partitions"], strict=True):
             view["current_state"] = import_stage_json(p.stage)
+    return body
+
+
+def consistency_json(task: Task, now: datetime) -> dict[str, Any] | None:
+    """What the export guarantees (docs/consistency.md), with the source's protection:
+    whether partitions wait for a source connection, and the age of the oldest
+    transaction the export holds on the source (a snapshot's holder, or the oldest
+    running partition's read)."""
+    if task.consistency is None:
+        return None
+    body = dict(task.consistency)
+    pending = any(p.status is PartitionStatus.PENDING for p in task.partitions)
+    body["waiting_for_source"] = bool(task.waiting_for_source and pending)
+    if body["waiting_for_source"] and not task.status.is_terminal:
+        body["note"] = "waiting for a source connection (the dataset's max_connections)"
+    body["oldest_transaction_age_seconds"] = None
+    if not task.status.is_terminal:
+        starts = [
+            p.start_time
+            for p in task.partitions
+            if p.status is PartitionStatus.RUNNING and p.start_time is not None
+        ]
+        held = (body.get("snapshot") or {}).get("time") if task.snapshot_id else None
+        if held:
+            starts.append(datetime.fromisoformat(held))
+        if starts:
+            body["oldest_transaction_age_seconds"] = round((now - min(starts)).total_seconds(), 1)
     return body
 
 
@@ -282,4 +310,6 @@ def dataset_json(ds: Dataset) -> dict[str, Any]:
             {"name": f["name"], "type": f.get("type"), "kind": f.get("kind")} for f in ds.fields
         ],
         "create_time": iso(ds.create_time),
+        "max_connections": ds.options.get("max_connections"),
+        "statement_timeout_seconds": ds.options.get("statement_timeout_seconds"),
     }

@@ -13,7 +13,7 @@ from exportd.formats import Column, Format
 from exportd.formats.parquet import ParquetFormat, ParquetRowWriter
 from exportd.formats.splitting import PartOutput
 from exportd.sources import Selection, Source
-from exportd.sources.sql import SqlSource
+from exportd.sources.sql import SqlSource, read_setup, run_setup
 
 
 def adbc_supports(columns: Sequence[Column]) -> bool:
@@ -47,10 +47,11 @@ class AdbcParquet:
         import adbc_driver_manager as adbc
 
         query = self.query(sel, bounds)
+        setup = read_setup("postgresql", sel, self.source.dataset)
         writer = out.writer()
         assert isinstance(writer, ParquetRowWriter)
         try:
-            for batch in prefetched(lambda: self._batches(query)):
+            for batch in prefetched(lambda: self._batches(query, setup)):
                 hb.check()
                 writer.write_arrow(batch)
                 out.count(batch.num_rows)
@@ -58,7 +59,7 @@ class AdbcParquet:
         except adbc.Error as exc:
             raise SourceError(first_line(exc), "SOURCE_QUERY_FAILED") from None
 
-    def _batches(self, query: str) -> Iterator[Any]:
+    def _batches(self, query: str, setup: Sequence[str] = ()) -> Iterator[Any]:
         """The query's record batches through ADBC's low-level API: its DB-API module
         imports pandas and polars when they are installed (80 MB of a worker's memory)."""
         import adbc_driver_manager as adbc
@@ -71,6 +72,14 @@ class AdbcParquet:
             adbc.AdbcConnection(db) as conn,
             adbc.AdbcStatement(conn) as stmt,
         ):
+            if setup:  # one transaction: the task's snapshot, the statement timeout
+
+                def execute(sql: str) -> None:
+                    stmt.set_sql_query(sql)
+                    stmt.execute_update()
+
+                execute("BEGIN READ ONLY")
+                run_setup(execute, list(setup))
             stmt.set_sql_query(query)
             stream, _ = stmt.execute_query()
             with pa.RecordBatchReader._import_from_c(stream.address) as reader:
@@ -79,8 +88,11 @@ class AdbcParquet:
 
 def build(source: Source, fmt: Format, columns: Sequence[Column]) -> AdbcParquet | None:
     """ADBC for a PostgreSQL table or query (psycopg) to Parquet, for column kinds whose
-    Arrow types ADBC reads exactly."""
+    Arrow types ADBC reads exactly; not for a dataset with `max_connections`, whose
+    connections are all in its engine's pool (the generic path writes the same file)."""
     table = sql_table(source, "postgresql", "psycopg")
     if table is None or not isinstance(fmt, ParquetFormat) or not adbc_supports(columns):
+        return None
+    if table.dataset.options.get("max_connections"):  # ADBC connects outside the counted pool
         return None
     return AdbcParquet(table, columns)

@@ -19,7 +19,7 @@ from exportd.formats.splitting import PartOutput
 from exportd.formats.text import CsvFormat, CsvOptions
 from exportd.outages import source_error
 from exportd.sources import Selection, Source
-from exportd.sources.sql import SqlSource
+from exportd.sources.sql import SqlSource, read_setup, run_setup
 
 COPY_CHUNK = 1 << 20
 
@@ -130,6 +130,8 @@ class PgCopyCsv:
             conn: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
             conn.rollback()
             with conn.cursor() as cur:  # one read-only transaction, rolled back at the end
+                # the task's snapshot and the statement timeout, before any query
+                run_setup(cur.execute, read_setup("postgresql", sel, self.source.dataset))
                 cur.execute("SET TRANSACTION READ ONLY")
                 cur.execute("SELECT set_config('TimeZone', %s, true)", [self.opts.times.zone_name])
                 cur.execute("SET LOCAL extra_float_digits = 1")

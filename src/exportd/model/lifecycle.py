@@ -40,6 +40,7 @@ PARTITION_MOVES: frozenset[tuple[P, P]] = frozenset(
         (P.RUNNING, P.PENDING),  # retry after an error, or reclaim after an expired lease
         (P.RUNNING, P.FAILED),  # out of attempts
         (P.RUNNING, P.CANCELED),  # observed cancellation and stopped
+        (P.DONE, P.PENDING),  # its snapshot was lost: read again under a fresh one
     }
 )
 

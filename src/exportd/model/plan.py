@@ -38,6 +38,13 @@ class DocumentMode(enum.StrEnum):
     DISCOVER = "discover"  # flattened to a header found by a header pass (flat formats)
 
 
+class Consistency(enum.StrEnum):
+    """Which moment(s) an export's rows are of (docs/consistency.md)."""
+
+    SNAPSHOT = "snapshot"  # one moment for every partition (PostgreSQL's exported snapshot)
+    PER_PARTITION = "per_partition"  # each partition at the moment it reads
+
+
 class NotifyTargets(BaseModel):
     """Whom to tell at the end (the request's `notify` over the project's defaults)."""
 
@@ -121,6 +128,9 @@ class ExportPlan(BaseModel):
     output: OutputSpec
     notify: NotifyTargets = NotifyTargets()
     fingerprint: str  # of the request as given: an Idempotency-Key reused with another -> 409
+    # asked for (None: the default, `snapshot` where the database can share one); what was
+    # delivered is the task's `consistency` record
+    consistency: Consistency | None = None
     samples: SamplesSpec | None = None  # a samples export (kind SAMPLES)
     imports: ImportSpec | None = None  # an import's source, reading and loading (kind IMPORT)
 

@@ -143,6 +143,13 @@ class Task:
     created_by: str | None = None  # id of the token that created it ("admin": the administrator)
     created_by_name: str | None = None  # that token's name
     kind: TaskKind = TaskKind.EXPORT
+    # consistency (docs/consistency.md): the snapshot every partition imports now (None:
+    # each reads at its own moment), its generation (one more at every fresh snapshot),
+    # what was delivered ({"requested", "delivered", "reason", "snapshot": {...}, ...})
+    snapshot_id: str | None = None
+    snapshot_gen: int = 0
+    consistency: dict[str, Any] | None = None
+    waiting_for_source: bool = False  # a claim skipped it: its dataset's connections are taken
     # an import's rejected rows (line, column, reason; the first ones, in file order)
     failed_items: list[dict[str, Any]] | None = None
     partitions: list[Partition] = field(default_factory=list)

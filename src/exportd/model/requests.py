@@ -158,6 +158,12 @@ class ExportRequest(BaseModel):
         description="documents flattened to columns (CSV): arrays as indexed columns "
         "(`tags.0`, `tags.1`) or as one cell of JSON text (default json)",
     )
+    consistency: Literal["snapshot", "per_partition"] | None = Field(
+        default=None,
+        description="snapshot: every partition reads one moment of the database (PostgreSQL; "
+        "the default where the database can share a snapshot); per_partition: each "
+        "partition reads at its own moment. The status says what was delivered",
+    )
     sample_export: SampleExport | None = Field(
         default=None,
         description="a samples dataset's export, in seed 003's terms: export_type, "
@@ -171,7 +177,8 @@ CONNECTION_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 
 class DatasetRequest(BaseModel):
-    """A dataset registration. `sql`: connection + table or query + key. `documents`:
+    """A dataset registration. `sql`: connection + table or query (+ key: optional for a
+    table, split by pages or rowid without it). `documents`:
     connection + table or query + key + document (a JSON/JSONB column), or path (JSON
     Lines files). `files`: path (CSV, JSON Lines or Parquet files; file_format when the
     extension does not say). `url` instead of `connection`: the server administrator only."""
@@ -205,6 +212,20 @@ class DatasetRequest(BaseModel):
         description="files on the server (absolute path or glob, under a source directory)",
     )
     file_format: Literal["csv", "jsonl", "parquet"] | None = Field(default=None)
+    max_connections: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="database datasets: most connections its exports hold on the source at "
+        "once, across every worker and host (a snapshot's holder counts)",
+    )
+    statement_timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="database datasets: a partition's read is stopped by the source after "
+        "this long (PostgreSQL statement_timeout, MariaDB max_statement_time)",
+    )
     writable: bool = Field(
         default=False,
         description="sql table: imports may write into it (the server administrator only)",

@@ -16,6 +16,7 @@ class Selection:
 
     columns: list[str]
     filter: list[dict[str, dict[str, Any]]]
+    snapshot: str | None = None  # the task's exported snapshot, which every read imports
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from exportd.sources.policy import probe
 from exportd.sources.sql import SqlEngines, check_query, describe_sql
 
 DOCUMENT_DIALECTS = ("postgresql", "sqlite")
+_PROTECTION = ("max_connections", "statement_timeout_seconds")
 
 
 @dataclass(frozen=True)
@@ -88,12 +89,15 @@ def _sql_fields(
         raise BadRequest("give exactly one of table or query", "INVALID_DATASET")
     if req.query:
         check_query(req.query)
-    if not req.key:
-        raise BadRequest("key (the partitioning column) is required", "INVALID_KEY")
-    engine = engines.get(target.url)
+    if not req.key and (req.kind is DatasetKind.DOCUMENTS or not req.table):
+        raise BadRequest(
+            "key (the partitioning column) is required for a query or documents",
+            "INVALID_KEY",
+        )
+    engine = engines.get(target.url, req.max_connections)  # the pool its exports will use
     probe(engine)  # unreachable: the one generic answer; the store: refused
     fields = describe_sql(engine, req.table, req.query)
-    if req.key not in {f["name"] for f in fields}:
+    if req.key and req.key not in {f["name"] for f in fields}:
         raise BadRequest(f"key column {req.key!r} is not a field of the dataset", "INVALID_KEY")
     return fields
 
@@ -101,8 +105,8 @@ def _sql_fields(
 def _sql(req: DatasetRequest, target: SourceTarget, engines: SqlEngines) -> DatasetSpec:
     _refuse(req, ("path", "file_format", "document"), "for a sql dataset")
     fields = _sql_fields(req, target, engines)
-    assert req.key
-    return DatasetSpec(target.stored_url, req.table, req.query, req.key, fields, target.options)
+    options = {**target.options, **_protection(req)}
+    return DatasetSpec(target.stored_url, req.table, req.query, req.key or "", fields, options)
 
 
 def _sql_documents(req: DatasetRequest, target: SourceTarget, engines: SqlEngines) -> DatasetSpec:
@@ -125,12 +129,21 @@ def _sql_documents(req: DatasetRequest, target: SourceTarget, engines: SqlEngine
             "INVALID_DATASET",
         )
     kept = [by_name[req.key], by_name[req.document]]
-    options = {"document": req.document, **target.options}
+    options = {"document": req.document, **target.options, **_protection(req)}
     return DatasetSpec(target.stored_url, req.table, req.query, req.key, kept, options)
 
 
+def _protection(req: DatasetRequest) -> dict[str, Any]:
+    """The source's protection (docs/consistency.md): connections and statement time."""
+    given = {
+        "max_connections": req.max_connections,
+        "statement_timeout_seconds": req.statement_timeout_seconds,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def _jsonl_documents(req: DatasetRequest, roots: list[Path], engines: SqlEngines) -> DatasetSpec:
-    _refuse(req, ("url", "table", "query", "key", "document"), "with path")
+    _refuse(req, ("url", "table", "query", "key", "document", *_PROTECTION), "with path")
     if req.file_format not in (None, "jsonl"):
         raise BadRequest("documents files must be JSON Lines", "INVALID_DATASET")
     assert req.path is not None
@@ -147,7 +160,7 @@ def _named(req: DatasetRequest) -> dict[str, Any]:
 def _files(req: DatasetRequest, roots: list[Path], engines: SqlEngines) -> DatasetSpec:
     from exportd.sources.files import describe_files, file_format_of  # 50 MB: on demand
 
-    _refuse(req, ("url", "table", "query", "key", "document"), "for a files dataset")
+    _refuse(req, ("url", "table", "query", "key", "document", *_PROTECTION), "for a files dataset")
     if req.path is None:
         raise BadRequest("path is required for a files dataset", "INVALID_DATASET")
     file_format = file_format_of(req.path, req.file_format)

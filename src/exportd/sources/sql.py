@@ -1,5 +1,8 @@
 """SQL datasets through SQLAlchemy: any table or read-only query of SQLite, PostgreSQL or
-MariaDB, partitioned by ranges of a key column, streamed with server-side cursors."""
+MariaDB, partitioned by ranges of a key column (a table without one: PostgreSQL by ctid
+page ranges, SQLite by rowid), streamed with server-side cursors. A partition reads in
+one transaction: under the task's exported snapshot where it has one, with the dataset's
+statement timeout (docs/consistency.md)."""
 
 from __future__ import annotations
 
@@ -14,9 +17,9 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 
-from exportd.errors import BadRequest, first_line
+from exportd.errors import BadRequest, SourceError, first_line
 from exportd.model import Dataset
-from exportd.outages import source_error
+from exportd.outages import source_error, unreachable
 from exportd.sources import Estimate, Selection
 from exportd.sources.filters import COERCE, compile_filter
 from exportd.sources.policy import SourcePolicy
@@ -31,18 +34,20 @@ class SqlEngines:
     every connection when it is opened (sources/policy.py)."""
 
     def __init__(self, policy: SourcePolicy | None = None) -> None:
-        self._engines: dict[str, sa.Engine] = {}
+        self._engines: dict[tuple[str, int | None], sa.Engine] = {}
         self._lock = threading.Lock()
         self.policy = policy
 
-    def get(self, url: str) -> sa.Engine:
+    def get(self, url: str, max_connections: int | None = None) -> sa.Engine:
+        """`max_connections` (a dataset's limit): an engine of its own whose pool never
+        holds more connections than that (a snapshot's holder is one of them)."""
         if self.policy is not None:
             self.policy.check_url(url)
         with self._lock:
-            engine = self._engines.get(url)
+            engine = self._engines.get((url, max_connections))
             if engine is None:
-                engine = _create_source_engine(url, self.policy)
-                self._engines[url] = engine
+                engine = _create_source_engine(url, self.policy, max_connections)
+                self._engines[(url, max_connections)] = engine
             return engine
 
     def dispose(self) -> None:
@@ -55,7 +60,9 @@ class SqlEngines:
 CONNECT_TIMEOUT_SECONDS = 10  # a source that accepts and never answers fails like any other
 
 
-def _create_source_engine(url: str, policy: SourcePolicy | None = None) -> sa.Engine:
+def _create_source_engine(
+    url: str, policy: SourcePolicy | None = None, max_connections: int | None = None
+) -> sa.Engine:
     """An engine whose every session is read-only: a dataset's query can never write,
     whatever SQL an administrator registered."""
     try:
@@ -70,8 +77,8 @@ def _create_source_engine(url: str, policy: SourcePolicy | None = None) -> sa.En
             engine = sa.create_engine(
                 u,
                 pool_pre_ping=True,
-                pool_size=4,
-                max_overflow=8,
+                pool_size=max_connections or 4,
+                max_overflow=0 if max_connections else 8,
                 connect_args={
                     "options": "-c default_transaction_read_only=on",
                     "connect_timeout": CONNECT_TIMEOUT_SECONDS,
@@ -82,8 +89,8 @@ def _create_source_engine(url: str, policy: SourcePolicy | None = None) -> sa.En
             engine = sa.create_engine(
                 u,
                 pool_pre_ping=True,
-                pool_size=4,
-                max_overflow=8,
+                pool_size=max_connections or 4,
+                max_overflow=0 if max_connections else 8,
                 connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
                 hide_parameters=True,
             )
@@ -193,6 +200,64 @@ def check_query(query: str) -> None:
         )
 
 
+class SnapshotLost(SourceError):
+    """The task's exported snapshot can no longer be imported (its holder's transaction
+    ended: connection lost, host gone): the task's partitions are re-run under a fresh one."""
+
+    def __init__(self, error_msg: str) -> None:
+        super().__init__(error_msg, "SNAPSHOT_LOST")
+
+
+def read_setup(dialect: str, sel: Selection, dataset: Dataset) -> list[str]:
+    """The statements that open a partition's read transaction, before its first query:
+    the task's snapshot (PostgreSQL: REPEATABLE READ importing it) and the dataset's
+    statement timeout. Shared by the generic path and the fast paths."""
+    out: list[str] = []
+    timeout = dataset.options.get("statement_timeout_seconds")
+    if dialect == "postgresql":
+        if sel.snapshot:
+            out.append("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            out.append(f"SET TRANSACTION SNAPSHOT '{_snapshot_literal(sel.snapshot)}'")
+        if timeout:
+            out.append(f"SET LOCAL statement_timeout = {int(timeout) * 1000}")
+    elif dialect == "mariadb":  # a session setting: always set (0: none), the pool reuses it
+        out.append(f"SET SESSION max_statement_time = {int(timeout or 0)}")
+    elif dialect == "mysql":
+        out.append(f"SET SESSION max_execution_time = {int(timeout or 0) * 1000}")
+    return out
+
+
+def setup_dialect(engine: sa.Engine) -> str:
+    """The dialect `read_setup` speaks: MariaDB apart from MySQL (known once connected)."""
+    if getattr(engine.dialect, "is_mariadb", False):
+        return "mariadb"
+    return str(engine.dialect.name)
+
+
+_SNAPSHOT_ID = re.compile(r"^[0-9A-Fa-f-]{1,100}$")
+
+
+def _snapshot_literal(snapshot: str) -> str:
+    if not _SNAPSHOT_ID.match(snapshot):  # pg_export_snapshot()'s own shape, never input
+        raise SnapshotLost("the task's snapshot identifier is malformed")
+    return snapshot
+
+
+def run_setup(execute: Any, statements: list[str]) -> None:
+    """Run `read_setup`'s statements with a driver's `execute`; a snapshot that cannot be
+    imported any more raises SnapshotLost."""
+    for statement in statements:
+        if statement.startswith("SET TRANSACTION SNAPSHOT"):
+            try:
+                execute(statement)
+            except Exception as exc:
+                if unreachable(exc):
+                    raise
+                raise SnapshotLost(f"the task's snapshot is gone: {first_line(exc)}") from None
+        else:
+            execute(statement)
+
+
 def _db_error_text(exc: sa_exc.DBAPIError) -> str:
     """The database's own message, first line only, without the statement or parameters."""
     return first_line(exc.orig) if exc.orig is not None else type(exc).__name__
@@ -210,12 +275,34 @@ class SqlSource:
         else:
             self.from_ = sa.text(dataset.query or "").columns(*[sa.column(n) for n in names])
             self.from_ = self.from_.subquery("q")
-        self.key = self.from_.c[dataset.key]
+        # how the rows are split: a declared key first; a table without one by its
+        # physical place (PostgreSQL ctid pages, SQLite rowid); else one partition
+        dialect = engine.dialect.name
+        self.split = "key" if dataset.key else "none"
+        if not dataset.key and dataset.table and dialect == "postgresql":
+            self.split = "ctid"
+        elif not dataset.key and dataset.table and dialect == "sqlite":
+            self.split = "rowid"
+        if self.split == "key":
+            self.key: Any = self.from_.c[dataset.key]
+        elif self.split == "rowid":
+            self.key = sa.literal_column("rowid")
+        else:
+            self.key = None
 
     def _where(self, sel: Selection) -> Any:
         return compile_filter(sel.filter, lambda f: self.from_.c[f])
 
     def _range(self, bounds: dict[str, Any]) -> Any:
+        if "pages" in bounds:  # [lo, hi) pages of the heap; hi None: to the end
+            lo, hi = bounds["pages"]
+            ctid: Any = sa.literal_column("ctid")
+            cond = [ctid >= sa.text(f"'({int(lo)},0)'::tid")] if lo else []
+            if hi is not None:
+                cond.append(ctid < sa.text(f"'({int(hi)},0)'::tid"))
+            return sa.and_(*cond) if cond else sa.true()
+        if self.key is None:
+            return sa.true()
         coerce = COERCE.get(bounds.get("kind", "unknown"), lambda v: v)
         cond = []
         if bounds.get("lo") is not None:
@@ -235,14 +322,16 @@ class SqlSource:
     ) -> sa.Select[Any]:
         """One partition's rows in key order: the selection, or `exprs` over its columns."""
         base = self._select(sel) if exprs is None else sa.select(*exprs).select_from(self.from_)
-        return base.where(self._range(bounds), self._where(sel)).order_by(self.key)
+        stmt = base.where(self._range(bounds), self._where(sel))
+        return stmt if self.key is None else stmt.order_by(self.key)  # ctid: heap order
 
     def estimate(self, sel: Selection) -> Estimate:
         stmt = sa.select(sa.func.count()).select_from(self.from_).where(self._where(sel))
         try:
             with self.engine.connect() as conn:
                 if self.engine.dialect.name == "postgresql":
-                    plan = self._explain_rows(conn, sa.select(self.key).where(self._where(sel)))
+                    probe: Any = sa.select(sa.literal_column("1")).select_from(self.from_)
+                    plan = self._explain_rows(conn, probe.where(self._where(sel)))
                     if plan is not None:
                         return Estimate(plan, True)
                 if not sel.filter and self._key_is_rowid(conn):
@@ -267,6 +356,8 @@ class SqlSource:
         table = self.dataset.table
         if self.engine.dialect.name != "sqlite" or not table or "." in table:
             return False
+        if self.split == "rowid":
+            return True
         info = conn.exec_driver_sql("SELECT name, type, pk FROM pragma_table_info(?)", (table,))
         pks = [(name, (typ or "").upper()) for name, typ, pk in info if pk]
         return pks == [(self.dataset.key, "INTEGER")]
@@ -287,7 +378,11 @@ class SqlSource:
             return None
 
     def plan(self, sel: Selection, parallelism: int) -> list[dict[str, Any]]:
-        kind = self.kinds.get(self.dataset.key, "unknown")
+        if self.split == "ctid":
+            return self._page_ranges(parallelism)
+        if self.split == "none":
+            return [{"lo": None, "hi": None, "nulls": True, "kind": "unknown"}]
+        kind = "int" if self.split == "rowid" else self.kinds.get(self.dataset.key, "unknown")
         try:
             with self.engine.connect() as conn:
                 lo, hi = self._key_bounds(conn)
@@ -296,7 +391,8 @@ class SqlSource:
                 if isinstance(lo, (int, float)) and not isinstance(lo, bool):
                     cuts = _even_cuts(lo, hi, parallelism)
                 else:
-                    cuts = self._quantile_cuts(conn, parallelism)
+                    sampled = self._sampled_cuts(conn, parallelism)
+                    cuts = self._quantile_cuts(conn, parallelism) if sampled is None else sampled
                 nulls = self._key_may_be_null(conn)
         except sa_exc.DBAPIError as exc:
             raise source_error(exc, "SOURCE_QUERY_FAILED") from None
@@ -307,6 +403,28 @@ class SqlSource:
             {"lo": edges[i], "hi": edges[i + 1], "nulls": nulls and i == last, "kind": kind}
             for i in range(len(edges) - 1)
         ]
+
+    def _page_ranges(self, parallelism: int) -> list[dict[str, Any]]:
+        """PostgreSQL, a table without a key: ranges of heap pages, as many as asked, from
+        the table's size in pages (`relpages`, or its file size when it was never
+        analyzed); the last range is open so that pages added since are read too. Each
+        range is a TID range scan (PostgreSQL 14+): no index, no sort."""
+        schema, table = _split_table(self.dataset.table or "")
+        name = f"{schema}.{table}" if schema else table
+        size = sa.text(
+            "SELECT greatest(c.relpages::bigint, pg_relation_size(c.oid) /"
+            " current_setting('block_size')::bigint) FROM pg_class c"
+            " WHERE c.oid = to_regclass(:name)"
+        )
+        try:
+            with self.engine.connect() as conn:
+                pages = int(conn.execute(size, {"name": name}).scalar() or 0)
+        except sa_exc.DBAPIError as exc:
+            raise source_error(exc, "SOURCE_QUERY_FAILED") from None
+        parts = max(1, min(parallelism, pages))
+        cuts = [pages * i // parts for i in range(1, parts)]
+        edges: list[Any] = [0, *cuts, None]
+        return [{"pages": [edges[i], edges[i + 1]]} for i in range(parts)]
 
     def _key_may_be_null(self, conn: sa.Connection) -> bool:
         """Whether the last range must also take the rows whose key is NULL. A table is
@@ -320,6 +438,43 @@ class SqlSource:
             return False
         probe = sa.select(sa.literal(1)).select_from(self.from_).where(self.key.is_(None)).limit(1)
         return conn.execute(probe).first() is not None
+
+    SAMPLE_ROWS = 20_000  # rows a sampled split reads (text, uuid, timestamp keys)
+
+    def _sampled_cuts(self, conn: sa.Connection, parallelism: int) -> list[Any] | None:
+        """PostgreSQL tables with a key that is not a number (text, uuid, timestamps):
+        the cuts at quantiles of a sample of the table's pages (`TABLESAMPLE SYSTEM`, about
+        SAMPLE_ROWS rows) instead of `parallelism` scans to OFFSETs. Any increasing cuts
+        cover every row exactly once; the sample only makes the ranges even. None: not a
+        PostgreSQL table, small enough to split exactly, or a sample without rows."""
+        if self.engine.dialect.name != "postgresql" or not self.dataset.table:
+            return None
+        schema, table = _split_table(self.dataset.table)
+        name = f"{schema}.{table}" if schema else table
+        tuples = conn.execute(
+            sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:n)"), {"n": name}
+        ).scalar()
+        if tuples is None or tuples < 5 * self.SAMPLE_ROWS:
+            return None
+        percent = min(100.0, 100.0 * self.SAMPLE_ROWS / float(tuples))
+        sample = sa.tablesample(self.from_, sa.func.system(percent), name="s")
+        key = sample.c[self.dataset.key]
+        fractions = [i / parallelism for i in range(1, parallelism)]
+        stmt = (
+            sa.select(
+                sa.func.percentile_disc(sa.literal(fractions, sa.ARRAY(sa.Float))).within_group(key)
+            )
+            .select_from(sample)
+            .where(key.is_not(None))
+        )
+        found = conn.execute(stmt).scalar()
+        if not found:
+            return None
+        cuts: list[Any] = []
+        for value in found:
+            if value is not None and (not cuts or value > cuts[-1]):
+                cuts.append(value)
+        return cuts or None
 
     def _quantile_cuts(self, conn: sa.Connection, parallelism: int) -> list[Any]:
         n = (
@@ -345,9 +500,12 @@ class SqlSource:
         self, sel: Selection, bounds: dict[str, Any], batch_size: int
     ) -> Iterator[list[tuple[Any, ...]]]:
         stmt = self.partition_select(sel, bounds)
+        dialect = self.engine.dialect.name
+        setup = read_setup(setup_dialect(self.engine), sel, self.dataset)
         try:
             with self.engine.connect() as conn, conn.begin():
-                if self.engine.dialect.name == "sqlite":
+                run_setup(conn.exec_driver_sql, setup)
+                if dialect == "sqlite":
                     yield from _sqlite_batches(conn, stmt, batch_size)
                     return
                 result = conn.execute(

@@ -14,7 +14,14 @@ from sqlalchemy import exc as sa_exc
 
 from exportd.outages import source_error
 from exportd.sources import Selection
-from exportd.sources.sql import SqlSource, _db_error_text, _jsonable
+from exportd.sources.sql import (
+    SqlSource,
+    _db_error_text,
+    _jsonable,
+    read_setup,
+    run_setup,
+    setup_dialect,
+)
 
 KEY_LABEL = "__exportd_key"
 
@@ -91,6 +98,9 @@ class KeyRanges:
     def _stream(self, stmt: sa.Select[Any], batch_size: int) -> Iterator[list[Any]]:
         try:
             with self.src.engine.connect() as conn, conn.begin():
+                # the task's snapshot and the statement timeout, as the plain read had them
+                setup = read_setup(setup_dialect(self.src.engine), self.sel, self.src.dataset)
+                run_setup(conn.exec_driver_sql, setup)
                 result = conn.execute(
                     stmt.execution_options(stream_results=True, max_row_buffer=batch_size)
                 )

@@ -19,10 +19,11 @@ from exportd.store.imports import ImportStore
 from exportd.store.janitor import JanitorStore
 from exportd.store.partitions import HeartbeatReply
 from exportd.store.rows import as_utc
+from exportd.store.snapshots import SnapshotStore
 from exportd.store.tasks import SORT_FIELDS, TaskQuery, sort_order
 
 
-class Store(JanitorStore, CatalogStore, ImportStore):
+class Store(JanitorStore, SnapshotStore, CatalogStore, ImportStore):
     """Every operation on the store, by concern in the mixins above."""
 
 

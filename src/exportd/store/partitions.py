@@ -28,6 +28,7 @@ from exportd.store.base import (
     utcnow,
 )
 from exportd.store.coordination import CoordinationStore
+from exportd.store.slots import source_slot_free
 from exportd.store.tables import partitions, tasks
 
 
@@ -119,6 +120,7 @@ class PartitionStore(CoordinationStore):
         )
         with self.write() as conn:
             found = None
+            waiting: list[str] = []
             for task_id in conn.execute(_fair_tasks(due)).scalars():
                 first = (
                     sa.select(partitions.c.idx)
@@ -127,9 +129,18 @@ class PartitionStore(CoordinationStore):
                     .limit(1)
                 )
                 idx = conn.execute(self._skip_locked(first)).scalar()
+                if idx is not None and not source_slot_free(conn, task_id, self.is_postgres):
+                    waiting.append(task_id)  # its source's connections are all taken
+                    continue
                 if idx is not None:
                     found = (task_id, idx)
                     break
+            if waiting:
+                conn.execute(
+                    sa.update(tasks)
+                    .where(tasks.c.task_id.in_(waiting), tasks.c.waiting_for_source.is_(False))
+                    .values(waiting_for_source=True, version=tasks.c.version + 1)
+                )
             if found is None:
                 return None
             task_id, idx = found
@@ -150,7 +161,7 @@ class PartitionStore(CoordinationStore):
                 )
             ).one()
             trow = conn.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).one()
-            self._touch_task(conn, task_id, now, last_claim_time=now)
+            self._touch_task(conn, task_id, now, last_claim_time=now, waiting_for_source=False)
         part = partition_from_row(prow._mapping)
         return task_from_row(trow._mapping), part, Lease(owner, token, expires, part.attempts)
 

@@ -154,6 +154,12 @@ tasks = sa.Table(
     sa.Column("coord_lapsed_at", TS, nullable=True),
     # when a partition of the task was last claimed: whose turn it is (fair claiming)
     sa.Column("last_claim_time", TS, nullable=True),
+    # consistency: the snapshot partitions import, its generation, what was delivered,
+    # and whether a claim skipped it for want of a source connection (max_connections)
+    sa.Column("snapshot_id", sa.String(200), nullable=True),
+    sa.Column("snapshot_gen", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("consistency", sa.JSON, nullable=True),
+    sa.Column("waiting_for_source", sa.Boolean, nullable=False, server_default=sa.false()),
     # an import's rejected rows (the first ones, in file order): line, column, reason
     sa.Column("failed_items", sa.JSON, nullable=True),
     sa.UniqueConstraint("project_id", "idempotency_key", name="uq_tasks_idempotency"),

@@ -9,6 +9,7 @@ from exportd.execution.export.passes import export_pass, header_pass
 from exportd.execution.export.planning import plan
 from exportd.execution.heartbeat import Heartbeat
 from exportd.execution.kinds import PartitionWork
+from exportd.execution.snapshots import under_snapshot
 from exportd.model import Lease, Partition, PartitionPhase, Task
 from exportd.runtime import Runtime
 
@@ -24,7 +25,8 @@ class ExportKind:
         finish(rt, task, lease, hb)
 
     def partition_work(self, part: Partition) -> PartitionWork:
-        return header_pass if part.phase is PartitionPhase.HEADERS else export_pass
+        return header_pass if part.phase is PartitionPhase.HEADERS else _EXPORT_PASS
 
 
+_EXPORT_PASS = under_snapshot(export_pass)  # a lost snapshot: read again under a fresh one
 KIND = ExportKind()

@@ -112,6 +112,8 @@ def manifest_body(
             for p in sorted((p for ps in by.values() for p in ps), key=lambda p: p.index)
         ],
         "request": task.request,
+        # the guarantee delivered and the snapshot's identity (docs/consistency.md)
+        "consistency": task.consistency,
     }
     return orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
 

@@ -37,6 +37,7 @@ def bisectable(source: object, exc: BaseException) -> bool:
     (not an outage: that is ridden out elsewhere)."""
     return (
         isinstance(source, SqlSource)
+        and source.key is not None  # a keyless table split by ctid pages: nothing to bisect
         and isinstance(exc, SourceError)
         and not exc.transient
         and exc.error_code == "SOURCE_QUERY_FAILED"

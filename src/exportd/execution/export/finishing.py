@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from exportd.documents.flatten import MAX_COLUMNS, merge_headers
+from exportd.execution import snapshots
 from exportd.execution.cleanup import clean_up_now
 from exportd.execution.export.assembly import assemble, manifest_body
 from exportd.execution.heartbeat import Heartbeat
@@ -62,6 +63,7 @@ def between_passes(rt: Runtime, task: Task, lease: Lease) -> None:
 
 def finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
     store, storage = rt.store, rt.storage
+    snapshots.holders(rt).release(task.task_id)  # every partition has stopped
     by = {s: [p for p in task.partitions if p.status is s] for s in PartitionStatus}
     outcome = finish_outcome(
         len(by[PartitionStatus.DONE]),

@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import TypeVar
 
 from exportd.errors import ExportdError, SourceError
+from exportd.execution import snapshots
 from exportd.model import (
     Lease,
     PartitionPhase,
@@ -41,6 +42,11 @@ def plan(rt: Runtime, task: Task, lease: Lease) -> None:
         dataset = store.get_dataset(task.project_id, task.dataset_id)
         source = rt.source(dataset)
         sel = selection_for(task, dataset)
+        # what the task delivers; a snapshot's holder opens now (docs/consistency.md)
+        if not _through_outages(
+            rt, task, lambda: snapshots.start(rt, task, dataset, source, lease.token)
+        ):
+            return  # the coordinator's lease is lost: its next holder takes over
         estimate = _through_outages(rt, task, lambda: source.estimate(sel))
         store.set_task_stage(
             task.task_id, lease.token, Stage.GETTING_TOTAL,
