@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol
 
 from exportd.execution.heartbeat import Heartbeat
-from exportd.model import Lease, Partition, Task, TaskKind
+from exportd.model import Lease, Partition, Task, TaskKind, TaskStatus
 from exportd.runtime import Runtime
+from exportd.store import utcnow
 
 if TYPE_CHECKING:
     from exportd.execution.partition import PartitionRun
@@ -39,6 +41,20 @@ class KindRunner(Protocol):
 _RUNNERS: dict[TaskKind, str] = {TaskKind.EXPORT: "exportd.execution.export:KIND"}
 _RUNNERS[TaskKind.SAMPLES] = "exportd.execution.samples:KIND"
 _RUNNERS[TaskKind.IMPORT] = "exportd.execution.imports:KIND"
+
+
+def start(rt: Runtime, task: Task, lease: Lease) -> bool:
+    """A PENDING task moves to RUNNING with its deadline (timeout_seconds from now), as
+    the first step of every kind's plan; False (the coordinator's lease given back) when
+    the move was refused. A task already running (a plan retried) just goes on."""
+    if task.status is not TaskStatus.PENDING:
+        return True
+    seconds = task.timeout_seconds
+    deadline = utcnow() + timedelta(seconds=seconds) if seconds else None
+    if rt.store.start_task(task.task_id, lease.token, deadline):
+        return True
+    rt.store.release_coordinator(task.task_id, lease.token, due=False)
+    return False
 
 
 def runner(kind: TaskKind) -> KindRunner:

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from datetime import timedelta
 from typing import TypeVar
 
 from exportd.errors import ExportdError, SourceError
-from exportd.execution import snapshots
+from exportd.execution import kinds, snapshots
 from exportd.model import (
     Lease,
     PartitionPhase,
     Stage,
     Task,
-    TaskStatus,
 )
 from exportd.model.lifecycle import (
     RETRY_CAP_SECONDS,
@@ -24,20 +22,15 @@ from exportd.model.plan import DocumentMode
 from exportd.outages import source_outage
 from exportd.retrying import backoff, ride_out
 from exportd.runtime import Runtime, selection_for
-from exportd.store import PlannedPartition, utcnow
+from exportd.store import PlannedPartition
 
 T = TypeVar("T")
 
 
 def plan(rt: Runtime, task: Task, lease: Lease) -> None:
     store = rt.store
-    if task.status is TaskStatus.PENDING:
-        deadline = (
-            utcnow() + timedelta(seconds=task.timeout_seconds) if task.timeout_seconds else None
-        )
-        if not store.start_task(task.task_id, lease.token, deadline):
-            store.release_coordinator(task.task_id, lease.token, due=False)
-            return
+    if not kinds.start(rt, task, lease):
+        return
     try:
         dataset = store.get_dataset(task.project_id, task.dataset_id)
         source = rt.source(dataset)

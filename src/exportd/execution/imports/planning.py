@@ -3,28 +3,22 @@ partitions at record boundaries (byte ranges; row groups for Parquet)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from exportd.errors import ExportdError, SourceError
+from exportd.execution import kinds
 from exportd.execution.imports.files import read_options, source_file
 from exportd.formats.readers import ReadError, plan_file
-from exportd.model import Lease, PartitionPhase, Stage, Task, TaskStatus
+from exportd.model import Lease, PartitionPhase, Stage, Task
 from exportd.runtime import Runtime
 from exportd.sources.targets import Target
-from exportd.store import PlannedPartition, utcnow
+from exportd.store import PlannedPartition
 
 
 def plan(rt: Runtime, task: Task, lease: Lease) -> None:
     store = rt.store
     spec = task.plan.imports
     assert spec is not None
-    if task.status is TaskStatus.PENDING:
-        deadline = (
-            utcnow() + timedelta(seconds=task.timeout_seconds) if task.timeout_seconds else None
-        )
-        if not store.start_task(task.task_id, lease.token, deadline):
-            store.release_coordinator(task.task_id, lease.token, due=False)
-            return
+    if not kinds.start(rt, task, lease):
+        return
     try:
         dataset = store.get_dataset(task.project_id, task.dataset_id)
         target = Target.reflect(

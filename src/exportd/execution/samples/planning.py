@@ -6,19 +6,19 @@ what was planned, whatever happens to the dataset meanwhile."""
 from __future__ import annotations
 
 import math
-from datetime import timedelta
 
 import orjson
 
 from exportd.errors import ExportdError, SourceError
-from exportd.model import Lease, PartitionPhase, Stage, Task, TaskStatus
+from exportd.execution import kinds
+from exportd.model import Lease, PartitionPhase, Stage, Task
 from exportd.model.lifecycle import RETRY_CAP_SECONDS
 from exportd.model.samples import SamplesSpec
 from exportd.retrying import backoff
 from exportd.runtime import Runtime
 from exportd.sources.samples import Placement, load, place, select
 from exportd.storage.keys import parts_prefix
-from exportd.store import PlannedPartition, utcnow
+from exportd.store import PlannedPartition
 
 MIN_PER_PARTITION = 64  # fewer samples than this are not worth another partition
 
@@ -31,13 +31,8 @@ def spec_of(task: Task) -> SamplesSpec:
 
 def plan(rt: Runtime, task: Task, lease: Lease) -> None:
     store = rt.store
-    if task.status is TaskStatus.PENDING:
-        deadline = (
-            utcnow() + timedelta(seconds=task.timeout_seconds) if task.timeout_seconds else None
-        )
-        if not store.start_task(task.task_id, lease.token, deadline):
-            store.release_coordinator(task.task_id, lease.token, due=False)
-            return
+    if not kinds.start(rt, task, lease):
+        return
     try:
         dataset = store.get_dataset(task.project_id, task.dataset_id)
         sset = load(dataset)
