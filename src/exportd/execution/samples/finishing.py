@@ -5,9 +5,7 @@ terminal move."""
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
+import shutil
 import uuid
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -20,7 +18,13 @@ import orjson
 from exportd.errors import Conflict, NotFound
 from exportd.execution.cleanup import clean_up_now
 from exportd.execution.heartbeat import Heartbeat
-from exportd.execution.samples.copying import Target, read_index, target_of
+from exportd.execution.samples.copying import (
+    Target,
+    csv_rows,
+    forget_targets,
+    read_index,
+    target_of,
+)
 from exportd.execution.samples.planning import read_selection, spec_of
 from exportd.model import (
     Dataset,
@@ -36,24 +40,34 @@ from exportd.model import (
 from exportd.model.lifecycle import Outcome
 from exportd.runtime import Runtime
 from exportd.sources.samples import MANIFEST_NAME, Placement
-from exportd.storage import Storage, is_temporary
+from exportd.storage import Piece, Storage, is_temporary
 from exportd.storage.keys import output_prefix
 from exportd.store import utcnow
 
 T = TaskStatus
+CHUNK = 1 << 20
 
 
 @dataclass
 class Tally:
-    """What the partitions did, sample by sample, in plan order."""
+    """What the partitions did, in plan order: counts, and the pieces the outputs are
+    composed of (each committed partition's fragments, by key; a failed partition's
+    samples rendered here, the only per-sample work of the end)."""
 
-    exported: list[tuple[Placement, dict[str, Any]]] = field(default_factory=list)
-    failed: list[dict[str, Any]] = field(default_factory=list)
+    done: int = 0
+    failed: int = 0
     canceled: int = 0
+    train: int = 0
+    written: int = 0
+    files: list[str] = field(default_factory=list)  # fragments of manifest file entries
+    version: list[str] = field(default_factory=list)
+    dataset: list[str] = field(default_factory=list)
+    failed_items: list[Piece] = field(default_factory=list)
+    stray: list[Placement] = field(default_factory=list)  # a failed partition's samples
 
     @property
     def total(self) -> int:
-        return len(self.exported) + len(self.failed) + self.canceled
+        return self.done + self.failed + self.canceled
 
 
 def item_outcome(
@@ -78,39 +92,52 @@ def item_outcome(
 def tally(rt: Runtime, task: Task) -> Tally:
     out = Tally()
     for p in sorted(task.partitions, key=lambda p: p.index):
-        placed = read_selection(rt, p.bounds["selection"])
         if p.status is PartitionStatus.DONE and p.part_key:
-            entries = {e["id"]: e for e in read_index(rt.storage, p.part_key)}
-            for pl in placed:
-                e = entries[pl.id]
-                if "files" in e:
-                    out.exported.append((pl, e))
-                else:
-                    out.failed.append(e)
+            s = read_index(rt.storage, p.part_key)
+            out.done += s["done"]
+            out.failed += s["failed"]
+            out.train += s["train"]
+            out.written += s["written"]
+            if s["entries"]:
+                out.files.append(s["files"])
+            if s["done"]:
+                out.version.append(s["version"])
+                out.dataset.append(s["dataset"])
+            if s["failed"]:
+                out.failed_items.append(s["failed_items"])
         elif p.status is PartitionStatus.CANCELED:
-            out.canceled += len(placed)
+            out.canceled += int(p.bounds["count"])
         else:
+            placed = read_selection(rt, p.bounds["selection"])
             code, msg = p.error_code or "PARTITION_FAILED", p.error_msg or ""
-            out.failed += [
-                {"id": pl.id, "error_code": code, "error_msg": msg[:500]} for pl in placed
-            ]
+            out.failed += len(placed)
+            if placed:
+                out.failed_items.append(
+                    b",\n    ".join(
+                        b"    " * (i == 0)
+                        + orjson.dumps({"id": pl.id, "error_code": code, "error_msg": msg[:500]})
+                        for i, pl in enumerate(placed)
+                    )
+                )
+            if p.attempts:
+                out.stray += placed
     return out
 
 
 def finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
     store = rt.store
     t = tally(rt, task)
-    outcome = item_outcome(
-        len(t.exported), len(t.failed), t.canceled, task.allow_partial, task.max_error_rate
-    )
-    done = len(t.exported)
+    outcome = item_outcome(t.done, t.failed, t.canceled, task.allow_partial, task.max_error_rate)
+    done = t.done
     if outcome.status is T.FAILED:
-        if store.finish_task(task.task_id, lease.token, outcome, [], None, done, len(t.failed), 0):
+        if store.finish_task(task.task_id, lease.token, outcome, [], None, done, t.failed, 0):
             clean_up_now(rt, task, lease, generated=False)
         return
     target = target_of(rt, task)
     if any(p.attempts > 1 or p.lost_count for p in task.partitions):
         _sweep_temporaries(target)
+    for pl in t.stray:  # a failed partition's samples: what its attempts wrote goes
+        forget_targets(target, pl)
     hb.check()
     store.set_task_stage(task.task_id, lease.token, Stage.WRITING_MANIFEST)
     new = None
@@ -125,9 +152,8 @@ def finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
     expires = utcnow() + timedelta(seconds=task.expires_in)
     records = _write_manifests(rt, task, outcome, t, expires)
     hb.check()
-    written = sum(f["bytes"] for _, e in t.exported for f in e["files"])
     ok = store.finish_task(
-        task.task_id, lease.token, outcome, records, expires, done, len(t.failed), written
+        task.task_id, lease.token, outcome, records, expires, done, t.failed, t.written
     )
     if ok:
         clean_up_now(rt, task, lease, generated=True)
@@ -157,72 +183,41 @@ def _sweep_temporaries(target: Target) -> None:
 # ---- manifests ----------------------------------------------------------------------------------
 
 
-def _exported_sample(pl: Placement) -> dict[str, Any]:
-    """The sample as exported, its source now its (first) file in the export."""
-    return {**pl.sample, "source": pl.targets[0]}
-
-
-def version_jsonl(t: Tally) -> bytes:
-    return b"".join(orjson.dumps(_exported_sample(pl)) + b"\n" for pl, _ in t.exported)
-
-
-CSV_COLUMNS = (
-    "id",
-    "file",
-    "subset",
-    "labels",
-    "label_types",
-    "state",
-    "labeler",
-    "hard",
-    "sample_time",
-    "metadata",
-)
-
-
-def version_csv(t: Tally) -> bytes:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
-    for pl, _ in t.exported:
-        s = pl.sample
-        labels = s.get("labels") or []
-        w.writerow(
-            [
-                pl.id,
-                pl.targets[0],
-                pl.subset,
-                ";".join(lb["name"] for lb in labels),
-                ";".join(str(lb.get("type", 0)) for lb in labels),
-                s.get("state") or "",
-                s.get("labeler") or "",
-                int(bool(s.get("hard"))),
-                s.get("sample_time") or "",
-                orjson.dumps(s["metadata"]).decode() if s.get("metadata") else "",
-            ]
-        )
-    return buf.getvalue().encode()
-
-
 def split_summary(task: Task, t: Tally) -> dict[str, Any] | None:
     spec = spec_of(task)
     if not spec.ratio_sample_usage:
         return None
-    train = sum(1 for pl, _ in t.exported if pl.subset == "train")
     return {
         "train_sample_ratio": spec.train_sample_ratio,
         "seed": spec.split_seed,
-        "train": train,
-        "eval": len(t.exported) - train,
+        "train": t.train,
+        "eval": t.done - t.train,
         "folders": ["train/", "eval/"],
     }
 
 
-def manifest_body(
+def _joined(pieces: list[Piece]) -> list[Piece]:
+    """Fragments of a JSON array's items, each line-separated, joined by commas."""
+    out: list[Piece] = []
+    for i, piece in enumerate(pieces):
+        if i:
+            out.append(b",\n")
+        out.append(piece)
+    return out
+
+
+def _field(name: str, value: Any) -> bytes:
+    return b'  "' + name.encode() + b'": ' + orjson.dumps(value)
+
+
+def manifest_pieces(
     task: Task, outcome: Outcome, t: Tally, expires: datetime, version: FileRecord
-) -> bytes:
+) -> list[Piece]:
+    """manifest.json as pieces: its fields rendered here, its `files` and `failed`
+    arrays the partitions' fragments (composed by the storage, never read into
+    this process)."""
     spec = spec_of(task)
-    body = {
+    head = {
         "task_id": task.task_id,
         "project_id": task.project_id,
         "dataset_id": task.dataset_id,
@@ -239,25 +234,14 @@ def manifest_body(
         "completed_at": datetime.now(UTC).isoformat(),
         "expires_at": expires.isoformat(),
         "total_samples": t.total,
-        "exported_samples": len(t.exported),
-        "failed_samples": len(t.failed),
+        "exported_samples": t.done,
+        "failed_samples": t.failed,
         "success_rate": round(outcome.success_rate, 2),
         "clear_hard_property": spec.clear_hard_property,
         "split": split_summary(task, t),
         "version_file": {"name": version.name, "bytes": version.bytes, "sha256": version.sha256},
-        "files": [
-            {
-                "name": f["path"],
-                "bytes": f["bytes"],
-                "sha256": f["sha256"],
-                "sample_id": pl.id,
-                "subset": pl.subset,
-                **({"label_file": True} if f.get("label") else {}),
-            }
-            for pl, e in t.exported
-            for f in e["files"]
-        ],
-        "failed": t.failed,
+    }
+    tail = {
         "partitions": [
             {
                 "index": p.index,
@@ -270,41 +254,40 @@ def manifest_body(
         ],
         "request": task.request,
     }
-    return orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
+    opening = b"{\n" + b",\n".join(_field(k, v) for k, v in head.items())
+    closing = b",\n".join(_field(k, v) for k, v in tail.items()) + b"\n}\n"
+    return [
+        opening + b',\n  "files": [\n',
+        *_joined(list(t.files)),
+        b'\n  ],\n  "failed": [\n',
+        *_joined(t.failed_items),
+        b"\n  ],\n" + closing,
+    ]
 
 
 def _put(
-    storage: Storage, task: Task, key: str, name: str, body: bytes, media: str, kind: str
+    storage: Storage, task: Task, key: str, name: str, pieces: list[Piece], media: str, kind: str
 ) -> FileRecord:
-    with storage.open_write(key) as out:
-        out.write(body)
-    return FileRecord(
-        task.task_id, name, key, 0, len(body), hashlib.sha256(body).hexdigest(), media, kind=kind
-    )
+    made = storage.compose(key, pieces)
+    return FileRecord(task.task_id, name, key, 0, made.bytes, made.sha256, media, kind=kind)
 
 
 def _write_manifests(
     rt: Runtime, task: Task, outcome: Outcome, t: Tally, expires: datetime
 ) -> list[FileRecord]:
     """The version file (the exported samples, JSON Lines or CSV) and manifest.json, in
-    the task's folder of the storage."""
+    the task's folder of the storage, composed of the partitions' fragments."""
     spec = spec_of(task)
     folder = output_prefix(task)
     csv_ = spec.version_format == "CSV"
-    body = version_csv(t) if csv_ else version_jsonl(t)
+    pieces: list[Piece] = [csv_rows([], header=True), *t.version] if csv_ else [*t.version]
     media = "text/csv" if csv_ else "application/x-ndjson"
-    version = _put(rt.storage, task, folder + task.file_name, task.file_name, body, media, "data")
-    version.rows = len(t.exported)
-    manifest = manifest_body(task, outcome, t, expires, version)
+    version = _put(rt.storage, task, folder + task.file_name, task.file_name, pieces, media, "data")
+    version.rows = t.done
     mrec = _put(
-        rt.storage,
-        task,
-        folder + "manifest.json",
-        "manifest.json",
-        manifest,
-        "application/json",
-        "manifest",
-    )
+        rt.storage, task, folder + "manifest.json", "manifest.json",
+        manifest_pieces(task, outcome, t, expires, version), "application/json", "manifest",
+    )  # fmt: skip
     return [version, mrec]
 
 
@@ -315,7 +298,9 @@ def _register_new_dataset(rt: Runtime, task: Task, target: Target, t: Tally) -> 
     spec = spec_of(task)
     assert spec.new_dataset_name and spec.new_dataset_path and spec.new_dataset_root
     with target.storage.open_write(MANIFEST_NAME) as out:
-        out.write(version_jsonl(t))
+        for key in t.dataset:  # the exported samples, as JSON Lines
+            with rt.storage.open_read(key) as fh:
+                shutil.copyfileobj(fh, out, CHUNK)
     ds = Dataset(
         dataset_id="ds_" + uuid.uuid4().hex[:16],
         project_id=task.project_id,
@@ -325,9 +310,7 @@ def _register_new_dataset(rt: Runtime, task: Task, target: Target, t: Tally) -> 
         table=None,
         query=None,
         key="",
-        fields=[
-            {"name": "samples", "type": "samples", "kind": "samples", "count": len(t.exported)}
-        ],
+        fields=[{"name": "samples", "type": "samples", "kind": "samples", "count": t.done}],
         options={
             "path": str(Path(spec.new_dataset_path) / MANIFEST_NAME),
             "root": spec.new_dataset_root,
