@@ -399,3 +399,31 @@ def test_cancel_mid_copy_leaves_nothing(src: Any, live_server: Any) -> None:
         "acme", task["task_id"], timeout=30,
         until=lambda _t: not [p for p in root.rglob("*") if p.is_file() and task["task_id"] in str(p)],
     )  # fmt: skip
+
+
+def test_rows_written_counts_the_samples_copied(src: Any, live_server: Any) -> None:
+    """`exportd_rows_written` (and `_bytes_written`) grow by the samples a samples export
+    copied and their bytes, a failed sample not counted; counters are the test process's
+    (other tests' servers add to them): deltas."""
+    from tests.integration.test_operations import scrape, total
+
+    directory, records = src
+    server = live_server(workers=2, source_dirs=[str(directory)])
+    api = setup(server, directory)
+    (directory / records[3]["source"]).unlink()  # one failed item
+    url = f"{server.url}/metrics"
+    before = scrape(url, server.admin_token)
+    done = run(api, "labelled", export_type=2, export_format=1, parallelism=3, allow_partial=True)
+    after = scrape(url, server.admin_token)
+    assert done["status"] == "COMPLETED_WITH_ERRORS", done
+    assert done["finished_count"] == N - 1 and done["failed_count"] == 1
+
+    def delta(name: str) -> float:
+        return total(after, name) - total(before, name)
+
+    body = manifest(api, done)
+    assert (
+        delta("exportd_rows_written_total") == N - 1 == len({f["sample_id"] for f in body["files"]})
+    )
+    assert delta("exportd_bytes_written_total") == sum(f["bytes"] for f in body["files"])
+    assert delta("exportd_partitions_committed_total") == 3
