@@ -403,8 +403,8 @@ def test_cancel_mid_copy_leaves_nothing(src: Any, live_server: Any) -> None:
 
 def test_rows_written_counts_the_samples_copied(src: Any, live_server: Any) -> None:
     """`exportd_rows_written` (and `_bytes_written`) grow by the samples a samples export
-    copied and their bytes, a failed sample not counted; counters are the test process's
-    (other tests' servers add to them): deltas."""
+    copied and their bytes, a failed sample not counted (it is a failed item of the
+    status); counters are the test process's (other tests' servers add to them): deltas."""
     from tests.integration.test_operations import scrape, total
 
     directory, records = src
@@ -417,6 +417,9 @@ def test_rows_written_counts_the_samples_copied(src: Any, live_server: Any) -> N
     after = scrape(url, server.admin_token)
     assert done["status"] == "COMPLETED_WITH_ERRORS", done
     assert done["finished_count"] == N - 1 and done["failed_count"] == 1
+    # the failed sample is an item of the native status, by its id (as in the manifest)
+    [item] = done["failed_items"]
+    assert item["key"] == records[3]["id"] and item["error_code"] == "SOURCE_FILE_UNREADABLE"
 
     def delta(name: str) -> float:
         return total(after, name) - total(before, name)

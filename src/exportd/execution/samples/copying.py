@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -165,6 +165,7 @@ def _more(target: Target, first: str, p: Placement) -> list[dict[str, Any]]:
 
 
 BATCH = 256  # samples copied between two checks of the lease, ridden out as one
+FAILED_LISTED = 1000  # failed samples of a partition named in its row (all in the manifest)
 
 
 @dataclass
@@ -186,6 +187,7 @@ class Fragments:
     written: int = 0
     entries: int = 0  # file entries rendered (a separator before each but the first)
     failures: int = 0
+    listed: list[dict[str, Any]] = field(default_factory=list)  # the first failed samples
 
     def add(self, p: Placement, files: list[dict[str, Any]]) -> None:
         self.done += 1
@@ -208,6 +210,9 @@ class Fragments:
             self.dataset.write(line)
 
     def fail(self, entry: dict[str, Any]) -> None:
+        if len(self.listed) < FAILED_LISTED:  # the status's failed_items: key, code, message
+            code, msg = entry["error_code"], entry["error_msg"]
+            self.listed.append({"key": entry["id"], "error_code": code, "error_msg": msg})
         self.errors += 1
         sep = b",\n    " if self.failures else b"    "
         self.failed.write(sep + orjson.dumps(entry))
@@ -383,10 +388,12 @@ def _commit(run: PartitionRun, folder: str, frags: Fragments) -> bool:
     committed = rt.store.commit_partition(
         task.task_id, part.index, lease.token, key, frags.done, frags.written,
         hashlib.sha256(body).hexdigest(),
+        failed_items=frags.listed or None, failed_count=frags.errors,
     )  # fmt: skip
     if committed:
         metrics.committed(frags.done, frags.written)
     else:
+        metrics.fenced()
         log.warning("%s: lease lost before commit", run.where)
     return committed
 
