@@ -1,12 +1,14 @@
 """One partition of a samples export: each planned sample's file copied to its targets
-by the storage (a kernel copy on a local disk, an upload or a server-side copy on S3),
-its label file written beside it (tile), and an index of what was written (paths,
-sizes, sha256) or why a sample failed, committed fenced by the lease.
+by the storage (on a local disk in place, read once and hashed from the same bytes; an
+upload or a server-side copy on S3), its label file written beside it (tile), in
+batches; then the target file system synced once, and the partition's fragments of the
+manifest and version file (paths, sizes, sha256; why a sample failed) with a small
+index of them committed, fenced by the lease.
 
 Targets are fixed by the plan, so an attempt run again (after a kill, a lost lease)
-writes the very same files over the first attempt's: each sample ends up in the
-result exactly once. A sample whose file is missing or unreadable is a failed item of
-the index, not a failed partition."""
+writes the very same files whole over the first attempt's: each sample ends up in the
+result exactly once. A sample whose file is missing or unreadable is a failed item (in
+the manifest, and in the partition's row for the status), not a failed partition."""
 
 from __future__ import annotations
 
