@@ -231,6 +231,4 @@ def test_a_key_spelt_with_escapes_takes_the_python_path(tmp_path: Path) -> None:
     lines = [b'{"a": %d}' % i for i in range(20)] + [b'{"\\u0061": "x"}', b'{"a": "y"}']
     (tmp_path / "d.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     data = (tmp_path / "d.jsonl").read_bytes()
-    assert arrow_csv(tmp_path, tmp_path / "d.jsonl", CsvOptions()) == python_csv(
-        data, CsvOptions()
-    )
+    assert arrow_csv(tmp_path, tmp_path / "d.jsonl", CsvOptions()) == python_csv(data, CsvOptions())
