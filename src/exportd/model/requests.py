@@ -238,7 +238,7 @@ class DatasetProtectionRequest(BaseModel):
     project's admin: the fields given are set (null removes the limit), the others kept.
     It applies to the partitions claimed afterwards."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
 
     max_connections: int | None = Field(
         default=None,
