@@ -121,6 +121,14 @@ def _copies(server: Any) -> list[str]:
     return sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
 
 
+def _no_copies_left(server: Any, keep: tuple[str, ...] = ()) -> None:
+    """The task's cleanup follows its terminal move (right after it, or a moment later)."""
+    deadline = time.monotonic() + 30
+    while [c for c in _copies(server) if c not in keep] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [c for c in _copies(server) if c not in keep] == []
+
+
 def _manifest(api: Any, task_id: str) -> dict[str, Any]:
     r = api.http.get(f"/v1/projects/p/exports/{task_id}/manifest")
     assert r.status_code == 200, r.text
@@ -146,7 +154,7 @@ def test_snapshot_reads_one_copy_every_time(accounts: Path, live_server: Any) ->
             assert c["oldest_transaction_age_seconds"] is None  # nothing held on the source
             assert _total(api, task["task_id"], fmt) == (ACCOUNTS, TOTAL), (i, name, fmt)
             assert writer.moves > moves  # the table was written while it was exported
-            assert _copies(server) == []  # deleted with the task's cleanup
+            _no_copies_left(server)  # deleted with the task's cleanup
     manifest = _manifest(api, task["task_id"])
     assert manifest["consistency"]["snapshot"] == snap
     assert manifest["consistency"]["delivered"] == "snapshot"
@@ -177,7 +185,7 @@ def test_rollback_journal_source_and_per_partition(tmp_path: Path, live_server: 
     rows, _ = _total(api, task["task_id"], "csv")  # the total is the mode's risk: not asserted
     assert rows == ACCOUNTS
     assert _manifest(api, task["task_id"])["consistency"]["delivered"] == "per_partition"
-    assert _copies(server) == []
+    _no_copies_left(server)
 
 
 def test_copy_is_gone_after_cancel(accounts: Path, live_server: Any) -> None:
@@ -195,10 +203,7 @@ def test_copy_is_gone_after_cancel(accounts: Path, live_server: Any) -> None:
     assert r.status_code in (200, 202), r.text
     done = api.wait("p", task["task_id"])
     assert done["status"] == "CANCELED", done
-    deadline = time.monotonic() + 30
-    while _copies(server) and time.monotonic() < deadline:  # the cleanup follows the move
-        time.sleep(0.1)
-    assert _copies(server) == []
+    _no_copies_left(server)
 
 
 def test_the_copy_is_never_a_source(accounts: Path, live_server: Any) -> None:
@@ -239,10 +244,7 @@ def test_sigkill_of_a_worker_mid_export(accounts: Path, live_server: Any) -> Non
     assert max(p["lost_count"] for p in done["partitions"]) >= 1
     assert done["consistency"]["delivered"] == "snapshot"
     assert _total(api, task["task_id"], "csv") == (ACCOUNTS, TOTAL)
-    deadline = time.monotonic() + 30
-    while _copies(server) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _copies(server) == []
+    _no_copies_left(server)
 
 
 def test_every_read_path_reads_the_copy(tmp_path: Path) -> None:
@@ -310,3 +312,54 @@ def test_every_read_path_reads_the_copy(tmp_path: Path) -> None:
         assert sorted(p.name for p in rt.settings.snapshot_path.iterdir()) == [name + ".sqlite"]
     finally:
         rt.close()
+
+
+def test_no_copy_possible_says_why(accounts: Path, live_server: Any, tmp_path: Path) -> None:
+    """A snapshot directory that cannot be written: by default the export delivers
+    per_partition and says why; asked for a snapshot, it fails with SNAPSHOT_COPY_FAILED."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    _, api = _setup(live_server, accounts, workers=2, max_attempts=1,
+                    snapshot_dir=str(blocker / "snapshots"))  # fmt: skip
+    task = api.export("p", dataset_id="accounts", format="csv", parallelism=4)
+    done = api.wait("p", task["task_id"])
+    assert done["status"] == "COMPLETED" and done["finished_count"] == ACCOUNTS, done
+    c = done["consistency"]
+    assert c["delivered"] == "per_partition" and "no consistent copy" in c["reason"], c
+    task = api.export("p", dataset_id="accounts", format="csv", consistency="snapshot")
+    done = api.wait("p", task["task_id"])
+    assert (done["status"], done["error_code"]) == ("FAILED", "SNAPSHOT_COPY_FAILED"), done
+
+
+def test_the_sweeper_removes_copies_no_task_reads(accounts: Path, live_server: Any) -> None:
+    """In the snapshot directory: the current copy of a running task stays; a copy of an
+    unknown task, one half written, an earlier copy of the running task and a copy of an
+    ended task go (the first three past the grace period: here, all of them are)."""
+    from datetime import UTC, datetime, timedelta
+
+    from exportd.execution.sweeper import Sweeper
+
+    server, api = _setup(live_server, accounts, workers=1, debug_pause_before_commit=2.0)
+    running = api.export("p", dataset_id="accounts", format="csv", parallelism=4)
+    seen = api.wait("p", running["task_id"], until=lambda t: t["consistency"] is not None)
+    current = seen["consistency"]["snapshot"]["copy"]
+    ended = api.export("p", dataset_id="accounts", format="csv", parallelism=1)
+    r = api.http.post(f"/v1/projects/p/exports/{ended['task_id']}/cancel")
+    assert r.status_code in (200, 202), r.text
+    assert api.wait("p", ended["task_id"])["status"] == "CANCELED"
+    directory = server.settings.snapshot_path
+    planted = [
+        f"{'e' * 32}.{'1' * 16}.sqlite",  # a task the store does not know
+        f"{'e' * 32}.{'2' * 16}.sqlite.part",  # a copy a crash cut short
+        f"{running['task_id']}.{'3' * 16}.sqlite",  # an earlier planning's copy
+        f"{ended['task_id']}.{'4' * 16}.sqlite",  # a copy of a task that has ended
+        "unrelated.txt",  # not a copy: never touched
+    ]
+    for name in planted:
+        (directory / name).write_bytes(b"x")
+    sweeper = Sweeper(server.app.state.runtime)
+    assert not api.task("p", running["task_id"])["is_terminal"]
+    assert sweeper.sweep_copies(datetime.now(UTC) + timedelta(seconds=5)) == 4
+    assert sorted(p.name for p in directory.iterdir()) == sorted([current, "unrelated.txt"])
+    assert api.wait("p", running["task_id"])["status"] == "COMPLETED"
+    _no_copies_left(server, keep=("unrelated.txt",))

@@ -30,7 +30,14 @@ from exportd.model.plan import Consistency
 from exportd.outages import source_error
 from exportd.runtime import Runtime
 from exportd.sources import Source
-from exportd.sources.sql import CopyFailed, SnapshotLost, SqlSource, copy_owner, copy_sqlite
+from exportd.sources.sql import (
+    COPY_SUFFIX,
+    CopyFailed,
+    SnapshotLost,
+    SqlSource,
+    copy_owner,
+    copy_sqlite,
+)
 
 if TYPE_CHECKING:
     from exportd.execution.heartbeat import Heartbeat
@@ -309,7 +316,7 @@ def _start_copy(
         task.task_id, token, task.snapshot_gen, identity["id"], info
     )
     if not recorded:  # the lease is lost: the next coordinator makes its own copy
-        drop_copies(rt, task.task_id)
+        (directory / f"{name}{COPY_SUFFIX}").unlink(missing_ok=True)  # this one's only
     return bool(recorded)
 
 

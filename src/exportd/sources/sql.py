@@ -206,9 +206,12 @@ def copy_sqlite(engine: sa.Engine, directory: Path, name: str) -> dict[str, Any]
     in rollback-journal mode a writer's commit waits for the copy to end (its busy
     timeout). The copy is written aside and renamed when complete, in rollback-journal
     mode (its readers need no -wal/-shm files). Returns the copy's identity."""
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / (name + COPY_SUFFIX)
     part = directory / (name + COPY_SUFFIX + COPY_PART)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CopyFailed(f"the snapshot directory cannot be made ({exc.strerror})") from None
     try:
         raw = engine.raw_connection()  # the policy's checks apply to the source
     except sa_exc.DBAPIError as exc:
