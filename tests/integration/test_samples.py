@@ -95,7 +95,14 @@ def run(api: Api, dataset: str, timeout: float = 120, **params: Any) -> dict[str
 def out_dir(server: LiveServer, task: dict[str, Any]) -> Path:
     """The task's folder in the local storage."""
     root = server.settings.data_dir / "files"
-    [found] = [p for p in root.rglob(task["task_id"]) if p.is_dir() and "parts" not in p.parts]
+    # not under parts/, which the task's cleanup may be deleting meanwhile
+    [found] = [
+        p
+        for top in root.iterdir()
+        if top.name != "parts"
+        for p in top.rglob(task["task_id"])
+        if p.is_dir()
+    ]
     return found
 
 
