@@ -46,6 +46,23 @@ def test_local_put_file_and_copy(tmp_path: Path, size: int) -> None:
         storage.put_file("x.bin", tmp_path / "missing.bin")
     with pytest.raises(ValueError):
         storage.put_file("../escape.bin", src)
+    # a file already there (an earlier attempt's, longer) is replaced whole, and a
+    # symlink at the key is replaced, never written through
+    store = tmp_path / "store"
+    (store / "a/b/c.bin").write_bytes(b"x" * (size + 100))
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"keep")
+    (store / "a/link.bin").symlink_to(outside)
+    assert storage.put_file("a/b/c.bin", src).sha256 == sha(data)
+    assert storage.put_file("a/link.bin", src).sha256 == sha(data)
+    assert (store / "a/b/c.bin").read_bytes() == data
+    assert not (store / "a/link.bin").is_symlink()
+    assert (store / "a/link.bin").read_bytes() == data and outside.read_bytes() == b"keep"
+    assert not any(is_temporary(k) for k in storage.list(""))
+    # a failed copy leaves nothing at its key
+    with pytest.raises(SourceUnreadable):
+        storage.put_file("a/dir.bin", tmp_path)  # a folder: not a file to read
+    assert not storage.exists("a/dir.bin")
 
 
 @pytest.mark.parametrize("size", [1000, 9 * 1024 * 1024])

@@ -10,6 +10,7 @@ import ctypes
 import errno
 import hashlib
 import os
+import secrets
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -129,16 +130,16 @@ class LocalStorage:
         return self._again("open", lambda: open(self._path(key), "rb"))
 
     def put_file(self, key: str, source: Path | int) -> Copied:
-        """The file copied to `key` in place (created or truncated: no temporary name,
-        no rename; what a retry writes is the whole file again), a small file in one
-        read hashed from that same buffer, a large one inside the kernel
-        (`os.copy_file_range`) and hashed from the page cache. A half-written file is
-        removed when the copy fails. Not fsynced: its writer makes the batch durable at
-        once (the samples kind syncs the file system before its partition commits,
-        docs/architecture.md). `source`: a path, or a file already open (its descriptor
-        stays the caller's). The key is checked as a string: resolving each of many
-        small files' paths would cost more than copying them. A symlink at the key is
-        replaced, never followed."""
+        """The file copied to `key`: a new file written in place (no temporary name, no
+        rename: no one reads it as complete before the copy's caller records it), a file
+        already there (an earlier attempt's) replaced whole through a temporary name; a
+        small file in one read hashed from that same buffer, a large one inside the
+        kernel (`os.copy_file_range`) and hashed from the page cache. What a failed
+        copy wrote is removed. Not fsynced: its caller makes a batch of copies durable at
+        once (`sync`; the samples kind before its partition commits). `source`: a path,
+        or a file already open (its descriptor stays the caller's). The key is checked
+        as a string: resolving each of many small files' paths would cost more than
+        copying them. A symlink at the key is replaced, never followed."""
         if isinstance(source, int):
             return self._fill(os.path.join(self.root, check_key(key)), source)
         try:
@@ -155,19 +156,23 @@ class LocalStorage:
 
     def _fill(self, path: str, src: int) -> Copied:
         with named_errors():
-            dst = _create(path)
+            dst, tmp = _create(path)
+        done = False
         try:
             with named_errors():
                 copied = _copy_hashing(src, dst)
                 os.close(dst)
                 dst = -1
+                if tmp is not None:
+                    os.replace(tmp, path)
+                done = True
             return copied
-        except BaseException:
+        finally:
             if dst >= 0:
                 os.close(dst)
-            with suppress(OSError):
-                os.unlink(path)
-            raise
+            if not done:
+                with suppress(OSError):
+                    os.unlink(path if tmp is None else tmp)
 
     def sync(self) -> None:
         """Everything written to this storage's file system so far on disk: one
@@ -337,21 +342,29 @@ class _Range:
         return self.end - self.start
 
 
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
-def _create(path: str) -> int:
-    """`path` open for writing, empty: created (its folder too, the first time) or
-    truncated; a symlink there is removed first (O_NOFOLLOW: never written through)."""
+def _create(path: str) -> tuple[int, str | None]:
+    """`path` open for writing: created new in place (its folder too, the first time),
+    no temporary name: no one can read it as complete before its writer says so. When
+    something is there already (an earlier attempt's file, whole or half; a symlink,
+    never followed: O_EXCL), a temporary beside it instead, renamed over it once
+    complete: a file that is there is only ever replaced whole. (fd, temporary or
+    None)."""
     try:
-        return os.open(path, _CREATE, 0o644)
+        return os.open(path, _CREATE, 0o644), None
     except FileNotFoundError:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
-        os.unlink(path)
-    return os.open(path, _CREATE, 0o644)
+        try:
+            return os.open(path, _CREATE, 0o644), None
+        except FileExistsError:
+            pass
+    except FileExistsError:
+        pass
+    head, name = os.path.split(path)
+    tmp = f"{head}/.{name}.{secrets.token_hex(6)}.tmp"
+    return os.open(tmp, _CREATE, 0o644), tmp
 
 
 def _syncfs(path: str) -> None:

@@ -335,7 +335,7 @@ def copy_pass(run: PartitionRun, hb: Heartbeat) -> None:
         with ExitStack() as files:
 
             def part_file(name: str) -> BinaryIO:
-                return files.enter_context(rt.storage.open_write(folder + name, durable=False))
+                return files.enter_context(rt.storage.open_write(folder + name))
 
             csv_ = spec.version_format == "CSV"
             new = spec.export_dest == "NEW_DATASET"
