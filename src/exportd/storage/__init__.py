@@ -232,9 +232,11 @@ class Storage(Protocol):
 
     def put_file(self, key: str, source: Path | int) -> Copied:
         """Copy a local file (a path, or a descriptor open for reading, left open) in
-        under `key`, hashed on the way (a kernel copy on a local disk, an upload on S3);
-        visible under `key` only once complete. A file that cannot be read raises
-        `SourceUnreadable`."""
+        under `key`, hashed on the way (read once on a local disk, an upload on S3). An
+        object already under `key` is only ever replaced whole; a new one may be seen
+        under `key` while it is written on a local disk (its caller records it as done
+        only afterwards, and makes a batch durable with the storage's `sync`). A file
+        that cannot be read raises `SourceUnreadable`, and nothing is left under `key`."""
         ...
 
     def copy(self, source_key: str, key: str) -> Copied:
