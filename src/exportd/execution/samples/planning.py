@@ -5,7 +5,10 @@ what was planned, whatever happens to the dataset meanwhile."""
 
 from __future__ import annotations
 
+import gc
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import orjson
 
@@ -23,6 +26,22 @@ from exportd.store import PlannedPartition
 MIN_PER_PARTITION = 64  # fewer samples than this are not worth another partition
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector held off while a selection is built or read: its
+    objects (a Sample, a placement and their dicts per sample, 100,000 of them) hold no
+    cycles and are freed by their reference counts, but each collection would walk all
+    of them again: about half the planning's CPU time. Process-wide and short (a
+    second or two for 100,000 samples); nested or concurrent uses leave it as it was."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def spec_of(task: Task) -> SamplesSpec:
     spec = task.plan.samples
     assert spec is not None, "a samples task without its samples plan"
@@ -35,13 +54,16 @@ def plan(rt: Runtime, task: Task, lease: Lease) -> None:
         return
     try:
         dataset = store.get_dataset(task.project_id, task.dataset_id)
-        sset = load(dataset)
-        placed = place(select(sset.samples, spec_of(task)), sset, spec_of(task))
+        with gc_paused():
+            sset = load(dataset)
+            placed = place(select(sset.samples, spec_of(task)), sset, spec_of(task))
+            del sset
         store.set_task_stage(
             task.task_id, lease.token, Stage.GETTING_TOTAL,
             total_count=len(placed), total_is_estimate=False,
         )  # fmt: skip
-        bounds = write_selection(rt, task, placed)
+        with gc_paused():
+            bounds = write_selection(rt, task, placed)
     except (SourceError, ExportdError) as exc:
         retry = isinstance(exc, SourceError) and not exc.transient
         if lease.attempt < rt.settings.max_attempts and retry:
@@ -77,5 +99,5 @@ def write_selection(rt: Runtime, task: Task, placed: list[Placement]) -> list[di
 
 
 def read_selection(rt: Runtime, key: str) -> list[Placement]:
-    with rt.storage.open_read(key) as fh:
+    with gc_paused(), rt.storage.open_read(key) as fh:
         return [Placement.from_json(orjson.loads(line)) for line in fh if line.strip()]
