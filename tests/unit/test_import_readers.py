@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from exportd.formats.readers import ReadOptions, plan_file, read_records
+from exportd.formats.readers import ReadOptions, delimited_blocks, plan_file, read_records
 from exportd.model.plan import ImportSpec
 from exportd.sources.targets import TargetColumn, ValueRules, converter
 
@@ -106,3 +106,87 @@ def test_values_that_fit() -> None:
     naive = converter(col("datetime"), ValueRules(timezone="America/New_York"))("2013-01-01T05:00")
     assert str(naive) == "2013-01-01 10:00:00"  # a naive column holds UTC
     assert ImportSpec(source_name="f", format="csv").mode.value == "append"
+
+
+def _walked(path: Path, opts: ReadOptions, bounds: dict[str, object], columns: list[str]):  # type: ignore[no-untyped-def]
+    """What the record walker gives: (line, fields, text) of the parsed records and
+    (line, error, text) of the others."""
+    good, bad = [], []
+    for r in read_records(path, opts, bounds, columns):
+        if r.fields is None:
+            bad.append((r.line, r.error, r.raw))
+        else:
+            good.append((r.line, r.fields, r.raw))
+    return good, bad
+
+
+def _blocked(path: Path, opts: ReadOptions, bounds: dict[str, object], columns: list[str],
+             block_bytes: int):  # type: ignore[no-untyped-def]  # fmt: skip
+    good, bad, how = [], [], set()
+    for b in delimited_blocks(path, opts, bounds, columns, block_bytes):  # type: ignore[arg-type]
+        how.add(b.parsed_by)
+        cols = [c.to_pylist() for c in b.columns]
+        for i, line in enumerate(b.lines.to_pylist()):
+            good.append((line, [c[i] for c in cols], b.raw(i)))
+        bad += [(r.line, r.error, r.raw) for r in b.rejected]
+    return good, sorted(bad), how
+
+
+TRICKY = [
+    "plain,1,x",
+    'quoted "inside",2,x',
+    '"a,b",3,x',
+    "crlf,4,x\r",
+    "",
+    "blank above,5,x",
+    "too,many,fields,6",
+    "few,7",
+    "caf\u00e9,8,x",
+    '"two\nlines",9,x',
+    '"broken,10,x',
+    "after broken,11,x",
+    "bad utf8 \udcff,12,x",
+    "lone\rcr,13,x",
+    '"x"y,14,x',
+    "\t spaced ,15, x ",
+]
+
+
+def tricky_file(path: Path, n: int, seed: int, sep: str = ",") -> list[str]:
+    """Plain rows with, here and there, every kind of awkward record."""
+    rnd = random.Random(seed)
+    lines = ["name,n,tag".replace(",", sep)]
+    for i in range(n):
+        if rnd.random() < 0.03:
+            lines.append(rnd.choice(TRICKY).replace(",", sep))
+        else:
+            lines.append(f"row{i}{sep}{i}{sep}t{rnd.randint(0, 9)}")
+    text = "\n".join(lines) + ("\n" if seed % 2 else "")
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    return lines
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_blocks_read_what_the_record_walker_reads(tmp_path: Path, seed: int) -> None:
+    path = tmp_path / "f.csv"
+    tricky_file(path, 3000, seed)
+    opts = ReadOptions("csv")
+    plan = plan_file(path, opts, 1 + seed % 4)
+    for bounds in plan.ranges:
+        want_good, want_bad = _walked(path, opts, bounds, plan.columns)
+        for block_bytes in (50, 997, 1 << 20):
+            good, bad, _how = _blocked(path, opts, bounds, plan.columns, block_bytes)
+            assert good == want_good, (seed, block_bytes)
+            assert bad == sorted(want_bad), (seed, block_bytes)
+
+
+def test_plain_chunks_are_read_by_arrow(tmp_path: Path) -> None:
+    path = tmp_path / "f.tsv"
+    path.write_text("a\tb\n" + "".join(f"{i}\tv{i}\n" for i in range(1000)) + '"q\n\tr"\tx\n')
+    opts = ReadOptions("tsv")
+    plan = plan_file(path, opts, 1)
+    blocks = list(delimited_blocks(path, opts, plan.ranges[0], plan.columns, 4000))
+    assert blocks[0].parsed_by == "arrow" and blocks[-1].parsed_by == "walker"
+    assert sum(b.rows for b in blocks) == 1001
+    last = blocks[-1]
+    assert last.lines.to_pylist()[-1] == 1002 and last.columns[0].to_pylist()[-1] == "q\n\tr"

@@ -9,6 +9,7 @@ the commit) finds the record and does nothing, so each valid row lands exactly o
 from __future__ import annotations
 
 import re
+import struct
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -99,6 +100,14 @@ class TargetColumn:
     scale: int | None = None
     timezone: bool = False
 
+    @property
+    def single(self) -> bool:
+        """A single-precision float column (PostgreSQL REAL, FLOAT(1..24))."""
+        name = self.type_name.upper()
+        if self.kind != "float":
+            return False
+        return name in ("REAL", "FLOAT4") or bool(re.fullmatch(r"FLOAT\((1?[0-9]|2[0-4])\)", name))
+
     def convert(self, value: Any, rules: ValueRules) -> Any:
         """The value as the column takes it; ValueError with the reason otherwise."""
         if isinstance(value, str) and value in rules.null_values:
@@ -138,6 +147,7 @@ def converter(col: TargetColumn, rules: ValueRules) -> Callable[[Any], Any]:
 
         return as_int
     if col.kind == "float" and rules.decimal_separator == ".":
+        single = col.single
 
         def as_float(v: Any) -> Any:
             if type(v) is not str:
@@ -145,9 +155,10 @@ def converter(col: TargetColumn, rules: ValueRules) -> Callable[[Any], Any]:
             if v in nulls:
                 return null()
             try:
-                return float(v) if "_" not in v else slow(v, rules)
+                f = float(v) if "_" not in v else slow(v, rules)
             except ValueError:
                 raise ValueError(f"not a number: {_show(v)}") from None
+            return _single(col, f) if single else f
 
         return as_float
     if col.kind == "datetime" and rules.datetime_format is None:
@@ -201,13 +212,24 @@ def _as_int(col: TargetColumn, v: Any, _r: ValueRules) -> int:
     return n
 
 
-def _as_float(_c: TargetColumn, v: Any, r: ValueRules) -> float:
+def _as_float(col: TargetColumn, v: Any, r: ValueRules) -> float:
     if isinstance(v, bool):
         raise ValueError(f"not a number: {_show(v)}")
     try:
-        return float(v.replace(r.decimal_separator, ".") if isinstance(v, str) else v)
+        f = float(v.replace(r.decimal_separator, ".") if isinstance(v, str) else v)
     except (TypeError, ValueError):
         raise ValueError(f"not a number: {_show(v)}") from None
+    return _single(col, f) if col.single else f
+
+
+def _single(col: TargetColumn, f: float) -> float:
+    """A REAL column: a finite value that rounds to no single-precision float is out of
+    its range (PostgreSQL would refuse the whole load)."""
+    try:
+        struct.pack("<f", f)
+    except OverflowError:
+        raise ValueError(f"{f!r} is out of range for {col.type_name}") from None
+    return f
 
 
 def _as_decimal(col: TargetColumn, v: Any, r: ValueRules) -> Decimal:

@@ -147,7 +147,7 @@ def _check_of(col: TargetColumn, rules: ValueRules) -> Check:
             rf"^[+-]?(?:[0-9]{{1,20}}(?:{sep}[0-9]{{0,20}})?|{sep}[0-9]{{1,20}})"
             r"(?:[eE][+-]?[0-9]{1,2})?$"
         )
-        return lambda a: _float(a, pattern, rules.decimal_separator)
+        return lambda a: _float(a, pattern, rules.decimal_separator, col.single)
     if col.kind == "decimal":
         if col.precision is None:
             pattern = rf"^[+-]?(?:[0-9]+(?:{sep}[0-9]*)?|{sep}[0-9]+)$"
@@ -179,11 +179,16 @@ def _int(a: pa.Array, lo: int, hi: int) -> tuple[pa.Array, pa.Array]:
     return pc.and_(good, inside), n
 
 
-def _float(a: pa.Array, pattern: str, sep: str) -> tuple[pa.Array, pa.Array]:
+def _float(a: pa.Array, pattern: str, sep: str, single: bool) -> tuple[pa.Array, pa.Array]:
     good = _matches(a, pattern)
     text = a if sep == "." else pc.replace_substring(a, sep, ".")
     # the double a Python float() of the text is: PostgreSQL gets its shortest form
-    return good, pc.cast(pc.if_else(good, text, "0"), pa.float64())
+    value = pc.cast(pc.if_else(good, text, "0"), pa.float64())
+    if single:  # within REAL's range, and not so small it would flush (Python decides)
+        size = pc.abs(value)
+        normal = pc.or_(pc.equal(size, 0), pc.greater_equal(size, 1.2e-38))
+        good = pc.and_(good, pc.and_(pc.less(size, 3.4e38), normal))
+    return good, value
 
 
 def _decimal(a: pa.Array, pattern: str, sep: str) -> tuple[pa.Array, pa.Array]:
@@ -208,14 +213,16 @@ def _parsed(a: pa.Array, fmt: str, fill: str) -> tuple[pa.Array, pa.Array]:
     """(the text parses with `fmt` and prints back as the same text, within years
     1000-9999; the time) -- the print-back rules out what strptime forgives (31 February
     rolled into March, missing zeros, spaces) and Python would judge otherwise."""
-    ts = pc.strptime(a, format=fmt, unit="us", error_is_null=True)
-    back = pc.strftime(ts, format=fmt)
+    seconds = pc.strptime(a, format=fmt, unit="s", error_is_null=True)
+    back = pc.strftime(seconds, format=fmt)  # (in seconds: %S prints no fraction)
+    ts = pc.cast(seconds, pa.timestamp("us"))
     year = pc.year(ts)
     same = pc.and_(
         pc.equal(back, a), pc.and_(pc.greater_equal(year, 1000), pc.less_equal(year, 9999))
     )
     good = pc.fill_null(same, False)
-    return good, pc.if_else(good, ts, pc.strptime(pa.array([fill]), format=fmt, unit="us")[0])
+    fallback = pc.cast(pc.strptime(pa.array([fill]), format=fmt, unit="s"), pa.timestamp("us"))
+    return good, pc.if_else(good, ts, fallback[0])
 
 
 def _date(a: pa.Array, fmt: str | None) -> tuple[pa.Array, pa.Array]:

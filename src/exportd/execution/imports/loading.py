@@ -149,6 +149,7 @@ def load_partition(run: PartitionRun, hb: Heartbeat) -> None:
                     target, [(t, p) for t, p, _ in checker.positions], checker.constants,
                     checker.rules,
                 )  # fmt: skip
+                load.fast = True
                 _load_blocks(run, hb, path, fast, checker, table, errors, load)
             else:
                 log.debug("%s: the Python path (%s)", run.where, why_not)
@@ -161,6 +162,8 @@ def load_partition(run: PartitionRun, hb: Heartbeat) -> None:
             "rejected": load.rejected,
             "errors": errors_key,
             "items": load.items,
+            "fast_path": load.fast,
+            "checked_in_python": load.by_python,
         }
         result_key = folder + "result.json"
         with rt.storage.open_write(result_key) as out:
@@ -191,6 +194,8 @@ class _Load:
     loaded: int = 0
     rejected: int = 0
     items: list[dict[str, Any]] = field(default_factory=list)
+    fast: bool = False
+    by_python: int = 0  # rows the Python checker looked at (on the fast path: the doubtful)
 
     def reject(self, out: BinaryIO, rec: Record, bad: list[dict[str, Any]]) -> None:
         self.rejected += 1
@@ -229,6 +234,7 @@ def _load_records(
     records = read_records(path, read_options(spec), run.part.bounds, list(task.columns))
     for batch in _batches(records, load.batch):
         rows = []
+        load.by_python += len(batch)
         for rec in batch:
             row, bad = checker.row(rec)
             if row is None:
@@ -263,7 +269,9 @@ def _load_blocks(
             good, slow = fast.check(cols, block.lines.slice(at, n))
             target.copy_csv(table.name, names, csv_payload(good.select(names)))
             rows = []
-            for i in pc.indices_nonzero(slow).to_pylist():
+            doubtful = pc.indices_nonzero(slow).to_pylist()
+            load.by_python += len(doubtful)
+            for i in doubtful:
                 fields = [c[i].as_py() for c in cols]
                 rec = Record(
                     int(block.lines[at + i].as_py()), block.raw(at + i), None, None, fields
