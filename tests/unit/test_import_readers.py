@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from exportd.formats.readers import ReadOptions, delimited_blocks, plan_file, read_records
+from exportd.formats.readers import (
+    ReadOptions,
+    delimited_blocks,
+    delimited_records,
+    plan_file,
+    read_records,
+)
 from exportd.model.plan import ImportSpec
 from exportd.sources.targets import TargetColumn, ValueRules, converter
 
@@ -190,3 +196,36 @@ def test_plain_chunks_are_read_by_arrow(tmp_path: Path) -> None:
     assert sum(b.rows for b in blocks) == 1001
     last = blocks[-1]
     assert last.lines.to_pylist()[-1] == 1002 and last.columns[0].to_pylist()[-1] == "q\n\tr"
+
+
+def _walker_plan(path: Path, opts: ReadOptions, parts: int) -> tuple[list[tuple[int, int]], int]:
+    """The split as the record walker alone makes it (planning's rule: a cut at the first
+    record at least a step past the previous cut)."""
+    text = path.read_bytes()
+    start = text.index(b"\n") + 1
+    step = max((len(text) - start) // parts, 1)
+    cuts, records, pos = [(start, 2)], 0, start
+    lines = []
+    for ln in text[start:].split(b"\n"):
+        lines.append((pos, ln + b"\n"))
+        pos += len(ln) + 1
+    if lines and lines[-1][1] == b"\n":
+        lines.pop()
+    for offset, line_no, _t, _f in delimited_records(lines, 2, opts, 3):
+        if offset >= cuts[-1][0] + step and len(cuts) < parts:
+            cuts.append((offset, line_no))
+        records += 1
+    return cuts, records
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_chunked_planning_cuts_where_the_walker_cuts(tmp_path: Path, seed: int) -> None:
+    path = tmp_path / "f.csv"
+    tricky_file(path, 2000, seed)
+    opts = ReadOptions("csv")
+    for parts in (1, 3, 7):
+        want = _walker_plan(path, opts, parts)
+        for block_bytes in (64, 1001, 1 << 22):
+            plan = plan_file(path, opts, parts, block_bytes)
+            got = [(r["start"], r["first_line"]) for r in plan.ranges]
+            assert (got, plan.records) == want, (seed, parts, block_bytes)

@@ -229,7 +229,9 @@ def _header(path: Path, opts: ReadOptions) -> tuple[list[str], int, int]:
     return fields, len(first), 2
 
 
-def plan_file(path: Path, opts: ReadOptions, parts: int) -> FilePlan:
+def plan_file(
+    path: Path, opts: ReadOptions, parts: int, block_bytes: int | None = None
+) -> FilePlan:
     """Split a file into at most `parts` ranges that start on record boundaries, and
     count its records (stage 10)."""
     if opts.format == "parquet":
@@ -247,16 +249,73 @@ def plan_file(path: Path, opts: ReadOptions, parts: int) -> FilePlan:
     with path.open("rb") as f:
         f.seek(start)
         width = len(columns) if opts.delimited else None
-        for offset, line_no, _text, _fields in _records_of(
-            _lines(f, start, None), first_line, opts, width
-        ):
-            if offset >= cuts[-1]["start"] + step and len(cuts) < parts:
-                cuts.append({"start": offset, "first_line": line_no})
-            records += 1
+        pos, line = start, first_line
+        if opts.delimited and len(opts.sep) == 1:
+            pos, line, records = _plan_chunks(
+                f, start, first_line, opts, width, cuts, step, parts, block_bytes or BLOCK_BYTES
+            )
+        if pos is not None:  # from a chunk a record may cross: the walker to the end
+            f.seek(pos)
+            for offset, line_no, _text, _fields in _records_of(
+                _lines(f, pos, None), line, opts, width
+            ):
+                if offset >= cuts[-1]["start"] + step and len(cuts) < parts:
+                    cuts.append({"start": offset, "first_line": line_no})
+                records += 1
     for a, b in itertools.pairwise(cuts):
         a["end"] = b["start"]
     cuts[-1]["end"] = None
     return FilePlan(cuts, columns, records)
+
+
+def _plan_chunks(
+    f: BinaryIO, start: int, line: int, opts: ReadOptions, width: int | None,
+    cuts: list[dict[str, Any]], step: int, parts: int, block_bytes: int,
+) -> tuple[int | None, int, int]:  # fmt: skip
+    """Planning's walk in chunks (the rules of `delimited_blocks`): a chunk of one record
+    per line is counted and cut by its newlines, one whose lines all balance their quotes
+    by the walker on it alone; at a chunk where a record may cross the chunk's end, stop:
+    (where the walker must go on, or None at the end; its line number; records so far)."""
+    q = opts.quote.encode()
+    records = 0
+    pos = start
+    rest = b""
+    while True:
+        data = f.read(block_bytes)
+        chunk = rest + data
+        if not chunk:
+            return None, line, records
+        cut = len(chunk) if not data else chunk.rfind(b"\n") + 1
+        if cut == 0:
+            rest = chunk
+            continue
+        chunk, rest = chunk[:cut], chunk[cut:]
+        n_lines = chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
+        if q and q in chunk and any(ln.count(q) % 2 for ln in chunk.split(b"\n")):
+            return pos, line, records
+        if (not q or q not in chunk) and _one_record_per_line(chunk):
+            while len(cuts) < parts:
+                at = cuts[-1]["start"] + step - pos  # the first line start at or after it
+                if at >= len(chunk):
+                    break
+                begin = 0 if at <= 0 else chunk.find(b"\n", at - 1) + 1
+                if (begin <= 0 and at > 0) or begin >= len(chunk):
+                    break
+                cuts.append(
+                    {"start": pos + begin, "first_line": line + chunk.count(b"\n", 0, begin)}
+                )
+            records += n_lines
+        else:
+            for offset, line_no, _t, _f in delimited_records(
+                _chunk_lines(chunk, pos), line, opts, width
+            ):
+                if offset >= cuts[-1]["start"] + step and len(cuts) < parts:
+                    cuts.append({"start": offset, "first_line": line_no})
+                records += 1
+        pos += len(chunk)
+        line += n_lines
+        if not data:
+            return None, line, records
 
 
 def _records_of(
