@@ -206,7 +206,7 @@ def exportd_import(url: str, path: Path, work: Path) -> tuple[Run, dict[str, Any
                                "writable": True}})  # fmt: skip
         time.sleep(2.0)  # its worker processes up and idle
         procs = app.processes()
-        cpu0 = sum(cpu_of(p) for p in procs)
+        cpu0 = {p: cpu_of(p) for p in procs}
         with backends_cpu(url) as pg:
             t0 = time.monotonic()
             body = {"dataset_id": "flights", "path": str(path), "null_values": ["NA"]}
@@ -217,13 +217,17 @@ def exportd_import(url: str, path: Path, work: Path) -> tuple[Run, dict[str, Any
             wall = time.monotonic() - t0
             cpu_pg = pg()
         procs = app.processes()
-        cpu = sum(cpu_of(p) for p in procs) - cpu0
+        used = {p: cpu_of(p) - cpu0.get(p, 0.0) for p in procs}
+        cpu = sum(used.values())
         rss = max(peak_rss_mb(p) for p in procs[1:] or procs)
+        split = f"(serve {used[procs[0]]:.2f} s, workers " + ", ".join(
+            f"{used[p]:.2f}" for p in procs[1:]
+        )
     finally:
         app.close()
     if task.get("status") != "COMPLETED":
         raise SystemExit(f"exportd: {task.get('status')}: {task.get('error_msg')}")
-    return Run(wall, cpu, cpu_pg, rss, phases(task)), task
+    return Run(wall, cpu, cpu_pg, rss, f"{phases(task)} {split} s)"), task
 
 
 def free_port() -> int:

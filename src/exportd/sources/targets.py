@@ -527,7 +527,8 @@ class Target:
                     copy.write(view[i : i + (1 << 20)])
 
     def index_stage(self, name: str, key: Sequence[str]) -> None:
-        if not key:
+        """The index `duplicates` probes (PostgreSQL numbers the rows instead: none)."""
+        if not key or self.engine.dialect.name == "postgresql":
             return
         cols = ", ".join(self.q(k) for k in [*key, LINE_COLUMN])
         with self.engine.begin() as conn:
@@ -557,9 +558,22 @@ class Target:
         same = " AND ".join(f"o.{self.q(k)} = s.{self.q(k)}" for k in key)
         line = self.q(LINE_COLUMN)
         found: dict[int, str] = {}
+        numbered = self.engine.dialect.name == "postgresql"
         with self.engine.connect() as conn:
+            if numbered:  # one sort of every staging table's keys, not a probe per pair
+                keys = ", ".join(self.q(k) for k in key)
+                known = " AND ".join(f"{self.q(k)} IS NOT NULL" for k in key)
+                union = " UNION ALL ".join(
+                    f"SELECT {keys}, {line} FROM {self.qualified(s)} WHERE {known}" for s in stages
+                )
+                sql = (
+                    f"SELECT {line} FROM (SELECT {line}, row_number() OVER (PARTITION BY "
+                    f"{keys} ORDER BY {line}) AS n FROM ({union}) u) d WHERE n > 1"
+                )
+                for (n,) in conn.execute(sa.text(sql)):
+                    found[int(n)] = f"duplicate key ({', '.join(key)}) in the file"
             for s in stages:
-                for o in stages:
+                for o in [] if numbered else stages:
                     sql = (
                         f"SELECT s.{line} FROM {self.qualified(s)} s WHERE EXISTS (SELECT 1 "
                         f"FROM {self.qualified(o)} o WHERE {same} AND o.{line} < s.{line})"

@@ -254,7 +254,22 @@ def _datetime(a: pa.Array, aware: bool, rules: ValueRules) -> tuple[pa.Array, pa
     in_zone, exact = _assume(wall, rules.timezone)
     good = pc.and_(good, pc.or_(zoned, exact))
     value = pc.if_else(zoned, at, in_zone)
-    return good, value if aware else pc.cast(value, pa.timestamp("us"))
+    if not aware:
+        value = pc.cast(value, pa.timestamp("us"))
+    # PostgreSQL gets the file's own text where it reads it as Python would (printing
+    # timestamps is the dearest step of the COPY text), else the instant printed
+    if rules.datetime_format is not None:
+        return good, pc.cast(value, pa.string())
+    utc_wall = pc.and_(pc.invert(zoned), _all(a, rules.timezone == "UTC"))
+    if aware:
+        plain = pc.or_(zoned, utc_wall)
+        text = pc.if_else(zoned, a, pc.binary_join_element_wise(a, "+00:00", ""))
+    else:
+        plain = utc_wall
+        text = a
+    if pc.any(pc.and_(good, pc.invert(plain))).as_py():
+        text = pc.if_else(plain, text, pc.cast(value, pa.string()))
+    return good, text
 
 
 def _assume(wall: pa.Array, zone: str) -> tuple[pa.Array, pa.Array]:
