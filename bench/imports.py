@@ -161,6 +161,10 @@ class Tool:
 def child(argv: list[str], url: str, env: dict[str, str] | None = None) -> Run:
     """A command's wall time, its own CPU seconds and peak RSS (wait4's rusage) and the
     CPU seconds of its PostgreSQL backends."""
+    rss_file = Path(f"/tmp/bench-imports-rss-{os.getpid()}")
+    # GNU time reports the peak RSS: wait4's would count this (large) process's pages,
+    # which the child has until it execs
+    argv = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *argv]
     with backends_cpu(url) as pg:
         t0 = time.monotonic()
         proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
@@ -168,9 +172,10 @@ def child(argv: list[str], url: str, env: dict[str, str] | None = None) -> Run:
         wall = time.monotonic() - t0
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"{argv[0]} failed: {err[-500:]}")
+            raise SystemExit(f"{argv[4]} failed: {err[-500:]}")
         cpu_pg = pg()
-    return Run(wall, usage.ru_utime + usage.ru_stime, cpu_pg, usage.ru_maxrss / 1024)
+    rss = int(rss_file.read_text().strip().splitlines()[-1]) / 1024
+    return Run(wall, usage.ru_utime + usage.ru_stime, cpu_pg, rss)
 
 
 def psql_copy(url: str, path: Path) -> Run:

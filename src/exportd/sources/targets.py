@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 import struct
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from decimal import Decimal, InvalidOperation
@@ -512,19 +513,26 @@ class Target:
                     copy.write_row([_json_text(row.get(n)) if n in as_json else row.get(n)
                                     for n in names])  # fmt: skip
 
-    def copy_csv(self, stage: str, columns: Sequence[str], payload: bytes) -> None:
-        """PostgreSQL: rows already in PostgreSQL's CSV (the fast path's, `columnar`)."""
-        if not payload:
-            return
+    @contextmanager
+    def csv_copier(self, stage: str, columns: Sequence[str]) -> Iterator[Callable[[bytes], None]]:
+        """PostgreSQL: a function that COPYs rows already in PostgreSQL's CSV (the fast
+        path's, `columnar`) into `stage`, every call in one transaction committed when
+        the block ends (one commit per partition, not one per batch)."""
         cols = ", ".join(self.q(n) for n in columns)
         sql = f"COPY {self.qualified(stage)} ({cols}) FROM STDIN WITH (FORMAT csv)"
         with self.engine.begin() as conn:
             raw = conn.connection.driver_connection
             assert raw is not None
-            with raw.cursor() as cur, cur.copy(sql) as copy:
-                view = memoryview(payload)
-                for i in range(0, len(view), 1 << 20):
-                    copy.write(view[i : i + (1 << 20)])
+
+            def send(payload: bytes) -> None:
+                if not payload:
+                    return
+                with raw.cursor() as cur, cur.copy(sql) as copy:
+                    view = memoryview(payload)
+                    for i in range(0, len(view), 1 << 20):
+                        copy.write(view[i : i + (1 << 20)])
+
+            yield send
 
     def index_stage(self, name: str, key: Sequence[str]) -> None:
         """The index `duplicates` probes (PostgreSQL numbers the rows instead: none)."""

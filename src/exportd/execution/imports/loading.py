@@ -23,7 +23,7 @@ from exportd.execution.heartbeat import Heartbeat
 from exportd.execution.imports.columnar import ColumnarChecker, csv_payload, unsupported
 from exportd.execution.imports.files import read_options, source_file
 from exportd.execution.partition import PartitionRun, part_folder
-from exportd.formats.readers import Record, delimited_blocks, read_records
+from exportd.formats.readers import Block, Record, delimited_blocks, read_records
 from exportd.model import Task
 from exportd.model.plan import ImportSpec
 from exportd.sources.targets import (
@@ -256,7 +256,18 @@ def _load_blocks(
     assert spec is not None
     target = fast.target
     names = [c.name for c in table.columns]
-    for block in delimited_blocks(path, read_options(spec), run.part.bounds, list(task.columns)):
+    blocks = delimited_blocks(path, read_options(spec), run.part.bounds, list(task.columns))
+    with target.csv_copier(table.name, names) as copy:
+        _check_blocks(run, hb, blocks, fast, checker, table, names, copy, errors, load)
+
+
+def _check_blocks(
+    run: PartitionRun, hb: Heartbeat, blocks: Iterator[Block], fast: ColumnarChecker,
+    checker: Checker, table: sa.Table, names: list[str], copy: Callable[[bytes], None],
+    errors: BinaryIO, load: _Load,
+) -> None:  # fmt: skip
+    target = fast.target
+    for block in blocks:
         rejects: list[tuple[Record, list[dict[str, Any]]]] = []
         for rec in block.rejected:
             _row, bad = checker.row(rec)
@@ -267,7 +278,7 @@ def _load_blocks(
                 break
             cols = [c.slice(at, n) for c in block.columns]
             good, slow = fast.check(cols, block.lines.slice(at, n))
-            target.copy_csv(table.name, names, csv_payload(good.select(names)))
+            copy(csv_payload(good.select(names)))
             rows = []
             doubtful = pc.indices_nonzero(slow).to_pylist()
             load.by_python += len(doubtful)
