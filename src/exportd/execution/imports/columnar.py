@@ -41,7 +41,8 @@ _ZONE = r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
 _ISO = f"^{_DATE}[T ]{_TIME}{_ZONE}?$"
 _ZONED = f"{_ZONE}$"
 
-Check = Callable[[pa.Array], tuple[pa.Array, pa.Array]]  # text -> (accepted, value)
+# (text, null mask) -> (accepted, value); what it says of the null rows is not used
+Check = Callable[[pa.Array, pa.Array], tuple[pa.Array, pa.Array]]
 
 
 def unsupported(target: Target, loaded: list[tuple[str, int]], constants: dict[str, Any],
@@ -113,7 +114,7 @@ class ColumnarChecker:
                 else pa.array([False] * n, pa.bool_())
             )
             try:
-                good, value = check(text)
+                good, value = check(text, null)
                 good = pc.fill_null(good, False)
             except (pa.ArrowException, ValueError):
                 good, value = pa.array([False] * n, pa.bool_()), pa.nulls(n, pa.string())
@@ -141,27 +142,29 @@ def _check_of(col: TargetColumn, rules: ValueRules) -> Check:
     sep = re.escape(rules.decimal_separator)
     if col.kind == "int":
         lo, hi = INT_RANGES.get(col.type_name, INT_RANGES["BIGINT"])
-        return lambda a: _int(a, lo, hi)
+        return lambda a, null: _int(a, null, lo, hi)
     if col.kind == "float":
         pattern = (
             rf"^[+-]?(?:[0-9]{{1,20}}(?:{sep}[0-9]{{0,20}})?|{sep}[0-9]{{1,20}})"
             r"(?:[eE][+-]?[0-9]{1,2})?$"
         )
-        return lambda a: _float(a, pattern, rules.decimal_separator, col.single)
+        return lambda a, null: _float(a, null, pattern, rules.decimal_separator, col.single)
     if col.kind == "decimal":
         if col.precision is None:
             pattern = rf"^[+-]?(?:[0-9]+(?:{sep}[0-9]*)?|{sep}[0-9]+)$"
         else:
             whole, frac = col.precision - (col.scale or 0), col.scale or 0
             pattern = rf"^[+-]?0*[0-9]{{0,{whole}}}(?:{sep}[0-9]{{0,{frac}}})?$"
-        return lambda a: _decimal(a, pattern, rules.decimal_separator)
+        return lambda a, _null: _decimal(a, pattern, rules.decimal_separator)
     if col.kind == "bool":
-        return _bool
+        return lambda a, _null: _bool(a)
     if col.kind == "str":
-        return (lambda a: (_all(a, True), a)) if col.length is None else _str_of(col.length)
+        if col.length is None:
+            return lambda a, _null: (_all(a, True), a)
+        return lambda a, _null: _str_of(a, col.length)
     if col.kind == "date":
-        return lambda a: _date(a, rules.date_format)
-    return lambda a: _datetime(a, col.timezone, rules)
+        return lambda a, _null: _date(a, rules.date_format)
+    return lambda a, _null: _datetime(a, col.timezone, rules)
 
 
 def _all(a: pa.Array, value: bool) -> pa.Array:
@@ -172,18 +175,31 @@ def _matches(a: pa.Array, pattern: str) -> pa.Array:
     return pc.match_substring_regex(a, pattern)
 
 
-def _int(a: pa.Array, lo: int, hi: int) -> tuple[pa.Array, pa.Array]:
-    good = _matches(a, r"^-?[0-9]{1,18}$")  # Arrow takes no "+"
-    n = pc.cast(pc.if_else(good, a, "0"), pa.int64())
+def _int(a: pa.Array, null: pa.Array, lo: int, hi: int) -> tuple[pa.Array, pa.Array]:
+    try:  # the common batch: Arrow reads every value, so each is -?[0-9]+ within int64
+        n = pc.cast(pc.if_else(null, "0", a), pa.int64())
+        good = _all(a, True)
+    except pa.ArrowInvalid:
+        good = _matches(a, r"^-?[0-9]{1,18}$")  # Arrow takes no "+"
+        n = pc.cast(pc.if_else(good, a, "0"), pa.int64())
     inside = pc.and_(pc.greater_equal(n, lo), pc.less_equal(n, hi))
     return pc.and_(good, inside), n
 
 
-def _float(a: pa.Array, pattern: str, sep: str, single: bool) -> tuple[pa.Array, pa.Array]:
-    good = _matches(a, pattern)
-    text = a if sep == "." else pc.replace_substring(a, sep, ".")
-    # the double a Python float() of the text is: PostgreSQL gets its shortest form
-    value = pc.cast(pc.if_else(good, text, "0"), pa.float64())
+def _float(
+    a: pa.Array, null: pa.Array, pattern: str, sep: str, single: bool
+) -> tuple[pa.Array, pa.Array]:
+    # the double a Python float() of the text is (both round correctly): PostgreSQL
+    # gets that double's shortest text, never the file's (it refuses underflows)
+    try:  # the common batch: Arrow reads every value; the finite ones are the same double
+        if sep != ".":
+            raise pa.ArrowInvalid("a decimal separator of its own")
+        value = pc.cast(pc.if_else(null, "0", a), pa.float64())
+        good = pc.is_finite(value)
+    except pa.ArrowInvalid:
+        good = _matches(a, pattern)
+        text = a if sep == "." else pc.replace_substring(a, sep, ".")
+        value = pc.cast(pc.if_else(good, text, "0"), pa.float64())
     if single:  # within REAL's range, and not so small it would flush (Python decides)
         size = pc.abs(value)
         normal = pc.or_(pc.equal(size, 0), pc.greater_equal(size, 1.2e-38))
@@ -205,8 +221,8 @@ def _bool(a: pa.Array) -> tuple[pa.Array, pa.Array]:
     return pc.or_(yes, no), yes
 
 
-def _str_of(length: int) -> Check:
-    return lambda a: (pc.less_equal(pc.utf8_length(a), length), a)
+def _str_of(a: pa.Array, length: int) -> tuple[pa.Array, pa.Array]:
+    return pc.less_equal(pc.utf8_length(a), length), a
 
 
 def _parsed(a: pa.Array, fmt: str, fill: str) -> tuple[pa.Array, pa.Array]:
