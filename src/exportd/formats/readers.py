@@ -249,7 +249,8 @@ def plan_file(
     with path.open("rb") as f:
         f.seek(start)
         width = len(columns) if opts.delimited else None
-        pos, line = start, first_line
+        pos: int | None = start
+        line = first_line
         if opts.delimited and len(opts.sep) == 1:
             pos, line, records = _plan_chunks(
                 f, start, first_line, opts, width, cuts, step, parts, block_bytes or BLOCK_BYTES

@@ -159,9 +159,10 @@ def _check_of(col: TargetColumn, rules: ValueRules) -> Check:
     if col.kind == "bool":
         return lambda a, _null: _bool(a)
     if col.kind == "str":
-        if col.length is None:
+        length = col.length
+        if length is None:
             return lambda a, _null: (_all(a, True), a)
-        return lambda a, _null: _str_of(a, col.length)
+        return lambda a, _null: _str_of(a, length)
     if col.kind == "date":
         return lambda a, _null: _date(a, rules.date_format)
     return lambda a, _null: _datetime(a, col.timezone, rules)
