@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import os
 import shutil
 import statistics
@@ -39,10 +40,9 @@ import psycopg
 
 from bench.__main__ import fresh_store
 from bench.data import ALL, PG_COLUMNS
-from bench.measure import Embedded, peak_rss_mb
+from bench.measure import Embedded, _Api, peak_rss_mb
 
 TARGET_DB = "bench_import_target"
-KEEP: list[Path] = []
 CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -201,11 +201,24 @@ def duckdb_insert(url: str, path: Path) -> Run:
     return child([python(), "-c", DUCKDB_SCRIPT, url, str(path)], url, env)
 
 
-def exportd_import(url: str, path: Path, work: Path) -> tuple[Run, dict[str, Any]]:
+class EmbeddedWith(Embedded):
+    """The embedded default with some settings of `extra` (the A/B of the two paths)."""
+
+    def __init__(self, data_dir: Path, port: int, source_dir: Path, extra: dict[str, str]) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORTD_")}
+        env.update(
+            EXPORTD_DATA_DIR=str(data_dir), EXPORTD_ADMIN_TOKEN="bench-admin",
+            EXPORTD_SOURCE_DIRS=json.dumps([str(source_dir)]), **extra,
+        )  # fmt: skip
+        _Api.__init__(self, env, port)
+
+
+def exportd_import(
+    url: str, path: Path, work: Path, extra: dict[str, str] | None = None
+) -> tuple[Run, dict[str, Any]]:
     """The embedded default, started fresh (not measured); the import measured."""
     shutil.rmtree(work / "data", ignore_errors=True)
-    app = Embedded(work / "data", port=free_port(), source_dir=path.parent)
-    KEEP.append(work / "data")
+    app = EmbeddedWith(work / "data", free_port(), path.parent, extra or {})
     try:
         app.setup({"flights": {"kind": "sql", "url": url, "table": "flights", "key": "id",
                                "writable": True}})  # fmt: skip
@@ -265,7 +278,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--copies", type=int, default=1, help="the file holds N x 336,776 rows")
     ap.add_argument("--rounds", type=int, default=3, help="alternated rounds (medians)")
-    ap.add_argument("--tools", default="exportd,psql,duckdb")
+    ap.add_argument(
+        "--tools", default="exportd,psql,duckdb", help="also: exportd-python (fast paths off)"
+    )
     ap.add_argument("--work", type=Path, default=Path("/tmp/exportd-bench-imports"))
     args = ap.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
@@ -277,6 +292,10 @@ def main() -> None:
           f"{args.rounds} alternated rounds")  # fmt: skip
     runners: dict[str, Callable[[], Run]] = {
         "exportd": lambda: exportd_import(url, path, args.work)[0],
+        # the Python path (record by record), for an A/B of the fast path
+        "exportd-python": lambda: exportd_import(
+            url, path, args.work, {"EXPORTD_FAST_PATHS": "false"}
+        )[0],
         "psql": lambda: psql_copy(url, path),
         "duckdb": lambda: duckdb_insert(url, path),
     }
