@@ -51,7 +51,7 @@ POOLS: dict[str, tuple[list[str], list[str]]] = {
     "x": (["1.", ".5", "+1.5", "2.5E-3", "NA"], []),
 }  # fmt: skip
 
-CONFIGS = {
+CONFIGS: dict[str, dict[str, Any]] = {
     "iso-new-york": {"null_values": ["", "NA"], "timezone": "America/New_York"},
     "comma-decimals-paris": {
         "null_values": ["NA"], "timezone": "Europe/Paris", "decimal_separator": ",",

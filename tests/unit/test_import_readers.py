@@ -7,6 +7,7 @@ import csv
 import io
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,10 +115,14 @@ def test_values_that_fit() -> None:
     assert ImportSpec(source_name="f", format="csv").mode.value == "append"
 
 
-def _walked(path: Path, opts: ReadOptions, bounds: dict[str, object], columns: list[str]):  # type: ignore[no-untyped-def]
+Got = tuple[list[tuple[int, Any, str]], list[tuple[int, Any, str]]]
+
+
+def _walked(path: Path, opts: ReadOptions, bounds: dict[str, Any], columns: list[str]) -> Got:
     """What the record walker gives: (line, fields, text) of the parsed records and
     (line, error, text) of the others."""
-    good, bad = [], []
+    good: list[tuple[int, Any, str]] = []
+    bad: list[tuple[int, Any, str]] = []
     for r in read_records(path, opts, bounds, columns):
         if r.fields is None:
             bad.append((r.line, r.error, r.raw))
@@ -126,10 +131,13 @@ def _walked(path: Path, opts: ReadOptions, bounds: dict[str, object], columns: l
     return good, bad
 
 
-def _blocked(path: Path, opts: ReadOptions, bounds: dict[str, object], columns: list[str],
-             block_bytes: int):  # type: ignore[no-untyped-def]  # fmt: skip
-    good, bad, how = [], [], set()
-    for b in delimited_blocks(path, opts, bounds, columns, block_bytes):  # type: ignore[arg-type]
+def _blocked(
+    path: Path, opts: ReadOptions, bounds: dict[str, Any], columns: list[str], block_bytes: int
+) -> tuple[list[tuple[int, Any, str]], list[tuple[int, Any, str]], set[str]]:
+    good: list[tuple[int, Any, str]] = []
+    bad: list[tuple[int, Any, str]] = []
+    how: set[str] = set()
+    for b in delimited_blocks(path, opts, bounds, columns, block_bytes):
         how.add(b.parsed_by)
         cols = [c.to_pylist() for c in b.columns]
         for i, line in enumerate(b.lines.to_pylist()):
