@@ -569,6 +569,8 @@ class Target:
         numbered = self.engine.dialect.name == "postgresql"
         with self.engine.connect() as conn:
             if numbered:  # one sort of every staging table's keys, not a probe per pair
+                # (in memory where it fits: the default 4 MB spills millions of keys)
+                conn.execute(sa.text("SET LOCAL work_mem = '128MB'"))
                 keys = ", ".join(self.q(k) for k in key)
                 known = " AND ".join(f"{self.q(k)} IS NOT NULL" for k in key)
                 union = " UNION ALL ".join(
