@@ -214,8 +214,9 @@ class EmbeddedWith(Embedded):
 
 
 def exportd_import(
-    url: str, path: Path, work: Path, extra: dict[str, str] | None = None
-) -> tuple[Run, dict[str, Any]]:
+    url: str, path: Path, work: Path, extra: dict[str, str] | None = None,
+    parallelism: int | None = None,
+) -> tuple[Run, dict[str, Any]]:  # fmt: skip
     """The embedded default, started fresh (not measured); the import measured."""
     shutil.rmtree(work / "data", ignore_errors=True)
     app = EmbeddedWith(work / "data", free_port(), path.parent, extra or {})
@@ -227,7 +228,11 @@ def exportd_import(
         cpu0 = {p: cpu_of(p) for p in procs}
         with backends_cpu(url) as pg:
             t0 = time.monotonic()
-            body = {"dataset_id": "flights", "path": str(path), "null_values": ["NA"]}
+            body: dict[str, Any] = {
+                "dataset_id": "flights", "path": str(path), "null_values": ["NA"]
+            }  # fmt: skip
+            if parallelism:
+                body["parallelism"] = parallelism
             task = app.http.post("/v1/projects/bench/imports", json=body).json()
             while not task.get("is_terminal"):
                 time.sleep(0.05)
@@ -281,6 +286,9 @@ def main() -> None:
     ap.add_argument(
         "--tools", default="exportd,psql,duckdb", help="also: exportd-python (fast paths off)"
     )
+    ap.add_argument(
+        "--parallelism", type=int, help="the import's partitions (default: the server's)"
+    )
     ap.add_argument("--work", type=Path, default=Path("/tmp/exportd-bench-imports"))
     args = ap.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
@@ -291,10 +299,10 @@ def main() -> None:
     print(f"{rows:,} rows, {path.stat().st_size / 1e6:.0f} MB of CSV -> PostgreSQL, "
           f"{args.rounds} alternated rounds")  # fmt: skip
     runners: dict[str, Callable[[], Run]] = {
-        "exportd": lambda: exportd_import(url, path, args.work)[0],
+        "exportd": lambda: exportd_import(url, path, args.work, None, args.parallelism)[0],
         # the Python path (record by record), for an A/B of the fast path
         "exportd-python": lambda: exportd_import(
-            url, path, args.work, {"EXPORTD_FAST_PATHS": "false"}
+            url, path, args.work, {"EXPORTD_FAST_PATHS": "false"}, args.parallelism
         )[0],
         "psql": lambda: psql_copy(url, path),
         "duckdb": lambda: duckdb_insert(url, path),
