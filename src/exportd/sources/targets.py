@@ -100,14 +100,7 @@ class TargetColumn:
     precision: int | None = None
     scale: int | None = None
     timezone: bool = False
-
-    @property
-    def single(self) -> bool:
-        """A single-precision float column (PostgreSQL REAL, FLOAT(1..24))."""
-        name = self.type_name.upper()
-        if self.kind != "float":
-            return False
-        return name in ("REAL", "FLOAT4") or bool(re.fullmatch(r"FLOAT\((1?[0-9]|2[0-4])\)", name))
+    single: bool = False  # a single-precision float (PostgreSQL REAL, MySQL FLOAT)
 
     def convert(self, value: Any, rules: ValueRules) -> Any:
         """The value as the column takes it; ValueError with the reason otherwise."""
@@ -407,7 +400,19 @@ def _column(c: dict[str, Any], dialect: sa.Dialect) -> TargetColumn:
         precision=getattr(t, "precision", None) if kind == "decimal" else None,
         scale=getattr(t, "scale", None) if kind == "decimal" else None,
         timezone=bool(getattr(t, "timezone", False)) if kind == "datetime" else False,
+        single=kind == "float" and _single_precision(t, dialect),
     )
+
+
+def _single_precision(t: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> bool:
+    """PostgreSQL REAL (FLOAT(1..24)) and MySQL/MariaDB FLOAT hold 4-byte floats; SQLite's
+    REAL is a double."""
+    if dialect.name == "postgresql":
+        name = str(t.compile(dialect=dialect)).upper()
+        return name in ("REAL", "FLOAT4") or bool(re.fullmatch(r"FLOAT\((1?[0-9]|2[0-4])\)", name))
+    if dialect.name in ("mysql", "mariadb"):
+        return type(t).__name__.upper() == "FLOAT"
+    return False
 
 
 def _split(name: str) -> tuple[str | None, str]:
