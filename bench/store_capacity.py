@@ -151,10 +151,11 @@ def proc_cpu(pid: int) -> float:
 
 class BackendCpu:
     """CPU seconds of this database's own PostgreSQL backends (not the cluster's other
-    users'), sampled every 0.2 s from /proc while a run goes on (the server is local)."""
+    users'), sampled every `every` s from /proc while a run goes on (the server is local;
+    a backend's time after its last sample is missed: a floor)."""
 
-    def __init__(self, url: str) -> None:
-        self.url, self.stop = url, threading.Event()
+    def __init__(self, url: str, every: float = 0.2) -> None:
+        self.url, self.every, self.stop = url, every, threading.Event()
         self.first: dict[int, float] = {}
         self.last: dict[int, float] = {}
         self.old: set[int] = set()
@@ -172,7 +173,7 @@ class BackendCpu:
                     if cpu >= 0:
                         self.first.setdefault(pid, cpu)
                         self.last[pid] = cpu
-                if self.stop.wait(0.2):
+                if self.stop.wait(self.every):
                     return
 
     def __enter__(self) -> BackendCpu:
