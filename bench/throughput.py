@@ -100,28 +100,25 @@ def backends(db: str) -> Iterator[BackendCpu]:
 
 
 @contextmanager
-def idle_workers(ex: Exportd, n: int) -> Iterator[list[int]]:
-    """N `exportd worker --concurrency 1` processes, started and settled: their start
-    (imports, pools, migrations check) is over once their CPU use is down to idle
-    polling (at most 0.05 s of CPU a second each, for one second), so that it is not
-    counted in the export's (on a busy machine a start takes several seconds)."""
+def idle_workers(ex: Exportd, n: int, logs: Path) -> Iterator[list[int]]:
+    """N `exportd worker --concurrency 1` processes, started and idle: each has logged
+    that it runs (its start, imports and pools, is over: on a busy machine that takes
+    several seconds, which must not be counted in the export's CPU), then one second."""
     argv = [sys.executable, "-m", "exportd", "worker", "--concurrency", "1"]
-    procs = [
-        subprocess.Popen(argv, env=ex.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(n)
-    ]
+    logs.mkdir(parents=True, exist_ok=True)
+    files = [logs / f"worker-{n}-{i}.log" for i in range(n)]
+    procs = []
+    for path in files:
+        with path.open("wb") as out:
+            procs.append(subprocess.Popen(argv, env=ex.env, stdout=out, stderr=out))
     try:
-        pids = [p.pid for p in procs]
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
+        while not all(b"worker running with" in f.read_bytes() for f in files):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"the workers did not start: see {logs}")
+            time.sleep(0.2)
         time.sleep(1.0)
-        last = sum(proc_cpu(p) for p in pids)
-        while time.monotonic() < deadline:
-            time.sleep(1.0)
-            now = sum(proc_cpu(p) for p in pids)
-            if now - last <= 0.05 * n:
-                break
-            last = now
-        yield pids
+        yield [p.pid for p in procs]
     finally:
         for p in procs:
             p.terminate()
@@ -129,10 +126,10 @@ def idle_workers(ex: Exportd, n: int) -> Iterator[list[int]]:
             p.wait()
 
 
-def one_run(ex: Exportd, fmt: str, n: int, partitions: int, timeout: float) -> Run:
+def one_run(ex: Exportd, fmt: str, n: int, partitions: int, timeout: float, logs: Path) -> Run:
     """N fresh worker processes, idle when the export is requested; the CPU counted from
     the request to the terminal status."""
-    with idle_workers(ex, n) as pids, backends(SOURCE_DB) as src, backends(STORE_DB) as store:
+    with idle_workers(ex, n, logs) as pids, backends(SOURCE_DB) as src, backends(STORE_DB) as store:
         w0 = sum(proc_cpu(p) for p in pids)
         a0 = proc_cpu(ex.api.pid)
         idle0, all0 = machine_cpu()
@@ -236,7 +233,7 @@ def main() -> None:
         for i in range(args.repeat):
             for fmt in formats:
                 for n in counts:
-                    r = one_run(ex, fmt, n, args.partitions, args.timeout)
+                    r = one_run(ex, fmt, n, args.partitions, args.timeout, work / "logs")
                     runs.append(r)
                     shutil.rmtree(work / "exportd" / "files", ignore_errors=True)
                     print(
