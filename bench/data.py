@@ -115,32 +115,47 @@ def build_sqlite(pg_url: str, path: Path, copies: int) -> int:
     return want
 
 
-def _document(r: tuple[Any, ...]) -> dict[str, Any]:
-    """One flight as a document with uneven nested attributes: absent keys where the row
-    has NULLs, and objects and arrays present on some flights only."""
+SHAPE = "issue13-v1"
+# extra attributes (0-3 a document), each name with its own kind of value
+EXTRAS = ["crew", "meal", "wifi", "seat_pitch", "fuel", "load", "notes", "stand"]
+
+
+def _document(r: tuple[Any, ...], count: int) -> dict[str, Any]:
+    """One flight as a document with uneven keys and types (issue 13's shape): absent
+    objects for cancelled flights, 0-3 extra attributes of varying types, a key (`gate`)
+    that is an integer in 99 % of the documents and text in 1 %, and a key (`aircraft`)
+    that appears only in the last 5 % of the file. Deterministic in the flight's id."""
     (id_, year, month, day, dep_time, sched_dep, dep_delay, arr_time, sched_arr, arr_delay,
      carrier, flight, tailnum, origin, dest, air_time, distance, hour, _minute, time_hour) = r  # fmt: skip
-    dep = {
-        k: v
-        for k, v in (("time", dep_time), ("scheduled", sched_dep), ("delay", dep_delay))
-        if v is not None
-    }
-    arr = {k: v for k, v in (("time", arr_time), ("scheduled", sched_arr), ("delay", arr_delay)) if v is not None}  # fmt: skip
+    h = (id_ * 2654435761) % 4294967296
     doc: dict[str, Any] = {
         "id": id_, "date": {"year": year, "month": month, "day": day},
         "carrier": carrier, "flight": flight, "route": {"origin": origin, "dest": dest,
-        "distance": distance}, "dep": dep, "arr": arr, "time_hour": time_hour,
+        "distance": distance}, "time_hour": time_hour,
+        "gate": f"B{h % 60}" if h % 100 == 0 else h % 60,
     }  # fmt: skip
+    if dep_time is not None:  # a cancelled flight has no dep / arr objects at all
+        doc["dep"] = {k: v for k, v in (("time", dep_time), ("scheduled", sched_dep), ("delay", dep_delay)) if v is not None}  # fmt: skip
+        doc["arr"] = {k: v for k, v in (("time", arr_time), ("scheduled", sched_arr), ("delay", arr_delay)) if v is not None}  # fmt: skip
+    else:
+        doc["cancelled"] = True
     if tailnum is not None:
         doc["tailnum"] = tailnum
     if air_time is not None:
         doc["route"]["air_time"] = air_time
-    if dep_time is None:
-        doc["cancelled"] = True
     if arr_delay is not None and arr_delay > 60:
         doc["late"] = {"minutes": arr_delay, "band": "severe" if arr_delay > 180 else "late"}
     if hour < 6 or hour >= 22:
         doc["tags"] = ["night", origin.lower()]
+    for k in range(h % 4):  # 0-3 extra attributes: text, a number, a flag or an object
+        name = EXTRAS[(h >> (3 + 3 * k)) % len(EXTRAS)]
+        kind = EXTRAS.index(name) % 4
+        doc[name] = (
+            f"{name}-{h % 1000}" if kind == 0 else (h % 977) / 4 if kind == 1
+            else bool(h & 1) if kind == 2 else {"code": h % 89, "by": carrier}
+        )  # fmt: skip
+    if id_ > count * 0.95:
+        doc["aircraft"] = {"model": f"A3{h % 30}", "seats": 120 + h % 80}
     return doc
 
 
@@ -148,14 +163,16 @@ def build_documents(sqlite_path: Path, path: Path, count: int) -> int:
     """The first `count` flights as JSON Lines documents (made from the SQLite copy)."""
     import orjson
 
-    if path.exists() and sum(1 for _ in path.open("rb")) == count:
+    stamp = path.with_suffix(".shape")  # rebuilt when the documents' shape changes
+    if path.exists() and stamp.exists() and stamp.read_text() == f"{SHAPE} {count}":
         return count
     t0 = time.monotonic()
     conn = sqlite3.connect(sqlite_path)
     cur = conn.execute(f"SELECT {', '.join(ALL)} FROM flights WHERE id <= ? ORDER BY id", [count])
     with path.open("wb") as out:
         while rows := cur.fetchmany(50_000):
-            out.write(b"".join(orjson.dumps(_document(r)) + b"\n" for r in rows))
+            out.write(b"".join(orjson.dumps(_document(r, count)) + b"\n" for r in rows))
     conn.close()
+    stamp.write_text(f"{SHAPE} {count}")
     print(f"  built {path}: {count:,} documents in {time.monotonic() - t0:.0f}s")
     return count

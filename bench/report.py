@@ -91,8 +91,8 @@ def chart(results: list[Result], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     scenarios = [s for s in dict.fromkeys(r.scenario for r in results) if not s.startswith("RSS")]
-    fig, axes = plt.subplots(len(scenarios), 1, figsize=(9, 3.2 * len(scenarios)))
-    for ax, scenario in zip(axes, scenarios, strict=True):
+    fig, axes = plt.subplots(len(scenarios), 1, figsize=(9, 3.2 * len(scenarios)), squeeze=False)
+    for ax, scenario in zip(axes[:, 0], scenarios, strict=True):
         rs = [r for r in results if r.scenario == scenario and r.rows]
         ax.barh([r.tool for r in rs], [r.rows_per_s / 1e6 for r in rs],
                 color=["tab:blue" if r.tool.startswith("exportd") else "tab:gray" for r in rs])  # fmt: skip

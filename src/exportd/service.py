@@ -105,6 +105,7 @@ class ExportService:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.store = rt.store
+        self._projects: set[str] = set()  # projects known to exist (none is ever deleted)
 
     # ---- who is calling -------------------------------------------------------------------
 
@@ -125,8 +126,10 @@ class ExportService:
     def authorize(self, who: Principal, project_id: str, needed: Role) -> None:
         """Another project's objects are 404, as if they did not exist; too weak a role 403."""
         if who.is_admin:
-            if not self.store.project_exists(project_id):
-                raise NotFound(f"project {project_id!r} not found", "PROJECT_NOT_FOUND")
+            if project_id not in self._projects:
+                if not self.store.project_exists(project_id):
+                    raise NotFound(f"project {project_id!r} not found", "PROJECT_NOT_FOUND")
+                self._projects.add(project_id)
             return
         if who.project_id != project_id:
             raise NotFound(f"project {project_id!r} not found", "PROJECT_NOT_FOUND")

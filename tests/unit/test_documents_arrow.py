@@ -51,6 +51,14 @@ TRICKY: dict[str, list[Any]] = {
     ],
     "timestamps as text": [{"t": "2013-01-01T10:00:00+00:00"}, {"t": "2013-01-01"}, {"u": "10:00"}],
     "big numbers": [{"i": 2**62}, {"i": -5}, {"j": 2**64 - 1}],
+    "rare text in a number key": [{"a": i, "b": {"c": i}} for i in range(30)]
+    + [{"a": "=x", "b": {"c": 1}}, {"a": 2.5, "b": {"c": "t"}}, {"a": -1}],
+    "rare kind brings a key first": [{"a": 1}, {"a": "x", "n": 2}, {"a": 3, "n": 1}],
+    "rare kind in the first line": [{"a": "x", "b": 1}, {"b": 2, "a": 1}, {"a": 3}],
+    "rare kind with a key seen before": [{"a": 1, "k": None}, {"a": "x", "k": 5}, {"a": 2}],
+    "key text inside a value": [{"s": '"a": "y"', "a": 1}, {"a": 2}, {"a": "z", "s": ""}],
+    "rare object for a scalar": [{"a": 1}, {"a": 2}, {"a": {"b": 3}}],
+    "several keys change": [{"a": 1, "b": "t"}, {"a": "x", "b": "u"}, {"a": 2, "b": 7}],
 }
 
 
@@ -175,3 +183,52 @@ def test_line_chunks_hold_the_lines_of_each_range(tmp_path: Path, size: int, par
             assert all(c.endswith(b"\n") for c in chunks[:-1])
             line_starts = {offset for offset, _ in read_lines(str(p), start, end)}
             assert all(offset in line_starts for offset, _ in pairs)  # where each chunk starts
+
+
+def issue_docs(n: int) -> list[dict[str, Any]]:
+    """Issue 13's shape: a key that is an integer in 99 % of the documents and text in
+    1 %, a few extra keys, and a key that appears in the last 5 % only."""
+    out: list[dict[str, Any]] = []
+    for d in make_docs(n):
+        i = d["id"]
+        d["gate"] = f"B{i % 7}" if i % 100 == 0 else i % 60
+        if i % 3 == 0:
+            d[["crew", "meal", "wifi"][i % 9 // 3]] = i % 5
+        if i > n * 0.95:
+            d["late_key"] = {"x": i}
+        out.append({k: v for k, v in d.items() if not k.startswith("rare") and k != "meta"})
+    return out
+
+
+@pytest.mark.parametrize("chunk", [700, 5000, 60_000])
+@pytest.mark.parametrize("parts", [1, 4])
+def test_a_key_changing_type_keeps_arrow_for_the_other_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int, parts: int
+) -> None:
+    """Documents where one key is text in 1 %: the same bytes as the Python path, and
+    Python flattens only the rare lines (plus whole chunks where a rare line would bring
+    a key first), not every document."""
+    monkeypatch.setattr(docs_arrow, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(docs_arrow, "SAMPLE_BYTES", chunk // 3)
+    flattened: list[int] = []
+    real = docs_arrow._python_cells
+    monkeypatch.setattr(
+        docs_arrow,
+        "_python_cells",
+        lambda rows, *a: flattened.append(len(rows)) or real(rows, *a),  # type: ignore[func-returns-value]
+    )
+    docs = issue_docs(3000)
+    data = write(tmp_path / "d.jsonl", docs)
+    header, n, out = arrow_csv(tmp_path, tmp_path / "d.jsonl", CsvOptions(), parts)
+    assert header == oracle_header(docs)
+    assert (header, n, out) == python_csv(data, CsvOptions())
+    assert sum(flattened) < len(docs) // 4
+
+
+def test_a_key_spelt_with_escapes_takes_the_python_path(tmp_path: Path) -> None:
+    """The rare lines are found in the raw text: a key spelt with an escape is not, and
+    Arrow refuses the rest again, so the chunk goes through Python, exactly."""
+    lines = [b'{"a": %d}' % i for i in range(20)] + [b'{"\\u0061": "x"}', b'{"a": "y"}']
+    (tmp_path / "d.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    data = (tmp_path / "d.jsonl").read_bytes()
+    assert arrow_csv(tmp_path, tmp_path / "d.jsonl", CsvOptions()) == python_csv(data, CsvOptions())

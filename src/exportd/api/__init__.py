@@ -19,6 +19,7 @@ from exportd.api.guard import InputGuard
 from exportd.api.limits import state_server_limits
 from exportd.api.methods import allowed_methods
 from exportd.api.schemas import ErrorBody
+from exportd.api.status_cache import StatusCache
 from exportd.api.ui import add_api_docs, add_dashboard
 from exportd.errors import ExportdError, StoreUnavailable, Unavailable
 from exportd.execution.pool import WorkerPool
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
         rt = Runtime(settings)
         app.state.runtime = rt
         app.state.service = ExportService(rt)
+        app.state.status_cache = StatusCache()
         count = settings.workers if workers is None else workers
         pool: WorkerPool | WorkerProcesses
         if settings.worker_processes and count:
@@ -78,6 +80,10 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
         lifespan=lifespan,
         docs_url=None,  # served by add_api_docs from local assets (FastAPI's use a CDN)
         redoc_url=None,
+        # FastAPI's OpenTelemetry hooks look the providers up in os.environ on every
+        # request (a sixth of a status request's CPU); exportd's own telemetry is its
+        # Prometheus /metrics and its logs (docs/deployment.md)
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
 
     @app.exception_handler(ExportdError)

@@ -47,15 +47,19 @@ async def service(request: Request) -> ExportService:
     return svc
 
 
-def principal(
-    request: Request,
+async def bearer_token(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None,
     x_auth_token: Annotated[str | None, Security(auth_token_header)] = None,
-) -> Principal:
-    """The caller, from `Authorization: Bearer` or `X-Auth-Token` (401 without either)."""
+) -> str | None:
+    """The token the caller sent, from `Authorization: Bearer` or `X-Auth-Token`."""
     token = credentials.credentials if credentials else x_auth_token
+    return token.strip() if token else None
+
+
+def principal(request: Request, token: Annotated[str | None, Depends(bearer_token)]) -> Principal:
+    """The caller (401 without a token, or with one that is not valid)."""
     svc: ExportService = request.app.state.service
-    return svc.authenticate(token.strip() if token else None)
+    return svc.authenticate(token)
 
 
 def links(request: Request) -> LinkSigner:
@@ -70,6 +74,7 @@ def base_url(request: Request) -> str:
 
 Svc = Annotated[ExportService, Depends(service)]
 Who = Annotated[Principal, Depends(principal)]
+Token = Annotated[str | None, Depends(bearer_token)]
 
 ProjectId = Annotated[
     str, Path(pattern=NO_NUL, min_length=1, max_length=64, description="the project")

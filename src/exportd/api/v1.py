@@ -8,12 +8,14 @@ from typing import Annotated, Any, Literal
 import anyio
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
+from pydantic import TypeAdapter
 
 from exportd.api.deps import (
     DatasetId,
     ProjectId,
     Svc,
     TaskId,
+    Token,
     Who,
     base_url,
     errors,
@@ -41,6 +43,7 @@ from exportd.api.seed_mapping import (
     statuses_for_task_status,
 )
 from exportd.api.sse import LONG_POLL_MAX_SECONDS, task_events, wait_for_change
+from exportd.api.status_cache import StatusCache
 from exportd.api.views import connection_json, dataset_json, iso, retry_after_seconds, task_json
 from exportd.errors import Forbidden
 from exportd.model import Role, Task, TaskStatus
@@ -116,6 +119,9 @@ def etag_matches(if_none_match: str, etag: str) -> bool:
         tag == "*" or tag.removeprefix("W/") == ours
         for tag in (t.strip() for t in if_none_match.split(","))
     )
+
+
+_TASK_VIEW = TypeAdapter(TaskView)
 
 
 def _task_response(request: Request, response: Response, task: Task) -> dict[str, Any]:
@@ -514,7 +520,7 @@ async def get_export(
     request: Request,
     response: Response,
     svc: Svc,
-    who: Who,
+    token: Token,
     wait: Annotated[
         float | None,
         Query(
@@ -541,8 +547,12 @@ async def get_export(
     has changed, at the cost of one indexed read (time-derived fields of the body it
     holds, `rows_per_second`, `eta_seconds`, are as of that body). A 200 carries
     `X-Task-Version`. With `wait`, a long poll (see the parameters)."""
-    await anyio.to_thread.run_sync(svc.authorize, who, project_id, Role.READER)
-    etag, terminal = await anyio.to_thread.run_sync(svc.task_etag, project_id, task_id)
+
+    def head() -> tuple[str, bool]:  # one trip to the thread pool: who asks, and the tag
+        svc.authorize(svc.authenticate(token), project_id, Role.READER)
+        return svc.task_etag(project_id, task_id)
+
+    etag, terminal = await anyio.to_thread.run_sync(head)
     if wait and not terminal:
         version = await anyio.to_thread.run_sync(svc.task_version, project_id, task_id)
         if version is not None and (since is None or since == version):
@@ -552,17 +562,29 @@ async def get_export(
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if if_none_match is not None and etag_matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
-    task = await anyio.to_thread.run_sync(svc.get, project_id, task_id)
-    for _ in range(3):  # the tag of this very body: read again if it moved meanwhile
-        again, _terminal = await anyio.to_thread.run_sync(svc.task_etag, project_id, task_id)
-        if again == etag:
-            break
-        etag = again
+    cache: StatusCache = request.app.state.status_cache
+    key = (project_id, task_id, etag, base_url(request))
+    cached = cache.get(key)
+    if cached is None:
         task = await anyio.to_thread.run_sync(svc.get, project_id, task_id)
-    headers["ETag"] = etag
-    response.headers.update(headers)
-    response.headers["X-Task-Version"] = str(task.version)
-    return _task_response(request, response, task)
+        for _ in range(3):  # the tag of this very body: read again if it moved meanwhile
+            again, _terminal = await anyio.to_thread.run_sync(svc.task_etag, project_id, task_id)
+            if again == etag:
+                break
+            etag = again
+            task = await anyio.to_thread.run_sync(svc.get, project_id, task_id)
+        built = Response()
+        data = _task_response(request, built, task)
+        content = _TASK_VIEW.dump_json(_TASK_VIEW.validate_python(data), by_alias=True)
+        extra = {"X-Task-Version": str(task.version), **dict(built.headers)}
+        extra.pop("content-length", None)
+        key = (project_id, task_id, etag, base_url(request))
+        cache.put(key, content, extra)
+    else:
+        content, extra = cached.content, cached.headers
+    return Response(
+        content, media_type="application/json", headers={**extra, **headers, "ETag": key[2]}
+    )
 
 
 @router.post(

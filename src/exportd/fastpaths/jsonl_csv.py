@@ -22,11 +22,21 @@ value by its own type, so cells do not depend on the rows around them):
   share a float64 column in Arrow), arrays of floats or of objects (their JSON text).
 
 Strings that Arrow infers as timestamps are read again as text.
+
+A key whose type changes within a chunk (an integer in most documents, text in a few)
+does not send the whole chunk to Python: the lines holding the rarer kind of value at
+that key (found in the raw text, then parsed) take the Python path, the others are read
+by Arrow, and each column's cells are put back in line order (`_mixed`). This holds only
+when it gives the Python path's result exactly: the lines taken out must bring no path
+Arrow did not see, and each of their paths must have appeared before them (so that the
+order of first appearance is Arrow's); otherwise the chunk takes the Python path whole.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -173,6 +183,39 @@ def _check_rows(chunk: bytes, rows: int) -> None:
         blank = len(_BLANK_LINE.findall(chunk)) - (1 if chunk.endswith(b"\n") else 0)
         if rows != lines - blank:
             raise NotExact("lines holding more than one document")
+
+
+_CONFLICT = re.compile(r"Column\((/[^()]*)\) changed from (\w+) to (\w+)")
+_KIND_START = {
+    "string": rb'"',
+    "number": rb"[-0-9]",
+    "boolean": rb"[tf]",
+    "null": rb"n",
+    "object": rb"\{",
+    "array": rb"\[",
+}
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_\- .:@$#]+")
+MAX_SPLITS = 8
+
+
+def _conflict_lines(message: str, chunk: bytes, starts: list[int], taken: set[int]) -> set[int]:
+    """For Arrow's "Column(/a/b) changed from K1 to K2": the lines (by number; `starts`
+    are their offsets in `chunk`) not yet taken whose text holds key `b` with a value of
+    the rarer of the two kinds (a superset of the documents holding it at `/a/b`: all that
+    matters is that they leave Arrow)."""
+    m = _CONFLICT.search(message)
+    if not m:
+        raise NotExact(message)
+    leaf, kinds = m.group(1).rsplit("/", 1)[-1], (m.group(2), m.group(3))
+    if not _PLAIN_KEY.fullmatch(leaf) or not all(k in _KIND_START for k in kinds):
+        raise NotExact(message)
+    key = rb'"' + re.escape(leaf.encode()) + rb'"\s*:\s*'
+    patterns = [re.compile(key + _KIND_START[kind]) for kind in kinds]
+    pattern = min(patterns, key=lambda p: len(p.findall(chunk)))
+    rarer = {bisect.bisect_right(starts, x.start()) - 1 for x in pattern.finditer(chunk)} - taken
+    if not rarer:
+        raise NotExact(message)
+    return rarer
 
 
 def _read(chunk: bytes, schema: pa.Schema | None, unexpected: str = "error") -> pa.Table:
@@ -368,6 +411,82 @@ def _python_cells(
     }
 
 
+def _mixed(
+    chunk: bytes, message: str, known: pa.Schema | None, name: str, offset: int,
+    opts: CsvOptions | None, csv: ArrowCsv | None,
+) -> tuple[list[str], int, dict[str, pa.Array], pa.Schema]:  # fmt: skip
+    """A chunk whose key changes type (Arrow's `message`): the lines of the rarer kind go
+    through Python, the rest through Arrow; the paths (Arrow's order), the documents, and
+    with `csv` the cells of every path in line order, and the schema Arrow read. NotExact
+    when this would differ from the Python path's result (see the module's docstring)."""
+    lines = chunk.split(b"\n")
+    starts = [0, *itertools.accumulate(len(line) + 1 for line in lines)][:-1]
+    taken: set[int] = set()
+    for _ in range(MAX_SPLITS):
+        taken |= _conflict_lines(message, chunk, starts, taken)
+        pieces, pos = [], 0
+        for i in sorted(taken):
+            pieces.append(chunk[pos : starts[i]])
+            pos = starts[i] + len(lines[i]) + 1
+        rest = b"".join([*pieces, chunk[pos:]])
+        try:
+            table = _read_inferring(rest, known)
+            break
+        except NotExact as exc:
+            message = str(exc)
+    else:
+        raise NotExact("too many keys change type")
+    _check_bytes(rest, table.schema)
+    paths = _paths(table.schema)
+    check_width(paths)
+    # a document per line that is not blank: the document number of each taken line
+    blank = [bisect.bisect_right(starts, x.start()) - 1 for x in _BLANK_LINE.finditer(chunk)]
+    py_lines = sorted(taken)
+    py_docs = [i - bisect.bisect_left(blank, i) for i in py_lines]
+    rows = len(lines) - len(blank)
+    flat = Flattener("json")
+    py_rows = []
+    for i in py_lines:
+        docs = documents_of(lines[i], name, offset + starts[i])
+        if len(docs) != 1:
+            raise NotExact("a taken line is not one document")
+        py_rows.append(flat.flatten(docs[0]))
+    if table.num_rows + len(py_rows) != rows:
+        raise NotExact("documents miscounted")
+    columns = table_columns(table)
+    seen: set[str] = set()
+    for k, (d, row) in enumerate(zip(py_docs, py_rows, strict=True)):
+        before = d - k  # Arrow's rows before this document
+        for path in row.keys() - seen:
+            col = columns.get(path)
+            if col is None:
+                raise NotExact("a rare line brings a new path")
+            if col.slice(0, before).null_count == before:  # no value seen before it
+                raise NotExact("a rare line brings a path first")
+            seen.add(path)
+    if csv is None or opts is None:
+        return paths, rows, {}, table.schema
+    arrow_cells = _arrow_cells(table, csv)
+    n_arrow = table.num_rows
+    py_cells = _python_cells(py_rows, paths, opts)
+    pick: list[int] = []
+    done = 0  # Arrow rows placed
+    for k, d in enumerate(py_docs):
+        pick.extend(range(done, d - k))
+        done = d - k
+        pick.append(n_arrow + k)
+    pick.extend(range(done, n_arrow))
+    take = pa.array(pick, pa.int64())
+    null = pa.scalar(opts.null, pa.string())
+    out = {}
+    for path in paths:
+        mine = arrow_cells.get(path)
+        if mine is None:
+            mine = pa.nulls(n_arrow, pa.string()).fill_null(null)
+        out[path] = pa.concat_arrays([mine.cast(pa.string()), py_cells[path]]).take(take)
+    return paths, rows, out, table.schema
+
+
 def collect_headers(
     segments: Iterable[list[Any]], check: Check, cache: CellCache | None
 ) -> tuple[list[str], int, int]:
@@ -389,7 +508,21 @@ def collect_headers(
             if csv is not None:
                 cells = _arrow_cells(table, csv)
             known = pa.schema(_known(table.schema))
-        except NotExact:
+        except NotExact as exc:
+            try:
+                paths, rows, cells, schema = _mixed(
+                    chunk, str(exc), known, name, offset, cache.opts if cache else None, csv
+                )
+                known = pa.schema(_known(schema))
+                lists.append(paths)
+                documents += rows
+                if cache is not None and rows:
+                    table = pa.Table.from_arrays(list(cells.values()), names=list(cells))
+                    _write_table(cache.storage, cache.key(written), table, rows)
+                    written += 1
+                continue
+            except NotExact:
+                pass
             docs = documents_of(chunk, name, offset)
             rows = len(docs)
             if cache is not None:

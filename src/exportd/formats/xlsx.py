@@ -34,6 +34,11 @@ EXCEL_MAX_ROWS = 1_048_576
 _INVALID_SHEET = set("[]:*?/\\")
 
 
+# rows rendered to XML at once: the XML of a whole row group (several times its Arrow
+# size) would be held in memory at once
+RENDER_ROWS = 16_384
+
+
 class XlsxOptions:
     def __init__(self, options: dict[str, Any]) -> None:
         check_options(options, OPTIONS, "xlsx")
@@ -99,7 +104,7 @@ class XlsxFormat:
                     if out is None or sheets[-1]["rows"] >= capacity:
                         out = new_sheet()
                     at = sheets[-1]["rows"]
-                    take = min(capacity - at, batch.num_rows - done)
+                    take = min(capacity - at, batch.num_rows - done, RENDER_ROWS)
                     first = at + (2 if header else 1)
                     out.write(renderer.rows(batch.slice(done, take), first))
                     sheets[-1]["rows"] += take

@@ -150,6 +150,16 @@ class StoreBase:
         with self.engine.connect() as conn, conn.begin():
             yield conn
 
+    @contextmanager
+    def read_one(self) -> Iterator[sa.Connection]:
+        """For a read of one statement (atomic by itself): on SQLite without the BEGIN and
+        COMMIT of a transaction around it."""
+        with (
+            self.engine.connect() as conn,
+            conn.execution_options(sqlite_single_read=True).begin(),
+        ):
+            yield conn
+
     def _notify(self, conn: sa.Connection) -> None:
         """Wake workers once the transaction commits (NOTIFY is transactional)."""
         if self.is_postgres:

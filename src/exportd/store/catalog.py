@@ -71,7 +71,7 @@ class CatalogStore(StoreBase):
             )
 
     def project_exists(self, project_id: str) -> bool:
-        with self.read() as conn:
+        with self.read_one() as conn:
             row = conn.execute(
                 sa.select(projects.c.project_id).where(projects.c.project_id == project_id)
             ).first()
@@ -140,7 +140,7 @@ class CatalogStore(StoreBase):
         return TokenInfo(project_id, role, token_id, name, now, expires_time)
 
     def find_token(self, token_hash: str) -> TokenInfo | None:
-        with self.read() as conn:
+        with self.read_one() as conn:
             row = conn.execute(
                 sa.select(*_TOKEN_COLUMNS).where(tokens.c.token_hash == token_hash)
             ).first()

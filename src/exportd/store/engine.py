@@ -34,6 +34,8 @@ def create_store_engine(url: str) -> sa.Engine:
             url,
             connect_args={"timeout": 60, "check_same_thread": False},
             hide_parameters=True,
+            pool_size=10,  # as for PostgreSQL: the API's threads reuse connections
+            max_overflow=20,
         )
         _sqlite_pragmas(engine)
         return engine
@@ -75,8 +77,10 @@ def _sqlite_pragmas(engine: sa.Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def on_begin(conn: sa.Connection) -> None:
-        immediate = conn.get_execution_options().get("sqlite_immediate", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get("sqlite_single_read", False):
+            return  # one SELECT: atomic by itself, no BEGIN / COMMIT round trips
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("sqlite_immediate") else "BEGIN")
 
 
 def alembic_config(url: str) -> Config:

@@ -160,7 +160,7 @@ class TaskStore(OutboxStore):
         row's version, its partitions' and notifications' last updates and counts, its
         files), and whether the task is terminal: one indexed read, no body built. None:
         no such task in this project."""
-        with self.read() as conn:
+        with self.read_one() as conn:
             row = conn.execute(
                 sa.select(
                     tasks.c.version,
