@@ -18,7 +18,7 @@ from exportd.sources import Selection, Source
 from exportd.sources.connections import Connections
 from exportd.sources.filters import validate_filter
 from exportd.sources.policy import SourcePolicy
-from exportd.sources.sql import SqlEngines, SqlSource
+from exportd.sources.sql import SqlEngines, SqlSource, sqlite_copy_file
 from exportd.sources.targets import TargetEngines
 from exportd.storage import Storage, open_storage
 from exportd.store import Store
@@ -46,15 +46,17 @@ class Runtime:
             settings.link_ttl_seconds,
         )
 
-    def source(self, dataset: Dataset) -> Source:
+    def source(self, dataset: Dataset, snapshot: str | None = None) -> Source:
+        """The dataset's source; `snapshot` (a task's): a task whose snapshot is a
+        consistent copy of a SQLite database reads the copy (docs/consistency.md)."""
         from exportd.sources.documents import JsonLinesDocumentSource, SqlDocumentSource
 
         if dataset.kind is DatasetKind.SQL:
-            return SqlSource(dataset, self._engine(dataset))
+            return SqlSource(dataset, self._engine(dataset, snapshot))
         if dataset.kind is DatasetKind.DOCUMENTS and dataset.options.get("path"):
             return JsonLinesDocumentSource(dataset)
         if dataset.kind is DatasetKind.DOCUMENTS:
-            return SqlDocumentSource(dataset, self._engine(dataset))
+            return SqlDocumentSource(dataset, self._engine(dataset, snapshot))
         if dataset.kind is DatasetKind.FILES:  # imported here: pyarrow.dataset is 50 MB of memory
             from exportd.sources.files import ArrowFilesSource
 
@@ -65,9 +67,13 @@ class Runtime:
             return SamplesSource(dataset)
         raise BadRequest(f"unsupported dataset kind {dataset.kind!r}", "INVALID_DATASET")
 
-    def _engine(self, dataset: Dataset) -> Any:
+    def _engine(self, dataset: Dataset, snapshot: str | None = None) -> Any:
         """The source engine of a database dataset: with `max_connections`, one whose
-        pool holds at most that many connections (docs/consistency.md)."""
+        pool holds at most that many connections; a task's SQLite copy's own engine
+        (docs/consistency.md)."""
+        copy = sqlite_copy_file(self.settings.snapshot_path, snapshot)
+        if copy is not None:
+            return self.engines.copy(copy)
         limit = dataset.options.get("max_connections")
         return self.engines.get(self.connections.dataset_url(dataset), limit)
 
@@ -106,7 +112,7 @@ def selection_for(task: Task, dataset: Dataset) -> Selection:
     return Selection(
         columns=list(task.plan.source_columns),
         filter=validate_filter(list(task.plan.filter), filter_fields(dataset)),
-        snapshot=task.snapshot_id,  # the snapshot every partition imports, if any
+        snapshot=task.snapshot_id,  # the snapshot every partition imports (or reads), if any
     )
 
 
@@ -125,12 +131,14 @@ def columns_for(task: Task, dataset: Dataset | None) -> list[Column]:
 
 def _own_dirs(settings: Settings) -> list[Path]:
     """The local storage, where every project's files are: never a source, even under a
-    source directory (the data directory's own files are refused by the policy too)."""
+    source directory (the data directory's own files are refused by the policy too); and
+    the consistent copies of SQLite sources (docs/consistency.md)."""
+    own = [settings.snapshot_path]
     if settings.files_url.startswith("file:"):
         from urllib.parse import unquote, urlsplit
 
-        return [Path(unquote(urlsplit(settings.files_url).path))]
-    return []
+        own.append(Path(unquote(urlsplit(settings.files_url).path)))
+    return own
 
 
 def _admin_token_file(data_dir: Path) -> str:

@@ -4,6 +4,7 @@ operations; used by the HTTP API and, through it, by the CLI."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import re
@@ -18,7 +19,7 @@ from typing import Any
 import orjson
 
 from exportd.documents.flatten import DEFAULT_ARRAYS, parse_path
-from exportd.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from exportd.errors import BadRequest, Conflict, Forbidden, NotFound, SourceError, Unauthorized
 from exportd.formats import Column, Format, FormatLimits, get_format, keeps_nesting
 from exportd.formats.splitting import Layout
 from exportd.model import Dataset, FileRecord, FileStatus, Role, Stage, Task, TaskStatus
@@ -34,6 +35,7 @@ from exportd.model.plan import (
 )
 from exportd.model.requests import (
     ConnectionBody,
+    DatasetProtectionRequest,
     DatasetRequest,
     ExportRequest,
     FieldSpec,
@@ -44,7 +46,7 @@ from exportd.model.samples import ExportType, SampleExport, SamplesSpec, SampleS
 from exportd.runtime import Runtime, filter_fields
 from exportd.sources.connections import Connection
 from exportd.sources.filters import validate_filter
-from exportd.sources.registration import SourceTarget, dataset_spec
+from exportd.sources.registration import SourceTarget, dataset_spec, protection_change
 from exportd.sources.samples import SampleSet, unknown_ids
 from exportd.sources.samples import load as load_samples
 from exportd.storage.keys import (
@@ -300,6 +302,23 @@ class ExportService:
 
     def list_datasets(self, project_id: str) -> list[Dataset]:
         return self.store.list_datasets(project_id)
+
+    def change_protection(
+        self, project_id: str, dataset_id: str, req: DatasetProtectionRequest
+    ) -> Dataset:
+        """A database dataset's source protection changed (docs/consistency.md): for the
+        partitions claimed afterwards. Nothing changes on a refusal."""
+        ds = self.store.get_dataset(project_id, dataset_id)  # by id or name
+        given = {name: getattr(req, name) for name in req.model_fields_set}
+        self.store.set_dataset_options(
+            project_id, ds.dataset_id, lambda options: protection_change(ds.kind, options, given)
+        )
+        changed = self.store.get_dataset(project_id, ds.dataset_id)
+        before = ds.options.get("max_connections")
+        if before != changed.options.get("max_connections"):  # this process's old pool
+            with contextlib.suppress(SourceError):  # a profile removed: no pool to close
+                self.rt.engines.release(self.rt.connections.dataset_url(ds), before)
+        return changed
 
     def delete_dataset(self, project_id: str, dataset_id: str) -> None:
         ds = self.store.get_dataset(project_id, dataset_id)

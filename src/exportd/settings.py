@@ -128,6 +128,15 @@ class Settings(BaseSettings):
         default=120.0, ge=0, description="seconds of store/storage outage ridden out"
     )
 
+    # point-in-time exports of SQLite sources: each task's consistent copy of the database
+    # (docs/consistency.md); every worker of a task must see this directory (shared mount)
+    snapshot_dir: Path | None = Field(
+        default=None,
+        description="directory of the consistent copies of SQLite sources (snapshot "
+        "exports); default `snapshots` in the data directory. Never a source: it is refused "
+        "as one, like the data directory's own files",
+    )
+
     # nothing left behind: the sweeper looks for orphans in the storage now and then
     sweep_seconds: float = Field(
         default=600.0, gt=0, description="interval of the storage sweeper (orphans)"
@@ -193,6 +202,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'exportd.db').resolve()}"
+
+    @property
+    def snapshot_path(self) -> Path:
+        return (self.snapshot_dir or self.data_dir / "snapshots").resolve()
 
     @property
     def files_url(self) -> str:

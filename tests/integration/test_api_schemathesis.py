@@ -84,7 +84,7 @@ def point_at_real_objects(case: Any, t: Target) -> None:
     if "resource_id" in params and pick.random() < 0.7:
         seed003 = "datasets" in case.path
         params["resource_id"] = t.project.dataset["dataset_id"] if seed003 else t.done_task
-    if "dataset_id" in params and case.method == "GET" and pick.random() < 0.7:
+    if "dataset_id" in params and case.method in ("GET", "PATCH") and pick.random() < 0.7:
         params["dataset_id"] = t.project.dataset["dataset_id"]
     if isinstance(case.body, dict) and case.method == "POST":
         if case.path.endswith("/datasets"):

@@ -169,3 +169,95 @@ def test_mariadb_says_per_partition_and_times_out(live_server: Any) -> None:
         with conn.cursor() as cur:
             cur.execute(f"DROP DATABASE {name}")
         conn.close()
+
+
+# ---- changing the protection after registration (PATCH) ----------------------------------
+
+
+def _clients(server: Any, project_id: str) -> tuple[Any, Any]:
+    """A new project: (its admin-role client, its writer client)."""
+    root = server.client()
+    writer = root.project(project_id)
+    r = root.http.post(f"/v1/projects/{project_id}/tokens", json={"role": "admin"})
+    assert r.status_code == 201, r.text
+    return server.client(r.json()["token"]), server.client(writer)
+
+
+def test_protection_is_changed_by_the_projects_admin_only(
+    source_db: tuple[str, str], live_server: Any, tmp_path: Any
+) -> None:
+    _name, url = source_db
+    server = live_server(workers=0)
+    root = server.client()
+    admin, writer = _clients(server, "p")
+    other_admin, _ = _clients(server, "q")
+    root.dataset("p", name="accounts", url=url, table="accounts", key="id")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.csv").write_text("x\n1\n")
+    root.dataset("p", name="files", kind="files", path=str(tmp_path / "in" / "*.csv"))
+    path = "/v1/projects/p/datasets/accounts"
+
+    def now() -> dict[str, Any]:
+        r = admin.http.get(path)
+        assert r.status_code == 200, r.text
+        return {k: r.json()[k] for k in ("max_connections", "statement_timeout_seconds")}
+
+    r = admin.http.patch(path, json={"max_connections": 3, "statement_timeout_seconds": 30})
+    assert r.status_code == 200, r.text
+    assert (r.json()["max_connections"], r.json()["statement_timeout_seconds"]) == (3, 30)
+    assert now() == {"max_connections": 3, "statement_timeout_seconds": 30}
+    r = admin.http.patch(path, json={"statement_timeout_seconds": None})  # removed; the other kept
+    assert r.status_code == 200, r.text
+    assert now() == {"max_connections": 3, "statement_timeout_seconds": None}
+
+    refused = [
+        (admin, path, {"max_connections": 0}, 400),
+        (admin, path, {"max_connections": 10_001}, 400),
+        (admin, path, {"max_connections": "two"}, 400),
+        (admin, path, {"statement_timeout_seconds": -1}, 400),
+        (admin, path, {"table": "other"}, 400),  # only the protection may change
+        (admin, path, {"max_connections": 1, "url": "sqlite:///x.db"}, 400),
+        (admin, path, {}, 400),
+        (admin, path, [1], 400),
+        (admin, "/v1/projects/p/datasets/files", {"max_connections": 2}, 400),
+        (admin, "/v1/projects/p/datasets/nope", {"max_connections": 2}, 404),
+        (writer, path, {"max_connections": 1}, 403),
+        (other_admin, path, {"max_connections": 1}, 404),  # another project's: not found
+        (server.client("not-a-token"), path, {"max_connections": 1}, 401),
+    ]
+    for client, where, body, status in refused:
+        r = client.http.patch(where, json=body)
+        assert r.status_code == status, (body, r.text)
+        assert r.json()["error_code"] and r.json()["error_msg"], r.text
+        assert now() == {"max_connections": 3, "statement_timeout_seconds": None}, body
+
+
+def test_a_changed_protection_applies_to_the_next_claims(
+    source_db: tuple[str, str], pg_database: str, live_server: Any
+) -> None:
+    """Registered without limits; lowered to max_connections 1 and a 1 s statement
+    timeout by PATCH: the next export delivers per_partition (no connection for a holder
+    beside a partition) on at most one backend, and a slow read is stopped."""
+    name, url = source_db
+    server = live_server(store_url=pg_database, workers=4, max_attempts=1,
+                         debug_pause_before_commit=0.1)  # fmt: skip
+    admin = server.client()
+    admin.project("p")
+    admin.dataset("p", name="accounts", url=url, table="accounts", key="id")
+    query = "SELECT id, (CASE WHEN id = 5000 THEN pg_sleep(3) END)::text AS slept FROM accounts"
+    admin.dataset("p", name="slow", url=url, query=query, key="id")
+    r = admin.http.patch("/v1/projects/p/datasets/accounts", json={"max_connections": 1})
+    assert r.status_code == 200, r.text
+    with Backends(name) as backends:
+        task = admin.export("p", dataset_id="accounts", format="csv", parallelism=4)
+        done = admin.wait("p", task["task_id"])
+    assert done["status"] == "COMPLETED" and done["finished_count"] == ROWS, done
+    assert done["consistency"]["delivered"] == "per_partition"
+    assert "max_connections 1" in done["consistency"]["reason"]
+    assert backends.samples > 5 and 0 < backends.most <= 1, backends.at_most
+    r = admin.http.patch("/v1/projects/p/datasets/slow", json={"statement_timeout_seconds": 1})
+    assert r.status_code == 200, r.text
+    task = admin.export("p", dataset_id="slow", format="jsonl", parallelism=1)
+    done = admin.wait("p", task["task_id"])
+    assert done["status"] == "FAILED", done
+    assert any("statement timeout" in (p["error_msg"] or "") for p in done["partitions"])

@@ -33,6 +33,11 @@ def test_finished_task_answers_304_to_its_own_tag_only(live_server: Any, tmp_pat
     assert tag.startswith('W/"') and first.headers["cache-control"] == "no-cache"
     assert first.json()["finished_count"] == 2000
 
+    kept = _get(acme["reader"], path)  # the same body again, with its headers
+    assert kept.content == first.content and kept.headers["etag"] == tag
+    assert kept.headers["x-task-version"] == first.headers["x-task-version"]
+    assert kept.headers["content-type"] == "application/json"
+
     again = _get(acme["reader"], path, tag)
     assert again.status_code == 304 and again.content == b""
     assert again.headers["etag"] == tag
@@ -78,8 +83,14 @@ def test_tag_moves_with_progress_and_the_cancel(pg_source: str, live_server: Any
         seen[new], tag = body, new
         if body["is_terminal"]:
             break
+    plain = _get(api, path)  # a plain GET: its body is kept for the next ones
+    assert plain.status_code == 200 and plain.json()["status"] == "RUNNING"
     r = api.http.post(f"{path}/cancel")
     assert r.status_code in (200, 202), r.text
+    # the kept body is never answered once the tag moved: plain and conditional alike
+    plain_after = _get(api, path)
+    assert plain_after.json()["status"] in ("CANCELED", "CANCELING")
+    assert plain_after.headers["etag"] != plain.headers["etag"]
     after = _get(api, path, tag)
     assert after.status_code == 200 and after.headers["etag"] != tag
     assert after.json()["status"] in ("CANCELED", "CANCELING")

@@ -166,7 +166,8 @@ class TaskView(BaseModel):
     consistency: dict[str, Any] | None = Field(
         default=None,
         description="the guarantee delivered (docs/consistency.md): requested, delivered "
-        "(snapshot | per_partition), reason, snapshot (id, time, wal_lsn), "
+        "(snapshot | per_partition), reason, snapshot (id, time; PostgreSQL wal_lsn, SQLite "
+        "copy pages and bytes), "
         "snapshot_restarts, waiting_for_source, oldest_transaction_age_seconds",
     )
     samples: dict[str, Any] | None = Field(

@@ -51,6 +51,7 @@ from exportd.model.requests import (
     NO_NUL,
     ConnectionBody,
     ConnectionRequest,
+    DatasetProtectionRequest,
     DatasetRequest,
     ExportRequest,
     ProjectRequest,
@@ -370,6 +371,27 @@ def describe_dataset(
     """One dataset: its fields (name, source type, kind), key and table."""
     svc.authorize(who, project_id, Role.READER)
     return dataset_json(svc.get_dataset(project_id, dataset_id))
+
+
+@router.patch(
+    "/projects/{project_id}/datasets/{dataset_id}",
+    tags=["datasets"],
+    response_model=DatasetView,
+    responses=BODY_ERRORS,
+)
+def change_dataset_protection(
+    project_id: ProjectId,
+    dataset_id: DatasetId,
+    body: DatasetProtectionRequest,
+    svc: Svc,
+    who: Who,
+) -> dict[str, Any]:
+    """Change a database dataset's source protection (admin role): `max_connections`
+    and `statement_timeout_seconds` (null removes one; fields not given are kept; no
+    other field may be changed). It applies to the partitions claimed afterwards
+    (docs/consistency.md); a bad value changes nothing."""
+    svc.authorize(who, project_id, Role.ADMIN)
+    return dataset_json(svc.change_protection(project_id, dataset_id, body))
 
 
 @router.delete(

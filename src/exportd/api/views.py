@@ -238,7 +238,9 @@ def consistency_json(task: Task, now: datetime) -> dict[str, Any] | None:
             for p in task.partitions
             if p.status is PartitionStatus.RUNNING and p.start_time is not None
         ]
-        held = (body.get("snapshot") or {}).get("time") if task.snapshot_id else None
+        snap = body.get("snapshot") or {}
+        # a SQLite copy holds no transaction on the source: only its partitions' reads count
+        held = snap.get("time") if task.snapshot_id and snap.get("kind") != "sqlite_copy" else None
         if held:
             starts.append(datetime.fromisoformat(held))
         if starts:

@@ -1,5 +1,6 @@
-"""Cleaning up after a task, whatever its kind: every part, the uploads left open and,
-unless its files were GENERATED, its output folder's files. Durable work: it is recorded
+"""Cleaning up after a task, whatever its kind: every part, the uploads left open,
+its consistent copy of a SQLite source, and, unless its files were GENERATED, its output
+folder's files. Durable work: it is recorded
 as due in the terminal move's commit and retried until the storage confirms."""
 
 from __future__ import annotations
@@ -90,9 +91,13 @@ def cleanup(rt: Runtime, task: Task, lease: Lease) -> None:
 
 
 def _clean_kind(rt: Runtime, task: Task) -> None:
-    """What a kind keeps outside the storage (an import's staging tables), if anything."""
+    """What a kind keeps outside the storage (an import's staging tables), if anything,
+    and a task's consistent copy of a SQLite source (docs/consistency.md; on this host:
+    another host's copies are its sweeper's)."""
     from exportd.execution.kinds import runner
+    from exportd.execution.snapshots import drop_copies
 
+    drop_copies(rt, task.task_id)
     hook = getattr(runner(task.kind), "clean_up", None)
     if hook is not None:
         hook(rt, task)

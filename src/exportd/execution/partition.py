@@ -90,7 +90,8 @@ def attempt(rt: Runtime, task: Task, part: Partition, lease: Lease) -> None:
     store = rt.store
     try:
         dataset = store.get_dataset(task.project_id, task.dataset_id)
-        source, sel = rt.source(dataset), selection_for(task, dataset)
+        source = rt.source(dataset, task.snapshot_id)  # a task's SQLite copy, if any
+        sel = selection_for(task, dataset)
         run = PartitionRun(rt, task, part, lease, dataset, source, sel)
     except (ExportdError, SourceError) as exc:  # the dataset or its connection is gone
         store.fail_partition(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import socket
 import threading
 import weakref
@@ -29,7 +30,14 @@ from exportd.model.plan import Consistency
 from exportd.outages import source_error
 from exportd.runtime import Runtime
 from exportd.sources import Source
-from exportd.sources.sql import SnapshotLost, SqlSource
+from exportd.sources.sql import (
+    COPY_SUFFIX,
+    CopyFailed,
+    SnapshotLost,
+    SqlSource,
+    copy_owner,
+    copy_sqlite,
+)
 
 if TYPE_CHECKING:
     from exportd.execution.heartbeat import Heartbeat
@@ -41,8 +49,6 @@ log = logging.getLogger(__name__)
 HOLD_CHECK_SECONDS = 1.0  # how often a holder pings its connection and reads its task
 
 NO_SHARED_SNAPSHOT = {
-    "sqlite": "SQLite cannot share one read transaction between connections or processes: "
-    "each partition reads the database as it is when that partition starts",
     "mysql": "START TRANSACTION WITH CONSISTENT SNAPSHOT cannot be shared between "
     "connections: each partition reads its own consistent snapshot, taken when it starts",
     "mariadb": "START TRANSACTION WITH CONSISTENT SNAPSHOT cannot be shared between "
@@ -220,6 +226,12 @@ def open_snapshot(engine: sa.Engine, task_id: str) -> Holder:
 
 def shares_snapshot(source: Source, dataset: Dataset) -> str | None:
     """None when the source can share one snapshot between the partitions; else why not."""
+    sqlite = isinstance(source, SqlSource) and source.engine.dialect.name == "sqlite"
+    if sqlite and dataset.kind in (DatasetKind.SQL, DatasetKind.DOCUMENTS):  # a copy: both
+        database = source.engine.url.database  # type: ignore[attr-defined]
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return "an in-memory or URI-named SQLite database is not copied"
+        return None
     if dataset.kind is not DatasetKind.SQL:
         if dataset.kind is DatasetKind.FILES:
             return "files are read as they are when each partition reads them"
@@ -255,6 +267,8 @@ def start(rt: Runtime, task: Task, dataset: Dataset, source: Source, token: str)
     if requested is Consistency.PER_PARTITION or why_not is not None:
         return bool(rt.store.set_consistency(task.task_id, token, task.snapshot_gen, None, info))
     assert isinstance(source, SqlSource)
+    if source.engine.dialect.name == "sqlite":
+        return _start_copy(rt, task, source, token, info)
     if not rt.store.holder_slot_free(task.task_id):  # checked again when it is recorded
         return _no_holder_slot(rt, task, token, info)
     registry = holders(rt)
@@ -272,6 +286,63 @@ def start(rt: Runtime, task: Task, dataset: Dataset, source: Source, token: str)
         return False
     registry.keep(holder, source)
     return True
+
+
+SQLITE_COPY_REASON = (
+    "one consistent copy of the SQLite database (the online backup API, in one read "
+    "transaction), made at plan and read by every partition"
+)
+
+
+def _start_copy(
+    rt: Runtime, task: Task, source: SqlSource, token: str, info: dict[str, Any]
+) -> bool:
+    """SQLite: a consistent copy of the database into the snapshot directory, recorded as
+    the task's snapshot; every read of the task's partitions reads it (Runtime.source).
+    A copy that cannot be made (no space, say) delivers per_partition with that reason
+    when the request did not ask for a snapshot; else the planning read fails."""
+    directory = rt.settings.snapshot_path
+    drop_copies(rt, task.task_id)  # a copy of an earlier planning of this task
+    name = f"{task.task_id}.{secrets.token_hex(8)}"
+    try:
+        identity = copy_sqlite(source.engine, directory, name)
+    except CopyFailed as exc:  # the policy's refusals and source errors propagate
+        if task.plan.consistency is Consistency.SNAPSHOT:
+            raise
+        info["reason"] = f"no consistent copy of the SQLite database: {exc.error_msg}"
+        return bool(rt.store.set_consistency(task.task_id, token, task.snapshot_gen, None, info))
+    info.update(delivered=Consistency.SNAPSHOT.value, snapshot=identity, reason=SQLITE_COPY_REASON)
+    recorded = rt.store.set_consistency(
+        task.task_id, token, task.snapshot_gen, identity["id"], info
+    )
+    if not recorded:  # the lease is lost: the next coordinator makes its own copy
+        (directory / f"{name}{COPY_SUFFIX}").unlink(missing_ok=True)  # this one's only
+    return bool(recorded)
+
+
+def drop_copies(rt: Runtime, task_id: str) -> int:
+    """Delete every SQLite copy of the task (and one left half written) from this host's
+    snapshot directory; how many files went. Idempotent: the task's cleanup."""
+    directory = rt.settings.snapshot_path
+    if not directory.is_dir():
+        return 0
+    gone = 0
+    for path in directory.glob(f"{task_id}.*"):
+        if copy_owner(path.name) == task_id:
+            path.unlink(missing_ok=True)
+            gone += 1
+    return gone
+
+
+def planning_source(rt: Runtime, task_id: str, dataset: Dataset, source: Source) -> Source:
+    """The source the rest of the planning reads (estimate, bounds): the task's SQLite
+    copy once there is one, so that the bounds are of the moment the partitions read."""
+    if not isinstance(source, SqlSource) or source.engine.dialect.name != "sqlite":
+        return source
+    state = rt.store.snapshot_state(task_id)
+    if state is None or not state[1]:
+        return source
+    return rt.source(dataset, state[1])
 
 
 def _no_holder_slot(rt: Runtime, task: Task, token: str, info: dict[str, Any]) -> bool:

@@ -16,11 +16,15 @@ what those tasks are, and removes
 - open multipart uploads of those same tasks, and any upload older than
   `abort_uploads_after`.
 
+- the consistent copies of SQLite sources in this host's snapshot directory that no task
+  reads any more (`sweep_copies`).
+
 It never touches a live task's parts or a GENERATED task's files (only their temporary
 files past the grace period), nor any key it cannot read a task id from."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections import Counter
@@ -29,7 +33,9 @@ from datetime import UTC, datetime, timedelta
 
 from exportd.model import FileStatus
 from exportd.runtime import Runtime
+from exportd.sources.sql import COPY_SUFFIX, copy_owner
 from exportd.storage import is_temporary
+from exportd.store import SQLITE_COPY_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -101,4 +107,30 @@ class Sweeper:
             "parts_swept": kinds["parts"],
             "outputs_swept": kinds["outputs"],
             "uploads_aborted": len(aborted),
+            "copies_swept": self.sweep_copies(old),
         }
+
+    def sweep_copies(self, old: datetime) -> int:
+        """The SQLite copies (docs/consistency.md) in this host's snapshot directory
+        that no task reads any more: of a terminal task, of a task the store does not
+        know, or not the task's current snapshot (an earlier planning's, a copy half
+        written by a crash), the last two only past the grace period."""
+        directory = self.rt.settings.snapshot_path
+        if not directory.is_dir():
+            return 0
+        files = []
+        for path in directory.iterdir():
+            task_id = copy_owner(path.name)
+            if task_id is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    files.append((path, task_id, datetime.fromtimestamp(path.stat().st_mtime, UTC)))
+        states = self.rt.store.copy_states({task_id for _, task_id, _ in files})
+        gone = 0
+        for path, task_id, modified in files:
+            state = states.get(task_id)
+            snapshot = SQLITE_COPY_PREFIX + path.name.removesuffix(COPY_SUFFIX)
+            current = state is not None and state[1] == snapshot
+            if (state is not None and state[0].is_terminal) or (not current and modified < old):
+                path.unlink(missing_ok=True)
+                gone += 1
+        return gone

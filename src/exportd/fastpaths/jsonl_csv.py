@@ -412,7 +412,7 @@ def _python_cells(
 
 
 def _mixed(
-    chunk: bytes, message: str, known: pa.Schema | None, name: str, offset: int,
+    chunk: bytes, messages: list[str], known: pa.Schema | None, name: str, offset: int,
     opts: CsvOptions | None, csv: ArrowCsv | None,
 ) -> tuple[list[str], int, dict[str, pa.Array], pa.Schema]:  # fmt: skip
     """A chunk whose key changes type (Arrow's `message`): the lines of the rarer kind go
@@ -422,6 +422,9 @@ def _mixed(
     lines = chunk.split(b"\n")
     starts = [0, *itertools.accumulate(len(line) + 1 for line in lines)][:-1]
     taken: set[int] = set()
+    for message in messages[:-1]:  # the keys that changed type in the chunk before
+        taken |= _conflict_lines(message, chunk, starts, taken)
+    message = messages[-1]
     for _ in range(MAX_SPLITS):
         taken |= _conflict_lines(message, chunk, starts, taken)
         pieces, pos = [], 0
@@ -434,13 +437,14 @@ def _mixed(
             break
         except NotExact as exc:
             message = str(exc)
+            messages.append(message)
     else:
         raise NotExact("too many keys change type")
     _check_bytes(rest, table.schema)
     paths = _paths(table.schema)
     check_width(paths)
     # a document per line that is not blank: the document number of each taken line
-    blank = [bisect.bisect_right(starts, x.start()) - 1 for x in _BLANK_LINE.finditer(chunk)]
+    blank = [i for i, line in enumerate(lines) if not line or line.isspace()]
     py_lines = sorted(taken)
     py_docs = [i - bisect.bisect_left(blank, i) for i in py_lines]
     rows = len(lines) - len(blank)
@@ -495,34 +499,38 @@ def collect_headers(
     lists: list[list[str]] = []
     documents = written = 0
     known: pa.Schema | None = None
+    changing: list[str] = []  # Arrow's words for the keys that changed type so far
     flat = Flattener("json")
+    opts = cache.opts if cache else None
     csv = ArrowCsv(cache.opts, 2) if cache else None
     for name, offset, chunk in chunks_of(segments):
         check()
         cells: dict[str, pa.Array] = {}
-        try:
-            table = _read_inferring(chunk, known)
-            _check_bytes(chunk, table.schema)
-            paths, rows = _paths(table.schema), table.num_rows
-            check_width(paths)
-            if csv is not None:
-                cells = _arrow_cells(table, csv)
-            known = pa.schema(_known(table.schema))
-        except NotExact as exc:
-            try:
+        schema: pa.Schema | None = None
+        if changing:  # likely again: straight to the mixed read
+            with contextlib.suppress(NotExact):
                 paths, rows, cells, schema = _mixed(
-                    chunk, str(exc), known, name, offset, cache.opts if cache else None, csv
+                    chunk, list(changing), known, name, offset, opts, csv
                 )
-                known = pa.schema(_known(schema))
-                lists.append(paths)
-                documents += rows
-                if cache is not None and rows:
-                    table = pa.Table.from_arrays(list(cells.values()), names=list(cells))
-                    _write_table(cache.storage, cache.key(written), table, rows)
-                    written += 1
-                continue
-            except NotExact:
-                pass
+        if schema is None:
+            try:
+                table = _read_inferring(chunk, known)
+                _check_bytes(chunk, table.schema)
+                paths, rows = _paths(table.schema), table.num_rows
+                check_width(paths)
+                if csv is not None:
+                    cells = _arrow_cells(table, csv)
+                schema = table.schema
+            except NotExact as exc:
+                with contextlib.suppress(NotExact):
+                    messages = [str(exc)]
+                    paths, rows, cells, schema = _mixed(
+                        chunk, messages, known, name, offset, opts, csv
+                    )
+                    changing = messages
+        if schema is not None:
+            known = pa.schema(_known(schema))
+        else:  # the Python path, whole
             docs = documents_of(chunk, name, offset)
             rows = len(docs)
             if cache is not None:

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from exportd.formats.cells import SPREADSHEET_TRIGGERS, float_text
 from exportd.formats.text import CsvOptions
@@ -66,6 +67,8 @@ class ArrowCsv:
         self._special = _re2_class(opts.delimiter + opts.quote + "\r\n")
         self._qq = opts.quote * 2
         self._plain = not ({opts.delimiter, opts.quote} & _PLAIN_CHARS) and opts.null == ""
+        self._writer = _writer_options(opts)
+        self._plain_rows = self._writer is not None
 
     # ---- one column ------------------------------------------------------------------
 
@@ -168,6 +171,13 @@ class ArrowCsv:
                 for i in range(0, count, step)
             )
         o = self.o
+        if self._plain_rows:
+            try:  # the cells are final: Arrow's writer joins them (3-4x faster) unless
+                # one holds a quote, the delimiter or a line break (it refuses those)
+                assert self._writer is not None
+                return _written_rows(columns, count, self._writer)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass
         parts: list[pa.Array | pa.Scalar] = [pa.scalar(o.null) if c is None else c for c in columns]
         # the line ending goes on the last cell: fewer bytes to copy than on whole lines
         last = parts[-1]
@@ -179,6 +189,26 @@ class ArrowCsv:
             parts[0] = pa.array([parts[0].as_py()] * count, pa.string())
         line = pc.binary_join_element_wise(*parts, o.delimiter) if len(parts) > 1 else parts[0]
         return _text_bytes(line)
+
+
+def _written_rows(
+    columns: Sequence[pa.Array | None], count: int, options: pacsv.WriteOptions
+) -> bytes:
+    arrays = [pa.nulls(count, pa.string()) if c is None else c for c in columns]
+    table = pa.Table.from_arrays(arrays, names=[str(i) for i in range(len(arrays))])
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(table, sink, options)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def _writer_options(o: CsvOptions) -> pacsv.WriteOptions | None:
+    """Arrow's CSV writer set to write finished cells as they are, where it can."""
+    if len(o.delimiter) != 1 or not o.delimiter.isascii() or '"' in o.null:
+        return None
+    return pacsv.WriteOptions(
+        include_header=False, delimiter=o.delimiter, eol=o.line_ending, null_string=o.null,
+        quoting_style="none", batch_size=8192,
+    )  # fmt: skip
 
 
 def _text_bytes(arr: pa.Array) -> bytes:

@@ -41,7 +41,7 @@ class DocumentMode(enum.StrEnum):
 class Consistency(enum.StrEnum):
     """Which moment(s) an export's rows are of (docs/consistency.md)."""
 
-    SNAPSHOT = "snapshot"  # one moment for every partition (PostgreSQL's exported snapshot)
+    SNAPSHOT = "snapshot"  # one moment for every partition (PostgreSQL snapshot, SQLite copy)
     PER_PARTITION = "per_partition"  # each partition at the moment it reads
 
 

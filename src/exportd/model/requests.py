@@ -160,8 +160,9 @@ class ExportRequest(BaseModel):
     )
     consistency: Literal["snapshot", "per_partition"] | None = Field(
         default=None,
-        description="snapshot: every partition reads one moment of the database (PostgreSQL; "
-        "the default where the database can share a snapshot); per_partition: each "
+        description="snapshot: every partition reads one moment of the database "
+        "(PostgreSQL's exported snapshot, a consistent copy of a SQLite database; the "
+        "default where the database allows it); per_partition: each "
         "partition reads at its own moment. The status says what was delivered",
     )
     sample_export: SampleExport | None = Field(
@@ -229,6 +230,28 @@ class DatasetRequest(BaseModel):
     writable: bool = Field(
         default=False,
         description="sql table: imports may write into it (the server administrator only)",
+    )
+
+
+class DatasetProtectionRequest(BaseModel):
+    """A change of a database dataset's source protection (docs/consistency.md), by the
+    project's admin: the fields given are set (null removes the limit), the others kept.
+    It applies to the partitions claimed afterwards."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+
+    max_connections: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="most connections its exports hold on the source at once, across every "
+        "worker and host (a snapshot's holder counts); null: no limit",
+    )
+    statement_timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="a partition's read is stopped by the source after this long; null: none",
     )
 
 

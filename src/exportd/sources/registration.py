@@ -242,3 +242,27 @@ def _s3_samples(req: DatasetRequest, prefixes: Sequence[str]) -> DatasetSpec:
         "the S3 path is not under an S3 source prefix of the server (EXPORTD_SOURCE_S3_PREFIXES)",
         "INVALID_PATH",
     )
+
+
+def protection_change(
+    kind: DatasetKind, options: dict[str, Any], given: dict[str, Any]
+) -> dict[str, Any]:
+    """A database dataset's options with its protection changed (`given`: the fields of
+    the request that were set; None removes one). A 400 for a dataset that reads no
+    database (files, samples, JSON Lines documents) or an empty change."""
+    if kind in (DatasetKind.FILES, DatasetKind.SAMPLES) or options.get("path"):
+        raise BadRequest(
+            "max_connections and statement_timeout_seconds protect a database source: "
+            "this dataset reads files",
+            "INVALID_DATASET",
+        )
+    if not given:
+        raise BadRequest("give max_connections and/or statement_timeout_seconds", "INVALID_REQUEST")
+    out = dict(options)
+    for name in _PROTECTION:
+        if name in given:
+            if given[name] is None:
+                out.pop(name, None)
+            else:
+                out[name] = int(given[name])
+    return out

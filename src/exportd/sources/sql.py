@@ -6,16 +6,22 @@ statement timeout (docs/consistency.md)."""
 
 from __future__ import annotations
 
+import os
 import re
+import sqlite3
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterator
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.pool import NullPool
 
 from exportd.errors import BadRequest, SourceError, first_line
 from exportd.model import Dataset
@@ -23,7 +29,7 @@ from exportd.outages import source_error, unreachable
 from exportd.sources import Estimate, Selection
 from exportd.sources.filters import COERCE, compile_filter
 from exportd.sources.policy import SourcePolicy
-from exportd.store import normalize_url
+from exportd.store import SQLITE_COPY_PREFIX, normalize_url
 
 _QUERY_START = re.compile(r"^\s*(select|with)\b", re.IGNORECASE)
 
@@ -35,6 +41,7 @@ class SqlEngines:
 
     def __init__(self, policy: SourcePolicy | None = None) -> None:
         self._engines: dict[tuple[str, int | None], sa.Engine] = {}
+        self._copies: OrderedDict[tuple[str, None], sa.Engine] = OrderedDict()
         self._lock = threading.Lock()
         self.policy = policy
 
@@ -50,11 +57,38 @@ class SqlEngines:
                 self._engines[(url, max_connections)] = engine
             return engine
 
+    def release(self, url: str, max_connections: int | None) -> None:
+        """Dispose of the engine of a dataset's former limit (its idle pooled connections
+        are closed now rather than at recycling): its `max_connections` changed."""
+        with self._lock:
+            engine = self._engines.pop((url, max_connections), None)
+        if engine is not None:
+            engine.dispose()
+
+    COPY_ENGINES = 64  # engines of SQLite copies kept (no pool: nothing held open)
+
+    def copy(self, path: Path) -> sa.Engine:
+        """The engine of a task's consistent copy of a SQLite database: exportd's own
+        file, made from a source the policy checked, so not checked again (the copies'
+        directory is refused as a source). Read only, opened without creating it, and
+        with no pool: no connection keeps a deleted copy's disk space."""
+        key = (f"copy:{path}", None)
+        with self._lock:
+            engine = self._copies.get(key)
+            if engine is None:
+                engine = _copy_engine(path)
+                self._copies[key] = engine
+                while len(self._copies) > self.COPY_ENGINES:
+                    self._copies.popitem(last=False)[1].dispose()
+            self._copies.move_to_end(key)
+            return engine
+
     def dispose(self) -> None:
         with self._lock:
-            for engine in self._engines.values():
+            for engine in [*self._engines.values(), *self._copies.values()]:
                 engine.dispose()
             self._engines.clear()
+            self._copies.clear()
 
 
 CONNECT_TIMEOUT_SECONDS = 10  # a source that accepts and never answers fails like any other
@@ -100,6 +134,126 @@ def _create_source_engine(
         policy.guard(engine)
     event.listen(engine, "connect", _read_only_session(engine.dialect.name))
     return engine
+
+
+# ---- SQLite: a consistent copy per task (docs/consistency.md) ---------------------------
+
+_COPY_NAME = re.compile(r"^[0-9a-f]{32}\.[0-9a-f]{8,32}$")
+COPY_SUFFIX = ".sqlite"
+COPY_PART = ".part"  # a copy being written (a crash leaves it to the sweeper)
+
+
+class CopyMissing(SourceError):
+    """This worker cannot open the task's copy (another host without the shared
+    snapshot directory, or the copy already deleted): the partition fails its attempt,
+    never reads the live database instead (that would mix two moments)."""
+
+    def __init__(self, name: str, directory: Path) -> None:
+        super().__init__(
+            f"the task's consistent copy of the SQLite database ({name}) cannot be opened "
+            f"in this worker's snapshot directory ({directory}): every worker of a snapshot "
+            "export must share that directory (EXPORTD_SNAPSHOT_DIR); else export with "
+            '"consistency": "per_partition"',
+            "SNAPSHOT_COPY_MISSING",
+        )
+
+
+class CopyFailed(SourceError):
+    """The consistent copy could not be made or written (no space left, say)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"the SQLite database could not be copied: {why}", "SNAPSHOT_COPY_FAILED")
+
+
+def sqlite_copy_file(directory: Path, snapshot: str | None) -> Path | None:
+    """The file of a task's snapshot when it is a SQLite copy (`sqlite-copy:<name>`);
+    None for any other snapshot. The name is exportd's own, checked: never a path."""
+    if not snapshot or not snapshot.startswith(SQLITE_COPY_PREFIX):
+        return None
+    name = snapshot[len(SQLITE_COPY_PREFIX) :]
+    if not _COPY_NAME.match(name):
+        raise SnapshotLost("the task's copy identifier is malformed")
+    return directory / (name + COPY_SUFFIX)
+
+
+def copy_owner(file_name: str) -> str | None:
+    """The task id of a file of the snapshot directory (a copy, or one being written)."""
+    name = file_name.removesuffix(COPY_PART).removesuffix(COPY_SUFFIX)
+    return name.split(".", 1)[0] if _COPY_NAME.match(name) else None
+
+
+def _copy_engine(path: Path) -> sa.Engine:
+    def connect() -> sqlite3.Connection:
+        try:  # mode=ro: a missing copy is an error, never a new empty database
+            return sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, timeout=60, check_same_thread=False
+            )
+        except sqlite3.OperationalError:
+            raise CopyMissing(path.name, path.parent) from None
+
+    engine = sa.create_engine(
+        f"sqlite:///{path}", creator=connect, poolclass=NullPool, hide_parameters=True
+    )
+    event.listen(engine, "connect", _read_only_session("sqlite"))
+    return engine
+
+
+def copy_sqlite(engine: sa.Engine, directory: Path, name: str) -> dict[str, Any]:
+    """A consistent copy of the source database into `directory`/`name`.sqlite, with
+    the online backup API in one step (`backup(pages=-1)`): the whole copy is made in one
+    read transaction of the source, so it is the database at one moment. In WAL mode a
+    writer goes on meanwhile (the copy reads the snapshot its transaction began with);
+    in rollback-journal mode a writer's commit waits for the copy to end (its busy
+    timeout). The copy is written aside and renamed when complete, in rollback-journal
+    mode (its readers need no -wal/-shm files). Returns the copy's identity."""
+    final = directory / (name + COPY_SUFFIX)
+    part = directory / (name + COPY_SUFFIX + COPY_PART)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CopyFailed(f"the snapshot directory cannot be made ({exc.strerror})") from None
+    try:
+        raw = engine.raw_connection()  # the policy's checks apply to the source
+    except sa_exc.DBAPIError as exc:
+        raise source_error(exc, "SOURCE_QUERY_FAILED") from None
+    try:
+        src: sqlite3.Connection = raw.driver_connection  # type: ignore[assignment]
+        dst = sqlite3.connect(part)
+        try:
+            started, at = time.monotonic(), datetime.now(UTC)
+            src.backup(dst, pages=-1)
+            took = time.monotonic() - started
+            dst.execute("PRAGMA journal_mode = DELETE")
+            pages = int(dst.execute("PRAGMA page_count").fetchone()[0])
+            page_size = int(dst.execute("PRAGMA page_size").fetchone()[0])
+        finally:
+            dst.close()
+        os.replace(part, final)
+    except (sqlite3.Error, OSError) as exc:
+        part.unlink(missing_ok=True)
+        raise CopyFailed(first_line(exc)) from None
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    finally:
+        raw.close()
+    return {
+        "kind": "sqlite_copy",
+        "id": SQLITE_COPY_PREFIX + name,
+        "time": at.isoformat(),
+        "copy": final.name,
+        "pages": pages,
+        "page_size": page_size,
+        "bytes": final.stat().st_size,
+        "copy_seconds": round(took, 3),
+        "host": _host(),
+    }
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
 
 
 def _read_only_session(dialect: str) -> Any:

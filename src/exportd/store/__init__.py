@@ -19,6 +19,7 @@ from exportd.store.imports import ImportStore
 from exportd.store.janitor import JanitorStore
 from exportd.store.partitions import HeartbeatReply
 from exportd.store.rows import as_utc
+from exportd.store.slots import SQLITE_COPY_PREFIX
 from exportd.store.snapshots import SnapshotStore
 from exportd.store.tasks import SORT_FIELDS, TaskQuery, sort_order
 
@@ -29,6 +30,7 @@ class Store(JanitorStore, SnapshotStore, CatalogStore, ImportStore):
 
 __all__ = [
     "SORT_FIELDS",
+    "SQLITE_COPY_PREFIX",
     "HeartbeatReply",
     "PlannedPartition",
     "Store",

@@ -3,10 +3,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 
 from exportd.model import ACTIVE_STATUSES, PartitionStatus, TaskStatus
 from exportd.store.tables import datasets, partitions, tasks
+
+SQLITE_COPY_PREFIX = "sqlite-copy:"
+"""A task's snapshot that is a consistent copy of a SQLite database (docs/consistency.md):
+it holds no connection on the source, so no slot of the dataset's `max_connections`."""
+
+
+def _holds_connection(t: Any) -> Any:
+    return sa.and_(t.snapshot_id.is_not(None), t.snapshot_id.not_like(SQLITE_COPY_PREFIX + "%"))
 
 
 def source_slot_free(conn: sa.Connection, task_id: str, postgres: bool) -> bool:
@@ -38,10 +48,19 @@ def source_slot_free(conn: sa.Connection, task_id: str, postgres: bool) -> bool:
         sa.select(sa.func.count()).where(
             t.dataset_id == ds_id,
             t.status == TaskStatus.RUNNING.value,
-            t.snapshot_id.is_not(None),
+            _holds_connection(t),
         )
     ).scalar()
-    return int(running or 0) + int(holders or 0) < int(limit)
+    if int(running or 0) + int(holders or 0) < int(limit):
+        return True
+    # a limit lowered (PATCH) below what a running snapshot export needs: its holder is
+    # open already; one partition of the dataset at a time goes on, so that it ends
+    own = conn.execute(
+        sa.select(sa.func.count()).where(
+            t.task_id == task_id, t.status == TaskStatus.RUNNING.value, _holds_connection(t)
+        )
+    ).scalar()
+    return not running and bool(own)
 
 
 def holder_slot_free(conn: sa.Connection, task_id: str, postgres: bool) -> bool:
@@ -60,7 +79,7 @@ def holder_slot_free(conn: sa.Connection, task_id: str, postgres: bool) -> bool:
             t.dataset_id == ds_id,
             t.task_id != task_id,
             t.status == TaskStatus.RUNNING.value,
-            t.snapshot_id.is_not(None),
+            _holds_connection(t),
         )
     ).scalar()
     return int(holders or 0) + 1 < int(limit)

@@ -3,16 +3,18 @@ replacement as one move with the partitions it invalidates."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
+from exportd.errors import NotFound
 from exportd.model import PartitionPhase, PartitionStatus, Stage, TaskStatus
 from exportd.store.base import utcnow
 from exportd.store.partitions import PartitionStore
-from exportd.store.slots import holder_slot_free
-from exportd.store.tables import partitions, tasks
+from exportd.store.slots import SQLITE_COPY_PREFIX, holder_slot_free
+from exportd.store.tables import datasets, partitions, tasks
 
 OPEN = (PartitionStatus.PENDING.value, PartitionStatus.RUNNING.value)
 
@@ -33,7 +35,8 @@ class SnapshotStore(PartitionStore):
         holders take the dataset's `max_connections`): nothing is written."""
         now = utcnow()
         with self.write() as conn:
-            if snapshot_id is not None and not holder_slot_free(conn, task_id, self.is_postgres):
+            holds = snapshot_id is not None and not snapshot_id.startswith(SQLITE_COPY_PREFIX)
+            if holds and not holder_slot_free(conn, task_id, self.is_postgres):
                 return None
             n = conn.execute(
                 sa.update(tasks)
@@ -52,11 +55,47 @@ class SnapshotStore(PartitionStore):
             ).rowcount
         return n == 1
 
+    def set_dataset_options(
+        self, project_id: str, dataset_id: str, change: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """A dataset's options changed (its source protection) in one locked move: the
+        claims read the dataset's row (its `max_connections`) at claim time. `change`
+        raises to change nothing. Returns the new options."""
+        with self.write() as conn:
+            find = sa.select(datasets.c.options).where(
+                datasets.c.project_id == project_id, datasets.c.dataset_id == dataset_id
+            )
+            row = conn.execute(find.with_for_update() if self.is_postgres else find).first()
+            if row is None:
+                raise NotFound(f"dataset {dataset_id!r} not found", "DATASET_NOT_FOUND")
+            options = change(dict(row.options or {}))
+            conn.execute(
+                sa.update(datasets)
+                .where(datasets.c.project_id == project_id, datasets.c.dataset_id == dataset_id)
+                .values(options=options)
+            )
+        return options
+
     def holder_slot_free(self, task_id: str) -> bool:
         """Whether a snapshot's holder for the task would leave its dataset a connection
         for a partition (read only: `set_consistency` checks again, locked)."""
         with self.read() as conn:
             return holder_slot_free(conn, task_id, False)
+
+    def copy_states(self, task_ids: Collection[str]) -> dict[str, tuple[TaskStatus, str | None]]:
+        """(status, snapshot id) of those of these tasks that exist (the sweeper, for
+        the SQLite copies on its host)."""
+        found: dict[str, tuple[TaskStatus, str | None]] = {}
+        ids = sorted(task_ids)
+        with self.read() as conn:
+            for i in range(0, len(ids), 500):
+                rows = conn.execute(
+                    sa.select(tasks.c.task_id, tasks.c.status, tasks.c.snapshot_id).where(
+                        tasks.c.task_id.in_(ids[i : i + 500])
+                    )
+                ).all()
+                found.update((r[0], (TaskStatus(r[1]), r[2])) for r in rows)
+        return found
 
     def snapshot_state(self, task_id: str) -> tuple[TaskStatus, str | None, int, int, int] | None:
         """(status, snapshot id, generation, open partitions, partitions) of a task, for

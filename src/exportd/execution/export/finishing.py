@@ -158,7 +158,7 @@ def _failed_rows(rt: Runtime, task: Task, failed: list[Any]) -> int:
         return 0
     try:
         dataset = rt.store.get_dataset(task.project_id, task.dataset_id)
-        source, sel = rt.source(dataset), selection_for(task, dataset)
+        source, sel = rt.source(dataset, task.snapshot_id), selection_for(task, dataset)
         return sum(source.count(sel, p.bounds) for p in failed)
     except Exception:
         return 0

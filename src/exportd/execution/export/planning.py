@@ -40,6 +40,7 @@ def plan(rt: Runtime, task: Task, lease: Lease) -> None:
             rt, task, lambda: snapshots.start(rt, task, dataset, source, lease.token)
         ):
             return  # the coordinator's lease is lost: its next holder takes over
+        source = snapshots.planning_source(rt, task.task_id, dataset, source)  # a SQLite copy
         estimate = _through_outages(rt, task, lambda: source.estimate(sel))
         store.set_task_stage(
             task.task_id, lease.token, Stage.GETTING_TOTAL,
