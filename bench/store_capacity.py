@@ -5,7 +5,8 @@
    (100 RUNNING tasks x 1,000) and 1 to 32 simulated workers (processes x threads, each
    with its own connection pool, all through `exportd.store.Store`); and heartbeats
    (lease renewals, which every running partition makes each `lease_seconds / 4`)
-   per second with 16 leases held.
+   and progress saves (about one a second per running partition) per second with 16
+   leases held.
 2. History: the same claims, a task listing (of the project that holds the history,
    first page of 50 and the count), the metrics' grouped counts, with 100,000
    finished tasks (1,000,000 finished partitions) in the tables; then the retention's
@@ -75,11 +76,13 @@ def queue(store: Store, tasks: int, per_task: int, projects: int) -> None:
 
 
 def claimer(
-    url: str, threads: int, seconds: float, out: Any, ready: Any, beats: bool = False
+    url: str, threads: int, seconds: float, out: Any, ready: Any, mode: str = "claims"
 ) -> None:
     """One process of simulated workers: claim, commit an empty part, again (every
-    process starts claiming at the same moment, once all have started). With `beats`,
-    each claims one partition and then only renews its lease (heartbeats), again."""
+    process starts claiming at the same moment, once all have started). In mode
+    `beats`, each claims one partition and then only renews its lease (heartbeats),
+    again; in mode `saves`, it only records its progress (`record_progress`, what a
+    running partition does about once a second between heartbeats), again."""
     store = Store(url)
     ready.wait()
     counts = [0] * threads
@@ -88,13 +91,16 @@ def claimer(
 
     def work(k: int) -> None:
         owner = f"bench:{os.getpid()}:w{k}"
-        if beats:
+        if mode in ("beats", "saves"):
             held = store.claim_partition(owner, 60)
             assert held is not None
             task, part, lease = held
             while time.monotonic() < stop:
                 t0 = time.perf_counter()
-                store.heartbeat(task.task_id, part.index, lease.token, 60, counts[k], 0)
+                if mode == "beats":
+                    store.heartbeat(task.task_id, part.index, lease.token, 60, counts[k], 0)
+                else:
+                    store.record_progress(task.task_id, part.index, lease.token, counts[k], 0)
                 latencies[k].append(time.perf_counter() - t0)
                 counts[k] += 1
             return
@@ -151,10 +157,11 @@ def proc_cpu(pid: int) -> float:
 
 class BackendCpu:
     """CPU seconds of this database's own PostgreSQL backends (not the cluster's other
-    users'), sampled every 0.2 s from /proc while a run goes on (the server is local)."""
+    users'), sampled every `every` s from /proc while a run goes on (the server is local;
+    a backend's time after its last sample is missed: a floor)."""
 
-    def __init__(self, url: str) -> None:
-        self.url, self.stop = url, threading.Event()
+    def __init__(self, url: str, every: float = 0.2) -> None:
+        self.url, self.every, self.stop = url, every, threading.Event()
         self.first: dict[int, float] = {}
         self.last: dict[int, float] = {}
         self.old: set[int] = set()
@@ -172,7 +179,7 @@ class BackendCpu:
                     if cpu >= 0:
                         self.first.setdefault(pid, cpu)
                         self.last[pid] = cpu
-                if self.stop.wait(0.2):
+                if self.stop.wait(self.every):
                     return
 
     def __enter__(self) -> BackendCpu:
@@ -191,7 +198,7 @@ class BackendCpu:
 
 
 def measure_claims(
-    url: str, procs: int, threads: int, seconds: float, beats: bool = False
+    url: str, procs: int, threads: int, seconds: float, mode: str = "claims"
 ) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
@@ -206,7 +213,7 @@ def measure_claims(
     pg0, wall0 = postgres_cpu_seconds(), time.monotonic()
     ready = ctx.Barrier(procs)
     ps = [
-        ctx.Process(target=claimer, args=(url, threads, seconds, out, ready, beats))
+        ctx.Process(target=claimer, args=(url, threads, seconds, out, ready, mode))
         for _ in range(procs)
     ]
     for p in ps:
@@ -314,8 +321,10 @@ def main() -> None:
             runs.append(measure_claims(url, procs, threads, args.seconds))
             print(json.dumps(runs[-1]), flush=True)
         figures["claims"] = runs
-        figures["heartbeats"] = measure_claims(url, 4, 4, args.seconds, beats=True)
+        figures["heartbeats"] = measure_claims(url, 4, 4, args.seconds, mode="beats")
         print(json.dumps(figures["heartbeats"]), flush=True)
+        figures["progress_saves"] = measure_claims(url, 4, 4, args.seconds, mode="saves")
+        print(json.dumps(figures["progress_saves"]), flush=True)
 
         t0 = time.monotonic()
         add_history(url, args.history)

@@ -12,7 +12,6 @@ else (syntax, constraint, division by zero, a missing table) is a real error."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from sqlalchemy import exc as sa_exc
 
@@ -82,18 +81,29 @@ def source_error(exc: BaseException, code: str) -> SourceError:
     return SourceError(first_line(exc), code)
 
 
-def source_outage(budget: float) -> Callable[[BaseException], bool]:
+class SourceOutage:
     """The `transient` rule for riding out a source outage (with `ride_out` and an
     unbounded budget): an error that says the source cannot be reached, for `budget`
     seconds counted from the first such error, not from the start of the work (which
-    may have read for a long time before the source went away)."""
-    first: list[float] = []
+    may have read for a long time before the source went away). `left` is what that
+    budget still allows (for `ride_out`'s log line)."""
 
-    def transient(exc: BaseException) -> bool:
+    def __init__(self, budget: float) -> None:
+        self.budget = budget
+        self.first: float | None = None
+
+    def __call__(self, exc: BaseException) -> bool:
         if not (isinstance(exc, SourceError) and exc.transient):
             return False
-        if not first:
-            first.append(time.monotonic())
-        return time.monotonic() - first[0] < budget
+        if self.first is None:
+            self.first = time.monotonic()
+        return time.monotonic() - self.first < self.budget
 
-    return transient
+    def left(self) -> float:
+        if self.first is None:
+            return self.budget
+        return max(0.0, self.budget - (time.monotonic() - self.first))
+
+
+def source_outage(budget: float) -> SourceOutage:
+    return SourceOutage(budget)

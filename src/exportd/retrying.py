@@ -35,17 +35,27 @@ def ride_out(
     cap: float = 5.0,
 ) -> T:
     """`call()`, tried again while it raises a transient error, for at most `budget`
-    seconds (with exponential backoff and jitter between tries, from `base` to `cap`)."""
+    seconds (with exponential backoff and jitter between tries, from `base` to `cap`).
+    The log line of each retry says how long the budget still allows: what is left of
+    `budget`, or, for a `transient` rule that counts a budget of its own (`budget`
+    unbounded, e.g. `outages.SourceOutage`, from the first failure), its `left()`."""
+    left: Callable[[], float] | None = getattr(transient, "left", None)
+
+    def remaining(state: tenacity.RetryCallState) -> float:
+        if left is not None:
+            return max(0.0, left())
+        return max(0.0, budget - (state.seconds_since_start or 0.0))
+
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_delay(budget),
         wait=tenacity.wait_exponential_jitter(multiplier=base, max=cap, jitter=base),
         retry=tenacity.retry_if_exception(transient),
         reraise=True,
         before_sleep=lambda state: log.warning(
-            "%s failed (%s); trying again for up to %.0f s",
+            "%s failed (%s); trying again for up to %.0f s more",
             what,
             type(state.outcome.exception()).__name__ if state.outcome else "?",
-            budget,
+            remaining(state),
         ),
     )
     return retrying(call)

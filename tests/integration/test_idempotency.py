@@ -54,6 +54,8 @@ def test_concurrent_creates_with_one_key_make_one_task(
             else:
                 assert r.status_code in (200, 202), r.text
                 assert r.json()["task_id"] == created["task_id"]
+                where = f"/v1/projects/acme/exports/{created['task_id']}"
+                assert r.headers["location"] == where
                 assert r.json()["parallelism"] == winner
         same_body = sum(1 for r in answers if r.status_code in (200, 202))
         assert same_body == (CALLERS - DIFFERENT if winner == 1 else DIFFERENT), codes

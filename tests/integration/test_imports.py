@@ -238,6 +238,8 @@ def test_idempotency_key(pg_target_url: str, live_server: Any) -> None:
     b = api.http.post("/v1/projects/acme/imports", json=body, headers=h)
     assert (a.status_code, b.status_code) == (202, 200)
     assert a.json()["task_id"] == b.json()["task_id"]
+    where = f"/v1/projects/acme/imports/{a.json()['task_id']}"
+    assert a.headers["location"] == b.headers["location"] == where
     c = api.http.post("/v1/projects/acme/imports", json={**body, "mode": "replace"}, headers=h)
     assert c.status_code == 409
     assert api.wait("acme", a.json()["task_id"])["status"] == "COMPLETED"

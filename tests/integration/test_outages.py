@@ -5,6 +5,7 @@ behind a proxy. Tasks must end exact, without failed attempts from the outage.""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -210,11 +211,13 @@ def test_a_source_blip_is_ridden_out(
 
 
 def test_a_source_unreachable_beyond_the_budget_fails_source_unavailable(
-    pg_source: str, source_proxy: FaultyProxy, live_server: Any
+    pg_source: str, source_proxy: FaultyProxy, live_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The source gone for longer than the outage budget (4 s here): the task FAILS with
     SOURCE_UNAVAILABLE; its partitions were not retried as failed reads (attempts 1 of
-    3) and say SOURCE_UNAVAILABLE too, without naming the host or port."""
+    3) and say SOURCE_UNAVAILABLE too, without naming the host or port. The log lines of
+    the retries say what is left of the budget (counted from the first failure)."""
+    caplog.set_level(logging.WARNING, "exportd.retrying")
     server = live_server(workers=4, max_attempts=3, outage_budget_seconds=4)
     api = setup_project(server, through(source_proxy, pg_source), SLOW_QUERY.format(every=250))
     task_id = api.export("acme", dataset_id="slow", format="csv", parallelism=4)["task_id"]
@@ -231,6 +234,10 @@ def test_a_source_unreachable_beyond_the_budget_fails_source_unavailable(
             "cannot be reached" in p["error_msg"] and str(source_proxy.port) not in p["error_msg"]
         )
     assert done["files"] == [] and done["file_status"] == "FAILED"
+    lines = [r.getMessage() for r in caplog.records if "reading the source" in r.getMessage()]
+    assert lines, "no retry was logged"
+    left = [float(m.rsplit("up to ", 1)[1].split(" s more")[0]) for m in lines]
+    assert all(0 <= s <= 4 for s in left), lines  # never the unbounded "inf s"
 
 
 def test_readyz_is_200_when_the_store_and_storage_answer(live_server: Any) -> None:

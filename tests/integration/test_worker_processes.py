@@ -129,8 +129,9 @@ def test_serve_runs_two_worker_processes_and_stops_them(serve: Any, pg_source: s
     assert sorted(ids) == list(range(1, len(ids) + 1)) and len(ids) == done["finished_count"] > 0
 
     s.proc.send_signal(signal.SIGTERM)  # the workers get the graceful stop too
-    # uvicorn shuts down gracefully, then re-raises the signal it caught (its exit status)
-    assert s.proc.wait(timeout=60) in (0, -signal.SIGTERM)
+    # a graceful stop is a clean exit (uvicorn alone would raise the caught signal again
+    # once it has shut down: status -15)
+    assert s.proc.wait(timeout=60) == 0
     deadline = time.monotonic() + 20
     while any(alive(p) for p in workers):
         assert time.monotonic() < deadline, "worker processes outlived the server"

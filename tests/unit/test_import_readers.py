@@ -7,10 +7,17 @@ import csv
 import io
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from exportd.formats.readers import ReadOptions, plan_file, read_records
+from exportd.formats.readers import (
+    ReadOptions,
+    delimited_blocks,
+    delimited_records,
+    plan_file,
+    read_records,
+)
 from exportd.model.plan import ImportSpec
 from exportd.sources.targets import TargetColumn, ValueRules, converter
 
@@ -106,3 +113,127 @@ def test_values_that_fit() -> None:
     naive = converter(col("datetime"), ValueRules(timezone="America/New_York"))("2013-01-01T05:00")
     assert str(naive) == "2013-01-01 10:00:00"  # a naive column holds UTC
     assert ImportSpec(source_name="f", format="csv").mode.value == "append"
+
+
+Got = tuple[list[tuple[int, Any, str]], list[tuple[int, Any, str]]]
+
+
+def _walked(path: Path, opts: ReadOptions, bounds: dict[str, Any], columns: list[str]) -> Got:
+    """What the record walker gives: (line, fields, text) of the parsed records and
+    (line, error, text) of the others."""
+    good: list[tuple[int, Any, str]] = []
+    bad: list[tuple[int, Any, str]] = []
+    for r in read_records(path, opts, bounds, columns):
+        if r.fields is None:
+            bad.append((r.line, r.error, r.raw))
+        else:
+            good.append((r.line, r.fields, r.raw))
+    return good, bad
+
+
+def _blocked(
+    path: Path, opts: ReadOptions, bounds: dict[str, Any], columns: list[str], block_bytes: int
+) -> tuple[list[tuple[int, Any, str]], list[tuple[int, Any, str]], set[str]]:
+    good: list[tuple[int, Any, str]] = []
+    bad: list[tuple[int, Any, str]] = []
+    how: set[str] = set()
+    for b in delimited_blocks(path, opts, bounds, columns, block_bytes):
+        how.add(b.parsed_by)
+        cols = [c.to_pylist() for c in b.columns]
+        for i, line in enumerate(b.lines.to_pylist()):
+            good.append((line, [c[i] for c in cols], b.raw(i)))
+        bad += [(r.line, r.error, r.raw) for r in b.rejected]
+    return good, sorted(bad), how
+
+
+TRICKY = [
+    "plain,1,x",
+    'quoted "inside",2,x',
+    '"a,b",3,x',
+    "crlf,4,x\r",
+    "",
+    "blank above,5,x",
+    "too,many,fields,6",
+    "few,7",
+    "caf\u00e9,8,x",
+    '"two\nlines",9,x',
+    '"broken,10,x',
+    "after broken,11,x",
+    "bad utf8 \udcff,12,x",
+    "lone\rcr,13,x",
+    '"x"y,14,x',
+    "\t spaced ,15, x ",
+]
+
+
+def tricky_file(path: Path, n: int, seed: int, sep: str = ",") -> list[str]:
+    """Plain rows with, here and there, every kind of awkward record."""
+    rnd = random.Random(seed)
+    lines = ["name,n,tag".replace(",", sep)]
+    for i in range(n):
+        if rnd.random() < 0.03:
+            lines.append(rnd.choice(TRICKY).replace(",", sep))
+        else:
+            lines.append(f"row{i}{sep}{i}{sep}t{rnd.randint(0, 9)}")
+    text = "\n".join(lines) + ("\n" if seed % 2 else "")
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    return lines
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_blocks_read_what_the_record_walker_reads(tmp_path: Path, seed: int) -> None:
+    path = tmp_path / "f.csv"
+    tricky_file(path, 3000, seed)
+    opts = ReadOptions("csv")
+    plan = plan_file(path, opts, 1 + seed % 4)
+    for bounds in plan.ranges:
+        want_good, want_bad = _walked(path, opts, bounds, plan.columns)
+        for block_bytes in (50, 997, 1 << 20):
+            good, bad, _how = _blocked(path, opts, bounds, plan.columns, block_bytes)
+            assert good == want_good, (seed, block_bytes)
+            assert bad == sorted(want_bad), (seed, block_bytes)
+
+
+def test_plain_chunks_are_read_by_arrow(tmp_path: Path) -> None:
+    path = tmp_path / "f.tsv"
+    path.write_text("a\tb\n" + "".join(f"{i}\tv{i}\n" for i in range(1000)) + '"q\n\tr"\tx\n')
+    opts = ReadOptions("tsv")
+    plan = plan_file(path, opts, 1)
+    blocks = list(delimited_blocks(path, opts, plan.ranges[0], plan.columns, 4000))
+    assert blocks[0].parsed_by == "arrow" and blocks[-1].parsed_by == "walker"
+    assert sum(b.rows for b in blocks) == 1001
+    last = blocks[-1]
+    assert last.lines.to_pylist()[-1] == 1002 and last.columns[0].to_pylist()[-1] == "q\n\tr"
+
+
+def _walker_plan(path: Path, opts: ReadOptions, parts: int) -> tuple[list[tuple[int, int]], int]:
+    """The split as the record walker alone makes it (planning's rule: a cut at the first
+    record at least a step past the previous cut)."""
+    text = path.read_bytes()
+    start = text.index(b"\n") + 1
+    step = max((len(text) - start) // parts, 1)
+    cuts, records, pos = [(start, 2)], 0, start
+    lines = []
+    for ln in text[start:].split(b"\n"):
+        lines.append((pos, ln + b"\n"))
+        pos += len(ln) + 1
+    if lines and lines[-1][1] == b"\n":
+        lines.pop()
+    for offset, line_no, _t, _f in delimited_records(lines, 2, opts, 3):
+        if offset >= cuts[-1][0] + step and len(cuts) < parts:
+            cuts.append((offset, line_no))
+        records += 1
+    return cuts, records
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_chunked_planning_cuts_where_the_walker_cuts(tmp_path: Path, seed: int) -> None:
+    path = tmp_path / "f.csv"
+    tricky_file(path, 2000, seed)
+    opts = ReadOptions("csv")
+    for parts in (1, 3, 7):
+        want = _walker_plan(path, opts, parts)
+        for block_bytes in (64, 1001, 1 << 22):
+            plan = plan_file(path, opts, parts, block_bytes)
+            got = [(r["start"], r["first_line"]) for r in plan.ranges]
+            assert (got, plan.records) == want, (seed, parts, block_bytes)

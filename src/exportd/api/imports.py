@@ -80,10 +80,7 @@ def create_import(
     with the task. A repeated `Idempotency-Key` returns the task it created first (200)."""
     svc.authorize(who, project_id, Role.WRITER)
     task, created = ImportService(svc).submit(project_id, body, idempotency_key, who)
-    if not created:
-        response.status_code = 200
-    response.headers["Location"] = f"/v1/projects/{project_id}/imports/{task.task_id}"
-    return v1._task_response(request, response, task)
+    return v1.created_response(request, response, task, created, "imports")
 
 
 @router.get(

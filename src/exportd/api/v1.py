@@ -436,9 +436,17 @@ def create_export(
     `Idempotency-Key` returns the task it created first (200)."""
     svc.authorize(who, project_id, Role.WRITER)
     task, created = svc.submit(project_id, body, idempotency_key, who)
+    return created_response(request, response, task, created, "exports")
+
+
+def created_response(
+    request: Request, response: Response, task: Task, created: bool, kind: str
+) -> dict[str, Any]:
+    """A create route's answer: 202 and the new task, or 200 and the task a repeated
+    `Idempotency-Key` created first; `Location` names the task under `kind`."""
     if not created:
         response.status_code = 200
-    response.headers["Location"] = f"/v1/projects/{project_id}/exports/{task.task_id}"
+    response.headers["Location"] = f"/v1/projects/{task.project_id}/{kind}/{task.task_id}"
     return _task_response(request, response, task)
 
 

@@ -247,11 +247,34 @@ def serve(
     console.print(f"exportd on http://{host}:{port}; admin token in {where}", soft_wrap=True)
     from exportd.logs import UVICORN_LOG_CONFIG
 
-    uvicorn.run(  # SIGTERM: open requests get the grace too, then the workers theirs
+    config = uvicorn.Config(  # SIGTERM: open requests get the grace too, then the workers theirs
         create_app(settings), host=host, port=port, log_level="info",
         log_config=UVICORN_LOG_CONFIG,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_seconds)),
     )  # fmt: skip
+    server = _graceful_server()(config)
+    server.run()
+    if not server.started:  # the port was taken, the app failed to start, ...
+        raise typer.Exit(3)  # uvicorn's own status for a failed start
+
+
+def _graceful_server() -> type:
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        """uvicorn's server, except that a stop it finished gracefully on SIGTERM (or
+        SIGINT) ends the process with status 0. uvicorn raises the caught signal again
+        once it has shut down, so that the default action kills the process (status
+        -15 for SIGTERM), which a service manager or a test reads as a crash."""
+
+        @contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                yield
+                # still inside uvicorn's block: what it would raise again once it is left
+                self._captured_signals.clear()
+
+    return GracefulServer
 
 
 @app.command()

@@ -56,31 +56,47 @@ def _run(rt: Runtime, task: Task, lease: Lease) -> None:
     except StoreUnavailable:  # not an error of this work: the lease lapses, another takes over
         log.warning("coordinator of %s: the store stayed unreachable", task.task_id)
     except Exception as exc:
-        log.exception("coordinator of %s failed", task.task_id)
-        _after_error(rt, task, lease, exc)
+        try:
+            held = _after_error(rt, task, lease, exc)
+        except Exception:
+            log.exception("coordinator of %s failed", task.task_id)  # this run's error
+            raise
+        if held:
+            log.exception("coordinator of %s failed", task.task_id)
+        else:  # e.g. a host cut off mid-assembly, back after another took the task over
+            metrics.fenced()
+            metrics.lease_lost("coordinator")
+            log.warning(
+                "coordinator of %s lost its lease meanwhile (its run ended with %s); its "
+                "error was not counted",
+                task.task_id, type(exc).__name__,
+            )  # fmt: skip
 
 
-def _after_error(rt: Runtime, task: Task, lease: Lease, exc: Exception) -> None:
+def _after_error(rt: Runtime, task: Task, lease: Lease, exc: Exception) -> bool:
     """Retry a failed coordinator run with backoff, up to `max_attempts` failures; then
     end the task, so that no task is left RUNNING forever on an error that persists. A
     storage that stayed unreachable for the whole outage budget is no failure of the
-    task: the work is handed back for later. A cleanup is never given up."""
+    task: the work is handed back for later. A cleanup is never given up. False: the
+    lease was no longer this run's (the error's count was fenced out: another
+    coordinator has the task, and the error, such as a part its cleanup had deleted,
+    is no failure of the task)."""
     store = rt.store
     if not task.status.is_terminal and isinstance(exc, StorageUnavailable):
         store.release_coordinator(
             task.task_id, lease.token, due=True, retry_after=OUTAGE_RETRY_SECONDS
         )
-        return
+        return True
     errors = store.count_coordinator_error(task.task_id, lease.token)
     if errors is None:
-        return
+        return False
     if task.status.is_terminal:
         cleanup_later(rt, task, lease, errors)
-        return
+        return True
     if errors < rt.settings.max_attempts:
         delay = backoff(errors, rt.settings.retry_base_seconds, RETRY_CAP_SECONDS)
         store.release_coordinator(task.task_id, lease.token, due=True, retry_after=delay)
-        return
+        return True
     first_line = (str(exc).strip().splitlines() or [""])[0][:300]
     msg = f"finishing work failed {errors} times; last: {type(exc).__name__}: {first_line}"
     if task.status in (TaskStatus.PENDING, TaskStatus.RUNNING):
@@ -88,6 +104,7 @@ def _after_error(rt: Runtime, task: Task, lease: Lease, exc: Exception) -> None:
         store.fail_task(task.task_id, lease.token, code, msg)
     else:  # CANCELING: the task ends CANCELED, its cleanup stays due
         store.finish_cancel(task.task_id, lease.token, cleaned=False)
+    return True
 
 
 def _dispatch(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:

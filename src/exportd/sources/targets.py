@@ -9,8 +9,10 @@ the commit) finds the record and does nothing, so each valid row lands exactly o
 from __future__ import annotations
 
 import re
+import struct
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from decimal import Decimal, InvalidOperation
@@ -98,6 +100,7 @@ class TargetColumn:
     precision: int | None = None
     scale: int | None = None
     timezone: bool = False
+    single: bool = False  # a single-precision float (PostgreSQL REAL, MySQL FLOAT)
 
     def convert(self, value: Any, rules: ValueRules) -> Any:
         """The value as the column takes it; ValueError with the reason otherwise."""
@@ -138,6 +141,7 @@ def converter(col: TargetColumn, rules: ValueRules) -> Callable[[Any], Any]:
 
         return as_int
     if col.kind == "float" and rules.decimal_separator == ".":
+        single = col.single
 
         def as_float(v: Any) -> Any:
             if type(v) is not str:
@@ -145,9 +149,10 @@ def converter(col: TargetColumn, rules: ValueRules) -> Callable[[Any], Any]:
             if v in nulls:
                 return null()
             try:
-                return float(v) if "_" not in v else slow(v, rules)
+                f = float(v) if "_" not in v else slow(v, rules)
             except ValueError:
                 raise ValueError(f"not a number: {_show(v)}") from None
+            return _single(col, f) if single else f
 
         return as_float
     if col.kind == "datetime" and rules.datetime_format is None:
@@ -201,13 +206,24 @@ def _as_int(col: TargetColumn, v: Any, _r: ValueRules) -> int:
     return n
 
 
-def _as_float(_c: TargetColumn, v: Any, r: ValueRules) -> float:
+def _as_float(col: TargetColumn, v: Any, r: ValueRules) -> float:
     if isinstance(v, bool):
         raise ValueError(f"not a number: {_show(v)}")
     try:
-        return float(v.replace(r.decimal_separator, ".") if isinstance(v, str) else v)
+        f = float(v.replace(r.decimal_separator, ".") if isinstance(v, str) else v)
     except (TypeError, ValueError):
         raise ValueError(f"not a number: {_show(v)}") from None
+    return _single(col, f) if col.single else f
+
+
+def _single(col: TargetColumn, f: float) -> float:
+    """A REAL column: a finite value that rounds to no single-precision float is out of
+    its range (PostgreSQL would refuse the whole load)."""
+    try:
+        struct.pack("<f", f)
+    except OverflowError:
+        raise ValueError(f"{f!r} is out of range for {col.type_name}") from None
+    return f
 
 
 def _as_decimal(col: TargetColumn, v: Any, r: ValueRules) -> Decimal:
@@ -384,7 +400,19 @@ def _column(c: dict[str, Any], dialect: sa.Dialect) -> TargetColumn:
         precision=getattr(t, "precision", None) if kind == "decimal" else None,
         scale=getattr(t, "scale", None) if kind == "decimal" else None,
         timezone=bool(getattr(t, "timezone", False)) if kind == "datetime" else False,
+        single=kind == "float" and _single_precision(t, dialect),
     )
+
+
+def _single_precision(t: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> bool:
+    """PostgreSQL REAL (FLOAT(1..24)) and MySQL/MariaDB FLOAT hold 4-byte floats; SQLite's
+    REAL is a double."""
+    if dialect.name == "postgresql":
+        name = str(t.compile(dialect=dialect)).upper()
+        return name in ("REAL", "FLOAT4") or bool(re.fullmatch(r"FLOAT\((1?[0-9]|2[0-4])\)", name))
+    if dialect.name in ("mysql", "mariadb"):
+        return type(t).__name__.upper() == "FLOAT"
+    return False
 
 
 def _split(name: str) -> tuple[str | None, str]:
@@ -490,8 +518,30 @@ class Target:
                     copy.write_row([_json_text(row.get(n)) if n in as_json else row.get(n)
                                     for n in names])  # fmt: skip
 
+    @contextmanager
+    def csv_copier(self, stage: str, columns: Sequence[str]) -> Iterator[Callable[[bytes], None]]:
+        """PostgreSQL: a function that COPYs rows already in PostgreSQL's CSV (the fast
+        path's, `columnar`) into `stage`, every call in one transaction committed when
+        the block ends (one commit per partition, not one per batch)."""
+        cols = ", ".join(self.q(n) for n in columns)
+        sql = f"COPY {self.qualified(stage)} ({cols}) FROM STDIN WITH (FORMAT csv)"
+        with self.engine.begin() as conn:
+            raw = conn.connection.driver_connection
+            assert raw is not None
+
+            def send(payload: bytes) -> None:
+                if not payload:
+                    return
+                with raw.cursor() as cur, cur.copy(sql) as copy:
+                    view = memoryview(payload)
+                    for i in range(0, len(view), 1 << 20):
+                        copy.write(view[i : i + (1 << 20)])
+
+            yield send
+
     def index_stage(self, name: str, key: Sequence[str]) -> None:
-        if not key:
+        """The index `duplicates` probes (PostgreSQL numbers the rows instead: none)."""
+        if not key or self.engine.dialect.name == "postgresql":
             return
         cols = ", ".join(self.q(k) for k in [*key, LINE_COLUMN])
         with self.engine.begin() as conn:
@@ -521,9 +571,24 @@ class Target:
         same = " AND ".join(f"o.{self.q(k)} = s.{self.q(k)}" for k in key)
         line = self.q(LINE_COLUMN)
         found: dict[int, str] = {}
+        numbered = self.engine.dialect.name == "postgresql"
         with self.engine.connect() as conn:
+            if numbered:  # one sort of every staging table's keys, not a probe per pair
+                # (in memory where it fits: the default 4 MB spills millions of keys)
+                conn.execute(sa.text("SET LOCAL work_mem = '128MB'"))
+                keys = ", ".join(self.q(k) for k in key)
+                known = " AND ".join(f"{self.q(k)} IS NOT NULL" for k in key)
+                union = " UNION ALL ".join(
+                    f"SELECT {keys}, {line} FROM {self.qualified(s)} WHERE {known}" for s in stages
+                )
+                sql = (
+                    f"SELECT {line} FROM (SELECT {line}, row_number() OVER (PARTITION BY "
+                    f"{keys} ORDER BY {line}) AS n FROM ({union}) u) d WHERE n > 1"
+                )
+                for (n,) in conn.execute(sa.text(sql)):
+                    found[int(n)] = f"duplicate key ({', '.join(key)}) in the file"
             for s in stages:
-                for o in stages:
+                for o in [] if numbered else stages:
                     sql = (
                         f"SELECT s.{line} FROM {self.qualified(s)} s WHERE EXISTS (SELECT 1 "
                         f"FROM {self.qualified(o)} o WHERE {same} AND o.{line} < s.{line})"

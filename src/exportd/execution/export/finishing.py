@@ -8,6 +8,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
+from exportd import metrics
 from exportd.documents.flatten import MAX_COLUMNS, merge_headers
 from exportd.execution import snapshots
 from exportd.execution.cleanup import clean_up_now
@@ -93,6 +94,11 @@ def finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
     if not task.plan.output.split:  # stage 70 is the assembly of one single file
         store.set_task_stage(task.task_id, lease.token, Stage.COMPLETING_UPLOAD)
     files = assemble(rt, task, by[PartitionStatus.DONE], hb)
+    # the lease confirmed now, not at the last heartbeat: a coordinator cut off during
+    # the assembly, back after another took the task over, must not replace the
+    # manifest the other wrote (its sha256 is the one the store records)
+    hb.beat_now()
+    hb.check()
     store.set_task_stage(task.task_id, lease.token, Stage.WRITING_MANIFEST)
     expires = utcnow() + timedelta(seconds=task.expires_in)
     manifest = manifest_body(task, outcome, files, by, failed_rows, expires.isoformat())
@@ -113,7 +119,9 @@ def finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
         if rt.settings.debug_pause_after_finish:
             time.sleep(rt.settings.debug_pause_after_finish)
         clean_up_now(rt, task, lease, generated=True)
-    elif not _finished_by_another(rt, task):  # canceled or timed out meanwhile
+    elif _finished_by_another(rt, task):  # a late coordinator: its terminal move fenced
+        metrics.fenced()
+    else:  # canceled or timed out meanwhile
         for r in [*records, mrec]:  # this output must never be seen
             storage.delete(r.key)
         store.release_coordinator(task.task_id, lease.token, due=True)

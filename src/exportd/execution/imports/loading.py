@@ -10,15 +10,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
+import pyarrow.compute as pc
+import sqlalchemy as sa
 
+from exportd import metrics
 from exportd.execution.heartbeat import Heartbeat
+from exportd.execution.imports.columnar import ColumnarChecker, csv_payload, unsupported
 from exportd.execution.imports.files import read_options, source_file
 from exportd.execution.partition import PartitionRun, part_folder
-from exportd.formats.readers import Record, read_records
+from exportd.formats.readers import Block, Record, delimited_blocks, read_records
 from exportd.model import Task
 from exportd.model.plan import ImportSpec
 from exportd.sources.targets import (
@@ -33,6 +38,8 @@ from exportd.sources.targets import (
 log = logging.getLogger(__name__)
 
 MAX_ITEMS = 1000  # rejected rows kept per partition for the status (all go to the report)
+# the fast path checks at least this many rows at once (each Arrow call has a fixed cost)
+FAST_BATCH_ROWS = 1 << 16
 
 
 def rules_of(spec: ImportSpec) -> ValueRules:
@@ -134,46 +141,42 @@ def load_partition(run: PartitionRun, hb: Heartbeat) -> None:
     table = target.stage_table(stage, checker.loaded)
     folder = part_folder(task, part, run.lease)
     errors_key = folder + "rejected.jsonl"
-    loaded = rejected = 0
-    items: list[dict[str, Any]] = []
+    load = _Load(rt.settings.batch_size)
     committed = False
     try:
         with source_file(rt, spec) as path, rt.storage.open_write(errors_key) as errors:
-            for batch in _batches(
-                read_records(path, read_options(spec), part.bounds, list(task.columns)),
-                rt.settings.batch_size,
-            ):
-                rows = []
-                for rec in batch:
-                    row, bad = checker.row(rec)
-                    if row is None:
-                        rejected += 1
-                        _reject(errors, rec, bad)
-                        items.extend(bad[: max(MAX_ITEMS - len(items), 0)])
-                    else:
-                        rows.append(row)
-                target.load(table, rows)
-                loaded += len(rows)
-                hb.progress(loaded, 0)
-                if rt.settings.debug_pause_import_batch:
-                    time.sleep(rt.settings.debug_pause_import_batch)
-                hb.check()
+            why_not = fast_path_refused(rt.settings.fast_paths, spec, target, checker)
+            if why_not is None:
+                fast = ColumnarChecker.of(
+                    target, [(t, p) for t, p, _ in checker.positions], checker.constants,
+                    checker.rules,
+                )  # fmt: skip
+                load.fast = True
+                _load_blocks(run, hb, path, fast, checker, table, errors, load)
+            else:
+                log.debug("%s: the Python path (%s)", run.where, why_not)
+                _load_records(run, hb, path, target, checker, table, errors, load)
+            nbytes = bytes_read(path, part.bounds)
         target.index_stage(stage, spec.key)
         result = {
             "stage": stage,
-            "loaded": loaded,
-            "rejected": rejected,
+            "loaded": load.loaded,
+            "rejected": load.rejected,
             "errors": errors_key,
-            "items": items,
+            "items": load.items,
+            "fast_path": load.fast,
+            "checked_in_python": load.by_python,
         }
         result_key = folder + "result.json"
         with rt.storage.open_write(result_key) as out:
             out.write(orjson.dumps(result))
         hb.check()
         committed = rt.store.commit_partition(
-            task.task_id, part.index, run.lease.token, result_key, loaded, 0, ""
+            task.task_id, part.index, run.lease.token, result_key, load.loaded, 0, ""
         )
-        if not committed:
+        if committed:
+            metrics.committed(load.loaded, nbytes)
+        else:
             log.warning("%s: lease lost before the commit", run.where)
     finally:
         if not committed:
@@ -183,6 +186,135 @@ def load_partition(run: PartitionRun, hb: Heartbeat) -> None:
                 log.warning(
                     "%s: staging table left for the end (%s)", run.where, type(exc).__name__
                 )
+
+
+@dataclass
+class _Load:
+    """A partition's counts so far and the rejected rows kept for the status."""
+
+    batch: int
+    loaded: int = 0
+    rejected: int = 0
+    items: list[dict[str, Any]] = field(default_factory=list)
+    fast: bool = False
+    by_python: int = 0  # rows the Python checker looked at (on the fast path: the doubtful)
+
+    def reject(self, out: BinaryIO, rec: Record, bad: list[dict[str, Any]]) -> None:
+        self.rejected += 1
+        _reject(out, rec, bad)
+        self.items.extend(bad[: max(MAX_ITEMS - len(self.items), 0)])
+
+
+def fast_path_refused(
+    enabled: bool, spec: ImportSpec, target: Target, checker: Checker
+) -> str | None:
+    """Why a partition of this import takes the Python path (None: the fast path). The
+    choice is made per import from what it is, never from its data; see `columnar`."""
+    if not enabled:
+        return "fast paths are turned off (EXPORTD_FAST_PATHS)"
+    if spec.format not in ("csv", "tsv") or spec.compression != "none":
+        return f"{spec.format} ({spec.compression}) is read record by record"
+    consts = dict(checker.constants)
+    return unsupported(target, [(t, p) for t, p, _ in checker.positions], consts,
+                       checker.required, checker.rules)  # fmt: skip
+
+
+def _tick(run: PartitionRun, hb: Heartbeat, load: _Load) -> None:
+    hb.progress(load.loaded, 0)
+    if run.rt.settings.debug_pause_import_batch:
+        time.sleep(run.rt.settings.debug_pause_import_batch)
+    hb.check()
+
+
+def _load_records(
+    run: PartitionRun, hb: Heartbeat, path: Path, target: Target, checker: Checker,
+    table: sa.Table, errors: BinaryIO, load: _Load,
+) -> None:  # fmt: skip
+    """The Python path: record by record, every value through `TargetColumn.convert`."""
+    spec, task = run.task.plan.imports, run.task
+    assert spec is not None
+    records = read_records(path, read_options(spec), run.part.bounds, list(task.columns))
+    for batch in _batches(records, load.batch):
+        rows = []
+        load.by_python += len(batch)
+        for rec in batch:
+            row, bad = checker.row(rec)
+            if row is None:
+                load.reject(errors, rec, bad)
+            else:
+                rows.append(row)
+        target.load(table, rows)
+        load.loaded += len(rows)
+        _tick(run, hb, load)
+
+
+def _load_blocks(
+    run: PartitionRun, hb: Heartbeat, path: Path, fast: ColumnarChecker, checker: Checker,
+    table: sa.Table, errors: BinaryIO, load: _Load,
+) -> None:  # fmt: skip
+    """The fast path: blocks of columns checked by Arrow (`columnar`), the rows it cannot
+    vouch for checked by `checker` one by one, the good rows COPYed in CSV."""
+    spec, task = run.task.plan.imports, run.task
+    assert spec is not None
+    target = fast.target
+    names = [c.name for c in table.columns]
+    blocks = delimited_blocks(path, read_options(spec), run.part.bounds, list(task.columns))
+    with target.csv_copier(table.name, names) as copy:
+        _check_blocks(run, hb, blocks, fast, checker, table, names, copy, errors, load)
+
+
+def _check_blocks(
+    run: PartitionRun, hb: Heartbeat, blocks: Iterator[Block], fast: ColumnarChecker,
+    checker: Checker, table: sa.Table, names: list[str], copy: Callable[[bytes], None],
+    errors: BinaryIO, load: _Load,
+) -> None:  # fmt: skip
+    target = fast.target
+    for block in blocks:
+        rejects: list[tuple[Record, list[dict[str, Any]]]] = []
+        for rec in block.rejected:
+            _row, bad = checker.row(rec)
+            rejects.append((rec, bad))
+        # (with the fault tests' pause, batches of `batch_size` as on the Python path)
+        paused = bool(run.rt.settings.debug_pause_import_batch)
+        step = load.batch if paused else max(load.batch, FAST_BATCH_ROWS)
+        for at in range(0, max(block.rows, 1), step):
+            n = min(step, block.rows - at)
+            if n <= 0:
+                break
+            cols = [c.slice(at, n) for c in block.columns]
+            good, slow = fast.check(cols, block.lines.slice(at, n))
+            copy(csv_payload(good.select(names)))
+            rows = []
+            doubtful = pc.indices_nonzero(slow).to_pylist()
+            load.by_python += len(doubtful)
+            for i in doubtful:
+                fields = [c[i].as_py() for c in cols]
+                rec = Record(
+                    int(block.lines[at + i].as_py()), block.raw(at + i), None, None, fields
+                )
+                row, bad = checker.row(rec)
+                if row is None:
+                    rejects.append((rec, bad))
+                else:
+                    rows.append(row)
+            target.load(table, rows)
+            load.loaded += good.num_rows + len(rows)
+            _tick(run, hb, load)
+        for rec, bad in sorted(rejects, key=lambda r: r[0].line):
+            load.reject(errors, rec, bad)
+        if not block.rows:
+            _tick(run, hb, load)
+
+
+def bytes_read(path: Path, bounds: dict[str, Any]) -> int:
+    """The bytes of the file a partition read: its byte range, or its row groups."""
+    if "row_groups" in bounds:
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(path).metadata
+        return sum(meta.row_group(g).total_byte_size for g in bounds["row_groups"])
+    end = bounds.get("end")
+    return (path.stat().st_size if end is None else int(end)) - int(bounds.get("start") or 0)
 
 
 def _reject(out: BinaryIO, rec: Record, bad: list[dict[str, Any]]) -> None:

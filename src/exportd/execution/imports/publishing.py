@@ -306,7 +306,13 @@ def _manifest(
             for f in files
         ],
         "partitions": [
-            {"index": i, "loaded": r["loaded"], "rejected": r["rejected"]}
+            {
+                "index": i,
+                "loaded": r["loaded"],
+                "rejected": r["rejected"],
+                "fast_path": r.get("fast_path", False),
+                "checked_in_python": r.get("checked_in_python"),
+            }
             for i, r in enumerate(results)
         ],
         "request": task.request,
