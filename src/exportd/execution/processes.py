@@ -38,8 +38,19 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="exportd-parent-watch", daemon=True).start()
 
 
+# how much lower than the server's the scheduling priority of `serve`'s worker processes is
+WORKER_NICENESS = 5
+
+
 def run_worker_process(settings: Settings, parent: int) -> None:
-    """The body of one worker process (spawned: a fresh interpreter)."""
+    """The body of one worker process (spawned: a fresh interpreter, which must set its
+    allocator up and keep pandas out as the `exportd` command does in its own)."""
+    from exportd.memory import configure_allocator, keep_pandas_out
+
+    configure_allocator()
+    keep_pandas_out()
+    with contextlib.suppress(OSError):  # exports are background work: on a busy machine
+        os.nice(WORKER_NICENESS)  # the server's answers (status polls) go first
     from exportd.execution.pool import WorkerPool
     from exportd.runtime import Runtime
 
