@@ -82,6 +82,33 @@ def _task_values(task: Task) -> dict[str, Any]:
     }
 
 
+def _stamp_statement() -> sa.Select[Any]:
+    """`task_stamp`'s one read, built once (building it per call cost a quarter of a
+    status request's CPU): bound by `project_id` and `task_id`."""
+    task_id = sa.bindparam("task_id")
+    return sa.select(
+        tasks.c.version,
+        tasks.c.status,
+        sa.select(sa.func.max(partitions.c.update_time))
+        .where(partitions.c.task_id == task_id)
+        .scalar_subquery(),
+        sa.select(sa.func.count())
+        .select_from(partitions)
+        .where(partitions.c.task_id == task_id)
+        .scalar_subquery(),
+        sa.select(sa.func.max(notifications.c.update_time))
+        .where(notifications.c.task_id == task_id)
+        .scalar_subquery(),
+        sa.select(sa.func.count())
+        .select_from(files)
+        .where(files.c.task_id == task_id)
+        .scalar_subquery(),
+    ).where(tasks.c.project_id == sa.bindparam("project_id"), tasks.c.task_id == task_id)
+
+
+_STAMP = _stamp_statement()
+
+
 class TaskStore(OutboxStore):
     # ---- tasks: submit, read, list, cancel, delete -------------------------------------
 
@@ -161,26 +188,7 @@ class TaskStore(OutboxStore):
         files), and whether the task is terminal: one indexed read, no body built. None:
         no such task in this project."""
         with self.read_one() as conn:
-            row = conn.execute(
-                sa.select(
-                    tasks.c.version,
-                    tasks.c.status,
-                    sa.select(sa.func.max(partitions.c.update_time))
-                    .where(partitions.c.task_id == task_id)
-                    .scalar_subquery(),
-                    sa.select(sa.func.count())
-                    .select_from(partitions)
-                    .where(partitions.c.task_id == task_id)
-                    .scalar_subquery(),
-                    sa.select(sa.func.max(notifications.c.update_time))
-                    .where(notifications.c.task_id == task_id)
-                    .scalar_subquery(),
-                    sa.select(sa.func.count())
-                    .select_from(files)
-                    .where(files.c.task_id == task_id)
-                    .scalar_subquery(),
-                ).where(tasks.c.project_id == project_id, tasks.c.task_id == task_id)
-            ).first()
+            row = conn.execute(_STAMP, {"project_id": project_id, "task_id": task_id}).first()
         if row is None:
             return None
         version, status, parts_at, parts, notes_at, nfiles = row
