@@ -85,7 +85,7 @@ def _task_values(task: Task) -> dict[str, Any]:
 def _stamp_statement() -> sa.Select[Any]:
     """`task_stamp`'s one read, built once (building it per call cost a quarter of a
     status request's CPU): bound by `project_id` and `task_id`."""
-    task_id = sa.bindparam("task_id")
+    task_id: sa.BindParameter[str] = sa.bindparam("task_id")
     return sa.select(
         tasks.c.version,
         tasks.c.status,
