@@ -103,6 +103,26 @@ def check_file_name(name: str) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class NewTask:
+    """What differs between the kinds' new tasks (exports, samples, imports)."""
+
+    task_id: str
+    project_id: str
+    dataset_id: str
+    request: dict[str, Any]
+    plan: ExportPlan
+    format: str
+    file_name: str
+    columns: list[str]
+    parallelism: int
+    allow_partial: bool
+    max_error_rate: float
+    timeout_seconds: int | None
+    expires_in: int
+    kind: TaskKind = TaskKind.EXPORT
+
+
 class ExportService:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -396,37 +416,16 @@ class ExportService:
             fingerprint=_fingerprint(request, source_columns, documents),
             consistency=Consistency(req.consistency) if req.consistency else None,
         )
-        now = datetime.now(UTC)
-        task = Task(
-            task_id=task_id,
-            project_id=project_id,
-            dataset_id=ds.dataset_id,
-            status=TaskStatus.PENDING,
-            stage=Stage.NOT_STARTED,
-            file_status=FileStatus.PREPARING,
-            request=request,
-            plan=plan,
-            format=req.format,
-            file_name=file_name,
-            columns=columns,
-            parallelism=parallelism,
-            allow_partial=req.allow_partial,
-            max_error_rate=req.max_error_rate,
-            timeout_seconds=req.timeout_seconds,
-            expires_in=req.expires_in or settings.default_expires_in,
-            create_time=now,
-            update_time=now,
-            idempotency_key=idempotency_key,
-            created_by=who.token_id if who else None,
-            created_by_name=who.name if who else None,
-        )
-        stored, created = self.store.insert_task(task)
-        if not created and stored.plan.fingerprint != plan.fingerprint:
-            raise Conflict(
-                "this Idempotency-Key was already used with a different request",
-                "IDEMPOTENCY_KEY_REUSED",
-            )
-        return (self.store.get_task(project_id, stored.task_id), created)
+        return self.insert_new_task(
+            NewTask(
+                task_id=task_id, project_id=project_id, dataset_id=ds.dataset_id,
+                request=request, plan=plan, format=req.format, file_name=file_name,
+                columns=columns, parallelism=parallelism, allow_partial=req.allow_partial,
+                max_error_rate=req.max_error_rate, timeout_seconds=req.timeout_seconds,
+                expires_in=req.expires_in or settings.default_expires_in,
+            ),
+            idempotency_key, who,
+        )  # fmt: skip
 
     def _submit_samples(
         self,
@@ -472,39 +471,46 @@ class ExportService:
             fingerprint=_fingerprint(request, [], None),
             samples=spec,
         )
+        return self.insert_new_task(
+            NewTask(
+                task_id=task_id, project_id=project_id, dataset_id=ds.dataset_id,
+                request=request, plan=plan, format=fmt, file_name=file_name, columns=[],
+                parallelism=parallelism,
+                # a sample whose file is missing is a failed item: partial success,
+                # unless refused
+                allow_partial=req.allow_partial if "allow_partial" in req.model_fields_set else True,
+                max_error_rate=req.max_error_rate, timeout_seconds=req.timeout_seconds,
+                expires_in=req.expires_in or self.rt.settings.default_expires_in,
+                kind=TaskKind.SAMPLES,
+            ),
+            idempotency_key, who,
+        )  # fmt: skip
+
+    def insert_new_task(
+        self, new: NewTask, idempotency_key: str | None, who: Principal | None
+    ) -> tuple[Task, bool]:
+        """Store a new PENDING task of any kind, or find the one a repeated
+        `Idempotency-Key` made (409 when that one was made by another request)."""
         now = datetime.now(UTC)
         task = Task(
-            task_id=task_id,
-            project_id=project_id,
-            dataset_id=ds.dataset_id,
-            status=TaskStatus.PENDING,
-            stage=Stage.NOT_STARTED,
-            file_status=FileStatus.PREPARING,
-            request=request,
-            plan=plan,
-            format=fmt,
-            file_name=file_name,
-            columns=[],
-            parallelism=parallelism,
-            # a sample whose file is missing is a failed item: partial success, unless refused
-            allow_partial=req.allow_partial if "allow_partial" in req.model_fields_set else True,
-            max_error_rate=req.max_error_rate,
-            timeout_seconds=req.timeout_seconds,
-            expires_in=req.expires_in or self.rt.settings.default_expires_in,
-            create_time=now,
-            update_time=now,
+            task_id=new.task_id, project_id=new.project_id, dataset_id=new.dataset_id,
+            status=TaskStatus.PENDING, stage=Stage.NOT_STARTED,
+            file_status=FileStatus.PREPARING, request=new.request, plan=new.plan,
+            format=new.format, file_name=new.file_name, columns=new.columns,
+            parallelism=new.parallelism, allow_partial=new.allow_partial,
+            max_error_rate=new.max_error_rate, timeout_seconds=new.timeout_seconds,
+            expires_in=new.expires_in, create_time=now, update_time=now,
             idempotency_key=idempotency_key,
             created_by=who.token_id if who else None,
-            created_by_name=who.name if who else None,
-            kind=TaskKind.SAMPLES,
-        )
+            created_by_name=who.name if who else None, kind=new.kind,
+        )  # fmt: skip
         stored, created = self.store.insert_task(task)
-        if not created and stored.plan.fingerprint != plan.fingerprint:
+        if not created and stored.plan.fingerprint != new.plan.fingerprint:
             raise Conflict(
                 "this Idempotency-Key was already used with a different request",
                 "IDEMPOTENCY_KEY_REUSED",
             )
-        return (self.store.get_task(project_id, stored.task_id), created)
+        return (self.store.get_task(new.project_id, stored.task_id), created)
 
     def samples(self, project_id: str, dataset_id: str) -> SampleSet:
         """A samples dataset's samples as they are now (404: not a samples dataset)."""

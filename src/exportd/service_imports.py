@@ -15,12 +15,12 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from exportd.errors import BadRequest, Conflict, ExportdError, Forbidden, NotFound
+from exportd.errors import BadRequest, ExportdError, Forbidden, NotFound
 from exportd.formats.readers import ReadError, ReadOptions, plan_file
-from exportd.model import Dataset, FileStatus, Stage, Task, TaskKind, TaskStatus
+from exportd.model import Dataset, Task, TaskKind
 from exportd.model.plan import DatasetKind, ExportPlan, ImportMode, ImportSpec, OutputSpec
 from exportd.model.requests import IMPORT_FORMATS, ImportRequest
-from exportd.service import ExportService, Principal, _fingerprint
+from exportd.service import ExportService, NewTask, Principal, _fingerprint
 from exportd.sources.policy import SourceNotAllowed
 from exportd.sources.targets import Target, ValueRules, full_mapping
 from exportd.storage.keys import check_prefix, output_prefix_for, project_root
@@ -165,27 +165,20 @@ class ImportService:
             fingerprint=_fingerprint(request, [], None),
             imports=spec,
         )
-        now = datetime.now(UTC)
-        task = Task(
-            task_id=task_id, project_id=project_id, dataset_id=ds.dataset_id,
-            status=TaskStatus.PENDING, stage=Stage.NOT_STARTED,
-            file_status=FileStatus.PREPARING, request=request, plan=plan, format=fmt,
-            file_name=name, columns=list(spec.file_columns), parallelism=parallelism,
-            allow_partial=req.allow_partial or req.max_errors is not None
-            or req.max_error_rate is not None,
-            max_error_rate=req.max_error_rate if req.max_error_rate is not None else 1.0,
-            timeout_seconds=req.timeout_seconds,
-            expires_in=req.expires_in or settings.default_expires_in,
-            create_time=now, update_time=now, idempotency_key=idempotency_key,
-            created_by=who.token_id, created_by_name=who.name, kind=TaskKind.IMPORT,
+        return self.svc.insert_new_task(
+            NewTask(
+                task_id=task_id, project_id=project_id, dataset_id=ds.dataset_id,
+                request=request, plan=plan, format=fmt, file_name=name,
+                columns=list(spec.file_columns), parallelism=parallelism,
+                allow_partial=req.allow_partial or req.max_errors is not None
+                or req.max_error_rate is not None,
+                max_error_rate=req.max_error_rate if req.max_error_rate is not None else 1.0,
+                timeout_seconds=req.timeout_seconds,
+                expires_in=req.expires_in or settings.default_expires_in,
+                kind=TaskKind.IMPORT,
+            ),
+            idempotency_key, who,
         )  # fmt: skip
-        stored, created = self.store.insert_task(task)
-        if not created and stored.plan.fingerprint != plan.fingerprint:
-            raise Conflict(
-                "this Idempotency-Key was already used with a different request",
-                "IDEMPOTENCY_KEY_REUSED",
-            )
-        return self.store.get_task(project_id, stored.task_id), created
 
     def _writable_dataset(self, project_id: str, dataset_id: str) -> Dataset:
         try:
