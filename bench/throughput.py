@@ -41,25 +41,14 @@ from typing import Any
 
 import psycopg
 
+from bench.__main__ import PG_ADMIN, fresh_store, pg_url
 from bench.data import BASE_ROWS, build_pg
 from bench.measure import Exportd
 from bench.store_capacity import BackendCpu, postgres_cpu_seconds, proc_cpu
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SOURCE_DB = "exportd_bench_throughput"
 STORE_DB = "exportd_bench_throughput_store"
-
-
-def pg_url(db: str) -> str:
-    return PG_ADMIN.rsplit("/", 1)[0] + "/" + db
-
-
-def fresh_store(name: str) -> str:
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return pg_url(name)
 
 
 def machine_cpu() -> tuple[float, float]:
