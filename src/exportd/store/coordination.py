@@ -368,17 +368,8 @@ class CoordinationStore(TaskStore):
 
     def task_states(self, task_ids: Collection[str]) -> dict[str, tuple[TaskStatus, FileStatus]]:
         """(status, file status) of those of these tasks that exist (for the sweeper)."""
-        found: dict[str, tuple[TaskStatus, FileStatus]] = {}
-        ids = sorted(task_ids)
-        with self.read() as conn:
-            for i in range(0, len(ids), 500):
-                rows = conn.execute(
-                    sa.select(tasks.c.task_id, tasks.c.status, tasks.c.file_status).where(
-                        tasks.c.task_id.in_(ids[i : i + 500])
-                    )
-                ).all()
-                found.update((r[0], (TaskStatus(r[1]), FileStatus(r[2]))) for r in rows)
-        return found
+        rows = self._task_columns(task_ids, tasks.c.file_status)
+        return {t: (TaskStatus(status), FileStatus(fs)) for t, (status, fs) in rows.items()}
 
     def live_partition_leases(self, task_id: str) -> int:
         """How many partitions of the task are still held under an unexpired lease."""

@@ -85,17 +85,8 @@ class SnapshotStore(PartitionStore):
     def copy_states(self, task_ids: Collection[str]) -> dict[str, tuple[TaskStatus, str | None]]:
         """(status, snapshot id) of those of these tasks that exist (the sweeper, for
         the SQLite copies on its host)."""
-        found: dict[str, tuple[TaskStatus, str | None]] = {}
-        ids = sorted(task_ids)
-        with self.read() as conn:
-            for i in range(0, len(ids), 500):
-                rows = conn.execute(
-                    sa.select(tasks.c.task_id, tasks.c.status, tasks.c.snapshot_id).where(
-                        tasks.c.task_id.in_(ids[i : i + 500])
-                    )
-                ).all()
-                found.update((r[0], (TaskStatus(r[1]), r[2])) for r in rows)
-        return found
+        rows = self._task_columns(task_ids, tasks.c.snapshot_id)
+        return {t: (TaskStatus(status), snap) for t, (status, snap) in rows.items()}
 
     def snapshot_state(self, task_id: str) -> tuple[TaskStatus, str | None, int, int, int] | None:
         """(status, snapshot id, generation, open partitions, partitions) of a task, for
