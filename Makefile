@@ -15,13 +15,13 @@ $(VENV)/.created:
 	touch $@
 
 # the service and the demo only: the lock's runtime set, no test tools
-$(VENV)/.runtime: $(VENV)/.created requirements/runtime.txt pyproject.toml
+$(VENV)/.runtime: $(VENV)/.created requirements/runtime.txt pyproject.toml setup.py $(wildcard src/native/*.c)
 	$(PIP) -r requirements/runtime.txt
 	$(PIP) --no-deps -e .
 	touch $@
 
 # everything the tests, linters and `make lock` need: the lock's dev set
-$(VENV)/.dev: $(VENV)/.created requirements/dev.txt pyproject.toml
+$(VENV)/.dev: $(VENV)/.created requirements/dev.txt pyproject.toml setup.py $(wildcard src/native/*.c)
 	$(PIP) -r requirements/dev.txt
 	$(PIP) --no-deps -e .
 	touch $@ $(VENV)/.runtime

@@ -1,0 +1,7 @@
+/* exportd.fastpaths._pgbinary: a stub until its reader lands. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "_pgbinary", NULL, -1, NULL};
+
+PyMODINIT_FUNC PyInit__pgbinary(void) { return PyModule_Create(&mod); }
