@@ -8,11 +8,13 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        # PostgreSQL's binary COPY -> Arrow buffers (fastpaths/pg_binary.py)
+        # PostgreSQL's COPY drained in C, binary COPY -> Arrow buffers (fastpaths/pg_binary.py);
+        # it calls psycopg's own libpq (dlopen/dlsym): no libpq headers or link needed
         Extension(
             "exportd.fastpaths._pgbinary",
             ["src/native/pgbinary.c"],
-            extra_compile_args=["-O2"],
+            libraries=["dl"],
+            extra_compile_args=["-O2", "-std=c99", "-Wall"],
             optional=True,
         ),
         # SQLite rows -> CSV bytes (fastpaths/sqlite_csv.py)

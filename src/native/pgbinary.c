@@ -1,7 +1,622 @@
-/* exportd.fastpaths._pgbinary: a stub until its reader lands. */
+/* exportd.fastpaths._pgbinary: draining a PostgreSQL `COPY ... TO STDOUT` in C.
+ *
+ * The connection is psycopg's own: its PGconn pointer (`pgconn.pgconn_ptr`) is driven
+ * with the functions of the very libpq psycopg loaded, found with dlopen(RTLD_NOLOAD)
+ * of that file and dlsym (`bind`). No other libpq is ever called on it, and nothing
+ * here links to libpq: the few prototypes are declared below.
+ *
+ * - copy_chunk(ptr, want, timeout): CopyData messages (CSV, text) appended into one
+ *   bytes object of about `want` bytes, handed over after `timeout` seconds at most.
+ * - Reader(ptr, kinds).read(max_rows, max_bytes, timeout): a binary COPY parsed into
+ *   Arrow buffers (validity bitmap + values, or offsets + data), one batch per call.
+ *
+ * Both release the GIL while they wait on the socket (poll) and while they parse. When
+ * the COPY ends or libpq reports an error they say so and the caller reads the
+ * command's result through psycopg (which raises the server's error with its text). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "_pgbinary", NULL, -1, NULL};
+#include <dlfcn.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
-PyMODINIT_FUNC PyInit__pgbinary(void) { return PyModule_Create(&mod); }
+typedef struct pg_conn PGconn;
+
+static int (*f_getcopydata)(PGconn *, char **, int);
+static void (*f_freemem)(void *);
+static int (*f_socket)(const PGconn *);
+static int (*f_consume)(PGconn *);
+static int (*f_libversion)(void);
+static void *libpq;
+
+static PyObject *Unrepresentable; /* a value Arrow cannot hold as ADBC would */
+
+/* ---- libpq binding ------------------------------------------------------------- */
+
+static PyObject *bind(PyObject *self, PyObject *arg) {
+    (void)self;
+    const char *path = PyUnicode_AsUTF8(arg);
+    if (path == NULL)
+        return NULL;
+    if (libpq != NULL)
+        return PyLong_FromLong(f_libversion());
+    void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD); /* only a library already loaded */
+    if (h == NULL)
+        Py_RETURN_NONE;
+    f_getcopydata = (int (*)(PGconn *, char **, int))dlsym(h, "PQgetCopyData");
+    f_freemem = (void (*)(void *))dlsym(h, "PQfreemem");
+    f_socket = (int (*)(const PGconn *))dlsym(h, "PQsocket");
+    f_consume = (int (*)(PGconn *))dlsym(h, "PQconsumeInput");
+    f_libversion = (int (*)(void))dlsym(h, "PQlibVersion");
+    if (!f_getcopydata || !f_freemem || !f_socket || !f_consume || !f_libversion) {
+        dlclose(h);
+        Py_RETURN_NONE;
+    }
+    libpq = h;
+    return PyLong_FromLong(f_libversion());
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+enum { MSG = 1, LATER = 0, END = -1, FAILED = -2 };
+
+/* The next CopyData message (MSG; freed with f_freemem), LATER when the deadline passed
+ * first, END at the end of the COPY, FAILED when libpq reports an error. No GIL. */
+static int next_msg(PGconn *c, char **msg, int *len, double deadline) {
+    for (;;) {
+        int n = f_getcopydata(c, msg, 1);
+        if (n > 0) {
+            *len = n;
+            return MSG;
+        }
+        if (n == -1)
+            return END;
+        if (n < -1)
+            return FAILED;
+        double left = deadline - now();
+        if (left <= 0)
+            return LATER;
+        struct pollfd p = {f_socket(c), POLLIN, 0};
+        if (p.fd < 0)
+            return FAILED;
+        int r = poll(&p, 1, (int)(left * 1000) + 1);
+        if (r < 0 && errno != EINTR)
+            return FAILED;
+        if (f_consume(c) == 0)
+            return FAILED;
+    }
+}
+
+static PGconn *conn_of(unsigned long long ptr) {
+    if (libpq == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_pgbinary: libpq is not bound");
+        return NULL;
+    }
+    if (ptr == 0) {
+        PyErr_SetString(PyExc_ValueError, "_pgbinary: no connection");
+        return NULL;
+    }
+    return (PGconn *)(uintptr_t)ptr;
+}
+
+/* ---- growable buffers ---------------------------------------------------------- */
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+} Buf;
+
+static int reserve(Buf *b, size_t extra) {
+    if (b->len + extra <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + extra)
+        cap *= 2;
+    char *q = realloc(b->p, cap);
+    if (q == NULL)
+        return -1;
+    b->p = q;
+    b->cap = cap;
+    return 0;
+}
+
+/* ---- copy_chunk: text/CSV COPY --------------------------------------------------- */
+
+/* copy_chunk(ptr, want, timeout) -> (state, bytes): state 0 the COPY goes on, 1 it
+ * ended, 2 libpq reported an error (the caller reads the result). */
+static PyObject *copy_chunk(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long ptr;
+    Py_ssize_t want;
+    double timeout;
+    if (!PyArg_ParseTuple(args, "Knd", &ptr, &want, &timeout))
+        return NULL;
+    PGconn *c = conn_of(ptr);
+    if (c == NULL)
+        return NULL;
+    Buf b = {NULL, 0, 0};
+    int st = LATER, nomem = 0;
+    Py_BEGIN_ALLOW_THREADS;
+    double deadline = now() + timeout;
+    while (b.len < (size_t)want) {
+        char *msg = NULL;
+        int len = 0;
+        st = next_msg(c, &msg, &len, deadline);
+        if (st != MSG)
+            break;
+        if (reserve(&b, (size_t)len) < 0) {
+            f_freemem(msg);
+            nomem = 1;
+            break;
+        }
+        memcpy(b.p + b.len, msg, (size_t)len);
+        b.len += (size_t)len;
+        f_freemem(msg);
+    }
+    Py_END_ALLOW_THREADS;
+    if (nomem) {
+        free(b.p);
+        return PyErr_NoMemory();
+    }
+    int state = st == END ? 1 : st == FAILED ? 2 : 0;
+    PyObject *data = PyBytes_FromStringAndSize(b.p ? b.p : "", (Py_ssize_t)b.len);
+    free(b.p);
+    if (data == NULL)
+        return NULL;
+    return Py_BuildValue("(iN)", state, data);
+}
+
+/* ---- Memory: a malloc'd buffer handed to Arrow without a copy --------------------- */
+
+typedef struct {
+    PyObject_HEAD char *p;
+    Py_ssize_t len;
+} Memory;
+
+static void memory_dealloc(Memory *m) {
+    free(m->p);
+    Py_TYPE(m)->tp_free((PyObject *)m);
+}
+
+static int memory_getbuffer(Memory *m, Py_buffer *view, int flags) {
+    return PyBuffer_FillInfo(view, (PyObject *)m, m->p ? m->p : (char *)"", m->len, 1, flags);
+}
+
+static PyBufferProcs memory_as_buffer = {(getbufferproc)memory_getbuffer, NULL};
+
+static PyTypeObject MemoryType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "exportd.fastpaths._pgbinary.Memory",
+    .tp_basicsize = sizeof(Memory),
+    .tp_dealloc = (destructor)memory_dealloc,
+    .tp_as_buffer = &memory_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A buffer owned by the reader's batch (read-only).",
+};
+
+/* Takes ownership of p (freed on failure). */
+static PyObject *memory_of(char *p, size_t len) {
+    Memory *m = PyObject_New(Memory, &MemoryType);
+    if (m == NULL) {
+        free(p);
+        return NULL;
+    }
+    m->p = p;
+    m->len = (Py_ssize_t)len;
+    return (PyObject *)m;
+}
+
+/* ---- Reader: binary COPY -> Arrow buffers ---------------------------------------- */
+
+/* Column kinds, as pg_binary.py names them (the order of KINDS there). */
+enum {
+    K_INT2, K_INT4, K_INT8, K_FLOAT4, K_FLOAT8, K_BOOL, K_TEXT, K_BYTES, K_DATE,
+    K_TIMESTAMP, K_NKINDS
+};
+static const int WIDTH[K_NKINDS] = {2, 4, 8, 4, 8, 1, -1, -1, 4, 8};
+
+#define PG_EPOCH_DAYS 10957                   /* 2000-01-01 - 1970-01-01 */
+#define PG_EPOCH_US INT64_C(946684800000000) /* the same in microseconds */
+
+typedef struct {
+    int kind;
+    Buf valid, values, data; /* values: fixed width, bitmap (bool) or int32 offsets */
+    int64_t nulls;
+} Col;
+
+typedef struct {
+    PyObject_HEAD unsigned long long ptr;
+    int ncols;
+    int *kinds;
+    Col *cols;
+    int header, trailer, ended;
+} Reader;
+
+static void free_cols(Reader *r) {
+    for (int i = 0; i < r->ncols; i++) {
+        free(r->cols[i].valid.p);
+        free(r->cols[i].values.p);
+        free(r->cols[i].data.p);
+        memset(&r->cols[i].valid, 0, sizeof(Buf));
+        memset(&r->cols[i].values, 0, sizeof(Buf));
+        memset(&r->cols[i].data, 0, sizeof(Buf));
+        r->cols[i].nulls = 0;
+    }
+}
+
+static void reader_dealloc(Reader *r) {
+    if (r->cols != NULL)
+        free_cols(r);
+    free(r->cols);
+    free(r->kinds);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static int reader_init(Reader *r, PyObject *args, PyObject *kw) {
+    static char *names[] = {"ptr", "kinds", NULL};
+    unsigned long long ptr;
+    Py_buffer kinds;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Ky*", names, &ptr, &kinds))
+        return -1;
+    if (r->kinds != NULL) {
+        PyBuffer_Release(&kinds);
+        PyErr_SetString(PyExc_RuntimeError, "Reader initialised twice");
+        return -1;
+    }
+    r->ptr = ptr;
+    r->ncols = (int)kinds.len;
+    r->kinds = calloc((size_t)(r->ncols ? r->ncols : 1), sizeof(int));
+    r->cols = calloc((size_t)(r->ncols ? r->ncols : 1), sizeof(Col));
+    if (r->kinds == NULL || r->cols == NULL) {
+        PyBuffer_Release(&kinds);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (int i = 0; i < r->ncols; i++) {
+        int k = ((const unsigned char *)kinds.buf)[i];
+        if (k >= K_NKINDS) {
+            PyBuffer_Release(&kinds);
+            PyErr_Format(PyExc_ValueError, "unknown column kind %d", k);
+            return -1;
+        }
+        r->kinds[i] = k;
+        r->cols[i].kind = k;
+    }
+    PyBuffer_Release(&kinds);
+    return 0;
+}
+
+static uint16_t be16(const unsigned char *p) { return (uint16_t)((p[0] << 8) | p[1]); }
+static uint32_t be32(const unsigned char *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+static uint64_t be64(const unsigned char *p) {
+    return ((uint64_t)be32(p) << 32) | be32(p + 4);
+}
+
+/* Buffers for a batch of up to `rows` rows: bitmaps zeroed, offsets starting at 0. */
+static int start_batch(Reader *r, size_t rows) {
+    for (int i = 0; i < r->ncols; i++) {
+        Col *c = &r->cols[i];
+        size_t bits = (rows + 7) / 8;
+        c->valid.p = calloc(bits ? bits : 1, 1);
+        c->valid.cap = bits;
+        if (c->valid.p == NULL)
+            return -1;
+        if (c->kind == K_BOOL) {
+            c->values.p = calloc(bits ? bits : 1, 1);
+            c->values.cap = bits;
+        } else if (WIDTH[c->kind] > 0) {
+            c->values.p = malloc(rows * (size_t)WIDTH[c->kind] + 1);
+            c->values.cap = rows * (size_t)WIDTH[c->kind];
+        } else {
+            c->values.p = calloc(rows + 1, 4);
+            c->values.cap = (rows + 1) * 4;
+        }
+        if (c->values.p == NULL)
+            return -1;
+    }
+    return 0;
+}
+
+enum { P_OK = 0, P_BAD = -1, P_NOMEM = -2, P_UNREPR = -3 };
+
+/* Parse one CopyData message (whole rows; the first one starts with the header) into
+ * the batch at row *rows. `why` receives the reason of a P_BAD / P_UNREPR. */
+static int parse(Reader *r, const unsigned char *p, size_t len, size_t *rows, size_t max_rows,
+                 char *why, size_t whylen) {
+    const unsigned char *end = p + len;
+    if (!r->header) {
+        static const char sig[11] = {'P', 'G', 'C', 'O', 'P', 'Y', '\n', '\377', '\r', '\n', 0};
+        if (len < 19 || memcmp(p, sig, 11) != 0) {
+            snprintf(why, whylen, "not a binary COPY header");
+            return P_BAD;
+        }
+        uint32_t flags = be32(p + 11), ext = be32(p + 15);
+        if (flags & (1u << 16) || (size_t)(end - p - 19) < ext) {
+            snprintf(why, whylen, "unsupported binary COPY header");
+            return P_BAD;
+        }
+        p += 19 + ext;
+        r->header = 1;
+    }
+    while (p < end) {
+        if (end - p < 2)
+            goto truncated;
+        int16_t nf = (int16_t)be16(p);
+        p += 2;
+        if (nf == -1) {
+            r->trailer = 1; /* the COPY's end (CopyDone) follows */
+            if (p != end) {
+                snprintf(why, whylen, "data after the trailer");
+                return P_BAD;
+            }
+            return P_OK;
+        }
+        if (nf != r->ncols) {
+            snprintf(why, whylen, "a row of %d fields, %d expected", nf, r->ncols);
+            return P_BAD;
+        }
+        if (*rows >= max_rows) {
+            snprintf(why, whylen, "more rows in one message than the batch holds");
+            return P_BAD;
+        }
+        size_t row = *rows;
+        for (int i = 0; i < r->ncols; i++) {
+            Col *c = &r->cols[i];
+            if (end - p < 4)
+                goto truncated;
+            int32_t flen = (int32_t)be32(p);
+            p += 4;
+            int w = WIDTH[c->kind];
+            if (flen < 0) {
+                c->nulls++;
+                if (w > 0 && c->kind != K_BOOL)
+                    memset(c->values.p + row * (size_t)w, 0, (size_t)w);
+                else if (w < 0) {
+                    int32_t *off = (int32_t *)c->values.p;
+                    off[row + 1] = off[row];
+                }
+                continue;
+            }
+            if ((size_t)(end - p) < (size_t)flen)
+                goto truncated;
+            c->valid.p[row >> 3] |= (char)(1u << (row & 7));
+            if (w > 0 && flen != w) {
+                snprintf(why, whylen, "a field of %d bytes, %d expected", flen, w);
+                return P_BAD;
+            }
+            char *v = c->values.p;
+            switch (c->kind) {
+            case K_INT2: {
+                uint16_t x = be16(p);
+                memcpy(v + row * 2, &x, 2);
+                break;
+            }
+            case K_INT4:
+            case K_FLOAT4: {
+                uint32_t x = be32(p);
+                memcpy(v + row * 4, &x, 4);
+                break;
+            }
+            case K_INT8:
+            case K_FLOAT8: {
+                uint64_t x = be64(p);
+                memcpy(v + row * 8, &x, 8);
+                break;
+            }
+            case K_BOOL:
+                if (*p)
+                    v[row >> 3] |= (char)(1u << (row & 7));
+                break;
+            case K_DATE: {
+                int32_t d = (int32_t)be32(p);
+                if (d == INT32_MAX || d == INT32_MIN) {
+                    snprintf(why, whylen, "the date %sinfinity has no Arrow value",
+                             d == INT32_MIN ? "-" : "");
+                    return P_UNREPR;
+                }
+                d += PG_EPOCH_DAYS; /* finite dates end before 5874898 AD: no overflow */
+                memcpy(v + row * 4, &d, 4);
+                break;
+            }
+            case K_TIMESTAMP: {
+                int64_t t = (int64_t)be64(p), u;
+                if (t == INT64_MAX || t == INT64_MIN) {
+                    snprintf(why, whylen, "the timestamp %sinfinity has no Arrow value",
+                             t == INT64_MIN ? "-" : "");
+                    return P_UNREPR;
+                }
+                if (__builtin_add_overflow(t, PG_EPOCH_US, &u)) {
+                    snprintf(why, whylen, "a timestamp past the year 294246 has no Arrow value");
+                    return P_UNREPR;
+                }
+                memcpy(v + row * 8, &u, 8);
+                break;
+            }
+            default: { /* K_TEXT, K_BYTES */
+                int32_t *off = (int32_t *)v;
+                if ((size_t)flen > (size_t)INT32_MAX - c->data.len) {
+                    snprintf(why, whylen, "more than 2 GB of values in one batch");
+                    return P_UNREPR;
+                }
+                if (reserve(&c->data, (size_t)flen) < 0)
+                    return P_NOMEM;
+                memcpy(c->data.p + c->data.len, p, (size_t)flen);
+                c->data.len += (size_t)flen;
+                off[row + 1] = (int32_t)c->data.len;
+            }
+            }
+            p += flen;
+        }
+        (*rows)++;
+    }
+    return P_OK;
+truncated:
+    snprintf(why, whylen, "a truncated row");
+    return P_BAD;
+}
+
+/* The batch's buffers as [(nulls, validity, values, data), ...]; the reader's buffers
+ * pass to the Memory objects (the next batch allocates new ones). */
+static PyObject *take_batch(Reader *r, size_t rows) {
+    PyObject *out = PyList_New(r->ncols);
+    if (out == NULL)
+        return NULL;
+    for (int i = 0; i < r->ncols; i++) {
+        Col *c = &r->cols[i];
+        int w = WIDTH[c->kind];
+        size_t bits = (rows + 7) / 8;
+        size_t vlen = c->kind == K_BOOL ? bits : w > 0 ? rows * (size_t)w : (rows + 1) * 4;
+        PyObject *valid, *values, *data;
+        if (c->nulls) {
+            valid = memory_of(c->valid.p, bits);
+        } else {
+            free(c->valid.p);
+            valid = Py_NewRef(Py_None);
+        }
+        c->valid.p = NULL;
+        values = memory_of(c->values.p, vlen);
+        c->values.p = NULL;
+        if (w < 0) {
+            data = memory_of(c->data.p, c->data.len);
+            c->data.p = NULL;
+        } else
+            data = Py_NewRef(Py_None);
+        PyObject *item = NULL;
+        if (valid && values && data)
+            item = Py_BuildValue("(LOOO)", (long long)c->nulls, valid, values, data);
+        Py_XDECREF(valid);
+        Py_XDECREF(values);
+        Py_XDECREF(data);
+        if (item == NULL) {
+            Py_DECREF(out);
+            free_cols(r);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, item);
+    }
+    free_cols(r);
+    return out;
+}
+
+/* read(max_rows, max_bytes, timeout) -> (state, rows, columns): up to max_rows rows (fewer
+ * when max_bytes of values or the timeout come first); state 0 more may come, 1 the COPY
+ * ended, 2 libpq reported an error (no rows then: the caller reads the result). */
+static PyObject *reader_read(Reader *r, PyObject *args) {
+    Py_ssize_t max_rows, max_bytes;
+    double timeout;
+    if (!PyArg_ParseTuple(args, "nnd", &max_rows, &max_bytes, &timeout))
+        return NULL;
+    if (max_rows < 1 || max_bytes < 1) {
+        PyErr_SetString(PyExc_ValueError, "max_rows and max_bytes must be positive");
+        return NULL;
+    }
+    PGconn *c = conn_of(r->ptr);
+    if (c == NULL)
+        return NULL;
+    if (r->ended)
+        return Py_BuildValue("(inO)", 1, (Py_ssize_t)0, Py_None);
+    int st = LATER, res = P_OK;
+    size_t rows = 0;
+    char why[160] = "";
+    free_cols(r);
+    if (start_batch(r, (size_t)max_rows) < 0) {
+        free_cols(r);
+        return PyErr_NoMemory();
+    }
+    Py_BEGIN_ALLOW_THREADS;
+    double deadline = now() + timeout;
+    while (rows < (size_t)max_rows) {
+        size_t bytes = 0;
+        for (int i = 0; i < r->ncols; i++)
+            bytes += r->cols[i].data.len;
+        if (bytes >= (size_t)max_bytes)
+            break;
+        char *msg = NULL;
+        int len = 0;
+        st = next_msg(c, &msg, &len, deadline);
+        if (st != MSG)
+            break;
+        res = parse(r, (const unsigned char *)msg, (size_t)len, &rows, (size_t)max_rows, why,
+                    sizeof why);
+        f_freemem(msg);
+        if (res != P_OK)
+            break;
+    }
+    Py_END_ALLOW_THREADS;
+    if (res < 0) {
+        free_cols(r);
+        if (res == P_NOMEM)
+            return PyErr_NoMemory();
+        PyErr_SetString(res == P_UNREPR ? Unrepresentable : PyExc_ValueError, why);
+        return NULL;
+    }
+    if (st == END)
+        r->ended = 1;
+    if (st == FAILED) {
+        free_cols(r);
+        return Py_BuildValue("(inO)", 2, (Py_ssize_t)0, Py_None);
+    }
+    PyObject *cols = take_batch(r, rows);
+    if (cols == NULL)
+        return NULL;
+    return Py_BuildValue("(inN)", r->ended ? 1 : 0, (Py_ssize_t)rows, cols);
+}
+
+static PyMethodDef reader_methods[] = {
+    {"read", (PyCFunction)reader_read, METH_VARARGS,
+     "read(max_rows, max_bytes, timeout) -> (state, rows, [(nulls, validity, values, data)])"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "exportd.fastpaths._pgbinary.Reader",
+    .tp_basicsize = sizeof(Reader),
+    .tp_dealloc = (destructor)reader_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Reader(ptr, kinds): a binary COPY TO STDOUT in progress on a PGconn, as Arrow "
+              "buffers.",
+    .tp_methods = reader_methods,
+    .tp_init = (initproc)reader_init,
+    .tp_new = PyType_GenericNew,
+};
+
+static PyMethodDef methods[] = {
+    {"bind", bind, METH_O,
+     "bind(path) -> PQlibVersion() of the libpq already loaded from path, or None"},
+    {"copy_chunk", copy_chunk, METH_VARARGS,
+     "copy_chunk(ptr, want, timeout) -> (state, bytes)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef mod = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_pgbinary",
+    .m_doc = "PostgreSQL COPY TO STDOUT drained in C (see pgbinary.c)",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__pgbinary(void) {
+    if (PyType_Ready(&MemoryType) < 0 || PyType_Ready(&ReaderType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&mod);
+    if (m == NULL)
+        return NULL;
+    Unrepresentable = PyErr_NewException("exportd.fastpaths._pgbinary.Unrepresentable",
+                                         PyExc_ValueError, NULL);
+    if (Unrepresentable == NULL || PyModule_AddObjectRef(m, "Unrepresentable", Unrepresentable) < 0 ||
+        PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

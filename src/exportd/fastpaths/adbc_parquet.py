@@ -1,19 +1,37 @@
-"""PostgreSQL -> Parquet through ADBC's Arrow record batches, read ahead on a thread."""
+"""PostgreSQL -> Parquet through Arrow record batches, read ahead on a thread.
+
+The batches come from the native binary COPY reader (`pg_binary.record_batches`: psycopg's
+pooled connection, the C module parsing `COPY ... (FORMAT binary)` with the GIL released)
+when it is built and reads every column of the partition (its types are asked first, with
+`LIMIT 0`, in the partition's own transaction); else from ADBC's PostgreSQL driver (its
+own connection), as before. Both give the same schema, so the Parquet files are the same.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import sqlalchemy as sa
+
 from exportd.errors import SourceError, first_line
+from exportd.fastpaths import pg_binary
 from exportd.fastpaths.base import Progress, sql_table
-from exportd.fastpaths.pg_copy_csv import _compiled
+from exportd.fastpaths.pg_copy_csv import CopyOut, _compiled
 from exportd.fastpaths.prefetch import prefetched
 from exportd.formats import Column, Format
 from exportd.formats.parquet import ParquetFormat, ParquetRowWriter
 from exportd.formats.splitting import PartOutput
+from exportd.outages import source_error
 from exportd.sources import Selection, Source
 from exportd.sources.sql import SqlSource, read_setup, run_setup
+
+log = logging.getLogger(__name__)
+
+
+class _NotNative(Exception):
+    """The native reader cannot read this partition's columns (ADBC will)."""
 
 
 def adbc_supports(columns: Sequence[Column]) -> bool:
@@ -44,6 +62,71 @@ class AdbcParquet:
             raw.close()
 
     def export(self, sel: Selection, bounds: dict[str, Any], out: PartOutput, hb: Progress) -> None:
+        if pg_binary.native() is not None:
+            try:
+                self._export_native(sel, bounds, out, hb)
+                return
+            except _NotNative as why:  # raised before the first row
+                log.info("native binary COPY reader steps aside: %s", why)
+        self._export_adbc(sel, bounds, out, hb)
+
+    def _export_native(
+        self, sel: Selection, bounds: dict[str, Any], out: PartOutput, hb: Progress
+    ) -> None:
+        import psycopg
+
+        writer = out.writer()
+        assert isinstance(writer, ParquetRowWriter)
+        try:
+            for batch in prefetched(lambda: self._native_batches(sel, bounds)):
+                hb.check()
+                if batch is None:  # no row for a while: the heartbeat was checked
+                    continue
+                writer.write_arrow(batch)
+                out.count(batch.num_rows)
+                hb.progress(out.rows, out.size)
+        except (psycopg.Error, sa.exc.DBAPIError) as exc:
+            raise source_error(exc, "SOURCE_QUERY_FAILED") from None
+        except pg_binary.Unrepresentable as exc:
+            raise SourceError(str(exc), "SOURCE_QUERY_FAILED") from None
+
+    def _native_batches(self, sel: Selection, bounds: dict[str, Any]) -> Iterator[Any]:
+        """The partition's record batches from a binary COPY on a pooled connection, in
+        one read-only transaction under the task's snapshot and statement timeout."""
+        import psycopg
+
+        query, params = _compiled(self.source, self.source.partition_select(sel, bounds))
+        raw = self.source.engine.raw_connection()
+        done = False
+        try:
+            conn: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
+            conn.rollback()
+            with conn.cursor() as cur:
+                run_setup(cur.execute, read_setup("postgresql", sel, self.source.dataset))
+                cur.execute("SET TRANSACTION READ ONLY")
+                sql = psycopg.ClientCursor(conn).mogrify(query, params)
+                cur.execute(f"SELECT * FROM ({sql}) AS q LIMIT 0")
+                how, why = pg_binary.plan(cur.description or [], conn.info.encoding)
+            if how is None:
+                conn.rollback()
+                done = True
+                raise _NotNative(why)
+            log.info("native binary COPY reader: %d columns", len(how.schema))
+            copy = CopyOut(conn)
+            yield from pg_binary.record_batches(
+                copy, f"COPY ({sql}) TO STDOUT (FORMAT binary)".encode(), how
+            )
+            conn.rollback()
+            done = True
+        finally:
+            if done:
+                raw.close()
+            else:  # mid-COPY: the connection is closed, never reused
+                raw.invalidate()
+
+    def _export_adbc(
+        self, sel: Selection, bounds: dict[str, Any], out: PartOutput, hb: Progress
+    ) -> None:
         import adbc_driver_manager as adbc
 
         query = self.query(sel, bounds)

@@ -3,9 +3,10 @@ byte-identically to the generic writer."""
 
 from __future__ import annotations
 
+import functools
 import select
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -175,21 +176,58 @@ class CopyOut:
 
     The server sends one message per row; psycopg's `Copy` hands them over one at a time
     through a few generator layers, which cost as much CPU as the rest of the export.
-    This loop drains what libpq has buffered in one go and waits on the socket (never
-    holding the GIL) when it has nothing. A chunk is handed over at least every
-    FLUSH_SECONDS (empty when no row came: the caller can still notice a cancel)."""
+    With the C module (`pg_binary.native()`) one call drains up to a chunk with the GIL
+    released; else this loop drains what libpq has buffered in one go and waits on the
+    socket (never holding the GIL) when it has nothing. A chunk is handed over at least
+    every FLUSH_SECONDS (empty when no row came: the caller can still notice a cancel)."""
 
     def __init__(self, conn: Any) -> None:
         self.conn, self.pg = conn, conn.pgconn
         self.rows = 0
 
     def chunks(self, sql: bytes) -> Iterator[bytes]:
+        from exportd.fastpaths.pg_binary import native
+
+        mod = native()
+        if mod is None:
+            self._start(sql)
+            yield from self._data()
+            self._end()
+            return
+        read = functools.partial(functools.partial, mod.copy_chunk)
+        for state, data in self.stream(sql, read, COPY_CHUNK, FLUSH_SECONDS):
+            if data or not state:
+                yield data
+
+    def stream(self, sql: bytes, make: Callable[[int], Callable[..., Any]], *args: Any) -> Any:
+        """Run the COPY and call the C reader `make(pgconn_ptr)` with `args` until its
+        answer's first item (the state) says that the COPY ended (1) or that libpq
+        failed (2); its answers."""
+        self._start(sql)
+        read = make(self.pg.pgconn_ptr)
+        while True:
+            answer = read(*args)
+            yield answer
+            state = answer[0]
+            if state:
+                break
+        if state == 2:  # as psycopg's get_copy_data says it
+            import psycopg
+
+            msg = self.pg.error_message.decode(errors="replace").strip()
+            raise psycopg.OperationalError(f"receiving copy data failed: {msg}")
+        self._end()
+
+    def _start(self, sql: bytes) -> None:
         from psycopg import pq
 
         self.pg.send_query(sql)
         self._flush_query()
         self._result(pq.ExecStatus.COPY_OUT)
-        yield from self._data()
+
+    def _end(self) -> None:
+        from psycopg import pq
+
         self.rows = self._result(pq.ExecStatus.COMMAND_OK).command_tuples or 0
 
     def _data(self) -> Iterator[bytes]:
