@@ -218,7 +218,7 @@ def test_csv_drain_matches_the_generic_path(
 
 def test_csv_drain_chunks_and_counts(typed_db: str) -> None:
     """The C drain hands over chunks of about COPY_CHUNK bytes, whole rows or not, and
-    the COPY's row count; the bytes are psycopg's own COPY's."""
+    the COPY's row count; the bytes are psycopg's own COPY's and the Python loop's."""
     sql = b"COPY (SELECT * FROM typed ORDER BY id) TO STDOUT (FORMAT csv)"
     with psycopg.connect(typed_db) as conn:
         copy = CopyOut(conn)
@@ -226,7 +226,12 @@ def test_csv_drain_chunks_and_counts(typed_db: str) -> None:
         conn.rollback()
         with conn.cursor() as cur, cur.copy(sql.decode()) as cp:
             expected = b"".join(bytes(b) for b in cp)
-    assert b"".join(chunks) == expected and copy.rows == 150_004
+        conn.rollback()
+        loop = CopyOut(conn)  # the Python loop, which runs without the C module
+        loop._start(sql)
+        looped = b"".join(loop._data())
+        loop._end()
+    assert b"".join(chunks) == expected == looped and copy.rows == loop.rows == 150_004
     assert len(chunks) > 5 and max(len(c) for c in chunks[:-1]) < 4 << 20
 
 
