@@ -156,7 +156,9 @@ with psycopg's C implementation (whose libpq it cannot name), the earlier paths 
   float4/8, bool, text/varchar/bpchar/name, bytea, date, timestamp, timestamptz. A
   partition with any other column type (numeric, json, arrays) reads through ADBC as
   before; +-infinity dates and timestamps fail the partition (ADBC wraps them into wrong
-  dates), which `allow_partial` isolates row by row.
+  dates), which `allow_partial` isolates row by row. A dataset with `max_connections`
+  now takes this path too (a pooled connection); where the reader steps aside, the
+  generic rows, never ADBC's own connection.
 - CPU seconds per 1M rows of the flights table, one partition in one process, on a
   machine at load 7-8 (indicative; `python -m bench.pg_native_cpu`): reading alone,
   native 0.54-0.62 s against ADBC's 2.57-2.72 s; the C drain of the CSV 0.30-0.43 s.

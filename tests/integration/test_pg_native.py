@@ -12,6 +12,8 @@ import io
 import logging
 import math
 import time
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,9 @@ from exportd.fastpaths.adbc_parquet import AdbcParquet
 from exportd.fastpaths.pg_copy_csv import CopyOut, PgCopyCsv
 from exportd.formats import get_format
 from exportd.formats.splitting import Layout, PartOutput
-from exportd.model import TaskStatus
+from exportd.model import Dataset, TaskStatus
 from exportd.sources import Selection
-from exportd.sources.sql import SqlEngines
+from exportd.sources.sql import SqlEngines, SqlSource, describe_sql
 from exportd.storage.local import LocalStorage
 from tests.formats.test_fast_paths import columns_of, make_source, run
 
@@ -313,3 +315,44 @@ def test_a_cancel_stops_a_native_read_waiting_on_the_server(
     assert r.status_code == 202, r.text
     done = admin.wait("p", tid, timeout=25)
     assert done["status"] == "CANCELED", done
+
+
+def test_a_dataset_with_max_connections_reads_natively_or_through_its_pool(
+    typed_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dataset with `max_connections` never connects outside its pool: its role here
+    allows one connection, which the pool holds; the native reader reads the typed
+    table on it, and a table it cannot read goes through the generic rows (ADBC's own
+    connection would be refused)."""
+    role = f"lim_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(typed_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE n (id int8 PRIMARY KEY, amount numeric, note text)")
+        conn.execute("INSERT INTO n SELECT g, g / 7.0, 'n' || g FROM generate_series(1, 300) g")
+        conn.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1")
+        conn.execute(f"GRANT SELECT ON typed, n TO {role}")
+    url = typed_db.replace("//postgres@", f"//{role}@")
+    engines = SqlEngines()
+    try:
+        engine = engines.get(url, 1)
+        fmt = get_format("parquet")
+        for table, names in (("typed", ["id", "i8", "t", "tz", "by"]), ("n", ["id", "amount"])):
+            fields = describe_sql(engine, table, None)
+            ds = Dataset("ds", "p", table, "sql", url, table, None, "id", fields,
+                         {"max_connections": 1}, datetime.now(UTC))  # fmt: skip
+            src = SqlSource(ds, engine)
+            path = fast_path(src, fmt, Layout(), columns_of(src, names))
+            assert isinstance(path, AdbcParquet) and path.pooled
+            sel = Selection(names, [])
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="exportd.fastpaths"):
+                fast = pq.read_table(io.BytesIO(run(tmp_path / table, src, fmt, sel, ALL, True)))
+            slow = pq.read_table(io.BytesIO(run(tmp_path / table, src, fmt, sel, ALL, False)))
+            assert fast.schema == slow.schema and plain(fast) == plain(slow)
+            assert fast.num_rows == (150_004 if table == "typed" else 300)
+            native = "native binary COPY reader: " in caplog.text
+            assert native == (table == "typed"), caplog.text
+    finally:
+        engines.dispose()
+        with psycopg.connect(typed_db, autocommit=True) as conn:
+            conn.execute(f"REVOKE ALL ON typed, n FROM {role}")
+            conn.execute(f"DROP ROLE {role}")

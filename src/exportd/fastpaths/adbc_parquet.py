@@ -5,6 +5,8 @@ pooled connection, the C module parsing `COPY ... (FORMAT binary)` with the GIL 
 when it is built and reads every column of the partition (its types are asked first, with
 `LIMIT 0`, in the partition's own transaction); else from ADBC's PostgreSQL driver (its
 own connection), as before. Both give the same schema, so the Parquet files are the same.
+A dataset with `max_connections` never reads through ADBC (outside its counted pool): the
+native reader, or the generic path's rows when the native reader steps aside.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from exportd.sources.sql import SqlSource, read_setup, run_setup
 
 log = logging.getLogger(__name__)
 
+ROWS_BATCH = 5000  # rows per fetch of the generic rows (the settings' default batch_size)
+
 
 class _NotNative(Exception):
     """The native reader cannot read this partition's columns (ADBC will)."""
@@ -46,8 +50,10 @@ def adbc_supports(columns: Sequence[Column]) -> bool:
 
 
 class AdbcParquet:
-    def __init__(self, source: SqlSource, columns: Sequence[Column]) -> None:
-        self.source, self.columns = source, list(columns)
+    def __init__(self, source: SqlSource, columns: Sequence[Column], pooled: bool = False) -> None:
+        """`pooled`: every connection must come from the engine's counted pool (a dataset
+        with `max_connections`): the native reader, else the generic rows, never ADBC."""
+        self.source, self.columns, self.pooled = source, list(columns), pooled
 
     def query(self, sel: Selection, bounds: dict[str, Any]) -> str:
         """The partition's SELECT with its parameters bound client-side by psycopg."""
@@ -68,7 +74,19 @@ class AdbcParquet:
                 return
             except _NotNative as why:  # raised before the first row
                 log.info("native binary COPY reader steps aside: %s", why)
-        self._export_adbc(sel, bounds, out, hb)
+        if self.pooled:
+            self._export_rows(sel, bounds, out, hb)
+        else:
+            self._export_adbc(sel, bounds, out, hb)
+
+    def _export_rows(
+        self, sel: Selection, bounds: dict[str, Any], out: PartOutput, hb: Progress
+    ) -> None:
+        """The generic path's rows: the source's own read, on its pool."""
+        for batch in self.source.read(sel, bounds, ROWS_BATCH):
+            hb.check()
+            out.write(batch)
+            hb.progress(out.rows, out.size)
 
     def _export_native(
         self, sel: Selection, bounds: dict[str, Any], out: PartOutput, hb: Progress
@@ -170,12 +188,14 @@ class AdbcParquet:
 
 
 def build(source: Source, fmt: Format, columns: Sequence[Column]) -> AdbcParquet | None:
-    """ADBC for a PostgreSQL table or query (psycopg) to Parquet, for column kinds whose
-    Arrow types ADBC reads exactly; not for a dataset with `max_connections`, whose
-    connections are all in its engine's pool (the generic path writes the same file)."""
+    """Arrow batches for a PostgreSQL table or query (psycopg) to Parquet, for column
+    kinds whose Arrow types ADBC reads exactly. A dataset with `max_connections` has all
+    its connections in its engine's pool: ADBC (its own connection) never reads it, the
+    native reader (a pooled connection) does, else the generic rows (the same file)."""
     table = sql_table(source, "postgresql", "psycopg")
     if table is None or not isinstance(fmt, ParquetFormat) or not adbc_supports(columns):
         return None
-    if table.dataset.options.get("max_connections"):  # ADBC connects outside the counted pool
+    pooled = bool(table.dataset.options.get("max_connections"))
+    if pooled and pg_binary.native() is None:  # ADBC connects outside the counted pool
         return None
-    return AdbcParquet(table, columns)
+    return AdbcParquet(table, columns, pooled)
