@@ -160,11 +160,13 @@ with psycopg's C implementation (whose libpq it cannot name), the earlier paths 
   now takes this path too (a pooled connection); where the reader steps aside, the
   generic rows, never ADBC's own connection.
 - CPU seconds per 1M rows of the flights table, one partition in one process, on a
-  machine at load 7-8 (indicative; `python -m bench.pg_native_cpu`): reading alone,
-  native 0.54-0.62 s against ADBC's 2.57-2.72 s; the C drain of the CSV 0.30-0.43 s.
-  The whole partition into its part (read, Parquet zstd encode; or CSV write), client
-  + PostgreSQL backend: Parquet 4.72 s native against 7.24 s ADBC (client 2.66 s against
-  4.86 s), CSV 4.51 s against 5.44 s with the Python loop (client 1.47 s against 2.04 s).
+  machine at load 5-8 (indicative; `python -m bench.pg_native_cpu`, medians of 3
+  alternated rounds): reading alone, native 0.54-0.62 s against ADBC's 2.57-2.72 s, the
+  C drain of the CSV 0.30-0.43 s. The whole partition into its part (read, then Parquet
+  zstd encoding or the CSV written), this process / PostgreSQL backends / both: Parquet
+  1.86 / 2.42 / 4.29 s native against 3.85 / 2.33 / 6.16 s through ADBC; CSV 0.58 /
+  2.89 / 3.57 s with the C drain against 1.16 / 3.01 / 4.17 s with the Python loop. The
+  server's COPY is now most of either path's CPU.
 """
 
 
