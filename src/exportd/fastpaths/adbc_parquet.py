@@ -68,6 +68,17 @@ class AdbcParquet:
             raw.close()
 
     def export(self, sel: Selection, bounds: dict[str, Any], out: PartOutput, hb: Progress) -> None:
+        writer = out.writer()
+        assert isinstance(writer, ParquetRowWriter)
+        try:
+            self._export(sel, bounds, out, hb)
+        except BaseException:  # the part is abandoned: its Parquet writer closed now
+            writer.discard()
+            raise
+
+    def _export(
+        self, sel: Selection, bounds: dict[str, Any], out: PartOutput, hb: Progress
+    ) -> None:
         if pg_binary.native() is not None:
             try:
                 self._export_native(sel, bounds, out, hb)

@@ -13,6 +13,7 @@ one as they are, text, binary, JSON values as JSON text."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import tempfile
@@ -189,6 +190,15 @@ class ParquetRowWriter:
         self._flush()
         assert self._writer is not None
         self._writer.close()
+
+    def discard(self) -> None:
+        """Drop what is buffered and close the Parquet writer while its file is open (the
+        part is abandoned): else the writer, collected later, writes to a closed file."""
+        self._rows, self._arrow, self._buffered = [], [], 0
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with contextlib.suppress(Exception):  # the part is deleted anyway
+                writer.close()
 
 
 def schema_for(columns: Sequence[Column], batch: pa.RecordBatch) -> pa.Schema:
