@@ -153,9 +153,10 @@ with psycopg's C implementation (whose libpq it cannot name), the earlier paths 
   row (`CopyOut.chunks`).
 - Parquet: `COPY (...) TO STDOUT (FORMAT binary)` is parsed into Arrow buffers, 65,536
   rows a batch, wrapped without a copy, with ADBC's exact schema for int2/4/8,
-  float4/8, bool, text/varchar/bpchar/name, bytea, date, timestamp, timestamptz. A
-  partition with any other column type (numeric, json, arrays) reads through ADBC as
-  before; +-infinity dates and timestamps fail the partition (ADBC wraps them into wrong
+  float4/8, bool, text/varchar/bpchar/name, bytea, date, timestamp, timestamptz, and
+  numeric (ADBC's text in its opaque extension type: numeric_out's digits, `nan`,
+  `inf`, `-inf`; its typmod). A partition with any other column type (json, arrays,
+  uuid, ...) reads through ADBC as before; +-infinity dates and timestamps fail the partition (ADBC wraps them into wrong
   dates), which `allow_partial` isolates row by row. A dataset with `max_connections`
   now takes this path too (a pooled connection); where the reader steps aside, the
   generic rows, never ADBC's own connection.

@@ -218,9 +218,9 @@ static PyObject *memory_of(char *p, size_t len) {
 /* Column kinds, as pg_binary.py names them (the order of KINDS there). */
 enum {
     K_INT2, K_INT4, K_INT8, K_FLOAT4, K_FLOAT8, K_BOOL, K_TEXT, K_BYTES, K_DATE,
-    K_TIMESTAMP, K_NKINDS
+    K_TIMESTAMP, K_NUMERIC, K_NKINDS
 };
-static const int WIDTH[K_NKINDS] = {2, 4, 8, 4, 8, 1, -1, -1, 4, 8};
+static const int WIDTH[K_NKINDS] = {2, 4, 8, 4, 8, 1, -1, -1, 4, 8, -1};
 
 #define PG_EPOCH_DAYS 10957                   /* 2000-01-01 - 1970-01-01 */
 #define PG_EPOCH_US INT64_C(946684800000000) /* the same in microseconds */
@@ -323,6 +323,75 @@ static int start_batch(Reader *r, size_t rows) {
         if (c->values.p == NULL)
             return -1;
     }
+    return 0;
+}
+
+/* A binary numeric as text, as ADBC writes it: nan, inf, -inf, else as PostgreSQL's
+ * numeric_out, [-]digits[.dscale digits]. Appends to b; -1 when out of memory,
+ * -2 when the value is malformed. */
+static int numeric_text(Buf *b, const unsigned char *p, int32_t len) {
+    if (len < 8)
+        return -2;
+    int ndigits = (int16_t)be16(p), weight = (int16_t)be16(p + 2);
+    uint16_t sign = be16(p + 4);
+    int dscale = (int16_t)be16(p + 6);
+    if (ndigits < 0 || dscale < 0 || len != 8 + 2 * ndigits)
+        return -2;
+    const char *special = sign == 0xC000 ? "nan" : sign == 0xD000 ? "inf"
+                          : sign == 0xF000 ? "-inf" : NULL; /* as ADBC writes them */
+    if (special != NULL) {
+        size_t n = strlen(special);
+        if (reserve(b, n) < 0)
+            return -1;
+        memcpy(b->p + b->len, special, n);
+        b->len += n;
+        return 0;
+    }
+    if (sign != 0 && sign != 0x4000)
+        return -2;
+    /* at most: sign, 4 digits per integer group, point, dscale digits + a group */
+    size_t most = 2 + 4 * (size_t)(weight >= 0 ? weight + 1 : 1) + (size_t)dscale + 4;
+    if (reserve(b, most) < 0)
+        return -1;
+    char *out = b->p + b->len, *start = out;
+    if (sign == 0x4000)
+        *out++ = '-';
+    int d;
+    if (weight < 0) {
+        d = weight + 1;
+        *out++ = '0';
+    } else {
+        for (d = 0; d <= weight; d++) {
+            int dig = d < ndigits ? be16(p + 8 + 2 * d) : 0;
+            if (dig > 9999)
+                return -2;
+            if (d == 0) {
+                out += sprintf(out, "%d", dig);
+            } else {
+                out[0] = (char)('0' + dig / 1000);
+                out[1] = (char)('0' + dig / 100 % 10);
+                out[2] = (char)('0' + dig / 10 % 10);
+                out[3] = (char)('0' + dig % 10);
+                out += 4;
+            }
+        }
+    }
+    if (dscale > 0) {
+        *out++ = '.';
+        char *end = out + dscale;
+        for (int i = 0; i < dscale; d++, i += 4) {
+            int dig = (d >= 0 && d < ndigits) ? be16(p + 8 + 2 * d) : 0;
+            if (dig > 9999)
+                return -2;
+            out[0] = (char)('0' + dig / 1000);
+            out[1] = (char)('0' + dig / 100 % 10);
+            out[2] = (char)('0' + dig / 10 % 10);
+            out[3] = (char)('0' + dig % 10);
+            out += 4;
+        }
+        out = end;
+    }
+    b->len += (size_t)(out - start);
     return 0;
 }
 
@@ -439,6 +508,18 @@ static int parse(Reader *r, const unsigned char *p, size_t len, size_t *rows, si
                     return P_UNREPR;
                 }
                 memcpy(v + row * 8, &u, 8);
+                break;
+            }
+            case K_NUMERIC: {
+                int32_t *off = (int32_t *)v;
+                int r = numeric_text(&c->data, p, flen);
+                if (r == -1)
+                    return P_NOMEM;
+                if (r < 0 || c->data.len > (size_t)INT32_MAX) {
+                    snprintf(why, whylen, r < 0 ? "a malformed numeric" : "more than 2 GB of values in one batch");
+                    return r < 0 ? P_BAD : P_UNREPR;
+                }
+                off[row + 1] = (int32_t)c->data.len;
                 break;
             }
             default: { /* K_TEXT, K_BYTES */

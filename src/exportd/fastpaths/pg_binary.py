@@ -18,7 +18,9 @@ Two readers:
   of the schema ADBC's PostgreSQL driver gives for the same columns: int2/int4/int8 ->
   int16/int32/int64, float4/float8 -> float32/float64, bool, text/varchar/bpchar/name ->
   string, bytea -> binary, date -> date32, timestamp -> timestamp[us], timestamptz ->
-  timestamp[us, UTC]. Any other column type (numeric, json, arrays, ...) or a client
+  timestamp[us, UTC], numeric -> ADBC's opaque extension type over its text (numeric_out's
+  digits and scale; `nan`, `inf`, `-inf` as ADBC writes them) with ADBC's field metadata
+  (typname, typmod). Any other column type (json, arrays, uuid, ...) or a client
   encoding other than UTF-8: `plan` answers None and the caller reads through ADBC. Dates
   and timestamps Arrow cannot hold (+-infinity, past the year 294246) raise
   `Unrepresentable` (ADBC would wrap them into wrong dates).
@@ -70,6 +72,7 @@ _TYPES: dict[int, tuple[int, str, str]] = {
     1082: (8, "date32", "date"),
     1114: (9, "timestamp", "timestamp"),
     1184: (9, "timestamptz", "timestamptz"),
+    1700: (10, "numeric", "numeric"),
 }
 
 
@@ -130,6 +133,7 @@ def plan(description: Sequence[Any], encoding: str) -> tuple[Plan | None, str]:
         "float32": pa.float32(), "float64": pa.float64(), "bool": pa.bool_(),
         "string": pa.string(), "binary": pa.binary(), "date32": pa.date32(),
         "timestamp": pa.timestamp("us"), "timestamptz": pa.timestamp("us", tz="UTC"),
+        "numeric": pa.opaque(pa.string(), "numeric", "PostgreSQL"),
     }  # fmt: skip
     kinds, fields = bytearray(), []
     for col in description:
@@ -138,7 +142,11 @@ def plan(description: Sequence[Any], encoding: str) -> tuple[Plan | None, str]:
             return None, f"column {col.name!r} has type OID {col.type_code}"
         kind, typ, typname = found
         kinds.append(kind)
-        fields.append(pa.field(col.name, arrow[typ], metadata={"POSTGRESQL:type": typname}))
+        meta = {"POSTGRESQL:type": typname}
+        if typ == "numeric":  # as ADBC says it: its text in an opaque extension type
+            typmod = -1 if col.precision is None else ((col.precision << 16) | col.scale) + 4
+            meta = {"ADBC:postgresql:typname": typname, **meta, "POSTGRESQL:typmod": str(typmod)}
+        fields.append(pa.field(col.name, arrow[typ], metadata=meta))
     return Plan(bytes(kinds), pa.schema(fields)), ""
 
 
@@ -162,12 +170,16 @@ def record_batches(copy: CopyOut, sql: bytes, how: Plan) -> Iterator[pa.RecordBa
             continue
         arrays = [
             pa.Array.from_buffers(
-                t,
+                t.storage_type if isinstance(t, pa.ExtensionType) else t,
                 rows,
                 [None if valid is None else pa.py_buffer(valid), pa.py_buffer(values)]
                 + ([] if data is None else [pa.py_buffer(data)]),
                 null_count=nulls,
             )
             for t, (nulls, valid, values, data) in zip(types, cols, strict=True)
+        ]
+        arrays = [
+            pa.ExtensionArray.from_storage(t, a) if isinstance(t, pa.ExtensionType) else a
+            for t, a in zip(types, arrays, strict=True)
         ]
         yield pa.RecordBatch.from_arrays(arrays, schema=how.schema)
