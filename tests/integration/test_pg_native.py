@@ -257,7 +257,8 @@ def test_server_errors_mid_copy_and_timeouts_are_the_generic_paths(
         admin.project("p")
         boom = "SELECT id, carrier, 1 / (id - 1500) AS boom FROM flights WHERE id <= 4000"
         admin.dataset("p", name="boom", url=pg_source, query=boom, key="id")
-        slow = "SELECT id, (CASE WHEN id = 3000 THEN pg_sleep(3) END)::text AS s FROM flights"
+        slow = """SELECT id, 'v' || coalesce((CASE WHEN id = 3000 THEN pg_sleep(3) END)::text, '')
+                  AS s FROM flights"""  # text in every row: a text column for the fast paths
         admin.dataset("p", name="slow", url=pg_source, query=slow, key="id",
                       statement_timeout_seconds=1)  # fmt: skip
         seen = []
@@ -311,8 +312,9 @@ def test_a_cancel_stops_a_native_read_waiting_on_the_server(
     admin = server.client()
     admin.project("p")
     # the COPY stalls (not the planning's reads of the same query)
-    stall = """SELECT id, (CASE WHEN id = 2000 AND current_query() LIKE 'COPY%'
-               THEN pg_sleep(30) END)::text AS s FROM flights"""
+    # (text in every row: the dataset's description sees a text column, as the COPY needs)
+    stall = """SELECT id, 'v' || coalesce((CASE WHEN id = 2000 AND current_query() LIKE 'COPY%'
+               THEN pg_sleep(30) END)::text, '') AS s FROM flights"""
     admin.dataset("p", name="stall", url=pg_source, query=stall, key="id")
     task = admin.export("p", dataset_id="stall", format=fmt, parallelism=1)
     tid = task["task_id"]
