@@ -26,6 +26,7 @@ from exportd.formats.splitting import Layout, PartOutput, read_index
 from exportd.formats.text import CsvOptions
 from exportd.model import TaskStatus
 from exportd.sources import Selection
+from exportd.sources.filters import validate_filter
 from exportd.sources.sql import SqlEngines, SqlSource
 from exportd.storage.local import LocalStorage
 from tests.formats.test_fast_paths import columns_of, make_source
@@ -310,3 +311,29 @@ def test_export_through_the_service_equals_fast_paths_off(tmp_path: Path, live_s
         files.append(api.http.get(f"/v1/projects/p/exports/{task['task_id']}/download").content)
     assert files[0] == files[1]
     assert files[0].startswith(b"id,i,r,t,v\n0,,,,") and b"\n19999,-1,, lead," in files[0]
+
+
+def test_filters_are_bound_parameters(tmp_path: Path) -> None:
+    """The partition's bounds and filter values are bound (qmark), not rendered into the
+    SQL text; the rows are the generic path's."""
+    url = make_db(tmp_path / "e.db")
+    engines = SqlEngines()
+    try:
+        src = make_source(engines, url, "edge")
+        kinds = {f["name"]: f["kind"] for f in src.dataset.fields}
+        flt = validate_filter(
+            [{"t": {"in": ["a,b", "'q'", "say \"hi\""]}}, {"r": {"gt": 0.25}}, {"i": {"eq": 42}},
+             {"v": {"like": "%é%"}}],
+            kinds,
+        )  # fmt: skip
+        sel = Selection(COLS, flt)
+        bounds = {"lo": 3, "hi": 80, "nulls": False, "kind": "int"}
+        path = fast_path(src, get_format("csv", {}), Layout(), columns_of(src, COLS))
+        assert isinstance(path, SqliteArrowCsv)
+        sql, params = path.bound_query(sel, bounds)
+        assert params[:2] == (3, 80) and "'q'" in params and 0.25 in params
+        assert "'q'" not in sql and "0.25" not in sql
+    finally:
+        engines.dispose()
+    out = compare(tmp_path, url, "csv", {}, sel, bounds)
+    assert out.count(b"\n") > 10 and b"'q'" in out

@@ -61,6 +61,7 @@ COPY_CHUNK = 1 << 20
 NATIVE_SECONDS = 0.5  # the native reader hands back at least this often
 _GUARD = "exportd_guard"
 _KINDS = {"INTEGER": "i", "REAL": "r", "TEXT": "t"}
+_PLAIN_TYPES = (sa.Integer, sa.Float, sa.String)
 
 PARTITIONS = Counter(
     "exportd_sqlite_csv_partitions",
@@ -184,8 +185,11 @@ class SqliteArrowCsv:
         names = compiled.positiontup or []
         values = compiled.construct_params()
         params = tuple(values[n] for n in names)
+        # SQLite's processors of these types only convert a value to its own type (a
+        # float for a REAL column, whose affinity compares 1 and 1.0 alike): bound as is
         plain = all(v is None or type(v) in (int, float, str, bytes) for v in params) and all(
-            b.type.bind_processor(dialect) is None for b in compiled.binds.values()
+            isinstance(b.type, _PLAIN_TYPES) or b.type.bind_processor(dialect) is None
+            for b in compiled.binds.values()
         )
         if dialect.paramstyle != "qmark" or not plain:
             literal = stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
