@@ -312,18 +312,32 @@ static int put_cell(Reader *r, const char *s, size_t n) {
     return buf_put(&r->out, r->quote, r->qlen);
 }
 
+static const char DIGIT_PAIRS[201] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
+/* v's decimal digits into out (at least 21 bytes); their length. */
 static size_t int_text(long long v, char *out) {
     char tmp[24];
-    size_t n = 0;
+    char *end = tmp + sizeof tmp, *p = end;
     unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-    do {
-        tmp[n++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    size_t k = 0;
-    if (v < 0) out[k++] = '-';
-    while (n) out[k++] = tmp[--n];
-    return k;
+    while (u >= 100) {
+        unsigned k = (unsigned)(u % 100) * 2;
+        u /= 100;
+        *--p = DIGIT_PAIRS[k + 1];
+        *--p = DIGIT_PAIRS[k];
+    }
+    if (u >= 10) {
+        *--p = DIGIT_PAIRS[u * 2 + 1];
+        *--p = DIGIT_PAIRS[u * 2];
+    } else {
+        *--p = (char)('0' + u);
+    }
+    if (v < 0) *--p = '-';
+    size_t n = (size_t)(end - p);
+    memcpy(out, p, n);
+    return n;
 }
 
 /* float_text from a digit string d (no leading or trailing zeros, nd digits) whose value
@@ -513,6 +527,11 @@ static int render_row(Reader *r) {
         switch (r->kinds[i]) {
         case 'i':
             if (t != SQLITE_INTEGER) return unrenderable(r, i, storage_name(t));
+            if (r->plain_numbers) { /* straight into the output */
+                if (buf_reserve(&r->out, 24)) goto nomem;
+                r->out.len += int_text(sqlite3_column_int64(r->st, i), r->out.data + r->out.len);
+                continue;
+            }
             n = int_text(sqlite3_column_int64(r->st, i), tmp);
             break;
         case 'r':
