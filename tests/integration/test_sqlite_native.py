@@ -24,6 +24,7 @@ from exportd.formats import get_format
 from exportd.formats.cells import float_text
 from exportd.formats.splitting import Layout, PartOutput, read_index
 from exportd.formats.text import CsvOptions
+from exportd.metrics import PROCESS
 from exportd.model import TaskStatus
 from exportd.sources import Selection
 from exportd.sources.filters import validate_filter
@@ -83,7 +84,8 @@ def make_db(path: Path, extra: list[tuple[Any, ...]] | None = None, n: int = 0) 
 
 
 def partitions(reader: str) -> float:
-    got = REGISTRY.get_sample_value("exportd_sqlite_csv_partitions_total", {"reader": reader})
+    labels = {"process": PROCESS, "reader": reader}
+    got = REGISTRY.get_sample_value("exportd_sqlite_csv_partitions_total", labels)
     return got or 0.0
 
 

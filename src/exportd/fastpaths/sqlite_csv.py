@@ -47,6 +47,7 @@ from exportd.fastpaths.prefetch import prefetched
 from exportd.formats import Column, Format
 from exportd.formats.splitting import PartOutput
 from exportd.formats.text import CsvFormat, CsvOptions
+from exportd.metrics import PROCESS
 from exportd.sources import Selection, Source
 from exportd.sources.sql import SqlSource
 
@@ -66,7 +67,7 @@ _PLAIN_TYPES = (sa.Integer, sa.Float, sa.String)
 PARTITIONS = Counter(
     "exportd_sqlite_csv_partitions",
     "SQLite -> CSV partitions by the reader that wrote them (generic: the fast path stepped aside)",
-    ["reader"],
+    ["process", "reader"],
 )
 
 
@@ -212,11 +213,11 @@ class SqliteArrowCsv:
                     out.write_encoded(chunk, 0)
                 out.count(rows)
                 hb.progress(rows, out.size)
-                PARTITIONS.labels("native" if self.native else "adbc").inc()
+                PARTITIONS.labels(PROCESS, "native" if self.native else "adbc").inc()
                 return
         except Fallback as why:
             log.info("SQLite fast path steps aside for this partition: %s", why)
-        PARTITIONS.labels("generic").inc()
+        PARTITIONS.labels(PROCESS, "generic").inc()
         for batch in self.source.read(sel, bounds, GENERIC_BATCH):
             hb.check()
             out.write(batch)
