@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from exportd.errors import Canceled
 from exportd.execution.heartbeat import Heartbeat
 from exportd.fastpaths import fast_path
 from exportd.fastpaths.sqlite_csv import SqliteArrowCsv
@@ -339,3 +340,28 @@ def test_filters_are_bound_parameters(tmp_path: Path) -> None:
         engines.dispose()
     out = compare(tmp_path, url, "csv", {}, sel, bounds)
     assert out.count(b"\n") > 10 and b"'q'" in out
+
+
+def test_a_cancel_is_seen_between_chunks(tmp_path: Path) -> None:
+    """The heartbeat is checked after each chunk: a canceled task stops the partition
+    after its first chunk (its rows are the progress), never runs the generic path."""
+    url = make_db(tmp_path / "e.db", [(10_000 + k, k, 0.5, LONG, "x") for k in range(12)])
+    engines = SqlEngines()
+    try:
+        src = make_source(engines, url, "edge")
+        fmt = get_format("csv", {})
+        path = fast_path(src, fmt, Layout(), columns_of(src, COLS))
+        assert isinstance(path, SqliteArrowCsv) and path.native
+        before = {k: partitions(k) for k in ("native", "generic")}
+        with (
+            pytest.raises(Canceled),
+            Heartbeat(lambda r, b: TaskStatus.CANCELING, 30, TaskStatus.RUNNING) as hb,
+            PartOutput(LocalStorage(tmp_path / "out"), "parts/x/", fmt, columns_of(src, COLS), Layout()) as out,
+        ):  # fmt: skip
+            hb.beat_now()
+            path.export(Selection(COLS, []), {"lo": 0, "hi": None, "nulls": True}, out, hb)
+        total = sum(len(b) for b in src.read(Selection(["id"], []), EVERYTHING, 1000))
+        assert 0 < hb.rows < total and hb.bytes >= 1 << 20
+        assert {k: partitions(k) for k in before} == before
+    finally:
+        engines.dispose()

@@ -255,8 +255,8 @@ class SqliteArrowCsv:
         try:
             while data := reader.read(COPY_CHUNK, NATIVE_SECONDS):
                 spool.write(data)
-                hb.check()
                 hb.progress(reader.rows, spool.tell())
+                hb.check()
         except (native.Unrenderable, native.Error) as exc:
             raise Fallback(first_line(exc)) from None
         finally:
