@@ -171,9 +171,10 @@ WHY = """## Where the time goes (profiled with py-spy in an earlier run, issue 3
   reader + `ArrowCsv` it replaces (kept for builds without the extension) and 4.4-5.1 s
   for DuckDB 1.4's whole run at the same time; libsqlite3's stepping and column reads
   are about 60 % of it. Through `exportd serve` (two worker processes) the whole export,
-  with its snapshot copy of the database and the assembly, cost 10.2-16.3 CPU s (the
-  first round with the workers' start) against DuckDB's 13.4-15.4 s (walls on that
-  machine were too noisy to rank: 11.1-41.6 s against 18.4-42.2 s). Before it, ADBC read a partition on one thread while pyarrow.compute
+  with its snapshot copy of the database and the assembly, cost 10.2-17.8 CPU s (the
+  first round with the workers' start) against DuckDB's 13.4-15.5 s; walls on that
+  machine were too noisy to rank (11.1-41.6 s against 18.4-46.2 s; the median of 11
+  alternated pairs' ratios 1.10x, from 0.61x to 2.61x). Before it, ADBC read a partition on one thread while pyarrow.compute
   rendered the CSV on another; reading was the slower side.
 - Documents -> CSV: the header pass reads each partition once with `pyarrow.json`
   (one thread per worker) and renders every chunk's cells at once; the export pass only
