@@ -609,17 +609,20 @@ static PyObject *reader_read(Reader *r, PyObject *args) {
     PyEval_RestoreThread(r->ts);
     r->ts = NULL;
     r->busy = 0;
-    if (r->err == 1) {
-        PyErr_SetString(Unrenderable, r->why);
+    if (r->err || (rc != SQLITE_ROW && rc != SQLITE_DONE)) { /* the reader ends here */
+        if (r->err == 1)
+            PyErr_SetString(Unrenderable, r->why);
+        else if (r->err == 3)
+            PyErr_NoMemory();
+        else
+            PyErr_Format(SqliteError, "step: %s", sqlite3_errmsg(r->db));
+        reader_close(r);
+        r->done = 1;
         return NULL;
     }
-    if (r->err == 3) return PyErr_NoMemory();
     if (rc == SQLITE_DONE) {
         r->done = 1;
         reader_close(r);
-    } else if (rc != SQLITE_ROW) {
-        PyErr_Format(SqliteError, "step: %s", sqlite3_errmsg(r->db));
-        return NULL;
     }
     r->rows += n;
     return PyBytes_FromStringAndSize(r->out.data ? r->out.data : "", (Py_ssize_t)r->out.len);

@@ -365,3 +365,13 @@ def test_a_cancel_is_seen_between_chunks(tmp_path: Path) -> None:
         assert {k: partitions(k) for k in before} == before
     finally:
         engines.dispose()
+
+
+def test_a_reader_that_stopped_returns_nothing_more(tmp_path: Path) -> None:
+    """After Unrenderable the reader is closed: no row after the bad one is ever read."""
+    make_db(tmp_path / "e.db", [(1000, "text", 1.0, "x", "y"), (1001, 5, 1.0, "x", "y")])
+    reader = native.Reader(str(tmp_path / "e.db"), "SELECT i FROM edge WHERE id >= 1000", (),
+                           "i", ",", '"', "", "\n", True)  # fmt: skip
+    with pytest.raises(native.Unrenderable, match="column 0 holds a text"):
+        reader.read(1 << 20, 0.5)
+    assert reader.read(1 << 20, 0.5) == b"" and reader.rows == 0
