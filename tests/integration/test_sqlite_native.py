@@ -213,6 +213,19 @@ def test_other_storage_classes_fall_back(tmp_path: Path, extra: tuple[Any, ...])
     compare(tmp_path, url, "csv", {}, Selection(COLS, []), reader="generic")
 
 
+def test_a_fallback_after_chunks_were_written_discards_them(tmp_path: Path) -> None:
+    """The native reader writes its chunks straight into the part: a bad cell near the
+    end (after several MB) discards them, and the generic path's part is all there is."""
+    n = 60_000
+    url = make_db(tmp_path / "e.db", [(n + 1, 1, 1.0, b"blob", "y")], n=n)
+    out = compare(tmp_path, url, "csv", {}, Selection(COLS, []), reader="generic")
+    assert out.count(b"\n59999,") == 1 and out.count(b"\n1,") == 1  # rows once, no rest
+    assert sorted(p.name for p in (tmp_path / "fast" / "parts" / "x").iterdir()) == [
+        "index.json",
+        "s00000.csv",
+    ]
+
+
 def test_invalid_utf8_falls_back_and_fails_as_the_generic_path(tmp_path: Path) -> None:
     url = make_db(tmp_path / "e.db")
     with sqlite3.connect(tmp_path / "e.db") as conn:

@@ -24,8 +24,8 @@ valid UTF-8, stops the reader (`Unrenderable`). ADBC: the driver fails on text, 
 reals in an int64 column and on text or blobs in a double column (a REAL column holds no
 integer: SQLite stores them as reals), and an extra guard column turns a blob in a TEXT
 column (which holds no number) into such a failure. On any failure (or text that is not
-UTF-8) the rendered rows, kept in a temporary file until the partition is done, are
-dropped and the partition runs through the generic path from its start. Anything else (a
+UTF-8) the rows rendered so far, written straight into the part, are discarded
+(`PartOutput.discard`) and the partition runs through the generic path from its start. Anything else (a
 query dataset, a view, BLOB or NUMERIC affinity, an in-memory database, no driver) never
 takes this path. Each partition counts its reader in `exportd_sqlite_csv_partitions_total`
 (`native`, `adbc`, `generic` when it stepped aside)."""
@@ -33,9 +33,8 @@ takes this path. Each partition counts its reader in `exportd_sqlite_csv_partiti
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote as url_quote
 
 import sqlalchemy as sa
@@ -78,6 +77,21 @@ def native_module() -> Any | None:
     except ImportError:
         return None
     return _sqlitecsv if hasattr(_sqlitecsv, "Reader") else None
+
+
+class _PartSink:
+    """The rendered rows written straight into the part (`write`, and `tell`: the bytes
+    so far); a partition that falls back discards them (`PartOutput.discard`)."""
+
+    def __init__(self, out: PartOutput) -> None:
+        self.out, self.written = out, 0
+
+    def write(self, data: bytes) -> None:
+        self.out.write_encoded(data, 0)
+        self.written += len(data)
+
+    def tell(self) -> int:
+        return self.written
 
 
 class Fallback(Exception):
@@ -201,22 +215,19 @@ class SqliteArrowCsv:
 
     def export(self, sel: Selection, bounds: dict[str, Any], out: PartOutput, hb: Progress) -> None:
         try:
-            with tempfile.TemporaryFile() as spool:
-                if self.native:
-                    rows = self._render_native(sel, bounds, spool, hb)
-                else:
-                    rows = self._render(sel, bounds, spool, hb)
-                out.write_encoded(b"", 0)  # the part exists, empty, when there is no row
-                spool.seek(0)
-                while chunk := spool.read(COPY_CHUNK):
-                    hb.check()
-                    out.write_encoded(chunk, 0)
-                out.count(rows)
-                hb.progress(rows, out.size)
-                PARTITIONS.labels(PROCESS, "native" if self.native else "adbc").inc()
-                return
+            out.write_encoded(b"", 0)  # the part exists, empty, when there is no row
+            sink = _PartSink(out)
+            if self.native:
+                rows = self._render_native(sel, bounds, sink, hb)
+            else:
+                rows = self._render(sel, bounds, sink, hb)
+            out.count(rows)
+            hb.progress(rows, out.size)
+            PARTITIONS.labels(PROCESS, "native" if self.native else "adbc").inc()
+            return
         except Fallback as why:
             log.info("SQLite fast path steps aside for this partition: %s", why)
+            out.discard()  # the generic path writes the part from its start
         PARTITIONS.labels(PROCESS, "generic").inc()
         for batch in self.source.read(sel, bounds, GENERIC_BATCH):
             hb.check()
@@ -233,9 +244,9 @@ class SqliteArrowCsv:
         return kinds
 
     def _render_native(
-        self, sel: Selection, bounds: dict[str, Any], spool: BinaryIO, hb: Progress
+        self, sel: Selection, bounds: dict[str, Any], sink: _PartSink, hb: Progress
     ) -> int:
-        """The partition's CSV rows into `spool` by the C reader; its row count."""
+        """The partition's CSV rows into the part by the C reader; its row count."""
         native = native_module()
         assert native is not None
         kinds = self._kinds(sel)
@@ -254,8 +265,8 @@ class SqliteArrowCsv:
             raise Fallback(first_line(exc)) from None
         try:
             while data := reader.read(COPY_CHUNK, NATIVE_SECONDS):
-                spool.write(data)
-                hb.progress(reader.rows, spool.tell())
+                sink.write(data)
+                hb.progress(reader.rows, sink.tell())
                 hb.check()
         except (native.Unrenderable, native.Error) as exc:
             raise Fallback(first_line(exc)) from None
@@ -264,7 +275,7 @@ class SqliteArrowCsv:
         rows: int = reader.rows
         return rows
 
-    def _render(self, sel: Selection, bounds: dict[str, Any], spool: BinaryIO, hb: Progress) -> int:
+    def _render(self, sel: Selection, bounds: dict[str, Any], sink: _PartSink, hb: Progress) -> int:
         import adbc_driver_manager as adbc
         import pyarrow as pa
 
@@ -283,12 +294,12 @@ class SqliteArrowCsv:
             ):  # read on one core, render on the other
                 hb.check()
                 data = self._encode(batch, types)
-                spool.write(data)
+                sink.write(data)
                 rows += batch.num_rows
-                hb.progress(rows, spool.tell())
+                hb.progress(rows, sink.tell())
         except (adbc.Error, pa.ArrowException, OSError) as exc:
             if isinstance(exc, OSError) and "[SQLite]" not in str(exc):
-                raise  # the temporary file, not the data
+                raise  # the part's storage, not the data
             raise Fallback(first_line(exc)) from None
         return rows
 
