@@ -125,11 +125,15 @@ def test_fast_path_imports_what_the_python_path_imports(
         manifest = api.http.get(f"/v1/projects/acme/imports/{task['task_id']}/manifest").json()
         paths = [(p["fast_path"], p["checked_in_python"]) for p in manifest["partitions"]]
         checked = sum(n for _, n in paths)
+        staged_as = {p["staged_as"] for p in manifest["partitions"]}
         if fast:  # Arrow vouched for the plain rows; Python saw the bad and the doubtful
             assert all(f for f, _ in paths), paths
+            # rows staged as files, COPYed into the target (the duplicates filtered out)
+            assert manifest["published_from"] == "files" and staged_as == {"file"}, manifest
             assert checked - done["failed_count"] < 0.25 * done["finished_count"], paths
         else:
             assert not any(f for f, _ in paths) and checked >= 4000, paths
+            assert manifest["published_from"] == "staging" and staged_as == {"table"}
         results[fast] = (done["finished_count"], done["failed_count"], items,
                          report_rows(api, done), _table(pg_database, table))  # fmt: skip
     fast_run, python_run = results[True], results[False]
