@@ -284,7 +284,9 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=1, help="the file holds N x 336,776 rows")
     ap.add_argument("--rounds", type=int, default=3, help="alternated rounds (medians)")
     ap.add_argument(
-        "--tools", default="exportd,psql,duckdb", help="also: exportd-python (fast paths off)"
+        "--tools",
+        default="exportd,psql,duckdb",
+        help="also: exportd-python (fast paths off), exportd-tables (staging tables)",
     )
     ap.add_argument(
         "--parallelism", type=int, help="the import's partitions (default: the server's)"
@@ -303,6 +305,10 @@ def main() -> None:
         # the Python path (record by record), for an A/B of the fast path
         "exportd-python": lambda: exportd_import(
             url, path, args.work, {"EXPORTD_FAST_PATHS": "false"}, args.parallelism
+        )[0],
+        # the fast path with staging tables (before rows were staged as files)
+        "exportd-tables": lambda: exportd_import(
+            url, path, args.work, {"EXPORTD_IMPORT_STAGED_FILES": "false"}, args.parallelism
         )[0],
         "psql": lambda: psql_copy(url, path),
         "duckdb": lambda: duckdb_insert(url, path),

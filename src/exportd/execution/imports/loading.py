@@ -139,7 +139,7 @@ def load_partition(run: PartitionRun, hb: Heartbeat) -> None:
     )
     checker = Checker.of(task, target)
     why_not = fast_path_refused(rt.settings.fast_paths, spec, target, checker)
-    no_files = why_not or files_refused(target, spec)
+    no_files = why_not or files_refused(rt.settings.import_staged_files, target, spec)
     stage = (
         None if no_files is None else target.stage_name(task.task_id, part.index, run.lease.token)
     )

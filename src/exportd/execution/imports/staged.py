@@ -9,7 +9,7 @@ file are found from the key files (an Arrow group-by: the first line of a key is
 as the staging tables' `row_number()` keeps it), and a partition holding one of them has
 its file filtered on the way (read back by `pyarrow.csv`, every value as text).
 
-The rule (`files_refused`): the fast path runs; the mode is `append` or `replace`
+The rule (`files_refused`): `EXPORTD_IMPORT_STAGED_FILES` (default true); the fast path runs; the mode is `append` or `replace`
 (`upsert` merges through staging tables); every key column is of kind int or str (Arrow
 groups them as PostgreSQL compares them); in `append` mode with a key, the target
 declares that key unique (so a key already in the table makes the COPY fail, rather
@@ -45,8 +45,10 @@ CHUNK = 1 << 20
 Write = Callable[[bytes], None]
 
 
-def files_refused(target: Target, spec: ImportSpec) -> str | None:
+def files_refused(enabled: bool, target: Target, spec: ImportSpec) -> str | None:
     """Why this import's rows are staged in tables, not files (None: files); see above."""
+    if not enabled:
+        return "staged files are turned off (EXPORTD_IMPORT_STAGED_FILES)"
     if spec.mode is ImportMode.UPSERT:
         return "upsert merges through staging tables"
     for k in spec.key:
