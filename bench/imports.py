@@ -234,9 +234,15 @@ def exportd_import(
             if parallelism:
                 body["parallelism"] = parallelism
             task = app.http.post("/v1/projects/bench/imports", json=body).json()
-            while not task.get("is_terminal"):
+            tag = ""
+            while not task.get("is_terminal"):  # as a client polls: 304 while unchanged
                 time.sleep(0.05)
-                task = app.http.get(f"/v1/projects/bench/imports/{task['task_id']}").json()
+                r = app.http.get(
+                    f"/v1/projects/bench/imports/{task['task_id']}",
+                    headers={"If-None-Match": tag} if tag else {},
+                )
+                if r.status_code == 200:
+                    task, tag = r.json(), r.headers.get("ETag", "")
             wall = time.monotonic() - t0
             cpu_pg = pg()
         procs = app.processes()

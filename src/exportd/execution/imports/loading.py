@@ -188,7 +188,7 @@ def load_partition(run: PartitionRun, hb: Heartbeat) -> None:
         }
         if filed is not None:
             result.update(data=folder + DATA, keys=folder + KEYS, rows=filed.rows,
-                          data_bytes=filed.written)  # fmt: skip
+                          data_bytes=filed.written, keys_bytes=filed.keys_bytes)  # fmt: skip
         result_key = folder + "result.json"
         with rt.storage.open_write(result_key) as out:
             out.write(orjson.dumps(result))

@@ -163,7 +163,11 @@ def _finish_files(
     assert spec is not None
     if not all(r.get("data") for r in results):
         return False
+    started = time.monotonic()
+    for r in results:
+        staged.check_sizes(rt.storage, r)
     dups = staged.duplicates(rt.storage, results, spec.key)
+    found = time.monotonic()
     loaded = sum(r["loaded"] for r in results) - len(dups)
     rejected = sum(r["rejected"] for r in results) + len(dups)
     items = _items(results, dups)
@@ -189,9 +193,15 @@ def _finish_files(
             return False
         if not done and not target.published(task.task_id):
             raise LeaseLost()
+    copied = time.monotonic()
     target.drop_stages(target.stages_of(task.task_id))
     hb.check()
     _complete(rt, task, lease, outcome, results, dups, items, "files")
+    log.info(
+        "import %s: duplicates %.3f s, publish (COPY of %d files) %.3f s, report and "
+        "end %.3f s", task.task_id, found - started, len(results), copied - found,
+        time.monotonic() - copied,
+    )  # fmt: skip
     return True
 
 

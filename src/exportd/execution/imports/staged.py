@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from exportd.errors import ExportdError
 from exportd.execution.imports.columnar import csv_payload
 from exportd.model.plan import ImportMode, ImportSpec
 from exportd.sources.targets import LINE_COLUMN, Target
@@ -100,6 +101,7 @@ class FileSink:
     keys: list[pa.Table] = field(default_factory=list)
     rows: int = 0
     written: int = 0
+    keys_bytes: int = 0
 
     def _write(self, data: bytes) -> None:
         if data:
@@ -146,11 +148,28 @@ def file_sink(
 ) -> Iterator[FileSink]:
     """The sink of one attempt; its two files exist once the block exits without error."""
     types = [_key_type(target, k) for k in key]
-    with storage.open_write(folder + DATA) as out:
+    # not fsynced (as an export's parts): the publish checks the sizes the commit
+    # recorded, so a file an OS crash cut short fails the publish, never shortens it
+    with storage.open_write(folder + DATA, durable=False) as out:
         sink = FileSink(out, list(names), list(key), types)
         yield sink
-    with storage.open_write(folder + KEYS) as kout:
-        kout.write(sink.key_file())
+    keys = sink.key_file()
+    sink.keys_bytes = len(keys)
+    with storage.open_write(folder + KEYS, durable=False) as kout:
+        kout.write(keys)
+
+
+def check_sizes(storage: Storage, result: dict[str, Any]) -> None:
+    """The files of a committed partition are whole (see `file_sink`)."""
+    for name, size in (
+        (result["data"], result["data_bytes"]),
+        (result["keys"], result["keys_bytes"]),
+    ):
+        if not storage.exists(name) or storage.size(name) != int(size):
+            raise ExportdError(
+                f"the staged rows of partition {result['index']} are gone or cut short ({name})",
+                "STAGED_FILE_LOST",
+            )
 
 
 def read_keys(storage: Storage, result: dict[str, Any]) -> pa.Table:
@@ -170,8 +189,10 @@ def duplicates(
     for k in key:
         valid = pc.is_valid(table[k])
         known = valid if known is None else pc.and_(known, valid)
-    if known is not None:
+    if known is not None and pc.any(pc.invert(known)).as_py():
         table = table.filter(known)
+    if len(key) == 1 and pc.count_distinct(table[key[0]]).as_py() == table.num_rows:
+        return []  # the common case, by one hash of the keys (no group-by, no join)
     counts = table.group_by(list(key)).aggregate([(LINE_COLUMN, "count"), (LINE_COLUMN, "min")])
     repeated = counts.filter(pc.greater(counts[f"{LINE_COLUMN}_count"], 1))
     if not repeated.num_rows:
@@ -237,6 +258,7 @@ def to_stages(
         r["stage"] = stage
         if stage in have:
             continue
+        check_sizes(storage, r)
         lines = read_keys(storage, r)[LINE_COLUMN]
 
         def send(write: Write, r: dict[str, Any] = r, lines: pa.ChunkedArray = lines) -> None:
