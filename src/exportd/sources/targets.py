@@ -1,7 +1,8 @@
 """Writing into a table: the target of an import (a `sql` dataset an administrator
 marked writable). Its real columns are read by reflection and every value is checked
 against them (`TargetColumn.convert`); valid rows load into per-partition staging tables
-beside the target, and the coordinator publishes every staging table in ONE transaction
+beside the target (or are staged as files and COPYed in by `publish_files`, see
+`execution/imports/staged.py`), and the coordinator publishes them in ONE transaction
 of the target database that also records the import in `exportd_imports`: a second
 publish of the same task (a coordinator that lost its lease, one that was killed after
 the commit) finds the record and does nothing, so each valid row lands exactly once."""

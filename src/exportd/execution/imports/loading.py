@@ -1,9 +1,11 @@
 """An import's work on one partition (stage 60): its records read, every value checked
 against the target's column (`TargetColumn.convert`), the valid rows loaded into the
-partition's own staging table (named after the attempt's lease token), the rejected
-ones written to the attempt's error file; then the fenced commit. A commit that fails
-(the lease was lost) drops the attempt's staging table; a killed attempt's table is
-dropped by the task's end (every staging table of the task)."""
+partition's own staging table (named after the attempt's lease token) or, on the fast
+path into PostgreSQL, staged as the attempt's files (`staged`: a COPY-ready CSV file and
+its key file, in the attempt's folder), the rejected ones written to the attempt's
+error file; then the fenced commit. A commit that fails (the lease was lost) drops the
+attempt's staging table; a killed attempt's table is dropped by the task's end (every
+staging table of the task), its files with the task's parts."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The end of an import: the partitions' results, duplicate keys across the whole file,
-the decision (`import_outcome`), the publish of every staging table in one target
-transaction (stage 70, fenced: see `sources/targets.py`), the error report and the
+the decision (`import_outcome`), the publish of every partition's rows (files COPYed
+straight into the target, see `staged`; or staging tables) in one target transaction
+(stage 70, fenced: see `sources/targets.py`), the error report and the
 manifest (80) and the terminal move (90). Failure, cancel and timeout publish nothing
 and drop the staging tables, so the target is left exactly as it was."""
 
