@@ -6,8 +6,9 @@ NULL unquoted, in the order the partition accepted them) and the line and key of
 those rows as an Arrow IPC file (`keys.arrow`). The coordinator, in its one publish
 transaction, COPYs the files straight into the target; the duplicate keys across the
 file are found from the key files (one Arrow sort by key and line: the first line of a
-key is kept, as the staging tables' `row_number()` keeps it), and a partition holding one of them has
-its file filtered on the way (read back by `pyarrow.csv`, every value as text).
+key is kept, as the staging tables' `row_number()` keeps it), and a partition holding
+one of them has its file filtered on the way (read back by `pyarrow.csv`, every value as
+text).
 
 The rule (`files_refused`): `EXPORTD_IMPORT_STAGED_FILES` (default true); the fast path
 runs; the mode is `append` or `replace` (`upsert` merges through staging tables); every
