@@ -131,16 +131,41 @@ class FileSink:
         self.keys.append(pa.table({**cols, LINE_COLUMN: lines}))
         self.rows += len(rows)
 
-    def key_file(self) -> bytes:
+    def write_keys(self, out: BinaryIO) -> int:
+        """The key file, batch by batch (no copy of the whole); its size."""
         schema = pa.schema(
             [*(pa.field(k, t) for k, t in zip(self.key, self.types, strict=True)),
              pa.field(LINE_COLUMN, pa.int64())]
         )  # fmt: skip
-        table = pa.concat_tables(self.keys) if self.keys else schema.empty_table()
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_file(sink, schema) as w:
-            w.write_table(table.cast(schema))
-        return bytes(sink.getvalue().to_pybytes())
+        counted = _Counted(out)
+        with pa.ipc.new_file(pa.PythonFile(counted, mode="w"), schema) as w:
+            for table in self.keys:
+                w.write_table(table.cast(schema))
+        self.keys.clear()
+        return counted.size
+
+
+class _Counted:
+    """A writer that counts what went through it (any storage's writer beneath)."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.size = 0
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        self.out.write(data)
+        self.size += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
 
 
 @contextmanager
@@ -154,10 +179,8 @@ def file_sink(
     with storage.open_write(folder + DATA, durable=False) as out:
         sink = FileSink(out, list(names), list(key), types)
         yield sink
-    keys = sink.key_file()
-    sink.keys_bytes = len(keys)
     with storage.open_write(folder + KEYS, durable=False) as kout:
-        kout.write(keys)
+        sink.keys_bytes = sink.write_keys(kout)
 
 
 def check_sizes(storage: Storage, result: dict[str, Any]) -> None:
@@ -194,6 +217,13 @@ def duplicates(
         table = table.filter(known)
     if table.num_rows < 2:
         return []
+    if len(key) == 1:  # the common case first: the key alone sorted, no repeat
+        col = table[key[0]]
+        ranked = col.take(pc.array_sort_indices(col))
+        n = len(ranked)
+        if not pc.any(pc.equal(ranked.slice(1), ranked.slice(0, n - 1))).as_py():
+            return []
+        del ranked
     # one sort by (key, line): a row whose key is its predecessor's repeats an earlier
     # line (far less memory and time than a hash group-by: 3.4 M keys in 0.3 s, 90 MB)
     order = pc.sort_indices(table, sort_keys=[(k, "ascending") for k in [*key, LINE_COLUMN]])
