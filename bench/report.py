@@ -233,6 +233,12 @@ mark (for exportd, the largest worker; for serve, its process over the whole run
 
 ## The status endpoint (embedded default)
 
+Load from C tools where they are installed (`apt-get install wrk nghttp2-client`): `wrk`
+saturates it with back-to-back clients; `h2load --rps 1` paces 200 pollers at one request
+a second each, during the documents export, and times every request. Without them the
+bench falls back to httpx, whose own CPU on the same two cores is then part of what is
+measured.
+
 {_md_table(STATUS_HEADERS, status_rows(loads))}
 
 ## Memory of a worker at 1x and 10x the rows

@@ -9,8 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from tests.api_support import make_project, small_sqlite_source
 from tests.integration.test_faults import SLOW_QUERY, setup_project
+from tests.integration.test_operations import scrape, total
 
 
 def _get(api: Any, path: str, tag: str | None = None) -> Any:
@@ -94,3 +97,63 @@ def test_tag_moves_with_progress_and_the_cancel(pg_source: str, live_server: Any
     after = _get(api, path, tag)
     assert after.status_code == 200 and after.headers["etag"] != tag
     assert after.json()["status"] in ("CANCELED", "CANCELING")
+
+
+def _lane_answers(server: Any) -> dict[str, float]:
+    """exportd_status_lane_answers by answer, from the API's /metrics."""
+    samples = scrape(f"{server.url}/metrics", server.admin_token)
+    name = "exportd_status_lane_answers_total"
+    return {a: total(samples, name, answer=a) for a in ("cached", "not_modified")}
+
+
+def _same_answer(lane: Any, route: Any) -> None:
+    assert lane.status_code == route.status_code
+    assert lane.content == route.content
+    drop = {"date", "server"}
+    assert [(k, v) for k, v in lane.headers.items() if k not in drop] == [
+        (k, v) for k, v in route.headers.items() if k not in drop
+    ]
+
+
+def test_the_status_lane_answers_as_the_route(live_server: Any, tmp_path: Path) -> None:
+    """Pollers' GETs with no query string are answered in front of FastAPI (a 304, or the
+    kept body); a query string (`wait=0` changes nothing) always reaches the route: both
+    answers are the same, header for header, and the lane answers only what the route
+    would let through."""
+    server = live_server(workers=1)
+    acme = make_project(server, "acme", small_sqlite_source(tmp_path))
+    (tmp_path / "other").mkdir()
+    other = make_project(server, "other", small_sqlite_source(tmp_path / "other", rows=10))
+    task = acme["writer"].export("acme", dataset_id="flights", format="csv")
+    assert acme["reader"].wait("acme", task["task_id"])["status"] == "COMPLETED"
+    path = f"/v1/projects/acme/exports/{task['task_id']}"
+    reader = acme["reader"]
+    first = _get(reader, path)  # built by the route, kept
+    tag = first.headers["etag"]
+
+    before = _lane_answers(server)
+    lane_200, route_200 = _get(reader, path), _get(reader, f"{path}?wait=0")
+    lane_304, route_304 = _get(reader, path, tag), _get(reader, f"{path}?wait=0", tag)
+    token = reader.http.headers["authorization"].removeprefix("Bearer ")
+    by_header = reader.http.get(path, headers={"Authorization": "", "X-Auth-Token": token})
+    after = _lane_answers(server)
+    _same_answer(lane_200, route_200)
+    _same_answer(lane_304, route_304)
+    assert lane_200.content == first.content and lane_304.status_code == 304
+    assert by_header.status_code == 200 and by_header.content == first.content
+    assert after["cached"] - before["cached"] == 2
+    assert after["not_modified"] - before["not_modified"] == 1
+
+    # what the route refuses, the lane never answers: no token, a bad one, another
+    # project's, even its admin's
+    refused = [
+        httpx.get(f"{server.url}{path}", headers={"If-None-Match": tag}),
+        server.client("not-a-token").http.get(path),
+        other["reader"].http.get(path, headers={"If-None-Match": tag}),
+        other["admin"].http.get(path),
+    ]
+    assert [r.status_code for r in refused] == [401, 401, 404, 404]
+    for r in refused:
+        assert r.json()["error_code"] and "etag" not in r.headers
+        assert task["task_id"] not in r.text or r.json()["error_code"] == "TASK_NOT_FOUND"
+    assert _lane_answers(server) == after

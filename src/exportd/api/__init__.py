@@ -20,6 +20,7 @@ from exportd.api.limits import state_server_limits
 from exportd.api.methods import allowed_methods
 from exportd.api.schemas import ErrorBody
 from exportd.api.status_cache import StatusCache
+from exportd.api.status_lane import StatusLane
 from exportd.api.ui import add_api_docs, add_dashboard
 from exportd.errors import ExportdError, StoreUnavailable, Unavailable
 from exportd.execution.pool import WorkerPool
@@ -148,6 +149,7 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
     app.include_router(imports_router)
     add_dashboard(app)
     add_api_docs(app)
+    app.add_middleware(StatusLane, api=app)  # inside the guard: its checks come first
     app.add_middleware(InputGuard, max_body_bytes=settings.max_body_bytes)
 
     @app.get("/healthz", tags=["meta"])

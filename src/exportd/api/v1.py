@@ -589,9 +589,8 @@ async def get_export(
             poll = request.app.state.runtime.settings.events_poll_seconds
             await wait_for_change(svc, project_id, task_id, version, wait, poll)
             etag, terminal = await anyio.to_thread.run_sync(svc.task_etag, project_id, task_id)
-    headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if if_none_match is not None and etag_matches(if_none_match, etag):
-        return Response(status_code=304, headers=headers)
+        return not_modified(etag)
     cache: StatusCache = request.app.state.status_cache
     key = (project_id, task_id, etag, base_url(request))
     cached = cache.get(key)
@@ -612,9 +611,18 @@ async def get_export(
         cache.put(key, content, extra)
     else:
         content, extra = cached.content, cached.headers
-    return Response(
-        content, media_type="application/json", headers={**extra, **headers, "ETag": key[2]}
-    )
+    return status_response(content, extra, key[2])
+
+
+def not_modified(etag: str) -> Response:
+    """The status GET's 304 (the route's and the status lane's)."""
+    return Response(status_code=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
+
+
+def status_response(content: bytes, extra: dict[str, str], etag: str) -> Response:
+    """The status GET's 200 from a body and its headers (the route's and the status lane's)."""
+    headers = {**extra, "ETag": etag, "Cache-Control": "no-cache"}
+    return Response(content, media_type="application/json", headers=headers)
 
 
 @router.post(

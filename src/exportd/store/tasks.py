@@ -107,6 +107,7 @@ def _stamp_statement() -> sa.Select[Any]:
 
 
 _STAMP = _stamp_statement()
+_STAMP_SQL: dict[str, tuple[str, tuple[str, ...]]] = {}  # by dialect: TaskStore._stamp_sql
 
 
 class TaskStore(OutboxStore):
@@ -187,13 +188,27 @@ class TaskStore(OutboxStore):
         row's version, its partitions' and notifications' last updates and counts, its
         files), and whether the task is terminal: one indexed read, no body built. None:
         no such task in this project."""
+        sql, order = self._stamp_sql()
+        values = {"project_id": project_id, "task_id": task_id}
         with self.read_one() as conn:
-            row = conn.execute(_STAMP, {"project_id": project_id, "task_id": task_id}).first()
+            params = tuple(values[k] for k in order) if order else values
+            row = conn.exec_driver_sql(sql, params).first()
         if row is None:
             return None
         version, status, parts_at, parts, notes_at, nfiles = row
         stamp = f"{version}.{parts}.{parts_at}.{notes_at}.{nfiles}"
         return stamp, TaskStatus(status).is_terminal
+
+    def _stamp_sql(self) -> tuple[str, tuple[str, ...]]:
+        """`_STAMP` compiled once for this store's dialect, and the order of its positional
+        parameters (empty for named ones): executed as the driver's SQL, a status request
+        skips SQLAlchemy's statement cache and compiled-statement set-up (a third of its
+        read's CPU)."""
+        found = _STAMP_SQL.get(self.dialect)
+        if found is None:
+            compiled = _STAMP.compile(dialect=self.engine.dialect)
+            found = _STAMP_SQL[self.dialect] = str(compiled), tuple(compiled.positiontup or ())
+        return found
 
     def list_tasks(self, project_id: str, q: TaskQuery) -> tuple[list[Task], int]:
         cond = [tasks.c.project_id == project_id]
