@@ -87,3 +87,27 @@ def test_python_rows_in_postgresql_csv() -> None:
     ]  # fmt: skip
     out = staged.pg_csv_rows(rows, ["i", "f", "b", "d", "s", "n", "t", "m"])
     assert out == b'"1","0.1","true","2024-02-29","a,""b""",,"2013-01-01T10:00:00+00:00","1.50"\n'
+
+
+@pytest.mark.parametrize("kind", ["int", "str"])
+def test_a_single_key_partition_by_partition_or_by_the_whole_sort(
+    tmp_path: Path, kind: str
+) -> None:
+    """Partitions whose key ranges do not overlap are checked one by one; ranges that
+    touch or overlap go to the whole sort, which finds the repeats across them."""
+    storage = open_storage(str(tmp_path))
+    target = _target({"a": kind})
+    v = (lambda n: n) if kind == "int" else (lambda n: f"k{n:03d}")
+
+    def part(index: int, keys: list[int], first: int) -> dict[str, Any]:
+        lines = list(range(first, first + len(keys)))
+        return _partition(storage, index, target, ["a"],
+                          {"a": [v(k) for k in keys], LINE_COLUMN: lines}, [])  # fmt: skip
+
+    why = "duplicate key (a) in the file"
+    apart = [part(0, [2, 1], 2), part(1, [4, 3], 4)]
+    assert staged.duplicates(storage, apart, ["a"]) == []
+    touching = [part(2, [1, 3], 2), part(3, [4, 3], 4)]
+    assert staged.duplicates(storage, touching, ["a"]) == [(5, why)]
+    across = [part(4, [1, 9], 2), part(5, [5, 1], 4)]
+    assert staged.duplicates(storage, across, ["a"]) == [(5, why)]

@@ -24,6 +24,7 @@ coordinator that takes the task over."""
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -208,6 +209,8 @@ def duplicates(
     NULL in the key repeats nothing), as the staging tables' `row_number()` finds them."""
     if not key or not results:
         return []
+    if len(key) == 1 and _apart(storage, results, key[0]):
+        return []
     table = pa.concat_tables([read_keys(storage, r) for r in results])
     known = None
     for k in key:
@@ -217,13 +220,6 @@ def duplicates(
         table = table.filter(known)
     if table.num_rows < 2:
         return []
-    if len(key) == 1:  # the common case first: the key alone sorted, no repeat
-        col = table[key[0]]
-        ranked = col.take(pc.array_sort_indices(col))
-        n = len(ranked)
-        if not pc.any(pc.equal(ranked.slice(1), ranked.slice(0, n - 1))).as_py():
-            return []
-        del ranked
     # one sort by (key, line): a row whose key is its predecessor's repeats an earlier
     # line (far less memory and time than a hash group-by: 3.4 M keys in 0.3 s, 90 MB)
     order = pc.sort_indices(table, sort_keys=[(k, "ascending") for k in [*key, LINE_COLUMN]])
@@ -238,6 +234,31 @@ def duplicates(
     later = ordered[LINE_COLUMN].slice(1).filter(same)
     why = f"duplicate key ({', '.join(key)}) in the file"
     return [(int(v), why) for v in sorted(later.to_pylist())]
+
+
+def _repeats(col: pa.ChunkedArray) -> bool:
+    ranked = col.take(pc.array_sort_indices(col))
+    n = len(ranked)
+    return n > 1 and bool(pc.any(pc.equal(ranked.slice(1), ranked.slice(0, n - 1))).as_py())
+
+
+def _apart(storage: Storage, results: list[dict[str, Any]], key: str) -> bool:
+    """True when no value of a single key repeats: each partition's keys repeat nothing
+    and the partitions' key ranges do not overlap (a file sorted or grouped by its key,
+    as most are), checked one partition at a time (a quarter of the memory of the whole
+    sort: 3.4 M keys would hold 130 MB at once). False: the whole sort decides."""
+    ranges = []
+    for r in results:
+        col = pc.drop_null(read_keys(storage, r)[key])
+        if not len(col):
+            continue
+        if _repeats(col):
+            return False
+        bounds = pc.min_max(col).as_py()
+        ranges.append((bounds["min"], bounds["max"]))
+        del col
+    ranges.sort()
+    return all(b[0] > a[1] for a, b in itertools.pairwise(ranges))
 
 
 def _batches(storage: Storage, result: dict[str, Any], names: list[str]) -> Iterator[pa.Table]:
