@@ -3,6 +3,7 @@ serialize); every error is `{"error_code", "error_msg"}`."""
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -67,6 +68,11 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
         else:
             pool = WorkerPool(rt, count)
         pool.start()
+        # what start-up made lives as long as the process: out of the collector's sight,
+        # so that its full collections (pauses of every request in flight) walk only
+        # what requests make
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
