@@ -157,6 +157,11 @@ class Settings(BaseSettings):
     # imports: the largest upload, and pauses for fault-injection tests (a worker sleeps
     # after each batch it loads; a coordinator inside its publish, before the commit)
     max_upload_bytes: int = Field(default=10 << 30, ge=1, description="larger uploads: 413")
+    import_staged_files: bool = Field(
+        default=True,
+        description="imports on the fast path into PostgreSQL stage their rows as files "
+        "(COPYed into the target at the publish), not in staging tables",
+    )
     debug_pause_import_batch: float = Field(default=0.0, ge=0)
     debug_pause_in_publish: float = Field(default=0.0, ge=0)
 

@@ -125,11 +125,15 @@ def test_fast_path_imports_what_the_python_path_imports(
         manifest = api.http.get(f"/v1/projects/acme/imports/{task['task_id']}/manifest").json()
         paths = [(p["fast_path"], p["checked_in_python"]) for p in manifest["partitions"]]
         checked = sum(n for _, n in paths)
+        staged_as = {p["staged_as"] for p in manifest["partitions"]}
         if fast:  # Arrow vouched for the plain rows; Python saw the bad and the doubtful
             assert all(f for f, _ in paths), paths
+            # rows staged as files, COPYed into the target (the duplicates filtered out)
+            assert manifest["published_from"] == "files" and staged_as == {"file"}, manifest
             assert checked - done["failed_count"] < 0.25 * done["finished_count"], paths
         else:
             assert not any(f for f, _ in paths) and checked >= 4000, paths
+            assert manifest["published_from"] == "staging" and staged_as == {"table"}
         results[fast] = (done["finished_count"], done["failed_count"], items,
                          report_rows(api, done), _table(pg_database, table))  # fmt: skip
     fast_run, python_run = results[True], results[False]
@@ -164,3 +168,48 @@ def test_committed_import_rows_are_counted(pg_database: str, live_server: Any) -
     assert done["status"] == "COMPLETED_WITH_ERRORS" and done["finished_count"] == 2500, done
     assert sum(p["finished_count"] for p in done["partitions"]) == 2500
     assert _rows_written() - before == 2500
+
+
+def test_a_key_already_in_the_table_falls_back_to_staging_tables(
+    pg_database: str, live_server: Any
+) -> None:
+    """Rows staged as files meet keys already in the table: the target refuses the COPY,
+    the publish is rolled back, the files go into staging tables and the import ends
+    exactly as the staging path ends it (the same rows, failed items and report)."""
+    lines = ["id,i,note"] + [f"{k},{k * 3},n{k}" for k in range(1, 3001)]
+    lines += ["17,1,again in the file", "2999,x,bad"]
+    text = ("\n".join(lines) + "\n").encode()
+    results = {}
+    for fast in (True, False):
+        table = "t_conflict_fast" if fast else "t_conflict_slow"
+        with psycopg.connect(pg_database, autocommit=True) as conn:
+            conn.execute(TABLE.format(name=table))
+            conn.execute(
+                f"INSERT INTO {table} (id, i, note) VALUES (5, 0, 'old'), (2500, 0, 'old')"
+            )
+        api = _server(live_server, pg_database, table, fast)
+        up = upload(api, "conflict.csv", text)
+        task = start_import(api, dataset_id="t", upload_id=up["upload_id"], parallelism=3,
+                            allow_partial=True)  # fmt: skip
+        done = api.wait("acme", task["task_id"], timeout=120)
+        manifest = api.http.get(f"/v1/projects/acme/imports/{task['task_id']}/manifest").json()
+        staged_as = {p["staged_as"] for p in manifest["partitions"]}
+        if fast:
+            assert manifest["published_from"] == "tables" and staged_as == {"file"}, manifest
+        else:
+            assert manifest["published_from"] == "staging" and staged_as == {"table"}
+        items = [(i["line"], i["column"], i["reason"]) for i in done["failed_items"]]
+        results[fast] = (done["status"], done["finished_count"], done["failed_count"], items,
+                         report_rows(api, done), _table(pg_database, table))  # fmt: skip
+    fast_run, python_run = results[True], results[False]
+    assert fast_run[0] == python_run[0] == "COMPLETED_WITH_ERRORS"
+    assert (
+        fast_run[1:3] == python_run[1:3] == (2998, 4)
+    )  # 3002 rows - 2 in the table, a duplicate, a bad one
+    assert fast_run[3] == python_run[3]
+    assert {(line, reason) for line, _, reason in fast_run[3]} >= {
+        (6, "key (id) already in the table"), (2501, "key (id) already in the table"),
+        (3002, "duplicate key (id) in the file"),
+    }  # fmt: skip
+    assert fast_run[4] == python_run[4]
+    assert fast_run[5] == python_run[5] and sum(fast_run[5].values()) == 3000

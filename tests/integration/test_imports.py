@@ -178,6 +178,10 @@ def test_modes_upsert_and_replace(target_url: str, live_server: Any) -> None:
                      mode="replace", parallelism=2)  # fmt: skip
     assert api.wait("acme", t["task_id"])["status"] == "COMPLETED"
     assert table_rows(target_url) == Counter(data)
+    manifest = api.http.get(f"/v1/projects/acme/imports/{t['task_id']}/manifest").json()
+    # PostgreSQL: replace COPYs the staged files in (upsert merged through staging tables)
+    expected = "files" if target_url.startswith("postgresql") else "staging"
+    assert manifest["published_from"] == expected, manifest
 
 
 def test_mapping_renames_constants_and_no_header(pg_target_url: str, live_server: Any) -> None:

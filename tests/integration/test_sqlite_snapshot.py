@@ -151,6 +151,7 @@ def test_snapshot_reads_one_copy_every_time(accounts: Path, live_server: Any) ->
             assert (c["requested"], c["delivered"]) == (None, "snapshot"), c
             snap = c["snapshot"]
             assert snap["kind"] == "sqlite_copy" and snap["time"] and snap["pages"] > 0, snap
+            assert snap["method"] == "backup"  # a WAL source: the online backup API
             assert c["oldest_transaction_age_seconds"] is None  # nothing held on the source
             assert _total(api, task["task_id"], fmt) == (ACCOUNTS, TOTAL), (i, name, fmt)
             assert writer.moves > moves  # the table was written while it was exported
@@ -167,13 +168,16 @@ def test_rollback_journal_source_and_per_partition(tmp_path: Path, live_server: 
     db = tmp_path / "bank.db"
     _build(db, "delete")
     server, api = _setup(live_server, db)
-    with Writer(db):
+    with Writer(db) as writer:
         for _ in range(2):
+            moves = writer.moves
             task = api.export("p", dataset_id="accounts", format="csv", parallelism=8)
             done = api.wait("p", task["task_id"])
             assert done["status"] == "COMPLETED", done
             assert done["consistency"]["delivered"] == "snapshot"
+            assert done["consistency"]["snapshot"]["method"] == "file"  # under a SHARED lock
             assert _total(api, task["task_id"], "csv") == (ACCOUNTS, TOTAL)
+            assert writer.moves > moves  # the table was written while it was exported
         task = api.export(
             "p", dataset_id="accounts", format="csv", parallelism=8, consistency="per_partition"
         )

@@ -9,7 +9,7 @@ writes the same bytes. No code outside this package asks what a source or format
 | --- | --- | --- |
 | `pg_copy_csv` | PostgreSQL tables and queries | CSV, TSV (the server renders, `COPY ... TO STDOUT`) |
 | `adbc_parquet` | PostgreSQL tables and queries | Parquet (ADBC's Arrow batches) |
-| `sqlite_csv` | SQLite tables | CSV, TSV (ADBC's Arrow batches, `pyarrow.compute`) |
+| `sqlite_csv` | SQLite tables | CSV, TSV (C renders the rows, `_sqlitecsv`; without it ADBC's Arrow batches, `pyarrow.compute`) |
 | `jsonl_csv` | JSON Lines documents | CSV, TSV (the header pass renders the cells through Arrow) |
 """
 

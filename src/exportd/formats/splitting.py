@@ -71,6 +71,10 @@ class PartResult:
     sha256: str
 
 
+class _Discarded(Exception):
+    """Unwinds a segment's write that `PartOutput.discard` abandons."""
+
+
 class _Open:
     """The segment being written."""
 
@@ -188,6 +192,19 @@ class PartOutput:
             else:
                 hi = mid
         return lo
+
+    def discard(self) -> None:
+        """Drop everything written so far, so that the part starts again empty (a fast
+        path that steps aside mid-partition for the generic one): the open segment's
+        write is abandoned (no object appears under its key), closed ones are deleted."""
+        try:
+            raise _Discarded
+        except _Discarded as exc:  # unwinds the open write as an error would
+            self._stack.__exit__(type(exc), exc, exc.__traceback__)
+        self._stack, self._seg = ExitStack(), None
+        for seg in self.segments:
+            self.storage.delete(seg.key)
+        self.segments = []
 
     def write_encoded(self, data: bytes, rows: int) -> None:
         """Bytes already encoded by a fast path (no split: the layout is one file)."""

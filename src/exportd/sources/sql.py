@@ -199,12 +199,12 @@ def _copy_engine(path: Path) -> sa.Engine:
 
 
 def copy_sqlite(engine: sa.Engine, directory: Path, name: str) -> dict[str, Any]:
-    """A consistent copy of the source database into `directory`/`name`.sqlite, with
-    the online backup API in one step (`backup(pages=-1)`): the whole copy is made in one
-    read transaction of the source, so it is the database at one moment. In WAL mode a
-    writer goes on meanwhile (the copy reads the snapshot its transaction began with);
-    in rollback-journal mode a writer's commit waits for the copy to end (its busy
-    timeout). The copy is written aside and renamed when complete, in rollback-journal
+    """A consistent copy of the source database into `directory`/`name`.sqlite, made in
+    one read transaction of the source, so it is the database at one moment: in WAL
+    mode by the online backup API in one step (`backup(pages=-1)`), while a writer goes
+    on (the copy reads the snapshot its transaction began with); in rollback-journal
+    mode as a whole file under the transaction's SHARED lock, while a writer's commit
+    waits for the copy to end (its busy timeout). The copy is written aside and renamed when complete, in rollback-journal
     mode (its readers need no -wal/-shm files). Returns the copy's identity."""
     final = directory / (name + COPY_SUFFIX)
     part = directory / (name + COPY_SUFFIX + COPY_PART)
@@ -218,11 +218,11 @@ def copy_sqlite(engine: sa.Engine, directory: Path, name: str) -> dict[str, Any]
         raise source_error(exc, "SOURCE_QUERY_FAILED") from None
     try:
         src: sqlite3.Connection = raw.driver_connection  # type: ignore[assignment]
+        started, at = time.monotonic(), datetime.now(UTC)
+        method = _copy_whole_file(src, part) or _copy_by_backup(src, part)
+        took = time.monotonic() - started
         dst = sqlite3.connect(part)
         try:
-            started, at = time.monotonic(), datetime.now(UTC)
-            src.backup(dst, pages=-1)
-            took = time.monotonic() - started
             dst.execute("PRAGMA journal_mode = DELETE")
             pages = int(dst.execute("PRAGMA page_count").fetchone()[0])
             page_size = int(dst.execute("PRAGMA page_size").fetchone()[0])
@@ -246,8 +246,41 @@ def copy_sqlite(engine: sa.Engine, directory: Path, name: str) -> dict[str, Any]
         "page_size": page_size,
         "bytes": final.stat().st_size,
         "copy_seconds": round(took, 3),
+        "method": method,
         "host": _host(),
     }
+
+
+def _copy_whole_file(src: sqlite3.Connection, part: Path) -> str | None:
+    """A source in a rollback-journal mode, copied as a file (by the kernel: `sendfile`)
+    under a read transaction: while it holds its SHARED lock no writer can commit, so
+    the file is the database at one moment; then synced. About ten times less time than
+    the backup API, which goes page by page through both pagers. None for a WAL source
+    (its last commits may be in the -wal file only), which the backup API copies."""
+    import shutil
+
+    (mode,) = src.execute("PRAGMA journal_mode").fetchone()
+    found = [row[2] for row in src.execute("PRAGMA database_list") if row[1] == "main"]
+    if str(mode).lower() == "wal" or not found or not found[0]:
+        return None
+    src.execute("BEGIN")
+    try:
+        src.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the SHARED lock
+        shutil.copyfile(found[0], part)
+    finally:
+        src.execute("ROLLBACK")
+    with open(part, "rb+") as fh:
+        os.fsync(fh.fileno())
+    return "file"
+
+
+def _copy_by_backup(src: sqlite3.Connection, part: Path) -> str:
+    dst = sqlite3.connect(part)
+    try:
+        src.backup(dst, pages=-1)
+    finally:
+        dst.close()
+    return "backup"
 
 
 def _host() -> str:

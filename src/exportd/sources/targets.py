@@ -1,7 +1,8 @@
 """Writing into a table: the target of an import (a `sql` dataset an administrator
 marked writable). Its real columns are read by reflection and every value is checked
 against them (`TargetColumn.convert`); valid rows load into per-partition staging tables
-beside the target, and the coordinator publishes every staging table in ONE transaction
+beside the target (or are staged as files and COPYed in by `publish_files`, see
+`execution/imports/staged.py`), and the coordinator publishes them in ONE transaction
 of the target database that also records the import in `exportd_imports`: a second
 publish of the same task (a coordinator that lost its lease, one that was killed after
 the commit) finds the record and does nothing, so each valid row lands exactly once."""
@@ -420,6 +421,10 @@ def _split(name: str) -> tuple[str | None, str]:
     return (schema or None), table
 
 
+class CopyRejected(Exception):
+    """The target refused a COPY of staged rows; the publish was rolled back."""
+
+
 @dataclass
 class Target:
     """A target table: its columns, its key, and the statements that load into it."""
@@ -648,15 +653,7 @@ class Target:
         cols = ", ".join(self.q(c) for c in columns)
         with self.engine.connect() as conn:
             tx = conn.begin()
-            try:
-                conn.execute(
-                    sa.text(
-                        f"INSERT INTO {self.qualified(MARKER_TABLE)} (task_id, row_count, "
-                        "published_at) VALUES (:t, :n, :at)"
-                    ),
-                    {"t": task_id, "n": rows, "at": datetime.now().replace(microsecond=0)},
-                )
-            except sa_exc.IntegrityError:
+            if not self._mark(conn, task_id, rows):
                 tx.rollback()
                 return False
             if mode is ImportMode.REPLACE:
@@ -669,6 +666,79 @@ class Target:
                 return False
             tx.commit()
         return True
+
+    def _mark(self, conn: sa.Connection, task_id: str, rows: int) -> bool:
+        """The marker row of the publish, in its transaction (False: already there, the
+        transaction to be rolled back)."""
+        try:
+            conn.execute(
+                sa.text(
+                    f"INSERT INTO {self.qualified(MARKER_TABLE)} (task_id, row_count, "
+                    "published_at) VALUES (:t, :n, :at)"
+                ),
+                {"t": task_id, "n": rows, "at": datetime.now().replace(microsecond=0)},
+            )
+        except sa_exc.IntegrityError:
+            return False
+        return True
+
+    def publish_files(
+        self,
+        task_id: str,
+        columns: Sequence[str],
+        feeds: Sequence[Callable[[Callable[[bytes], None]], None]],
+        mode: ImportMode,
+        rows: int,
+        still_mine: Callable[[], bool],
+    ) -> bool:
+        """PostgreSQL: rows staged as files (`execution/imports/staged.py`), each feed
+        one COPY in CSV straight into the target, all in one transaction with the marker
+        row, as `publish`. `CopyRejected` (everything rolled back): the target refused
+        a row (a key already in the table, a constraint the checks do not know)."""
+        import psycopg
+
+        cols = ", ".join(self.q(c) for c in columns)
+        sql = f"COPY {self.qualified()} ({cols}) FROM STDIN WITH (FORMAT csv)"
+        with self.engine.connect() as conn:
+            tx = conn.begin()
+            if not self._mark(conn, task_id, rows):
+                tx.rollback()
+                return False
+            if mode is ImportMode.REPLACE:
+                conn.execute(sa.text(f"DELETE FROM {self.qualified()}"))
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            try:
+                for send in feeds:
+                    with raw.cursor() as cur, cur.copy(sql) as copy:
+                        send(copy.write)
+            except (psycopg.IntegrityError, psycopg.DataError) as exc:
+                tx.rollback()
+                raise CopyRejected(str(exc).strip().splitlines()[0][:300]) from exc
+            self.before_commit()
+            if not still_mine():
+                tx.rollback()
+                return False
+            tx.commit()
+        return True
+
+    def stage_from_csv(
+        self, name: str, columns: Sequence[str], send: Callable[[Callable[[bytes], None]], None]
+    ) -> None:
+        """PostgreSQL: a staging table (as `create_stage`) filled by one CSV COPY of
+        `columns` and the line column, made in one transaction (it exists only whole)."""
+        md = sa.MetaData(schema=self.schema)
+        cols = [sa.Column(c, self.sa_types[c], nullable=True) for c in columns]
+        table = sa.Table(name, md, *cols, sa.Column(LINE_COLUMN, sa.BigInteger, nullable=False))
+        names = ", ".join(self.q(n) for n in [*columns, LINE_COLUMN])
+        sql = f"COPY {self.qualified(name)} ({names}) FROM STDIN WITH (FORMAT csv)"
+        with self.engine.begin() as conn:
+            table.drop(conn, checkfirst=True)
+            table.create(conn)
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            with raw.cursor() as cur, cur.copy(sql) as copy:
+                send(copy.write)
 
     def before_commit(self) -> None:
         """A hook for fault-injection tests (see `debug_pause_in_publish`)."""

@@ -1,8 +1,9 @@
 """The `import` kind: a file -> a table. Planning (`planning`: the file's split at record
 boundaries, stage 10), the partitions' work (`loading`: parse, check every row against
-the target's columns, load the valid ones into the partition's staging table, stage 60)
-and the end (`publishing`: duplicates across the file, the publish of every staging
-table in one target transaction (70), the error report and manifest (80))."""
+the target's columns, stage the valid ones as files (`staged`) or in the partition's
+staging table, stage 60) and the end (`publishing`: duplicates across the file, the
+publish of every partition's rows in one target transaction (70), the error report and
+manifest (80))."""
 
 from __future__ import annotations
 

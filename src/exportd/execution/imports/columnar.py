@@ -99,31 +99,29 @@ class ColumnarChecker:
         """(the accepted rows as the staging table's columns, with their lines; the mask
         of the rows for the Python checker)."""
         n = len(lines)
-        ok = pa.array([True] * n, pa.bool_()) if n else pa.array([], pa.bool_())
+        ok = _fill(True, n)
         out: dict[str, pa.Array] = {}
         for (name, pos), (check, nullable) in zip(self.loaded, self.checks, strict=True):
             if pos < 0:
                 if not nullable:
-                    ok = pa.array([False] * n, pa.bool_())
+                    ok = _fill(False, n)
                 out[name] = pa.nulls(n, pa.string())
                 continue
             text = columns[pos]
             null = (
-                pc.is_in(text, value_set=self.nulls)
-                if self.nulls is not None
-                else pa.array([False] * n, pa.bool_())
+                pc.is_in(text, value_set=self.nulls) if self.nulls is not None else _fill(False, n)
             )
             try:
                 good, value = check(text, null)
                 good = pc.fill_null(good, False)
             except (pa.ArrowException, ValueError):
-                good, value = pa.array([False] * n, pa.bool_()), pa.nulls(n, pa.string())
+                good, value = _fill(False, n), pa.nulls(n, pa.string())
             ok = pc.and_(ok, pc.if_else(null, nullable, good))
             out[name] = pc.if_else(null, pa.scalar(None, value.type), value)
         table = pa.table({**out, "exportd_line": lines}).filter(ok)
         for name, text in self.constants:
             table = table.add_column(
-                table.num_columns - 1, name, pa.array([text] * table.num_rows, pa.string())
+                table.num_columns - 1, name, pa.repeat(pa.scalar(text, pa.string()), table.num_rows)
             )
         return table, pc.invert(ok)
 
@@ -168,8 +166,13 @@ def _check_of(col: TargetColumn, rules: ValueRules) -> Check:
     return lambda a, _null: _datetime(a, col.timezone, rules)
 
 
+def _fill(value: bool, n: int) -> pa.Array:
+    """n times `value` (made by Arrow: a Python list of n booleans costs 10 ms a batch)."""
+    return pa.repeat(pa.scalar(value, pa.bool_()), n)
+
+
 def _all(a: pa.Array, value: bool) -> pa.Array:
-    return pa.array([value] * len(a), pa.bool_())
+    return _fill(value, len(a))
 
 
 def _matches(a: pa.Array, pattern: str) -> pa.Array:
@@ -231,7 +234,11 @@ def _parsed(a: pa.Array, fmt: str, fill: str) -> tuple[pa.Array, pa.Array]:
     1000-9999; the time) -- the print-back rules out what strptime forgives (31 February
     rolled into March, missing zeros, spaces) and Python would judge otherwise."""
     seconds = pc.strptime(a, format=fmt, unit="s", error_is_null=True)
-    back = pc.strftime(seconds, format=fmt)  # (in seconds: %S prints no fraction)
+    if fmt == "%Y-%m-%d":  # the ISO day, printed by Arrow's cast (the same text for years
+        # 1000-9999, the only ones accepted below; strftime costs 6x as much)
+        back = pc.cast(pc.cast(seconds, pa.date32()), pa.string())
+    else:
+        back = pc.strftime(seconds, format=fmt)  # (in seconds: %S prints no fraction)
     ts = pc.cast(seconds, pa.timestamp("us"))
     year = pc.year(ts)
     same = pc.and_(

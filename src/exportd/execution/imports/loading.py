@@ -1,9 +1,11 @@
 """An import's work on one partition (stage 60): its records read, every value checked
 against the target's column (`TargetColumn.convert`), the valid rows loaded into the
-partition's own staging table (named after the attempt's lease token), the rejected
-ones written to the attempt's error file; then the fenced commit. A commit that fails
-(the lease was lost) drops the attempt's staging table; a killed attempt's table is
-dropped by the task's end (every staging table of the task)."""
+partition's own staging table (named after the attempt's lease token) or, on the fast
+path into PostgreSQL, staged as the attempt's files (`staged`: a COPY-ready CSV file and
+its key file, in the attempt's folder), the rejected ones written to the attempt's
+error file; then the fenced commit. A commit that fails (the lease was lost) drops the
+attempt's staging table; a killed attempt's table is dropped by the task's end (every
+staging table of the task), its files with the task's parts."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
+import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
@@ -22,6 +25,7 @@ from exportd import metrics
 from exportd.execution.heartbeat import Heartbeat
 from exportd.execution.imports.columnar import ColumnarChecker, csv_payload, unsupported
 from exportd.execution.imports.files import read_options, source_file
+from exportd.execution.imports.staged import DATA, KEYS, FileSink, file_sink, files_refused
 from exportd.execution.partition import PartitionRun, part_folder
 from exportd.formats.readers import Block, Record, delimited_blocks, read_records
 from exportd.model import Task
@@ -136,29 +140,46 @@ def load_partition(run: PartitionRun, hb: Heartbeat) -> None:
         rt.targets.get(rt.connections.dataset_url(run.dataset)), run.dataset.table or ""
     )
     checker = Checker.of(task, target)
-    stage = target.stage_name(task.task_id, part.index, run.lease.token)
-    target.create_stage(stage, checker.loaded)
-    table = target.stage_table(stage, checker.loaded)
+    why_not = fast_path_refused(rt.settings.fast_paths, spec, target, checker)
+    no_files = why_not or files_refused(rt.settings.import_staged_files, target, spec)
+    stage = (
+        None if no_files is None else target.stage_name(task.task_id, part.index, run.lease.token)
+    )
+    if stage is not None:
+        target.create_stage(stage, checker.loaded)
+        log.debug("%s: rows staged in a table (%s)", run.where, no_files)
+    table = target.stage_table(stage or "exportd_files", checker.loaded)
     folder = part_folder(task, part, run.lease)
     errors_key = folder + "rejected.jsonl"
     load = _Load(rt.settings.batch_size)
     committed = False
+    filed: FileSink | None = None
     try:
         with source_file(rt, spec) as path, rt.storage.open_write(errors_key) as errors:
-            why_not = fast_path_refused(rt.settings.fast_paths, spec, target, checker)
             if why_not is None:
                 fast = ColumnarChecker.of(
                     target, [(t, p) for t, p, _ in checker.positions], checker.constants,
                     checker.rules,
                 )  # fmt: skip
                 load.fast = True
-                _load_blocks(run, hb, path, fast, checker, table, errors, load)
+                if stage is None:
+                    with file_sink(rt.storage, folder, target, checker.loaded, spec.key) as sink:
+                        blocks = delimited_blocks(
+                            path, read_options(spec), part.bounds, list(task.columns)
+                        )
+                        _check_blocks(run, hb, blocks, fast, checker, sink.good, sink.python,
+                                      errors, load)  # fmt: skip
+                    filed = sink
+                else:
+                    _load_blocks(run, hb, path, fast, checker, table, errors, load)
             else:
                 log.debug("%s: the Python path (%s)", run.where, why_not)
                 _load_records(run, hb, path, target, checker, table, errors, load)
             nbytes = bytes_read(path, part.bounds)
-        target.index_stage(stage, spec.key)
-        result = {
+        if stage is not None:
+            target.index_stage(stage, spec.key)
+        result: dict[str, Any] = {
+            "index": part.index,
             "stage": stage,
             "loaded": load.loaded,
             "rejected": load.rejected,
@@ -167,6 +188,9 @@ def load_partition(run: PartitionRun, hb: Heartbeat) -> None:
             "fast_path": load.fast,
             "checked_in_python": load.by_python,
         }
+        if filed is not None:
+            result.update(data=folder + DATA, keys=folder + KEYS, rows=filed.rows,
+                          data_bytes=filed.written, keys_bytes=filed.keys_bytes)  # fmt: skip
         result_key = folder + "result.json"
         with rt.storage.open_write(result_key) as out:
             out.write(orjson.dumps(result))
@@ -179,7 +203,7 @@ def load_partition(run: PartitionRun, hb: Heartbeat) -> None:
         else:
             log.warning("%s: lease lost before the commit", run.where)
     finally:
-        if not committed:
+        if not committed and stage is not None:
             try:
                 target.drop_stages([stage])
             except Exception as exc:  # dropped with the task's end otherwise
@@ -260,15 +284,21 @@ def _load_blocks(
     names = [c.name for c in table.columns]
     blocks = delimited_blocks(path, read_options(spec), run.part.bounds, list(task.columns))
     with target.csv_copier(table.name, names) as copy:
-        _check_blocks(run, hb, blocks, fast, checker, table, names, copy, errors, load)
+
+        def good(rows: pa.Table) -> None:
+            copy(csv_payload(rows.select(names)))
+
+        _check_blocks(run, hb, blocks, fast, checker, good,
+                      lambda rows: target.load(table, rows), errors, load)  # fmt: skip
 
 
 def _check_blocks(
     run: PartitionRun, hb: Heartbeat, blocks: Iterator[Block], fast: ColumnarChecker,
-    checker: Checker, table: sa.Table, names: list[str], copy: Callable[[bytes], None],
-    errors: BinaryIO, load: _Load,
+    checker: Checker, good_rows: Callable[[pa.Table], None],
+    python_rows: Callable[[list[dict[str, Any]]], None], errors: BinaryIO, load: _Load,
 ) -> None:  # fmt: skip
-    target = fast.target
+    """Each block's rows checked; the good ones handed to `good_rows` (an Arrow table,
+    the lines in `exportd_line`) and `python_rows` (what the Python checker accepted)."""
     for block in blocks:
         rejects: list[tuple[Record, list[dict[str, Any]]]] = []
         for rec in block.rejected:
@@ -283,7 +313,7 @@ def _check_blocks(
                 break
             cols = [c.slice(at, n) for c in block.columns]
             good, slow = fast.check(cols, block.lines.slice(at, n))
-            copy(csv_payload(good.select(names)))
+            good_rows(good)
             rows = []
             doubtful = pc.indices_nonzero(slow).to_pylist()
             load.by_python += len(doubtful)
@@ -297,7 +327,7 @@ def _check_blocks(
                     rejects.append((rec, bad))
                 else:
                     rows.append(row)
-            target.load(table, rows)
+            python_rows(rows)
             load.loaded += good.num_rows + len(rows)
             _tick(run, hb, load)
         for rec, bad in sorted(rejects, key=lambda r: r[0].line):

@@ -1,6 +1,7 @@
 """The end of an import: the partitions' results, duplicate keys across the whole file,
-the decision (`import_outcome`), the publish of every staging table in one target
-transaction (stage 70, fenced: see `sources/targets.py`), the error report and the
+the decision (`import_outcome`), the publish of every partition's rows (files COPYed
+straight into the target, see `staged`; or staging tables) in one target transaction
+(stage 70, fenced: see `sources/targets.py`), the error report and the
 manifest (80) and the terminal move (90). Failure, cancel and timeout publish nothing
 and drop the staging tables, so the target is left exactly as it was."""
 
@@ -12,7 +13,7 @@ import heapq
 import io
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -21,6 +22,7 @@ import orjson
 from exportd.errors import LeaseLost
 from exportd.execution.cleanup import clean_up_now
 from exportd.execution.heartbeat import Heartbeat
+from exportd.execution.imports import staged
 from exportd.execution.imports.files import read_options, source_file
 from exportd.formats.readers import read_records
 from exportd.model import (
@@ -33,9 +35,9 @@ from exportd.model import (
     TaskStatus,
 )
 from exportd.model.lifecycle import Outcome
-from exportd.model.plan import ImportSpec
+from exportd.model.plan import ImportMode, ImportSpec
 from exportd.runtime import Runtime
-from exportd.sources.targets import Target
+from exportd.sources.targets import CopyRejected, Target
 from exportd.storage.keys import output_prefix, parts_prefix
 from exportd.store import utcnow
 
@@ -121,6 +123,17 @@ def finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
         _fail(rt, task, lease, target, Outcome(TaskStatus.FAILED, code, msg, 0.0), 0, 0)
         return
     results = _results(rt, by[PartitionStatus.DONE])
+    filed = [r for r in results if r.get("data")]
+    fallback_key = parts_prefix(task) + staged.FALLBACK
+    if filed:
+        if not rt.storage.exists(fallback_key) and _finish_files(
+            rt, task, lease, hb, target, results
+        ):
+            return
+        with rt.storage.open_write(fallback_key) as out:  # any coordinator after: tables
+            out.write(b"{}")
+        names = _loaded_columns(rt, task, target)
+        staged.to_stages(rt.storage, target, task.task_id, filed, names)
     stages = [r["stage"] for r in results]
     dups = _duplicates(rt, task, target, stages)
     loaded = sum(r["loaded"] for r in results) - len(dups)
@@ -134,11 +147,93 @@ def finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
     store.set_task_stage(task.task_id, lease.token, Stage.COMPLETING_UPLOAD)
     _publish(rt, task, lease, target, stages, [n for n, _ in dups], loaded)
     hb.check()
+    _complete(rt, task, lease, outcome, results, dups, items, "tables" if filed else "staging")
+
+
+def _finish_files(
+    rt: Runtime, task: Task, lease: Lease, hb: Heartbeat, target: Target,
+    results: list[dict[str, Any]],
+) -> bool:  # fmt: skip
+    """The end of an import whose partitions staged their rows as files (`staged`):
+    the duplicates from the key files, the files COPYed into the target in one
+    transaction. False: the staging tables decide instead (a partition staged in a
+    table; the target refused a row; a failure whose count the table's keys could
+    change)."""
+    store = rt.store
+    spec = task.plan.imports
+    assert spec is not None
+    if not all(r.get("data") for r in results):
+        return False
+    started = time.monotonic()
+    for r in results:
+        staged.check_sizes(rt.storage, r)
+    dups = staged.duplicates(rt.storage, results, spec.key)
+    found = time.monotonic()
+    loaded = sum(r["loaded"] for r in results) - len(dups)
+    rejected = sum(r["rejected"] for r in results) + len(dups)
+    items = _items(results, dups)
+    outcome = import_outcome(loaded, rejected, spec, task.allow_partial)
+    if outcome.status is TaskStatus.FAILED:
+        if spec.mode is ImportMode.APPEND and spec.key:
+            return False  # keys already in the table would be rejected rows too
+        store.set_failed_items(task.task_id, lease.token, items)
+        _fail(rt, task, lease, target, outcome, loaded, rejected)
+        return True
+    store.set_task_stage(task.task_id, lease.token, Stage.COMPLETING_UPLOAD)
+    if not target.published(task.task_id):
+        names = _loaded_columns(rt, task, target)
+        skip = {n for n, _ in dups}
+        feeds = [staged.feed(rt.storage, r, names, skip) for r in results]
+        try:
+            done = target.publish_files(
+                task.task_id, names, feeds, spec.mode, loaded, _still_mine(rt, task, lease)
+            )
+        except CopyRejected as exc:
+            log.info("import %s: the target refused the staged files (%s): staging tables",
+                     task.task_id, exc)  # fmt: skip
+            return False
+        if not done and not target.published(task.task_id):
+            raise LeaseLost()
+    copied = time.monotonic()
+    target.drop_stages(target.stages_of(task.task_id))
+    hb.check()
+    _complete(rt, task, lease, outcome, results, dups, items, "files")
+    log.info(
+        "import %s: duplicates %.3f s, publish (COPY of %d files) %.3f s, report and "
+        "end %.3f s", task.task_id, found - started, len(results), copied - found,
+        time.monotonic() - copied,
+    )  # fmt: skip
+    return True
+
+
+def _still_mine(rt: Runtime, task: Task, lease: Lease) -> Callable[[], bool]:
+    """Asked just before the publish commits: the coordinator's lease, renewed, and the
+    task still RUNNING (not canceled, not timed out)."""
+
+    def still_mine() -> bool:
+        if rt.settings.debug_pause_in_publish:
+            time.sleep(rt.settings.debug_pause_in_publish)
+        if not rt.store.renew_coordinator(task.task_id, lease.token, rt.settings.lease_seconds):
+            return False
+        return rt.store.get_task(task.project_id, task.task_id).status is TaskStatus.RUNNING
+
+    return still_mine
+
+
+def _complete(
+    rt: Runtime, task: Task, lease: Lease, outcome: Outcome, results: list[dict[str, Any]],
+    dups: list[tuple[int, str]], items: list[dict[str, Any]], published_from: str,
+) -> None:  # fmt: skip
+    """Stage 80 and the terminal move of a published import."""
+    store = rt.store
+    loaded = sum(r["loaded"] for r in results) - len(dups)
+    rejected = sum(r["rejected"] for r in results) + len(dups)
     store.set_task_stage(task.task_id, lease.token, Stage.WRITING_MANIFEST)
     store.set_failed_items(task.task_id, lease.token, items)
     records = _report(rt, task, results, dups) if rejected else []
     expires = utcnow() + timedelta(seconds=task.expires_in)
-    data = _manifest(task, outcome, records, results, loaded, rejected, expires.isoformat())
+    data = _manifest(task, outcome, records, results, loaded, rejected, expires.isoformat(),
+                     published_from)  # fmt: skip
     manifest_key = output_prefix(task) + "manifest.json"
     with rt.storage.open_write(manifest_key) as out:
         out.write(data)
@@ -187,14 +282,7 @@ def _publish(
     assert spec is not None
     if not target.published(task.task_id):
         target.delete_lines(stages, dup_lines)
-
-        def still_mine() -> bool:
-            if rt.settings.debug_pause_in_publish:
-                time.sleep(rt.settings.debug_pause_in_publish)
-            if not rt.store.renew_coordinator(task.task_id, lease.token, rt.settings.lease_seconds):
-                return False
-            return rt.store.get_task(task.project_id, task.task_id).status is TaskStatus.RUNNING
-
+        still_mine = _still_mine(rt, task, lease)
         columns = _loaded_columns(rt, task, target)
         done = target.publish(
             task.task_id, stages, columns, spec.mode, spec.key, loaded, still_mine
@@ -275,7 +363,7 @@ def _csv_chunks(rows: Iterator[tuple[int, list[str], str]]) -> Iterator[str]:
 
 def _manifest(
     task: Task, outcome: Outcome, files: list[FileRecord], results: list[dict[str, Any]],
-    loaded: int, rejected: int, expires_at: str,
+    loaded: int, rejected: int, expires_at: str, published_from: str,
 ) -> bytes:  # fmt: skip
     spec = task.plan.imports
     assert spec is not None
@@ -294,6 +382,10 @@ def _manifest(
         "imported_rows": loaded,
         "rejected_rows": rejected,
         "success_rate": round(outcome.success_rate, 2),
+        # what the publish COPYed or INSERTed from: "files" (rows staged as files and
+        # COPYed into the target), "staging" (staging tables), "tables" (staged as
+        # files, then moved into staging tables: the target refused the files' COPY)
+        "published_from": published_from,
         "files": [
             {
                 "name": f.name,
@@ -312,6 +404,7 @@ def _manifest(
                 "rejected": r["rejected"],
                 "fast_path": r.get("fast_path", False),
                 "checked_in_python": r.get("checked_in_python"),
+                "staged_as": "file" if r.get("data") else "table",
             }
             for i, r in enumerate(results)
         ],
