@@ -160,14 +160,14 @@ with psycopg's C implementation (whose libpq it cannot name), the earlier paths 
   dates), which `allow_partial` isolates row by row. A dataset with `max_connections`
   now takes this path too (a pooled connection); where the reader steps aside, the
   generic rows, never ADBC's own connection.
-- CPU seconds per 1M rows of the flights table, one partition in one process, on a
-  machine at load 5-8 (indicative; `python -m bench.pg_native_cpu`, medians of 3
-  alternated rounds): reading alone, native 0.54-0.62 s against ADBC's 2.57-2.72 s, the
-  C drain of the CSV 0.30-0.43 s. The whole partition into its part (read, then Parquet
-  zstd encoding or the CSV written), this process / PostgreSQL backends / both: Parquet
-  1.86 / 2.42 / 4.29 s native against 3.85 / 2.33 / 6.16 s through ADBC; CSV 0.58 /
-  2.89 / 3.57 s with the C drain against 1.16 / 3.01 / 4.17 s with the Python loop. The
-  server's COPY is now most of either path's CPU.
+- CPU seconds per 1M rows of the flights table, one partition in one process
+  (`python -m bench.pg_native_cpu`, medians of 3 alternated rounds, load 0.5): this
+  process / PostgreSQL backends / both, wall. Parquet (read, zstd encoding): native
+  1.51 / 2.13 / 3.76 s, 2.44 s against ADBC's 3.34 / 2.17 / 5.51 s, 3.21 s. CSV: C drain
+  0.39 / 2.06 / 2.45 s, 2.08 s against the Python loop's 0.82 / 2.00 / 2.82 s, 2.04 s
+  (the server's COPY sets the pace). Reading alone (load 7-8): native 0.54-0.62 s
+  against ADBC's 2.57-2.72 s. The server's side is now most of either path's CPU: the
+  partition's `id` range read of the binary COPY costs its backend 2.1 s per 1M rows.
 """
 
 
