@@ -134,6 +134,10 @@ def main() -> None:
     ap.add_argument("--documents", type=int, default=3 * BASE_ROWS, help="JSON Lines documents")
     ap.add_argument("--repeat", type=int, default=3, help="alternated rounds; medians count")
     ap.add_argument("--only", default="", help="scenarios whose name contains this text")
+    ap.add_argument(
+        "--anchors-only", action="store_true",
+        help="only the embedded default and each path's anchor (psql, DuckDB, xlsxwriter)",
+    )  # fmt: skip
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "out")
     ap.add_argument(
         "--report-only", action="store_true", help="rewrite the report from the last run"
@@ -181,6 +185,11 @@ def main() -> None:
                  [DEFAULT, "exportd deployed (1 worker)"]),
     ]  # fmt: skip
     scenarios = [s for s in scenarios if args.only.lower() in s.name.lower()]
+    if args.anchors_only:
+        anchors = {"psql", "duckdb", "docs-duckdb", "xlsx"}
+        for sc in scenarios:
+            sc.tools = [t for t in sc.tools if t in anchors]
+            sc.shapes = [DEFAULT]
 
     deployed = Exportd(work / "exportd", fresh_store("exportd_bench_store"), source_dir=data_dir)
     embedded = Embedded(work / "embedded", source_dir=data_dir)
