@@ -7,10 +7,15 @@ as of its building)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+Key = tuple[str, ...]
+Build = Callable[[], Awaitable[tuple[Key, bytes, dict[str, str]]]]
 
 MAX_AGE = 1.0
 MAX_ENTRIES = 2048
@@ -30,6 +35,35 @@ class StatusCache:
         self._items: OrderedDict[tuple[str, ...], Body] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._building: dict[Key, asyncio.Future[tuple[Key, bytes, dict[str, str]]]] = {}
+
+    async def get_or_build(self, key: Key, build: Build) -> tuple[Key, bytes, dict[str, str]]:
+        """The kept body for `key`, or the one `build()` makes (and its own key: the tag
+        may have moved meanwhile), kept. Requests that miss the same key while it is
+        being built wait for that one build instead of each building it: many pollers
+        of a task whose kept body just expired would otherwise rebuild it all at once,
+        each in a thread, on a busy machine for longer and longer (event loop only)."""
+        cached = self.get(key)
+        if cached is not None:
+            return key, cached.content, cached.headers
+        pending = self._building.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[tuple[Key, bytes, dict[str, str]]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._building[key] = future
+        try:
+            built = await build()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters, if any, get it too
+            raise
+        finally:
+            self._building.pop(key, None)
+        self.put(*built)
+        future.set_result(built)
+        return built
 
     def get(self, key: tuple[str, ...]) -> Body | None:
         with self._lock:

@@ -592,25 +592,25 @@ async def get_export(
     if if_none_match is not None and etag_matches(if_none_match, etag):
         return not_modified(etag)
     cache: StatusCache = request.app.state.status_cache
-    key = (project_id, task_id, etag, base_url(request))
-    cached = cache.get(key)
-    if cached is None:
+    key: tuple[str, ...] = (project_id, task_id, etag, base_url(request))
+
+    async def build() -> tuple[tuple[str, ...], bytes, dict[str, str]]:
+        tag = etag
         task = await anyio.to_thread.run_sync(svc.get, project_id, task_id)
         for _ in range(3):  # the tag of this very body: read again if it moved meanwhile
             again, _terminal = await anyio.to_thread.run_sync(svc.task_etag, project_id, task_id)
-            if again == etag:
+            if again == tag:
                 break
-            etag = again
+            tag = again
             task = await anyio.to_thread.run_sync(svc.get, project_id, task_id)
         built = Response()
         data = _task_response(request, built, task)
         content = _TASK_VIEW.dump_json(_TASK_VIEW.validate_python(data), by_alias=True)
         extra = {"X-Task-Version": str(task.version), **dict(built.headers)}
         extra.pop("content-length", None)
-        key = (project_id, task_id, etag, base_url(request))
-        cache.put(key, content, extra)
-    else:
-        content, extra = cached.content, cached.headers
+        return (project_id, task_id, tag, base_url(request)), content, extra
+
+    key, content, extra = await cache.get_or_build(key, build)
     return status_response(content, extra, key[2])
 
 
