@@ -7,8 +7,8 @@ writes the same bytes. No code outside this package asks what a source or format
 
 | entry | reads | writes |
 | --- | --- | --- |
-| `pg_copy_csv` | PostgreSQL tables and queries | CSV, TSV (the server renders, `COPY ... TO STDOUT`) |
-| `adbc_parquet` | PostgreSQL tables and queries | Parquet (ADBC's Arrow batches) |
+| `pg_copy_csv` | PostgreSQL tables and queries | CSV, TSV (the server renders, `COPY ... TO STDOUT`, drained in C by `_pgbinary`; without it a Python loop) |
+| `adbc_parquet` | PostgreSQL tables and queries | Parquet (binary COPY parsed into Arrow in C, `_pgbinary`; other types, or without it, ADBC's Arrow batches) |
 | `sqlite_csv` | SQLite tables | CSV, TSV (C renders the rows, `_sqlitecsv`; without it ADBC's Arrow batches, `pyarrow.compute`) |
 | `jsonl_csv` | JSON Lines documents | CSV, TSV (the header pass renders the cells through Arrow) |
 """
