@@ -54,10 +54,19 @@ def run(
     tmp_path: Path, src: SqlSource, fmt: Format, sel: Selection, bounds: dict[str, Any], fast: bool
 ) -> bytes:
     """One partition through the fast path or the generic one; the assembled file's bytes."""
-    storage = LocalStorage(tmp_path / ("fast" if fast else "slow"))
     cols = columns_of(src, sel.columns)
     path = fast_path(src, fmt, Layout(), cols) if fast else None
     assert (path is not None) == fast
+    return run_through(tmp_path / ("fast" if fast else "slow"), src, fmt, sel, bounds, path)
+
+
+def run_through(
+    tmp: Path, src: SqlSource, fmt: Format, sel: Selection, bounds: dict[str, Any], path: Any
+) -> bytes:
+    """One partition through `path` (None: the generic path) into storage under `tmp`;
+    the assembled file's bytes."""
+    storage = LocalStorage(tmp)
+    cols = columns_of(src, sel.columns)
     with (
         Heartbeat(lambda r, b: TaskStatus.RUNNING, 30, TaskStatus.RUNNING) as hb,
         PartOutput(storage, "parts/x/", fmt, cols, Layout()) as out,
@@ -69,7 +78,7 @@ def run(
                 out.write(batch)
         result = out.finish()
     fmt.assemble(storage, "out", read_index(storage, result.key), cols)
-    return (tmp_path / ("fast" if fast else "slow") / "out").read_bytes()
+    return (tmp / "out").read_bytes()
 
 
 CSV_OPTIONS = [

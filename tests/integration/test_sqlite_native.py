@@ -23,7 +23,7 @@ from exportd.fastpaths import fast_path
 from exportd.fastpaths.sqlite_csv import SqliteArrowCsv
 from exportd.formats import get_format
 from exportd.formats.cells import float_text
-from exportd.formats.splitting import Layout, PartOutput, read_index
+from exportd.formats.splitting import Layout, PartOutput
 from exportd.formats.text import CsvOptions
 from exportd.metrics import PROCESS
 from exportd.model import TaskStatus
@@ -31,7 +31,7 @@ from exportd.sources import Selection
 from exportd.sources.filters import validate_filter
 from exportd.sources.sql import SqlEngines, SqlSource
 from exportd.storage.local import LocalStorage
-from tests.formats.test_fast_paths import columns_of, make_source
+from tests.formats.test_fast_paths import columns_of, make_source, run_through
 
 native = pytest.importorskip("exportd.fastpaths._sqlitecsv")
 if not hasattr(native, "Reader"):
@@ -93,20 +93,7 @@ def partitions(reader: str) -> float:
 def run(tmp: Path, src: SqlSource, fmt: Any, sel: Selection, bounds: dict[str, Any],
         path: SqliteArrowCsv | None) -> bytes:  # fmt: skip
     """One partition through `path` (None: the generic path); the assembled file."""
-    storage = LocalStorage(tmp)
-    cols = columns_of(src, sel.columns)
-    with (
-        Heartbeat(lambda r, b: TaskStatus.RUNNING, 30, TaskStatus.RUNNING) as hb,
-        PartOutput(storage, "parts/x/", fmt, cols, Layout()) as out,
-    ):
-        if path is not None:
-            path.export(sel, bounds, out, hb)
-        else:
-            for batch in src.read(sel, bounds, 1000):
-                out.write(batch)
-        result = out.finish()
-    fmt.assemble(storage, "out", read_index(storage, result.key), cols)
-    return (tmp / "out").read_bytes()
+    return run_through(tmp, src, fmt, sel, bounds, path)
 
 
 EVERYTHING = {"lo": None, "hi": None, "nulls": True}

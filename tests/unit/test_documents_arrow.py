@@ -185,6 +185,19 @@ def test_line_chunks_hold_the_lines_of_each_range(tmp_path: Path, size: int, par
             assert all(offset in line_starts for offset, _ in pairs)  # where each chunk starts
 
 
+def count_flattened(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the row lists the Python path renders, as they happen (the fallback
+    must not hide that Arrow does the work)."""
+    flattened: list[int] = []
+    real = docs_arrow._python_cells
+    monkeypatch.setattr(
+        docs_arrow,
+        "_python_cells",
+        lambda rows, *a: flattened.append(len(rows)) or real(rows, *a),  # type: ignore[func-returns-value]
+    )
+    return flattened
+
+
 def issue_docs(n: int) -> list[dict[str, Any]]:
     """Issue 13's shape: a key that is an integer in 99 % of the documents and text in
     1 %, a few extra keys, and a key that appears in the last 5 % only."""
@@ -210,13 +223,7 @@ def test_a_key_changing_type_keeps_arrow_for_the_other_lines(
     chunk), not every document."""
     monkeypatch.setattr(docs_arrow, "CHUNK_BYTES", chunk)
     monkeypatch.setattr(docs_arrow, "SAMPLE_BYTES", chunk // 3)
-    flattened: list[int] = []
-    real = docs_arrow._python_cells
-    monkeypatch.setattr(
-        docs_arrow,
-        "_python_cells",
-        lambda rows, *a: flattened.append(len(rows)) or real(rows, *a),  # type: ignore[func-returns-value]
-    )
+    flattened = count_flattened(monkeypatch)
     docs = issue_docs(3000)
     data = write(tmp_path / "d.jsonl", docs)
     header, n, out = arrow_csv(tmp_path, tmp_path / "d.jsonl", CsvOptions(), parts)
@@ -241,13 +248,7 @@ def test_a_rare_line_bringing_a_key_first_splits_its_chunk(
     aside from Arrow's rows in the same chunk (the order of first appearance would be
     Arrow's, not the documents'): the chunk is split around that line, which alone takes
     the Python path; the bytes are the Python path's."""
-    flattened: list[int] = []
-    real = docs_arrow._python_cells
-    monkeypatch.setattr(
-        docs_arrow,
-        "_python_cells",
-        lambda rows, *a: flattened.append(len(rows)) or real(rows, *a),  # type: ignore[func-returns-value]
-    )
+    flattened = count_flattened(monkeypatch)
     docs: list[dict[str, Any]] = [{"a": i, "b": {"c": i}} for i in range(300)]
     docs[100] = {"a": "text", "new": {"k": 1}, "b": {"c": 0}}  # `new` first, in a rare line
     docs[200] = {"z": 1, "a": "more"}  # `z` first, and a second rare line

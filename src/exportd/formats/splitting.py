@@ -197,10 +197,7 @@ class PartOutput:
         """Drop everything written so far, so that the part starts again empty (a fast
         path that steps aside mid-partition for the generic one): the open segment's
         write is abandoned (no object appears under its key), closed ones are deleted."""
-        try:
-            raise _Discarded
-        except _Discarded as exc:  # unwinds the open write as an error would
-            self._stack.__exit__(type(exc), exc, exc.__traceback__)
+        self._stack.__exit__(_Discarded, _Discarded(), None)  # as an error would unwind it
         self._stack, self._seg = ExitStack(), None
         for seg in self.segments:
             self.storage.delete(seg.key)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sqlite3
 import threading
 import time
@@ -257,8 +258,6 @@ def _copy_whole_file(src: sqlite3.Connection, part: Path) -> str | None:
     the file is the database at one moment; then synced. About ten times less time than
     the backup API, which goes page by page through both pagers. None for a WAL source
     (its last commits may be in the -wal file only), which the backup API copies."""
-    import shutil
-
     (mode,) = src.execute("PRAGMA journal_mode").fetchone()
     found = [row[2] for row in src.execute("PRAGMA database_list") if row[1] == "main"]
     if str(mode).lower() == "wal" or not found or not found[0]:

@@ -651,6 +651,24 @@ class Target:
         just before the commit. False: already published, or the lease was lost (nothing
         changed)."""
         cols = ", ".join(self.q(c) for c in columns)
+
+        def load(conn: sa.Connection) -> None:
+            for s in stages:
+                conn.execute(sa.text(self._insert_select(s, cols, columns, mode, key)))
+
+        return self._publish_once(task_id, mode, rows, still_mine, load)
+
+    def _publish_once(
+        self,
+        task_id: str,
+        mode: ImportMode,
+        rows: int,
+        still_mine: Callable[[], bool],
+        load: Callable[[sa.Connection], None],
+    ) -> bool:
+        """One publish transaction: the marker row, the old rows gone for `replace`,
+        `load(conn)`, and the commit only while `still_mine()`. False: already published,
+        or the lease was lost (rolled back); an error of `load` rolls back too."""
         with self.engine.connect() as conn:
             tx = conn.begin()
             if not self._mark(conn, task_id, rows):
@@ -658,8 +676,11 @@ class Target:
                 return False
             if mode is ImportMode.REPLACE:
                 conn.execute(sa.text(f"DELETE FROM {self.qualified()}"))
-            for s in stages:
-                conn.execute(sa.text(self._insert_select(s, cols, columns, mode, key)))
+            try:
+                load(conn)
+            except BaseException:
+                tx.rollback()
+                raise
             self.before_commit()
             if not still_mine():
                 tx.rollback()
@@ -699,13 +720,8 @@ class Target:
 
         cols = ", ".join(self.q(c) for c in columns)
         sql = f"COPY {self.qualified()} ({cols}) FROM STDIN WITH (FORMAT csv)"
-        with self.engine.connect() as conn:
-            tx = conn.begin()
-            if not self._mark(conn, task_id, rows):
-                tx.rollback()
-                return False
-            if mode is ImportMode.REPLACE:
-                conn.execute(sa.text(f"DELETE FROM {self.qualified()}"))
+
+        def load(conn: sa.Connection) -> None:
             raw = conn.connection.driver_connection
             assert raw is not None
             try:
@@ -713,14 +729,9 @@ class Target:
                     with raw.cursor() as cur, cur.copy(sql) as copy:
                         send(copy.write)
             except (psycopg.IntegrityError, psycopg.DataError) as exc:
-                tx.rollback()
                 raise CopyRejected(str(exc).strip().splitlines()[0][:300]) from exc
-            self.before_commit()
-            if not still_mine():
-                tx.rollback()
-                return False
-            tx.commit()
-        return True
+
+        return self._publish_once(task_id, mode, rows, still_mine, load)
 
     def stage_from_csv(
         self, name: str, columns: Sequence[str], send: Callable[[Callable[[bytes], None]], None]
