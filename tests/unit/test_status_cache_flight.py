@@ -62,3 +62,46 @@ def test_a_body_built_for_a_moved_tag_is_kept_under_its_own_key() -> None:
 
     got = asyncio.run(cache.get_or_build(KEY, build))
     assert got[0] == moved and cache.get(moved) is not None and cache.get(KEY) is None
+
+
+def test_while_its_successor_is_built_an_older_body_of_the_same_tag_is_answered() -> None:
+    cache, calls = StatusCache(max_age=0.01), []
+    cache.put(KEY, b"older", {})
+
+    async def build() -> tuple[tuple[str, ...], bytes, dict[str, str]]:
+        calls.append(1)
+        await asyncio.sleep(0.1)
+        return KEY, b"newer", {}
+
+    async def main() -> list[bytes]:
+        await asyncio.sleep(0.02)  # the kept body is now past its age
+        assert cache.get(KEY) is None and cache.while_building(KEY) is None  # no build yet
+        builder = asyncio.ensure_future(cache.get_or_build(KEY, build))
+        await asyncio.sleep(0.01)  # the build is under way
+        assert cache.while_building(KEY) is not None
+        others = await asyncio.gather(*(cache.get_or_build(KEY, build) for _ in range(10)))
+        return [(await builder)[1]] + [o[1] for o in others]
+
+    got = asyncio.run(main())
+    assert calls == [1]
+    assert got[0] == b"newer" and got[1:] == [b"older"] * 10  # none of the others waited
+    assert cache.while_building(KEY) is None  # the build is over
+    kept = cache.get(KEY)
+    assert kept is not None and kept.content == b"newer"
+
+
+def test_with_nothing_kept_for_the_tag_the_others_wait_for_the_build() -> None:
+    cache, calls = StatusCache(), []
+    cache.put(("p", "t", 'W/"old"', "http://x"), b"another tag", {})
+
+    async def build() -> tuple[tuple[str, ...], bytes, dict[str, str]]:
+        calls.append(1)
+        await asyncio.sleep(0.05)
+        return KEY, b"body", {}
+
+    async def main() -> list[bytes]:
+        return [
+            r[1] for r in await asyncio.gather(*(cache.get_or_build(KEY, build) for _ in range(5)))
+        ]
+
+    assert asyncio.run(main()) == [b"body"] * 5 and calls == [1]  # never another tag's body

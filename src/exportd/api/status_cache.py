@@ -3,7 +3,10 @@ poller (or many, on one task) costs one indexed read while nothing changes, not 
 of the body. An entry is used only while its tag is the task's current tag (nothing
 stored that the body shows has changed) and for at most `MAX_AGE` seconds (the body's
 time-derived fields, `rows_per_second`, `eta_seconds` and the signed download links, are
-as of its building)."""
+as of its building). When it is older, one request builds its successor, and the others
+that ask for the same tag meanwhile get the older body rather than wait for that build
+(so a body is at most `MAX_AGE` plus one build old, and only one request a second waits
+for a build: 200 pollers of a running task had their p99 set by the ones that waited)."""
 
 from __future__ import annotations
 
@@ -48,6 +51,9 @@ class StatusCache:
             return key, cached.content, cached.headers
         pending = self._building.get(key)
         if pending is not None:
+            older = self.while_building(key)
+            if older is not None:
+                return key, older.content, older.headers
             return await asyncio.shield(pending)
         future: asyncio.Future[tuple[Key, bytes, dict[str, str]]] = (
             asyncio.get_running_loop().create_future()
@@ -66,15 +72,22 @@ class StatusCache:
         return built
 
     def get(self, key: tuple[str, ...]) -> Body | None:
+        """The kept body of `key` while it is at most `max_age` old (an older one stays
+        kept, for `while_building`, until its successor replaces it)."""
         with self._lock:
             body = self._items.get(key)
-            if body is None:
-                return None
-            if time.monotonic() - body.built > self.max_age:
-                self._drop(key)
+            if body is None or time.monotonic() - body.built > self.max_age:
                 return None
             self._items.move_to_end(key)
             return body
+
+    def while_building(self, key: tuple[str, ...]) -> Body | None:
+        """The older kept body of `key` while a request builds its successor (None: no
+        build is under way, or nothing is kept for that tag)."""
+        if key not in self._building:
+            return None
+        with self._lock:
+            return self._items.get(key)
 
     def put(self, key: tuple[str, ...], content: bytes, headers: dict[str, str]) -> None:
         with self._lock:

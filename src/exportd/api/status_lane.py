@@ -102,8 +102,12 @@ class StatusLane:
             return not_modified(etag)
         cache: StatusCache = self.api.state.status_cache
         scope["app"] = self.api  # as Starlette sets it before the routes: base_url reads it
-        cached = cache.get((project_id, task_id, etag, base_url(Request(scope))))
+        key = (project_id, task_id, etag, base_url(Request(scope)))
+        cached = cache.get(key)
+        answer = "cached"
+        if cached is None:
+            cached, answer = cache.while_building(key), "while_building"
         if cached is None:
             return None
-        ANSWERED.labels("cached").inc()
+        ANSWERED.labels(answer).inc()
         return status_response(cached.content, cached.headers, etag)
