@@ -1,8 +1,8 @@
 """Rows staged as files (the fast path into PostgreSQL, append and replace): instead of
 COPYing its checked rows into a staging table (which PostgreSQL then writes a second
 time at the publish, by `INSERT ... SELECT`), a partition writes them to the task's
-storage as a COPY-ready CSV file (`rows.csv`: the loaded columns, every value quoted,
-NULL unquoted, in the order the partition accepted them) and the line and key of each of
+storage as a COPY-ready CSV file (`rows.csv`: the loaded columns, every text value
+quoted, NULL an empty unquoted field, in the order the partition accepted them) and the line and key of each of
 those rows as an Arrow IPC file (`keys.arrow`). The coordinator, in its one publish
 transaction, COPYs the files straight into the target; the duplicate keys across the
 file are found from the key files (one Arrow sort by key and line: the first line of a
@@ -70,7 +70,8 @@ def _key_type(target: Target, name: str) -> pa.DataType:
 
 def pg_csv_rows(rows: list[dict[str, Any]], names: Sequence[str]) -> bytes:
     """Rows the Python checker accepted (Python values) as PostgreSQL's CSV COPY reads
-    them, in the form of `csv_payload`: every value quoted, NULL unquoted."""
+    them, as `csv_payload` writes them (here every value quoted: also read right), NULL
+    an empty unquoted field."""
     out = io.StringIO()
     for row in rows:
         out.write(",".join(_cell(row.get(n)) for n in names))
