@@ -5,8 +5,10 @@
  * of that file and dlsym (`bind`). No other libpq is ever called on it, and nothing
  * here links to libpq: the few prototypes are declared below.
  *
- * - copy_chunk(ptr, want, timeout): CopyData messages (CSV, text) appended into one
- *   bytes object of about `want` bytes, handed over after `timeout` seconds at most.
+ * - copy_chunk(ptr, want, timeout[, stamps, delim, quote]): CopyData messages (CSV,
+ *   text) appended into one bytes object of about `want` bytes, handed over after
+ *   `timeout` seconds at most; with `stamps`, the CSV's timestamp columns rewritten
+ *   from PostgreSQL's ISO DateStyle to ISO 8601 on the way (`append_row`).
  * - Reader(ptr, kinds).read(max_rows, max_bytes, timeout): a binary COPY parsed into
  *   Arrow buffers (validity bitmap + values, or offsets + data), one batch per call.
  *
@@ -130,15 +132,100 @@ static int reserve(Buf *b, size_t extra) {
 
 /* ---- copy_chunk: text/CSV COPY --------------------------------------------------- */
 
-/* copy_chunk(ptr, want, timeout) -> (state, bytes): state 0 the COPY goes on, 1 it
- * ended, 2 libpq reported an error (the caller reads the result). */
+/* A field of PostgreSQL's ISO DateStyle timestamp text, `YYYY-MM-DD HH:MM:SS[.f{1,6}]`,
+ * followed by `+00` when `aware` (a timestamptz printed in UTC). */
+static int iso_stamp(const char *f, size_t n, int aware) {
+    static const char shape[] = "dddd-dd-dd dd:dd:dd";
+    if (n < 19)
+        return 0;
+    for (size_t k = 0; k < 19; k++) {
+        if (shape[k] == 'd' ? (f[k] < '0' || f[k] > '9') : f[k] != shape[k])
+            return 0;
+    }
+    size_t k = 19;
+    if (k < n && f[k] == '.') {
+        size_t s = ++k;
+        while (k < n && f[k] >= '0' && f[k] <= '9')
+            k++;
+        if (k - s < 1 || k - s > 6)
+            return 0;
+    }
+    if (aware)
+        return n - k == 3 && f[k] == '+' && f[k + 1] == '0' && f[k + 2] == '0';
+    return k == n;
+}
+
+/* One row (the backend sends each row as one CopyData message) appended to `b`, the
+ * unquoted fields marked in `stamps` (1: timestamp, 2: timestamptz in UTC) that are
+ * ISO DateStyle timestamps rewritten as ISO 8601: the space a `T`, and `+00` `+00:00`.
+ * The row is walked only up to its last marked field (`last`), and copied in at most
+ * one piece per rewritten field. */
+static int append_row(Buf *b, const char *m, size_t len, const unsigned char *stamps,
+                      size_t last, char delim, char quote) {
+    if (reserve(b, len + 3 * (last + 1)) < 0)
+        return -1;
+    size_t i = 0, field = 0, copied = 0;
+    while (i < len) {
+        size_t start = i;
+        int quoted = m[i] == quote;
+        if (quoted) {
+            for (i++; i < len; i++) {
+                if (m[i] == quote) {
+                    if (i + 1 < len && m[i + 1] == quote)
+                        i++;
+                    else {
+                        i++;
+                        break;
+                    }
+                }
+            }
+        }
+        while (i < len && m[i] != delim && m[i] != '\n')
+            i++;
+        if (!quoted && stamps[field] && iso_stamp(m + start, i - start, stamps[field] == 2)) {
+            char *to = b->p + b->len;
+            memcpy(to, m + copied, i - copied);
+            to[start - copied + 10] = 'T';
+            b->len += i - copied;
+            copied = i;
+            if (stamps[field] == 2) {
+                memcpy(b->p + b->len, ":00", 3);
+                b->len += 3;
+            }
+        }
+        if (field == last || i >= len || m[i] == '\n')
+            break;
+        field++;
+        i++;
+    }
+    memcpy(b->p + b->len, m + copied, len - copied);
+    b->len += len - copied;
+    return 0;
+}
+
+/* copy_chunk(ptr, want, timeout[, stamps, delim, quote]) -> (state, bytes): state 0 the
+ * COPY goes on, 1 it ended, 2 libpq reported an error (the caller reads the result).
+ * With `stamps` (a byte per column, see append_row) the rows of a CSV COPY written with
+ * `delim` and `quote` have those timestamps rewritten. */
 static PyObject *copy_chunk(PyObject *self, PyObject *args) {
     (void)self;
     unsigned long long ptr;
     Py_ssize_t want;
     double timeout;
-    if (!PyArg_ParseTuple(args, "Knd", &ptr, &want, &timeout))
+    const char *stamps = "";
+    Py_ssize_t nstamps = 0;
+    char delim = ',', quote = '"';
+    if (!PyArg_ParseTuple(args, "Knd|y#cc", &ptr, &want, &timeout, &stamps, &nstamps, &delim,
+                          &quote))
         return NULL;
+    int rewrite = 0;
+    size_t last = 0;
+    for (Py_ssize_t k = 0; k < nstamps; k++) {
+        if (stamps[k]) {
+            rewrite = 1;
+            last = (size_t)k;
+        }
+    }
     PGconn *c = conn_of(ptr);
     if (c == NULL)
         return NULL;
@@ -152,14 +239,18 @@ static PyObject *copy_chunk(PyObject *self, PyObject *args) {
         st = next_msg(c, &msg, &len, deadline);
         if (st != MSG)
             break;
-        if (reserve(&b, (size_t)len) < 0) {
-            f_freemem(msg);
+        if (rewrite) {
+            nomem = append_row(&b, msg, (size_t)len, (const unsigned char *)stamps, last,
+                               delim, quote) < 0;
+        } else if (reserve(&b, (size_t)len) < 0) {
             nomem = 1;
-            break;
+        } else {
+            memcpy(b.p + b.len, msg, (size_t)len);
+            b.len += (size_t)len;
         }
-        memcpy(b.p + b.len, msg, (size_t)len);
-        b.len += (size_t)len;
         f_freemem(msg);
+        if (nomem)
+            break;
     }
     Py_END_ALLOW_THREADS;
     if (nomem) {
@@ -674,7 +765,7 @@ static PyMethodDef methods[] = {
     {"bind", bind, METH_O,
      "bind(path) -> PQlibVersion() of the libpq already loaded from path, or None"},
     {"copy_chunk", copy_chunk, METH_VARARGS,
-     "copy_chunk(ptr, want, timeout) -> (state, bytes)"},
+     "copy_chunk(ptr, want, timeout[, stamps, delim, quote]) -> (state, bytes)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -33,7 +33,7 @@ from exportd.model import Dataset, TaskStatus
 from exportd.sources import Selection
 from exportd.sources.sql import SqlEngines, SqlSource, describe_sql
 from exportd.storage.local import LocalStorage
-from tests.formats.test_fast_paths import columns_of, make_source, run
+from tests.formats.test_fast_paths import columns_of, make_source, run, run_through
 
 ALL = {"lo": None, "hi": None, "nulls": True}
 TYPED = """CREATE TABLE typed (
@@ -371,3 +371,58 @@ def test_a_dataset_with_max_connections_reads_natively_or_through_its_pool(
         with psycopg.connect(typed_db, autocommit=True) as conn:
             conn.execute(f"REVOKE ALL ON typed, n FROM {role}")
             conn.execute(f"DROP ROLE {role}")
+
+
+STAMPS = """CREATE TABLE stamps (id int8 PRIMARY KEY, t text, ts timestamp, tz timestamptz)"""
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"delimiter": ";", "null": "NULL"}, {"delimiter": "|", "quote": "'"},
+     {"delimiter": " "}, {"delimiter": ":"}],  # the last two: COPY would quote the stamps
+)  # fmt: skip
+def test_timestamps_rewritten_by_the_drain_are_the_sqls_own(
+    pg_database: str, engines: SqlEngines, tmp_path: Path, options: dict[str, Any]
+) -> None:
+    """The C drain's ISO 8601 rewrite of UTC timestamps (`stamp_kinds`) gives the bytes
+    of the SQL rewrite it replaced, on every value: fractions, the years 1 and 9999, the
+    JSON route's (BC, 10000, infinities, left as they come), NULL, and text before them
+    holding the delimiter, quotes and newlines."""
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute(STAMPS)
+        conn.execute(
+            """INSERT INTO stamps VALUES
+            (1, 'a,b;c|d e:f ''q'' "dq"
+line', '2013-01-01 05:00:00', '2013-01-01 05:00:00+00'),
+            (2, '', '0001-01-01 00:00:00', '0001-01-01 00:00:00+00'),
+            (3, NULL, '9999-12-31 23:59:59.999999', '9999-12-31 23:59:59.999999+00'),
+            (4, 'x', '1970-01-01 00:00:00.5', '1969-12-31 23:59:59.123+00'),
+            (5, 'y', '4713-01-01 00:00:00 BC', '0044-03-15 12:00:00+00 BC'),
+            (6, 'z', '10000-01-01 00:00:00', '12000-06-01 00:00:00+00'),
+            (7, 'w', 'infinity', '-infinity'),
+            (8, NULL, NULL, NULL)"""
+        )
+        conn.execute(
+            """INSERT INTO stamps SELECT g, 't' || g, timestamp '2013-01-01' + g * interval
+            '1.25 second', timestamptz '2013-01-01 00:00+00' + g * interval '1 minute'
+            FROM generate_series(10, 20009) g"""
+        )
+    src = make_source(engines, pg_database, "stamps")
+    fmt = get_format("csv", options)
+    names = ["id", "t", "ts", "tz"]
+    sel = Selection(names, [])
+    drained = fast_path(src, fmt, Layout(), columns_of(src, names))
+    assert isinstance(drained, PgCopyCsv)
+    quoting = options.get("delimiter") in (" ", ":")
+    assert drained.stamps == (b"" if quoting else b"\x00\x00\x01\x02")
+    assert ("replace(" in drained.statement(sel, ALL)[0]) == quoting
+    in_sql = fast_path(src, fmt, Layout(), columns_of(src, names))
+    assert isinstance(in_sql, PgCopyCsv)
+    in_sql.stamps = b""  # the SQL rewrite, as before the drain's
+    assert "replace(" in in_sql.statement(sel, ALL)[0]
+    got = run_through(tmp_path / "drain", src, fmt, sel, ALL, drained)
+    assert got == run_through(tmp_path / "sql", src, fmt, sel, ALL, in_sql)
+    assert got.count(b"\n") > 20_000
+    if not quoting:
+        assert b"9999-12-31T23:59:59.999999+00:00" in got and b"1970-01-01T00:00:00.5" in got
+        assert b"infinity" in got and b"0044-03-15 12:00:00+00 BC" not in got
