@@ -155,9 +155,17 @@ static int iso_stamp(const char *f, size_t n, int aware) {
     return k == n;
 }
 
-/* One row (the backend sends each row as one CopyData message) appended to `b`, the
- * unquoted fields marked in `stamps` (1: timestamp, 2: timestamptz in UTC) that are
- * ISO DateStyle timestamps rewritten as ISO 8601: the space a `T`, and `+00` `+00:00`.
+/* A text that a spreadsheet would run (cells.py's SPREADSHEET_TRIGGERS). */
+static int trigger(char c) {
+    return c == '=' || c == '+' || c == '-' || c == '@' || c == '\t' || c == '\r';
+}
+
+/* One row (the backend sends each row as one CopyData message) appended to `b`, with
+ * the fields marked in `stamps` rewritten: 1 (a timestamp) and 2 (a timestamptz in UTC)
+ * when unquoted ISO DateStyle timestamps, as ISO 8601 (the space a `T`, and `+00`
+ * `+00:00`); 3 (text), a `'` put before a leading trigger, inside the quotes of a
+ * quoted field (pg_copy_csv.drain_kinds rules out the dialects where that `'` would
+ * change how COPY quotes the field).
  * The row is walked only up to its last marked field (`last`), and copied in at most
  * one piece per rewritten field. */
 static int append_row(Buf *b, const char *m, size_t len, const unsigned char *stamps,
@@ -182,7 +190,16 @@ static int append_row(Buf *b, const char *m, size_t len, const unsigned char *st
         }
         while (i < len && m[i] != delim && m[i] != '\n')
             i++;
-        if (!quoted && stamps[field] && iso_stamp(m + start, i - start, stamps[field] == 2)) {
+        size_t first = start + (size_t)quoted;
+        if (stamps[field] == 3) {
+            if (first < i && trigger(m[first])) {
+                memcpy(b->p + b->len, m + copied, first - copied);
+                b->len += first - copied;
+                b->p[b->len++] = '\'';
+                copied = first;
+            }
+        } else if (!quoted && stamps[field] &&
+                   iso_stamp(m + start, i - start, stamps[field] == 2)) {
             char *to = b->p + b->len;
             memcpy(to, m + copied, i - copied);
             to[start - copied + 10] = 'T';

@@ -374,20 +374,28 @@ def test_a_dataset_with_max_connections_reads_natively_or_through_its_pool(
 
 
 STAMPS = """CREATE TABLE stamps (id int8 PRIMARY KEY, t text, ts timestamp, tz timestamptz)"""
+TRICKY_TEXT = ["=SUM(A1)", "-5", "+1,2", '@a"b', "\tx", "\rx", '"=q', "-", "'=x", "x=", ""]
 
 
 @pytest.mark.parametrize(
-    "options",
-    [{}, {"delimiter": ";", "null": "NULL"}, {"delimiter": "|", "quote": "'"},
-     {"delimiter": " "}, {"delimiter": ":"}],  # the last two: COPY would quote the stamps
-)  # fmt: skip
-def test_timestamps_rewritten_by_the_drain_are_the_sqls_own(
-    pg_database: str, engines: SqlEngines, tmp_path: Path, options: dict[str, Any]
+    ("options", "kinds"),
+    [
+        ({}, b"\x00\x03\x01\x02"),
+        ({"delimiter": ";", "null": "NULL"}, b"\x00\x03\x01\x02"),
+        ({"delimiter": "|", "quote": "'"}, b"\x00\x00\x01\x02"),  # a ' would need quoting
+        ({"delimiter": "\t", "null": "-"}, b"\x00\x00\x01\x02"),  # "-" is quoted, "'-" not
+        ({"delimiter": " "}, b"\x00\x03\x00\x00"),  # COPY would quote the stamps
+        ({"delimiter": ":", "spreadsheet_safe": False}, b""),
+    ],
+)
+def test_fields_rewritten_by_the_drain_are_the_sqls_own(
+    pg_database: str, engines: SqlEngines, tmp_path: Path, options: dict[str, Any], kinds: bytes
 ) -> None:
-    """The C drain's ISO 8601 rewrite of UTC timestamps (`stamp_kinds`) gives the bytes
-    of the SQL rewrite it replaced, on every value: fractions, the years 1 and 9999, the
-    JSON route's (BC, 10000, infinities, left as they come), NULL, and text before them
-    holding the delimiter, quotes and newlines."""
+    """The C drain's rewrites (`drain_kinds`: UTC timestamps as ISO 8601, text made
+    spreadsheet-safe) give the bytes of the SQL rewrites they replace, on every value:
+    fractions, the years 1 and 9999, the JSON route's (BC, 10000, infinities, left as
+    they come), NULL, and text with every trigger, quoted or not, with the delimiter,
+    quotes and newlines."""
     with psycopg.connect(pg_database, autocommit=True) as conn:
         conn.execute(STAMPS)
         conn.execute(
@@ -402,10 +410,16 @@ line', '2013-01-01 05:00:00', '2013-01-01 05:00:00+00'),
             (7, 'w', 'infinity', '-infinity'),
             (8, NULL, NULL, NULL)"""
         )
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO stamps (id, t) VALUES (%s, %s)",
+                [(100 + i, t) for i, t in enumerate(TRICKY_TEXT)],
+            )
         conn.execute(
-            """INSERT INTO stamps SELECT g, 't' || g, timestamp '2013-01-01' + g * interval
-            '1.25 second', timestamptz '2013-01-01 00:00+00' + g * interval '1 minute'
-            FROM generate_series(10, 20009) g"""
+            """INSERT INTO stamps SELECT g, CASE WHEN g % 3 = 0 THEN '=' END || 't' || g,
+            timestamp '2013-01-01' + g * interval '1.25 second',
+            timestamptz '2013-01-01 00:00+00' + g * interval '1 minute'
+            FROM generate_series(200, 20199) g"""
         )
     src = make_source(engines, pg_database, "stamps")
     fmt = get_format("csv", options)
@@ -413,16 +427,20 @@ line', '2013-01-01 05:00:00', '2013-01-01 05:00:00+00'),
     sel = Selection(names, [])
     drained = fast_path(src, fmt, Layout(), columns_of(src, names))
     assert isinstance(drained, PgCopyCsv)
-    quoting = options.get("delimiter") in (" ", ":")
-    assert drained.stamps == (b"" if quoting else b"\x00\x00\x01\x02")
-    assert ("replace(" in drained.statement(sel, ALL)[0]) == quoting
+    assert drained.drained == kinds
+    statement = drained.statement(sel, ALL)[0]
+    stamps_drained = kinds[2:] == b"\x01\x02"
+    safe = options.get("spreadsheet_safe", True)
+    assert ("replace(" in statement) != stamps_drained
+    assert ("ascii(" in statement) == (safe and kinds[1:2] != b"\x03")
     in_sql = fast_path(src, fmt, Layout(), columns_of(src, names))
     assert isinstance(in_sql, PgCopyCsv)
-    in_sql.stamps = b""  # the SQL rewrite, as before the drain's
-    assert "replace(" in in_sql.statement(sel, ALL)[0]
+    in_sql.drained = b""  # the SQL rewrites, as before the drain's
     got = run_through(tmp_path / "drain", src, fmt, sel, ALL, drained)
     assert got == run_through(tmp_path / "sql", src, fmt, sel, ALL, in_sql)
     assert got.count(b"\n") > 20_000
-    if not quoting:
+    if stamps_drained:
         assert b"9999-12-31T23:59:59.999999+00:00" in got and b"1970-01-01T00:00:00.5" in got
         assert b"infinity" in got and b"0044-03-15 12:00:00+00 BC" not in got
+    if safe and "quote" not in options:  # (with the quote ', every ' doubles)
+        assert b"'=SUM(A1)" in got and b"'=t201" in got and b"''=x" not in got

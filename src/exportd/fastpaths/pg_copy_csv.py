@@ -54,12 +54,12 @@ def copy_supports(opts: CsvOptions, columns: Sequence[Column]) -> bool:
 _REAL_TYPES = ("REAL", "FLOAT4", "FLOAT(24)")
 
 
-def _text_expr(col: Any, c: Column, opts: CsvOptions, stamps: bool = False) -> Any:
-    """A column rendered in SQL exactly as the generic CSV writer renders it (with
-    `stamps`, UTC timestamps are left in the ISO DateStyle's text, for the C drain to
-    rewrite: `stamp_kind`)."""
+def _text_expr(col: Any, c: Column, opts: CsvOptions, drained: int = 0) -> Any:
+    """A column rendered in SQL exactly as the generic CSV writer renders it, but for
+    what the C drain does to it (`drained`, see `drain_kinds`): UTC timestamps left in
+    the ISO DateStyle's text, text left as it is."""
     if c.kind == "str":
-        if not opts.spreadsheet_safe:
+        if not opts.spreadsheet_safe or drained == SAFE_TEXT:
             return col
         # ascii() reads the first character's code without making a text (left() does);
         # most text starts above every trigger, so one comparison settles most cells
@@ -70,7 +70,7 @@ def _text_expr(col: Any, c: Column, opts: CsvOptions, stamps: bool = False) -> A
     if c.kind == "bool":
         return sa.case((col.is_(True), sa.literal("true")), (col.is_(False), sa.literal("false")))
     if _utc_stamp(c, opts):
-        return _utc_timestamp_text(col, bool(_TZ.search(c.type)), rewritten=stamps)
+        return _utc_timestamp_text(col, bool(_TZ.search(c.type)), rewritten=bool(drained))
     if c.kind in ("date", "datetime"):
         return _json_text(col)
     if c.kind == "bytes":
@@ -131,17 +131,34 @@ _ISO_STYLE = re.compile(
 )
 
 
-def stamp_kinds(opts: CsvOptions, columns: Sequence[Column]) -> bytes:
-    """For the C drain (`copy_chunk`): a byte per column, 1 a UTC timestamp, 2 a UTC
-    timestamptz, whose ISO DateStyle text it rewrites as ISO 8601; empty when nothing is
-    rewritten: no such column, or a dialect whose delimiter or quote a timestamp holds
-    (COPY would quote those fields), or a NULL marker of that very shape."""
-    kinds = bytes((2 if _TZ.search(c.type) else 1) if _utc_stamp(c, opts) else 0 for c in columns)
-    if not any(kinds) or opts.delimiter in " :-." or opts.quote in " :-.":
-        return b""
-    if _ISO_STYLE.fullmatch(opts.null):
-        return b""
-    return kinds
+# what the C drain does to a column's fields (`append_row` in pgbinary.c)
+STAMP, STAMP_TZ, SAFE_TEXT = 1, 2, 3
+
+
+def drain_kinds(opts: CsvOptions, columns: Sequence[Column]) -> bytes:
+    """For the C drain (`copy_chunk`): a byte per column, STAMP (a UTC timestamp) and
+    STAMP_TZ (a UTC timestamptz) whose ISO DateStyle text it rewrites as ISO 8601,
+    SAFE_TEXT (text of a spreadsheet-safe export) which it neutralises as `neutralise`
+    does (a `'` before a leading trigger), 0 left alone; empty when it does nothing.
+    Stamps stay with the SQL where COPY would quote them (a delimiter or quote that a
+    timestamp holds) or the NULL marker has their shape; text stays with the SQL where
+    the `'` would change COPY's quoting: a delimiter or quote `'`, or a NULL marker
+    starting with `'` or a trigger (then COPY quotes the value that equals it, but not
+    the value with its `'`)."""
+    dialect = {opts.delimiter, opts.quote}
+    stamps_ok = not dialect & set(" :-.") and not _ISO_STYLE.fullmatch(opts.null)
+    text_ok = (
+        opts.spreadsheet_safe
+        and "'" not in dialect
+        and not opts.null.startswith(("'", *SPREADSHEET_TRIGGERS))
+    )
+    kinds = bytes(
+        (STAMP_TZ if _TZ.search(c.type) else STAMP) if stamps_ok and _utc_stamp(c, opts)
+        else SAFE_TEXT if text_ok and c.kind == "str"
+        else 0
+        for c in columns
+    )  # fmt: skip
+    return kinds if any(kinds) else b""
 
 
 class PgCopyCsv:
@@ -149,13 +166,15 @@ class PgCopyCsv:
         from exportd.fastpaths.pg_binary import native
 
         self.source, self.opts, self.columns = source, opts, list(columns)
-        self.stamps = stamp_kinds(opts, self.columns) if native() is not None else b""
+        self.drained = drain_kinds(opts, self.columns) if native() is not None else b""
 
     def statement(self, sel: Selection, bounds: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        rewritten = bool(self.stamps)
+        kinds = self.drained or bytes(len(self.columns))
         exprs = [
-            _text_expr(self.source.from_.c[name], col, self.opts, rewritten).label(f"c{i}")
-            for i, (name, col) in enumerate(zip(sel.columns, self.columns, strict=True))
+            _text_expr(self.source.from_.c[name], col, self.opts, kind).label(f"c{i}")
+            for i, (name, col, kind) in enumerate(
+                zip(sel.columns, self.columns, kinds, strict=True)
+            )
         ]
         query, params = _compiled(self.source, self.source.partition_select(sel, bounds, exprs))
         return f"COPY ({query}) TO STDOUT WITH ({_copy_options(self.opts)})", params
@@ -181,8 +200,8 @@ class PgCopyCsv:
                 cur.execute("SET LOCAL DateStyle = 'ISO, YMD'")
                 sql = psycopg.ClientCursor(conn).mogrify(statement, params)
             copy = CopyOut(conn)
-            rewrite = (self.stamps, self.opts.delimiter.encode(), self.opts.quote.encode())
-            self._stream(copy.chunks(sql.encode(), rewrite if self.stamps else ()), out, hb)
+            rewrite = (self.drained, self.opts.delimiter.encode(), self.opts.quote.encode())
+            self._stream(copy.chunks(sql.encode(), rewrite if self.drained else ()), out, hb)
             conn.rollback()
             done = True
             out.count(copy.rows)
@@ -231,13 +250,13 @@ class CopyOut:
     def chunks(
         self, sql: bytes, rewrite: tuple[bytes, bytes, bytes] | tuple[()] = ()
     ) -> Iterator[bytes]:
-        """The COPY's data; `rewrite`: (stamps, delimiter, quote) for the C drain's
-        timestamp rewrite (`stamp_kinds`; only with the C module)."""
+        """The COPY's data; `rewrite`: (kinds, delimiter, quote) for the C drain's
+        rewrites (`drain_kinds`; only with the C module)."""
         from exportd.fastpaths.pg_binary import native
 
         mod = native()
         if mod is None:
-            assert not rewrite, "the timestamp rewrite needs the C module"
+            assert not rewrite, "the drain's rewrites need the C module"
             self._start(sql)
             yield from self._data()
             self._end()
