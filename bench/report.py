@@ -280,7 +280,10 @@ mark (for exportd, the largest worker; for serve, its process over the whole run
 
 Load from C tools where they are installed (`apt-get install wrk nghttp2-client`): `wrk`
 saturates it with back-to-back clients; `h2load --rps 1` paces 200 pollers at one request
-a second each, during the documents export, and times every request. Without them the
+a second each and times every request: 40 h2load processes of 5 connections started
+25 ms apart (one h2load's connections all send in the same instant; 200 dashboards do
+not), polling the documents export while documents exports run back to back for the
+whole window (the row says how many ran). Without them the
 bench falls back to httpx, whose own CPU on the same two cores is then part of what is
 measured.
 
