@@ -183,8 +183,8 @@ WHY = """## Where the time goes (profiled with py-spy in an earlier run, issue 3
   `src/native/pgbinary.c`), not in the COPY's SELECT: the four key ranges' COPYs, run
   one after another, cost the backends 4.1 CPU s with both in SQL, 3.5 s with the
   timestamps drained, against 3.0-3.3 s for the plain columns in key order and 2.5-2.9 s
-  for psql's `COPY flights` (a sequential scan, no ORDER BY). One worker thread runs the four partitions one after another
-  (about 1 s each) and assembles the file (about 0.3 s: the parts are copied by the
+  for psql's `COPY flights` (a sequential scan, no ORDER BY). One worker thread runs the
+  four partitions one after another (about 1 s each) and assembles the file (about 0.3 s: the parts are copied by the
   kernel with `copy_file_range` while a second thread hashes them, then the file is
   fsynced). Two threads or two workers run two COPYs at once on the server's two cores.
   The row "spreadsheet_safe false" shows what the default safety costs.

@@ -5,10 +5,10 @@
  * of that file and dlsym (`bind`). No other libpq is ever called on it, and nothing
  * here links to libpq: the few prototypes are declared below.
  *
- * - copy_chunk(ptr, want, timeout[, stamps, delim, quote]): CopyData messages (CSV,
+ * - copy_chunk(ptr, want, timeout[, kinds, delim, quote]): CopyData messages (CSV,
  *   text) appended into one bytes object of about `want` bytes, handed over after
- *   `timeout` seconds at most; with `stamps`, the CSV's timestamp columns rewritten
- *   from PostgreSQL's ISO DateStyle to ISO 8601 on the way (`append_row`).
+ *   `timeout` seconds at most; with `kinds`, the CSV's fields of those columns
+ *   rewritten on the way (`append_row`: timestamps, spreadsheet-safe text).
  * - Reader(ptr, kinds).read(max_rows, max_bytes, timeout): a binary COPY parsed into
  *   Arrow buffers (validity bitmap + values, or offsets + data), one batch per call.
  *
@@ -160,15 +160,19 @@ static int trigger(char c) {
     return c == '=' || c == '+' || c == '-' || c == '@' || c == '\t' || c == '\r';
 }
 
+/* What append_row does to a column's fields (pg_copy_csv.py's STAMP, STAMP_TZ and
+ * SAFE_TEXT, chosen by its drain_kinds). */
+enum { KEEP = 0, STAMP = 1, STAMP_TZ = 2, SAFE_TEXT = 3 };
+
 /* One row (the backend sends each row as one CopyData message) appended to `b`, with
- * the fields marked in `stamps` rewritten: 1 (a timestamp) and 2 (a timestamptz in UTC)
- * when unquoted ISO DateStyle timestamps, as ISO 8601 (the space a `T`, and `+00`
- * `+00:00`); 3 (text), a `'` put before a leading trigger, inside the quotes of a
- * quoted field (pg_copy_csv.drain_kinds rules out the dialects where that `'` would
- * change how COPY quotes the field).
+ * the fields of the columns marked in `kinds` rewritten: STAMP (a timestamp) and
+ * STAMP_TZ (a timestamptz in UTC) when unquoted ISO DateStyle timestamps, as ISO 8601
+ * (the space a `T`, and `+00` `+00:00`); SAFE_TEXT, a `'` put before a leading trigger,
+ * inside the quotes of a quoted field (pg_copy_csv.drain_kinds rules out the dialects
+ * where that `'` would change how COPY quotes the field).
  * The row is walked only up to its last marked field (`last`), and copied in at most
  * one piece per rewritten field. */
-static int append_row(Buf *b, const char *m, size_t len, const unsigned char *stamps,
+static int append_row(Buf *b, const char *m, size_t len, const unsigned char *kinds,
                       size_t last, char delim, char quote) {
     if (reserve(b, len + 3 * (last + 1)) < 0)
         return -1;
@@ -191,21 +195,22 @@ static int append_row(Buf *b, const char *m, size_t len, const unsigned char *st
         while (i < len && m[i] != delim && m[i] != '\n')
             i++;
         size_t first = start + (size_t)quoted;
-        if (stamps[field] == 3) {
+        int kind = kinds[field];
+        if (kind == SAFE_TEXT) {
             if (first < i && trigger(m[first])) {
                 memcpy(b->p + b->len, m + copied, first - copied);
                 b->len += first - copied;
                 b->p[b->len++] = '\'';
                 copied = first;
             }
-        } else if (!quoted && stamps[field] &&
-                   iso_stamp(m + start, i - start, stamps[field] == 2)) {
+        } else if (kind != KEEP && !quoted &&
+                   iso_stamp(m + start, i - start, kind == STAMP_TZ)) {
             char *to = b->p + b->len;
             memcpy(to, m + copied, i - copied);
             to[start - copied + 10] = 'T';
             b->len += i - copied;
             copied = i;
-            if (stamps[field] == 2) {
+            if (kind == STAMP_TZ) {
                 memcpy(b->p + b->len, ":00", 3);
                 b->len += 3;
             }
@@ -220,25 +225,25 @@ static int append_row(Buf *b, const char *m, size_t len, const unsigned char *st
     return 0;
 }
 
-/* copy_chunk(ptr, want, timeout[, stamps, delim, quote]) -> (state, bytes): state 0 the
+/* copy_chunk(ptr, want, timeout[, kinds, delim, quote]) -> (state, bytes): state 0 the
  * COPY goes on, 1 it ended, 2 libpq reported an error (the caller reads the result).
- * With `stamps` (a byte per column, see append_row) the rows of a CSV COPY written with
- * `delim` and `quote` have those timestamps rewritten. */
+ * With `kinds` (a byte per column, see append_row) the rows of a CSV COPY written with
+ * `delim` and `quote` have those columns' fields rewritten. */
 static PyObject *copy_chunk(PyObject *self, PyObject *args) {
     (void)self;
     unsigned long long ptr;
     Py_ssize_t want;
     double timeout;
-    const char *stamps = "";
-    Py_ssize_t nstamps = 0;
+    const char *kinds = "";
+    Py_ssize_t nkinds = 0;
     char delim = ',', quote = '"';
-    if (!PyArg_ParseTuple(args, "Knd|y#cc", &ptr, &want, &timeout, &stamps, &nstamps, &delim,
+    if (!PyArg_ParseTuple(args, "Knd|y#cc", &ptr, &want, &timeout, &kinds, &nkinds, &delim,
                           &quote))
         return NULL;
     int rewrite = 0;
     size_t last = 0;
-    for (Py_ssize_t k = 0; k < nstamps; k++) {
-        if (stamps[k]) {
+    for (Py_ssize_t k = 0; k < nkinds; k++) {
+        if (kinds[k] != KEEP) {
             rewrite = 1;
             last = (size_t)k;
         }
@@ -257,7 +262,7 @@ static PyObject *copy_chunk(PyObject *self, PyObject *args) {
         if (st != MSG)
             break;
         if (rewrite) {
-            nomem = append_row(&b, msg, (size_t)len, (const unsigned char *)stamps, last,
+            nomem = append_row(&b, msg, (size_t)len, (const unsigned char *)kinds, last,
                                delim, quote) < 0;
         } else if (reserve(&b, (size_t)len) < 0) {
             nomem = 1;
@@ -782,7 +787,7 @@ static PyMethodDef methods[] = {
     {"bind", bind, METH_O,
      "bind(path) -> PQlibVersion() of the libpq already loaded from path, or None"},
     {"copy_chunk", copy_chunk, METH_VARARGS,
-     "copy_chunk(ptr, want, timeout[, stamps, delim, quote]) -> (state, bytes)"},
+     "copy_chunk(ptr, want, timeout[, kinds, delim, quote]) -> (state, bytes)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -200,8 +200,8 @@ class PgCopyCsv:
                 cur.execute("SET LOCAL DateStyle = 'ISO, YMD'")
                 sql = psycopg.ClientCursor(conn).mogrify(statement, params)
             copy = CopyOut(conn)
-            rewrite = (self.drained, self.opts.delimiter.encode(), self.opts.quote.encode())
-            self._stream(copy.chunks(sql.encode(), rewrite if self.drained else ()), out, hb)
+            dialect = self.opts.delimiter.encode(), self.opts.quote.encode()
+            self._stream(copy.chunks(sql.encode(), self.drained, *dialect), out, hb)
             conn.rollback()
             done = True
             out.count(copy.rows)
@@ -248,21 +248,22 @@ class CopyOut:
         self.rows = 0
 
     def chunks(
-        self, sql: bytes, rewrite: tuple[bytes, bytes, bytes] | tuple[()] = ()
+        self, sql: bytes, kinds: bytes = b"", delimiter: bytes = b",", quote: bytes = b'"'
     ) -> Iterator[bytes]:
-        """The COPY's data; `rewrite`: (kinds, delimiter, quote) for the C drain's
-        rewrites (`drain_kinds`; only with the C module)."""
+        """The COPY's data, the fields of the columns marked in `kinds` rewritten by the
+        C drain (`drain_kinds`: only with the C module) for the CSV dialect given."""
         from exportd.fastpaths.pg_binary import native
 
         mod = native()
         if mod is None:
-            assert not rewrite, "the drain's rewrites need the C module"
+            assert not kinds, "the drain's rewrites need the C module"
             self._start(sql)
             yield from self._data()
             self._end()
             return
         read = functools.partial(functools.partial, mod.copy_chunk)
-        for state, data in self.stream(sql, read, COPY_CHUNK, FLUSH_SECONDS, *rewrite):
+        args = (COPY_CHUNK, FLUSH_SECONDS, kinds, delimiter, quote)
+        for state, data in self.stream(sql, read, *args):
             if data or not state:
                 yield data
 
