@@ -34,6 +34,15 @@ def files_on_disk(server: LiveServer, task_id: str) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and task_id in str(p)]
 
 
+def files_left(server: LiveServer, task_id: str, within: float = 30.0) -> list[Path]:
+    """The task's files once its cleanup has had `within` seconds to run: a terminal
+    status commits first, and the parts are deleted right after it."""
+    deadline = time.monotonic() + within
+    while (left := files_on_disk(server, task_id)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
 def csv_rows(data: bytes) -> Counter[tuple[str, ...]]:
     reader = csv.reader(io.StringIO(data.decode(), newline=""))
     next(reader)
@@ -121,10 +130,7 @@ def test_timeout(pg_source: str, live_server: Any) -> None:
     assert done["error_code"] == "TIMEOUT" and "1 s" in done["error_msg"]
     assert done["files"] == [] and done["file_status"] == "FAILED"
     # the workers notice, stop and their parts are cleaned up
-    deadline = time.monotonic() + 30
-    while files_on_disk(server, task["task_id"]) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert files_on_disk(server, task["task_id"]) == []
+    assert files_left(server, task["task_id"]) == []
     assert api.task("acme", task["task_id"])["status"] == "TIMEOUT"
 
 
@@ -141,7 +147,8 @@ def test_failing_partition_fails_the_task(pg_source: str, live_server: Any) -> N
     assert bad["index"] == 0 and bad["attempts"] == 2
     assert bad["error_code"] == "SOURCE_QUERY_FAILED" and "division by zero" in bad["error_msg"]
     assert done["files"] == [] and done["file_status"] == "FAILED"
-    assert files_on_disk(server, task["task_id"]) == []
+    # the cleanup follows the terminal move's commit: the parts go right after
+    assert files_left(server, task["task_id"]) == []
 
 
 def test_failing_partition_with_allow_partial(pg_source: str, live_server: Any) -> None:
