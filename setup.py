@@ -1,7 +1,8 @@
-"""The two C readers of the fast paths, built with the package (pyproject.toml has the rest).
+"""The C modules of the fast paths, built with the package (pyproject.toml has the rest).
 
-Both are optional: where no C compiler or SQLite headers are found the build goes on
-without them and the fast paths fall back to ADBC (docs/benchmarks.md says what that costs).
+All are optional: where no C compiler or SQLite headers are found the build goes on
+without them and the fast paths fall back to ADBC or pyarrow (docs/benchmarks.md says
+what that costs).
 """
 
 from setuptools import Extension, setup
@@ -21,8 +22,18 @@ setup(
         Extension(
             "exportd.fastpaths._sqlitecsv",
             ["src/native/sqlitecsv.c"],
+            depends=["src/native/cells.h"],
             libraries=["sqlite3"],
             extra_compile_args=["-O2"],
+            optional=True,
+        ),
+        # Arrow columns -> PostgreSQL's CSV COPY text (an import's staged rows,
+        # execution/imports/columnar.py)
+        Extension(
+            "exportd.fastpaths._arrowcsv",
+            ["src/native/arrowcsv.c"],
+            depends=["src/native/cells.h"],
+            extra_compile_args=["-O2", "-std=c99", "-Wall"],
             optional=True,
         ),
     ],
