@@ -157,6 +157,12 @@ class Settings(BaseSettings):
     # imports: the largest upload, and pauses for fault-injection tests (a worker sleeps
     # after each batch it loads; a coordinator inside its publish, before the commit)
     max_upload_bytes: int = Field(default=10 << 30, ge=1, description="larger uploads: 413")
+    import_stream_publish: bool = Field(
+        default=True,
+        description="an import whose rows are staged as files for PostgreSQL begins its "
+        "publish while its partitions run: each file COPYed (in the one target "
+        "transaction) once it and every one before it have committed",
+    )
     import_staged_files: bool = Field(
         default=True,
         description="imports on the fast path into PostgreSQL stage their rows as files "

@@ -7,6 +7,7 @@ task is never left RUNNING on an error that persists."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from exportd import metrics
 from exportd.errors import LeaseLost, StoreUnavailable
@@ -34,13 +35,19 @@ log = logging.getLogger(__name__)
 OUTAGE_RETRY_SECONDS = 5.0  # after a storage outage outlasted the budget
 
 
-def run(rt: Runtime, task: Task, lease: Lease) -> None:
-    """One coordinator step, with every log line of it naming the task."""
+Work = Callable[[Heartbeat], None]
+
+
+def run(rt: Runtime, task: Task, lease: Lease, work: Work | None = None) -> None:
+    """One coordinator step (the next by `coordinator_work`, or `work`: a step a
+    kind began under its lease, such as an import's publish streamed while its partitions
+    run), with every log line of it naming the task, kept by a heartbeat, and every error
+    handled as below."""
     with unit_of_work(task.task_id, None, "coordinator"):
-        _run(rt, task, lease)
+        _run(rt, task, lease, work or (lambda hb: _dispatch(rt, task, lease, hb)))
 
 
-def _run(rt: Runtime, task: Task, lease: Lease) -> None:
+def _run(rt: Runtime, task: Task, lease: Lease, work: Work) -> None:
     store = rt.store
 
     def beat(_rows: int, _bytes: int) -> TaskStatus | None:
@@ -49,7 +56,7 @@ def _run(rt: Runtime, task: Task, lease: Lease) -> None:
 
     try:
         with Heartbeat(beat, rt.settings.heartbeat_interval, None) as hb:
-            _dispatch(rt, task, lease, hb)
+            work(hb)
     except LeaseLost:
         metrics.lease_lost("coordinator")
         log.warning("coordinator of %s lost its lease", task.task_id)

@@ -426,6 +426,50 @@ class CopyRejected(Exception):
 
 
 @dataclass
+class PublishTx:
+    """A publish transaction in progress (`Target.open_publish`): rows go in through
+    `conn`; `commit` records the count in the marker row and commits only while
+    `still_mine()`; `rollback` (safe to call again) leaves the target as it was."""
+
+    target: Target
+    task_id: str
+    conn: sa.Connection
+    tx: sa.RootTransaction
+    done: bool = False
+
+    def commit(self, rows: int, still_mine: Callable[[], bool]) -> bool:
+        """False: the lease was lost (rolled back)."""
+        try:
+            self.conn.execute(
+                sa.text(
+                    f"UPDATE {self.target.qualified(MARKER_TABLE)} SET row_count = :n "
+                    "WHERE task_id = :t"
+                ),
+                {"t": self.task_id, "n": rows},
+            )
+            self.target.before_commit()
+            if not still_mine():
+                self.rollback()
+                return False
+            self.tx.commit()
+        except BaseException:
+            self.rollback()
+            raise
+        self.done = True
+        self.conn.close()
+        return True
+
+    def rollback(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        try:
+            self.tx.rollback()
+        finally:
+            self.conn.close()
+
+
+@dataclass
 class Target:
     """A target table: its columns, its key, and the statements that load into it."""
 
@@ -669,24 +713,54 @@ class Target:
         """One publish transaction: the marker row, the old rows gone for `replace`,
         `load(conn)`, and the commit only while `still_mine()`. False: already published,
         or the lease was lost (rolled back); an error of `load` rolls back too."""
-        with self.engine.connect() as conn:
+        tx = self.open_publish(task_id, mode)
+        if tx is None:
+            return False
+        try:
+            load(tx.conn)
+        except BaseException:
+            tx.rollback()
+            raise
+        return tx.commit(rows, still_mine)
+
+    def open_publish(self, task_id: str, mode: ImportMode) -> PublishTx | None:
+        """The publish transaction begun: its marker row (its count set at the commit)
+        and, for `replace`, the old rows deleted. None: already published (or another
+        publish holds the marker: this waits for it to end first)."""
+        conn = self.engine.connect()
+        try:
             tx = conn.begin()
-            if not self._mark(conn, task_id, rows):
+            if not self._mark(conn, task_id, 0):
                 tx.rollback()
-                return False
+                conn.close()
+                return None
             if mode is ImportMode.REPLACE:
                 conn.execute(sa.text(f"DELETE FROM {self.qualified()}"))
-            try:
-                load(conn)
-            except BaseException:
-                tx.rollback()
-                raise
-            self.before_commit()
-            if not still_mine():
-                tx.rollback()
-                return False
-            tx.commit()
-        return True
+        except BaseException:
+            conn.close()
+            raise
+        return PublishTx(self, task_id, conn, tx)
+
+    def copy_csv(
+        self,
+        conn: sa.Connection,
+        columns: Sequence[str],
+        send: Callable[[Callable[[bytes], None]], None],
+    ) -> None:
+        """PostgreSQL: one CSV COPY of `columns` into the target in `conn`'s transaction;
+        `CopyRejected` when the target refuses a row (a key already in the table, a
+        constraint the checks do not know): the transaction is to be rolled back."""
+        import psycopg
+
+        cols = ", ".join(self.q(c) for c in columns)
+        sql = f"COPY {self.qualified()} ({cols}) FROM STDIN WITH (FORMAT csv)"
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        try:
+            with raw.cursor() as cur, cur.copy(sql) as copy:
+                send(copy.write)
+        except (psycopg.IntegrityError, psycopg.DataError) as exc:
+            raise CopyRejected(str(exc).strip().splitlines()[0][:300]) from exc
 
     def _mark(self, conn: sa.Connection, task_id: str, rows: int) -> bool:
         """The marker row of the publish, in its transaction (False: already there, the
@@ -711,27 +785,26 @@ class Target:
         mode: ImportMode,
         rows: int,
         still_mine: Callable[[], bool],
+        tx: PublishTx | None = None,
     ) -> bool:
         """PostgreSQL: rows staged as files (`execution/imports/staged.py`), each feed
         one COPY in CSV straight into the target, all in one transaction with the marker
-        row, as `publish`. `CopyRejected` (everything rolled back): the target refused
-        a row (a key already in the table, a constraint the checks do not know)."""
-        import psycopg
-
-        cols = ", ".join(self.q(c) for c in columns)
-        sql = f"COPY {self.qualified()} ({cols}) FROM STDIN WITH (FORMAT csv)"
+        row, as `publish`; `tx`: a publish transaction begun earlier, which already holds
+        the feeds before these (`execution/imports/streaming.py`). `CopyRejected`
+        (everything rolled back): the target refused a row."""
 
         def load(conn: sa.Connection) -> None:
-            raw = conn.connection.driver_connection
-            assert raw is not None
-            try:
-                for send in feeds:
-                    with raw.cursor() as cur, cur.copy(sql) as copy:
-                        send(copy.write)
-            except (psycopg.IntegrityError, psycopg.DataError) as exc:
-                raise CopyRejected(str(exc).strip().splitlines()[0][:300]) from exc
+            for send in feeds:
+                self.copy_csv(conn, columns, send)
 
-        return self._publish_once(task_id, mode, rows, still_mine, load)
+        if tx is None:
+            return self._publish_once(task_id, mode, rows, still_mine, load)
+        try:
+            load(tx.conn)
+        except BaseException:
+            tx.rollback()
+            raise
+        return tx.commit(rows, still_mine)
 
     def stage_from_csv(
         self, name: str, columns: Sequence[str], send: Callable[[Callable[[bytes], None]], None]

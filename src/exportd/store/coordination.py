@@ -221,10 +221,12 @@ class CoordinationStore(TaskStore):
         total: int | None,
         total_is_estimate: bool,
         columns: list[str],
+        keep_lease: bool = False,
     ) -> bool:
         """Insert the partitions and open them to workers, in one transaction with the
         task's move to stage 60 (or 20 when the partitions start with a header pass). The
-        coordinator's lease is released: nothing is due until the last partition stops
+        coordinator's lease is released (unless `keep_lease`: its holder works on while
+        the partitions run, renewing it): nothing is due until the last partition stops
         (or, with a header pass, until the last header is in)."""
         now = utcnow()
         header_pass = any(p.phase is PartitionPhase.HEADERS for p in planned)
@@ -244,7 +246,7 @@ class CoordinationStore(TaskStore):
                     columns=columns,
                     parallelism=len(planned),
                     coordinator_due=False,
-                    **NO_COORDINATOR,
+                    **({} if keep_lease else NO_COORDINATOR),
                     update_time=now,
                     version=tasks.c.version + 1,
                 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from exportd.errors import ExportdError, SourceError
 from exportd.execution import kinds
+from exportd.execution.imports import streaming
 from exportd.execution.imports.files import read_options, source_file
 from exportd.formats.readers import ReadError, plan_file
 from exportd.model import Lease, PartitionPhase, Stage, Task
@@ -52,7 +53,16 @@ def plan(rt: Runtime, task: Task, lease: Lease) -> None:
         total_count=found.records, total_is_estimate=False,
     )  # fmt: skip
     planned = [PlannedPartition(b, PartitionPhase.EXPORT) for b in found.ranges]
+    stream = streaming.wanted(rt, task, target, found.columns, len(planned))
     if not store.plan_task(
-        task.task_id, lease.token, planned, found.records, False, found.columns
+        task.task_id,
+        lease.token,
+        planned,
+        found.records,
+        False,
+        found.columns,
+        keep_lease=stream,
     ):  # canceled or timed out while planning: the cleanup is due
         store.release_coordinator(task.task_id, lease.token, due=True)
+    elif stream:  # the publish begins beside the partitions, under this lease
+        streaming.start(rt, task, lease)

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -40,6 +40,9 @@ from exportd.runtime import Runtime
 from exportd.sources.targets import CopyRejected, Target
 from exportd.storage.keys import output_prefix, parts_prefix
 from exportd.store import utcnow
+
+if TYPE_CHECKING:
+    from exportd.execution.imports.streaming import Stream
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,7 @@ def import_outcome(loaded: int, rejected: int, spec: ImportSpec, allow_partial: 
     return Outcome(TaskStatus.FAILED, "TOO_MANY_ERRORS", msg + "; nothing was imported", rate)
 
 
-def _target(rt: Runtime, task: Task) -> Target:
+def target_of(rt: Runtime, task: Task) -> Target:
     dataset = rt.store.get_dataset(task.project_id, task.dataset_id)
     engine = rt.targets.get(rt.connections.dataset_url(dataset))
     return Target.reflect(engine, dataset.table or "")
@@ -78,7 +81,7 @@ def _target(rt: Runtime, task: Task) -> Target:
 def clean_up(rt: Runtime, task: Task) -> None:
     """Drop every staging table of the task (any attempt's): after its end, whatever it was."""
     try:
-        target = _target(rt, task)
+        target = target_of(rt, task)
     except Exception as exc:  # the dataset is gone: nothing of ours can be reached
         log.warning("import %s: target unreachable for the cleanup (%s)", task.task_id, exc)
         return
@@ -110,12 +113,16 @@ def _duplicates(
     return found
 
 
-def finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
+def finish(
+    rt: Runtime, task: Task, lease: Lease, hb: Heartbeat, stream: Stream | None = None
+) -> None:
+    """The end of an import (see the module's docstring); `stream`: the publish begun
+    while the partitions ran (`streaming`), whose transaction this commits or rolls back."""
     store = rt.store
     spec = task.plan.imports
     assert spec is not None
     by = {s: [p for p in task.partitions if p.status is s] for s in PartitionStatus}
-    target = _target(rt, task)
+    target = target_of(rt, task)
     if by[PartitionStatus.FAILED] or by[PartitionStatus.CANCELED]:
         failed = (by[PartitionStatus.FAILED] or by[PartitionStatus.CANCELED])[0]
         code = failed.error_code or "PARTITIONS_FAILED"
@@ -127,12 +134,14 @@ def finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
     fallback_key = parts_prefix(task) + staged.FALLBACK
     if filed:
         if not rt.storage.exists(fallback_key) and _finish_files(
-            rt, task, lease, hb, target, results
+            rt, task, lease, hb, target, results, stream
         ):
             return
+        if stream is not None:  # its marker row would keep the fallback's publish waiting
+            stream.tx.rollback()
         with rt.storage.open_write(fallback_key) as out:  # any coordinator after: tables
             out.write(b"{}")
-        names = _loaded_columns(rt, task, target)
+        names = loaded_columns(task, target)
         staged.to_stages(rt.storage, target, task.task_id, filed, names)
     stages = [r["stage"] for r in results]
     dups = _duplicates(rt, task, target, stages)
@@ -152,7 +161,7 @@ def finish(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
 
 def _finish_files(
     rt: Runtime, task: Task, lease: Lease, hb: Heartbeat, target: Target,
-    results: list[dict[str, Any]],
+    results: list[dict[str, Any]], stream: Stream | None = None,
 ) -> bool:  # fmt: skip
     """The end of an import whose partitions staged their rows as files (`staged`):
     the duplicates from the key files, the files COPYed into the target in one
@@ -173,7 +182,15 @@ def _finish_files(
     rejected = sum(r["rejected"] for r in results) + len(dups)
     items = _items(results, dups)
     outcome = import_outcome(loaded, rejected, spec, task.allow_partial)
+    skip = {n for n, _ in dups}
+    if stream is not None and not _streamed_all(stream, results, skip):
+        log.warning("import %s: the streamed publish differs from the partitions' files; "
+                    "published again from the start", task.task_id)  # fmt: skip
+        stream.tx.rollback()
+        stream = None
     if outcome.status is TaskStatus.FAILED:
+        if stream is not None:
+            stream.tx.rollback()
         if spec.mode is ImportMode.APPEND and spec.key:
             return False  # keys already in the table would be rejected rows too
         store.set_failed_items(task.task_id, lease.token, items)
@@ -181,12 +198,17 @@ def _finish_files(
         return True
     store.set_task_stage(task.task_id, lease.token, Stage.COMPLETING_UPLOAD)
     if not target.published(task.task_id):
-        names = _loaded_columns(rt, task, target)
-        skip = {n for n, _ in dups}
-        feeds = [staged.feed(rt.storage, r, names, skip) for r in results]
+        names = loaded_columns(task, target)
+        feeds = [] if stream else [staged.feed(rt.storage, r, names, skip) for r in results]
         try:
             done = target.publish_files(
-                task.task_id, names, feeds, spec.mode, loaded, _still_mine(rt, task, lease)
+                task.task_id,
+                names,
+                feeds,
+                spec.mode,
+                loaded,
+                _still_mine(rt, task, lease),
+                stream.tx if stream else None,
             )
         except CopyRejected as exc:
             log.info("import %s: the target refused the staged files (%s): staging tables",
@@ -197,13 +219,19 @@ def _finish_files(
     copied = time.monotonic()
     target.drop_stages(target.stages_of(task.task_id))
     hb.check()
-    _complete(rt, task, lease, outcome, results, dups, items, "files")
+    _complete(rt, task, lease, outcome, results, dups, items, "files", stream is not None)
     log.info(
         "import %s: duplicates %.3f s, publish (COPY of %d files) %.3f s, report and "
         "end %.3f s", task.task_id, found - started, len(results), copied - found,
         time.monotonic() - copied,
     )  # fmt: skip
     return True
+
+
+def _streamed_all(stream: Stream, results: list[dict[str, Any]], skip: set[int]) -> bool:
+    """Whether the stream sent exactly these files, less exactly these duplicates."""
+    sent = [r.get("data") for r in stream.results]
+    return sent == [r.get("data") for r in results] and stream.skipped == skip
 
 
 def _still_mine(rt: Runtime, task: Task, lease: Lease) -> Callable[[], bool]:
@@ -223,6 +251,7 @@ def _still_mine(rt: Runtime, task: Task, lease: Lease) -> Callable[[], bool]:
 def _complete(
     rt: Runtime, task: Task, lease: Lease, outcome: Outcome, results: list[dict[str, Any]],
     dups: list[tuple[int, str]], items: list[dict[str, Any]], published_from: str,
+    streamed: bool = False,
 ) -> None:  # fmt: skip
     """Stage 80 and the terminal move of a published import."""
     store = rt.store
@@ -233,7 +262,7 @@ def _complete(
     records = _report(rt, task, results, dups) if rejected else []
     expires = utcnow() + timedelta(seconds=task.expires_in)
     data = _manifest(task, outcome, records, results, loaded, rejected, expires.isoformat(),
-                     published_from)  # fmt: skip
+                     published_from, streamed)  # fmt: skip
     manifest_key = output_prefix(task) + "manifest.json"
     with rt.storage.open_write(manifest_key) as out:
         out.write(data)
@@ -283,7 +312,7 @@ def _publish(
     if not target.published(task.task_id):
         target.delete_lines(stages, dup_lines)
         still_mine = _still_mine(rt, task, lease)
-        columns = _loaded_columns(rt, task, target)
+        columns = loaded_columns(task, target)
         done = target.publish(
             task.task_id, stages, columns, spec.mode, spec.key, loaded, still_mine
         )
@@ -292,7 +321,7 @@ def _publish(
     target.drop_stages(target.stages_of(task.task_id))
 
 
-def _loaded_columns(rt: Runtime, task: Task, target: Target) -> list[str]:
+def loaded_columns(task: Task, target: Target) -> list[str]:
     from exportd.execution.imports.loading import Checker
 
     return Checker.of(task, target).loaded
@@ -363,7 +392,7 @@ def _csv_chunks(rows: Iterator[tuple[int, list[str], str]]) -> Iterator[str]:
 
 def _manifest(
     task: Task, outcome: Outcome, files: list[FileRecord], results: list[dict[str, Any]],
-    loaded: int, rejected: int, expires_at: str, published_from: str,
+    loaded: int, rejected: int, expires_at: str, published_from: str, streamed: bool,
 ) -> bytes:  # fmt: skip
     spec = task.plan.imports
     assert spec is not None
@@ -386,6 +415,8 @@ def _manifest(
         # COPYed into the target), "staging" (staging tables), "tables" (staged as
         # files, then moved into staging tables: the target refused the files' COPY)
         "published_from": published_from,
+        # the files were COPYed while the partitions ran (`streaming`), not after them
+        "publish_streamed": streamed,
         "files": [
             {
                 "name": f.name,

@@ -1,0 +1,149 @@
+"""An import's publish streamed while its partitions run: where every partition stages
+its rows as files for a PostgreSQL target (`staged`), the publish COPY of each file need
+not wait for the last partition. The coordinator that planned the task keeps its lease
+(`plan_task(keep_lease=True)`) and, in a thread of its own beside the process's worker,
+begins the publish transaction (the marker row; for `replace` the old rows deleted) and
+COPYs each partition's file into it as soon as that partition and every one before it
+have committed, without the rows of keys an earlier line already had (the duplicates of
+the partitions so far: a later line never makes an earlier one a duplicate, so each
+file's share is final when it is sent). Once every partition has, it runs the import's
+finish with the transaction: the decision (`import_outcome`) over the whole file, the
+commit only while its lease holds, the report, the terminal move, all as without a stream.
+
+Nothing is published before that commit: cancel, timeout, a failed partition, a row the
+target refuses, a lost lease or a killed process roll the transaction back (a killed
+process's connection is rolled back by PostgreSQL), and the stream hands the lease back
+as due, so that the task's next coordinator ends it as it would have without a stream
+(a refused row: through the staging tables). The PostgreSQL backend parses and inserts
+the rows on its own core while the workers check the next partitions."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from exportd.execution import coordinator
+from exportd.execution.heartbeat import Heartbeat
+from exportd.execution.imports import staged
+from exportd.model import Lease, PartitionStatus, Task, TaskStatus
+from exportd.runtime import Runtime
+from exportd.sources.targets import CopyRejected, PublishTx, Target
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.1  # how often the stream looks for the next committed partition
+
+
+@dataclass
+class Stream:
+    """What a streamed publish has sent so far: the first `copied` partitions' files
+    (their results in `results`), without the duplicate lines in `skipped`."""
+
+    tx: PublishTx
+    names: list[str]
+    results: list[dict[str, Any]] = field(default_factory=list)
+    skipped: set[int] = field(default_factory=set)
+
+    @property
+    def copied(self) -> int:
+        return len(self.results)
+
+
+class GiveUp(Exception):
+    """The stream stops: the task's next coordinator ends it without one."""
+
+
+def wanted(rt: Runtime, task: Task, target: Target, columns: list[str], parts: int) -> bool:
+    """Whether the planned import's publish is streamed: turned on, a PostgreSQL target,
+    more than one partition, and rows staged as files (the fast path, files not refused)."""
+    from exportd.execution.imports.loading import Checker, fast_path_refused
+
+    spec = task.plan.imports
+    if spec is None or not rt.settings.import_stream_publish or parts < 2:
+        return False
+    if target.engine.dialect.name != "postgresql":
+        return False
+    try:
+        checker = Checker.of(dataclasses.replace(task, columns=columns), target)
+    except Exception:  # the partitions will say what is wrong
+        return False
+    if fast_path_refused(rt.settings.fast_paths, spec, target, checker) is not None:
+        return False
+    return staged.files_refused(rt.settings.import_staged_files, target, spec) is None
+
+
+def start(rt: Runtime, task: Task, lease: Lease) -> None:
+    """The stream's thread, under the coordinator's lease (which `plan` kept)."""
+    thread = threading.Thread(
+        target=coordinator.run,
+        args=(rt, task, lease, lambda hb: _stream(rt, task, lease, hb)),
+        name=f"exportd-publish-{task.task_id[:8]}",
+        daemon=True,
+    )
+    thread.start()
+
+
+def _stream(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
+    from exportd.execution.imports import publishing
+
+    store = rt.store
+    spec = task.plan.imports
+    assert spec is not None
+    target = publishing.target_of(rt, task)
+    tx = target.open_publish(task.task_id, spec.mode)
+    if tx is None:  # published already (a coordinator before this one)
+        store.release_coordinator(task.task_id, lease.token, due=True)
+        return
+    stream: Stream | None = None
+    try:
+        current = store.get_task(task.project_id, task.task_id)
+        stream = Stream(tx, publishing.loaded_columns(current, target))
+        while True:
+            hb.check()
+            current = store.get_task(task.project_id, task.task_id)
+            if current.status is not TaskStatus.RUNNING:
+                raise GiveUp(f"the task is {current.status.value}")
+            parts = sorted(current.partitions, key=lambda p: p.index)
+            stopped = [p for p in parts if p.status in (PartitionStatus.FAILED, PartitionStatus.CANCELED)]  # fmt: skip
+            if stopped:
+                raise GiveUp(f"partition {stopped[0].index} is {stopped[0].status.value}")
+            while (
+                stream.copied < len(parts) and parts[stream.copied].status is PartitionStatus.DONE
+            ):
+                _send(rt, target, stream, parts[stream.copied].part_key or "", spec.key)
+                hb.check()
+            if stream.copied == len(parts):
+                break
+            time.sleep(POLL_SECONDS)
+        log.info("import %s: %d files COPYed while the partitions ran", task.task_id, stream.copied)
+        publishing.finish(rt, current, lease, hb, stream)
+    except (GiveUp, CopyRejected) as exc:
+        log.info("import %s: publish not streamed further (%s)", task.task_id, exc)
+        tx.rollback()
+        store.release_coordinator(task.task_id, lease.token, due=True)
+    finally:
+        tx.rollback()  # (nothing once committed)
+
+
+def _send(rt: Runtime, target: Target, stream: Stream, part_key: str, key: Sequence[str]) -> None:
+    """The next partition's file into the transaction, less the lines whose key an
+    earlier line had."""
+    with rt.storage.open_read(part_key) as f:
+        result = orjson.loads(f.read())
+    if not result.get("data"):
+        raise GiveUp(f"partition {result.get('index')} staged its rows in a table")
+    staged.check_sizes(rt.storage, result)
+    results = [*stream.results, result]
+    dups = {n for n, _ in staged.duplicates(rt.storage, results, key)}
+    target.copy_csv(
+        stream.tx.conn, stream.names, staged.feed(rt.storage, result, stream.names, dups)
+    )
+    stream.results.append(result)
+    stream.skipped = dups
