@@ -3,13 +3,17 @@ on a real PostgreSQL target: while the partitions still run, a backend of export
 the publish transaction (its lock on the table) and nothing of it is visible; at the end
 the table holds every valid row once, a key repeated in a later partition is a rejected
 row of its line, and the manifest says the publish was streamed. Canceled mid-stream, the
-table is left as it was: no row, no marker, no lock. (A worker SIGKILLed with the stream
-in its process, and the coordinator killed inside the publish: test_import_faults.)"""
+table is left as it was: no row, no marker, no lock. A worker process told to stop
+(SIGTERM) rolls its stream back and hands the lease back at once, and another worker
+ends the import without waiting for the lease to expire. (A worker SIGKILLed with the
+stream in its process, and the coordinator killed inside the publish: test_import_faults.)"""
 
 from __future__ import annotations
 
+import signal
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -103,3 +107,29 @@ def test_canceled_mid_stream_the_table_is_as_it_was(target_url: str, live_server
     assert table_rows(target_url) == Counter()
     assert _one(target_url, "SELECT count(*) FROM exportd_imports") == 0
     assert _one(target_url, LOCKED) == 0
+
+
+def test_a_worker_stopped_mid_stream_hands_the_publish_back(
+    target_url: str, live_server: Any, tmp_path: Path
+) -> None:
+    server: LiveServer = live_server(
+        store_url=f"sqlite:///{tmp_path / 'store.db'}", workers=0, lease_seconds=60.0,
+        batch_size=200,
+    )  # fmt: skip
+    api = setup(server, target_url)
+    data = rows(N)
+    up = upload(api, "f.csv", csv_text(data).encode())
+    victim = server.start_worker(1, env={"EXPORTD_DEBUG_PAUSE_IMPORT_BATCH": "0.15"})
+    task = start_import(api, dataset_id="flights", upload_id=up["upload_id"],
+                        null_values=[NULL], parallelism=4)  # fmt: skip
+    _streaming(api, target_url, task["task_id"])
+    victim.send_signal(signal.SIGTERM)
+    assert victim.wait(timeout=60) == 0
+    assert _one(target_url, LOCKED) == 0  # rolled back with the process's stop
+    server.start_worker(2)
+    # well before the 60 s lease could have expired: the lease was handed back
+    done = api.wait("acme", task["task_id"], timeout=40)
+    assert done["status"] == "COMPLETED", done
+    assert table_rows(target_url) == Counter(data)
+    manifest = api.http.get(f"/v1/projects/acme/imports/{task['task_id']}/manifest").json()
+    assert manifest["imported_rows"] == N

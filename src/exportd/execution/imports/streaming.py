@@ -79,18 +79,49 @@ def wanted(rt: Runtime, task: Task, target: Target, columns: list[str], parts: i
     return staged.files_refused(rt.settings.import_staged_files, target, spec) is None
 
 
+@dataclass
+class _Running:
+    rt: Runtime
+    thread: threading.Thread
+    stop: threading.Event
+
+
+_running: dict[str, _Running] = {}  # task id -> the stream of this process
+_lock = threading.Lock()
+
+
 def start(rt: Runtime, task: Task, lease: Lease) -> None:
     """The stream's thread, under the coordinator's lease (which `plan` kept)."""
-    thread = threading.Thread(
-        target=coordinator.run,
-        args=(rt, task, lease, lambda hb: _stream(rt, task, lease, hb)),
-        name=f"exportd-publish-{task.task_id[:8]}",
-        daemon=True,
-    )
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            coordinator.run(rt, task, lease, lambda hb: _stream(rt, task, lease, hb, stop))
+        finally:
+            with _lock:
+                _running.pop(task.task_id, None)
+
+    thread = threading.Thread(target=run, name=f"exportd-publish-{task.task_id[:8]}", daemon=True)
+    with _lock:
+        _running[task.task_id] = _Running(rt, thread, stop)
     thread.start()
 
 
-def _stream(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
+def stop_all(rt: Runtime, timeout: float) -> int:
+    """A shutdown: every stream of `rt` gives up at its next look (within a file's COPY),
+    its transaction rolled back and its lease handed back as due, so that another
+    process's coordinator goes on at once; waits up to `timeout` s. How many there were."""
+    with _lock:
+        mine = [r for r in _running.values() if r.rt is rt]
+    for r in mine:
+        r.stop.set()
+    deadline = time.monotonic() + timeout
+    for r in mine:
+        r.thread.join(max(0.0, deadline - time.monotonic()))
+    return len(mine)
+
+
+def _stream(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat, stop: threading.Event) -> None:
     from exportd.execution.imports import publishing
 
     store = rt.store
@@ -107,6 +138,8 @@ def _stream(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat) -> None:
         stream = Stream(tx, publishing.loaded_columns(current, target))
         while True:
             hb.check()
+            if stop.is_set():
+                raise GiveUp("the process is shutting down")
             current = store.get_task(task.project_id, task.task_id)
             if current.status is not TaskStatus.RUNNING:
                 raise GiveUp(f"the task is {current.status.value}")
