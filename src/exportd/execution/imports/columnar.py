@@ -300,29 +300,29 @@ def _date(a: pa.Array, fmt: str | None) -> tuple[pa.Array, pa.Array]:
 
 def _datetime(a: pa.Array, aware: bool, rules: ValueRules) -> tuple[pa.Array, pa.Array]:
     utc = pa.timestamp("us", tz="UTC")
-    if rules.datetime_format is None:
-        shaped = _matches(a, _ISO)
-        day = pc.utf8_slice_codeunits(pc.if_else(shaped, a, "2000-01-01"), 0, 10)
-        valid, _ = _parsed(day, "%Y-%m-%d", "2000-01-01")
-        good = pc.and_(shaped, valid)
-        zoned = pc.and_(good, _matches(a, _ZONED))
-        local = pc.and_(good, pc.invert(zoned))
-        at = pc.cast(pc.if_else(zoned, a, "2000-01-01T00:00:00Z"), utc)
-        wall = pc.cast(pc.if_else(local, a, "2000-01-01T00:00:00"), pa.timestamp("us"))
-    else:
+    if rules.datetime_format is not None:
         fill = pc.strftime(pa.scalar(0, pa.timestamp("s")), format=rules.datetime_format).as_py()
         good, wall = _parsed(a, rules.datetime_format, fill)
-        zoned = _all(a, False)
-        at = pa.nulls(len(a), utc)
-    in_zone, exact = _assume(wall, rules.timezone)
-    good = pc.and_(good, pc.or_(zoned, exact))
-    value = pc.if_else(zoned, at, in_zone)
-    if not aware:
-        value = pc.cast(value, pa.timestamp("us"))
+        instant, exact = _assume(wall, rules.timezone)
+        value = instant if aware else pc.cast(instant, pa.timestamp("us"))
+        return pc.and_(good, exact), pc.cast(value, pa.string())
+    shaped = _matches(a, _ISO)
+    day = pc.utf8_slice_codeunits(pc.if_else(shaped, a, "2000-01-01"), 0, 10)
+    valid, _ = _parsed(day, "%Y-%m-%d", "2000-01-01")
+    good = pc.and_(shaped, valid)
+    zoned = pc.and_(good, _matches(a, _ZONED))
+    local = pc.and_(good, pc.invert(zoned))
+
+    def in_zone() -> tuple[pa.Array, pa.Array]:
+        wall = pc.cast(pc.if_else(local, a, "2000-01-01T00:00:00"), pa.timestamp("us"))
+        return _assume(wall, rules.timezone)
+
+    assumed = None
+    if rules.timezone != "UTC":  # a local wall time in a gap or a fold goes to Python
+        assumed = in_zone()
+        good = pc.and_(good, pc.or_(zoned, assumed[1]))
     # PostgreSQL gets the file's own text where it reads it as Python would (printing
     # timestamps is the dearest step of the COPY text), else the instant printed
-    if rules.datetime_format is not None:
-        return good, pc.cast(value, pa.string())
     utc_wall = pc.and_(pc.invert(zoned), _all(a, rules.timezone == "UTC"))
     if aware:
         plain = pc.or_(zoned, utc_wall)
@@ -331,6 +331,10 @@ def _datetime(a: pa.Array, aware: bool, rules: ValueRules) -> tuple[pa.Array, pa
         plain = utc_wall
         text = a
     if pc.any(pc.and_(good, pc.invert(plain))).as_py():
+        at = pc.cast(pc.if_else(zoned, a, "2000-01-01T00:00:00Z"), utc)
+        value = pc.if_else(zoned, at, (assumed or in_zone())[0])
+        if not aware:
+            value = pc.cast(value, pa.timestamp("us"))
         text = pc.if_else(plain, text, pc.cast(value, pa.string()))
     return good, text
 
