@@ -113,3 +113,33 @@ def test_a_single_key_partition_by_partition_or_by_the_whole_sort(
     assert staged.duplicates(storage, touching, ["a"]) == [(5, why)]
     across = [part(4, [1, 9], 2), part(5, [5, 1], 4)]
     assert staged.duplicates(storage, across, ["a"]) == [(5, why)]
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        [[1, 2, 3], [4, 5], [9, 7]],  # apart: nothing repeats
+        [[1, 2, 3], [4, 5], [2, 8]],  # a later partition's range overlaps, and repeats 2
+        [[1, 2, 3], [4, 6], [5, 7]],  # ranges overlap, nothing repeats
+        [[1, 1, None], [None, 4], [4, 1]],  # repeats within a partition; NULLs repeat nothing
+        [[None, None], [3], [None]],
+    ],
+)
+def test_the_duplicates_of_each_prefix_as_the_whole_check_finds_them(
+    tmp_path: Path, keys: list[list[int | None]]
+) -> None:
+    """`PrefixDuplicates` (the streamed publish) gives, prefix by prefix, the lines that
+    `duplicates` of that prefix gives, for one key and for two."""
+    storage = open_storage(str(tmp_path))
+    target = _target({"a": "int", "b": "str"})
+    for key in (["a"], ["a", "b"], []):
+        parts, line = [], 2
+        for i, ks in enumerate(keys):
+            lines = list(range(line, line + len(ks)))
+            line += len(ks)
+            good = {"a": ks, "b": ["x"] * len(ks), LINE_COLUMN: lines}
+            parts.append(_partition(storage, i + 10 * len(key), target, key, good, []))
+        found = staged.PrefixDuplicates(storage, key)
+        for n, p in enumerate(parts, 1):
+            whole = {line for line, _ in staged.duplicates(storage, parts[:n], key)}
+            assert found.add(p) == whole, (key, n)

@@ -18,6 +18,7 @@ from exportd.errors import (
     StoreUnavailable,
 )
 from exportd.execution import coordinator
+from exportd.execution.imports import streaming
 from exportd.execution.janitor import Janitor
 from exportd.execution.partition import run_partition
 from exportd.execution.shutdown import Shutdown
@@ -152,6 +153,7 @@ class WorkerPool:
         self.notifications.stop_event.set()
         self.rt.store.waker.notify_local()
         deadline = time.monotonic() + grace
+        streaming.stop_all(self.rt, grace)  # an import's publish hands its lease back now
         for t in self.threads:
             t.join(max(0.0, deadline - time.monotonic()))
         busy = sum(t.is_alive() for t in self.threads)

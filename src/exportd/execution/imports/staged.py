@@ -237,6 +237,37 @@ def duplicates(
     return [(int(v), why) for v in sorted(later.to_pylist())]
 
 
+class PrefixDuplicates:
+    """`duplicates` of a growing prefix of the partitions, partition by partition (the
+    streamed publish): while a single key's partitions repeat nothing and their ranges do
+    not overlap (`_apart`), each new partition is checked alone against the ranges so far,
+    so no key file is read twice; after that, the whole prefix by `duplicates`."""
+
+    def __init__(self, storage: Storage, key: Sequence[str]) -> None:
+        self.storage, self.key = storage, list(key)
+        self.results: list[dict[str, Any]] = []
+        self.ranges: list[tuple[Any, Any]] = []
+        self.apart = len(self.key) == 1
+
+    def add(self, result: dict[str, Any]) -> set[int]:
+        """The lines of the prefix, `result` its new last partition, that repeat a key."""
+        self.results.append(result)
+        if not self.key:
+            return set()
+        if self.apart:
+            col = pc.drop_null(read_keys(self.storage, result)[self.key[0]])
+            if not len(col):
+                return set()
+            if not _repeats(col):
+                bounds = pc.min_max(col).as_py()
+                lo, hi = bounds["min"], bounds["max"]
+                if all(hi < a or lo > b for a, b in self.ranges):
+                    self.ranges.append((lo, hi))
+                    return set()
+            self.apart = False
+        return {n for n, _ in duplicates(self.storage, self.results, self.key)}
+
+
 def _repeats(col: pa.ChunkedArray) -> bool:
     ranked = col.take(pc.array_sort_indices(col))
     n = len(ranked)

@@ -23,7 +23,6 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +47,7 @@ class Stream:
 
     tx: PublishTx
     names: list[str]
+    found: staged.PrefixDuplicates
     results: list[dict[str, Any]] = field(default_factory=list)
     skipped: set[int] = field(default_factory=set)
 
@@ -135,7 +135,10 @@ def _stream(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat, stop: threadin
     stream: Stream | None = None
     try:
         current = store.get_task(task.project_id, task.task_id)
-        stream = Stream(tx, publishing.loaded_columns(current, target))
+        stream = Stream(
+            tx, publishing.loaded_columns(current, target),
+            staged.PrefixDuplicates(rt.storage, spec.key),
+        )  # fmt: skip
         while True:
             hb.check()
             if stop.is_set():
@@ -150,7 +153,7 @@ def _stream(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat, stop: threadin
             while (
                 stream.copied < len(parts) and parts[stream.copied].status is PartitionStatus.DONE
             ):
-                _send(rt, target, stream, parts[stream.copied].part_key or "", spec.key)
+                _send(rt, target, stream, parts[stream.copied].part_key or "")
                 hb.check()
             if stream.copied == len(parts):
                 break
@@ -165,7 +168,7 @@ def _stream(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat, stop: threadin
         tx.rollback()  # (nothing once committed)
 
 
-def _send(rt: Runtime, target: Target, stream: Stream, part_key: str, key: Sequence[str]) -> None:
+def _send(rt: Runtime, target: Target, stream: Stream, part_key: str) -> None:
     """The next partition's file into the transaction, less the lines whose key an
     earlier line had."""
     with rt.storage.open_read(part_key) as f:
@@ -173,8 +176,7 @@ def _send(rt: Runtime, target: Target, stream: Stream, part_key: str, key: Seque
     if not result.get("data"):
         raise GiveUp(f"partition {result.get('index')} staged its rows in a table")
     staged.check_sizes(rt.storage, result)
-    results = [*stream.results, result]
-    dups = {n for n, _ in staged.duplicates(rt.storage, results, key)}
+    dups = stream.found.add(result)
     target.copy_csv(
         stream.tx.conn, stream.names, staged.feed(rt.storage, result, stream.names, dups)
     )
