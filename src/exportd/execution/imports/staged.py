@@ -269,9 +269,15 @@ class PrefixDuplicates:
 
 
 def _repeats(col: pa.ChunkedArray) -> bool:
+    """Whether a value repeats: no when the values only ever grow (a file in key order,
+    as most are: one comparison of neighbours, no sorted copy held), else by a sort."""
+    n = len(col)
+    if n < 2:
+        return False
+    if pc.all(pc.greater(col.slice(1), col.slice(0, n - 1))).as_py():
+        return False
     ranked = col.take(pc.array_sort_indices(col))
-    n = len(ranked)
-    return n > 1 and bool(pc.any(pc.equal(ranked.slice(1), ranked.slice(0, n - 1))).as_py())
+    return bool(pc.any(pc.equal(ranked.slice(1), ranked.slice(0, n - 1))).as_py())
 
 
 def _apart(storage: Storage, results: list[dict[str, Any]], key: str) -> bool:
