@@ -572,19 +572,18 @@ class Target:
         """PostgreSQL: a function that COPYs rows already in PostgreSQL's CSV (the fast
         path's, `columnar`) into `stage`, every call in one transaction committed when
         the block ends (one commit per partition, not one per batch)."""
-        cols = ", ".join(self.q(n) for n in columns)
-        sql = f"COPY {self.qualified(stage)} ({cols}) FROM STDIN WITH (FORMAT csv)"
         with self.engine.begin() as conn:
-            raw = conn.connection.driver_connection
-            assert raw is not None
 
             def send(payload: bytes) -> None:
                 if not payload:
                     return
-                with raw.cursor() as cur, cur.copy(sql) as copy:
+
+                def chunks(write: Callable[[Any], None]) -> None:  # (memoryviews)
                     view = memoryview(payload)
                     for i in range(0, len(view), 1 << 20):
-                        copy.write(view[i : i + (1 << 20)])
+                        write(view[i : i + (1 << 20)])
+
+                self._copy_csv(conn, self.qualified(stage), columns, chunks)
 
             yield send
 
@@ -709,11 +708,13 @@ class Target:
         rows: int,
         still_mine: Callable[[], bool],
         load: Callable[[sa.Connection], None],
+        tx: PublishTx | None = None,
     ) -> bool:
-        """One publish transaction: the marker row, the old rows gone for `replace`,
-        `load(conn)`, and the commit only while `still_mine()`. False: already published,
-        or the lease was lost (rolled back); an error of `load` rolls back too."""
-        tx = self.open_publish(task_id, mode)
+        """One publish transaction (`tx`, one begun earlier, else begun here: the marker
+        row, the old rows gone for `replace`), `load(conn)`, and the commit only while
+        `still_mine()`. False: already published, or the lease was lost (rolled back);
+        an error of `load` rolls back too."""
+        tx = tx or self.open_publish(task_id, mode)
         if tx is None:
             return False
         try:
@@ -752,15 +753,27 @@ class Target:
         constraint the checks do not know): the transaction is to be rolled back."""
         import psycopg
 
-        cols = ", ".join(self.q(c) for c in columns)
-        sql = f"COPY {self.qualified()} ({cols}) FROM STDIN WITH (FORMAT csv)"
-        raw = conn.connection.driver_connection
-        assert raw is not None
         try:
-            with raw.cursor() as cur, cur.copy(sql) as copy:
-                send(copy.write)
+            self._copy_csv(conn, self.qualified(), columns, send)
         except (psycopg.IntegrityError, psycopg.DataError) as exc:
             raise CopyRejected(str(exc).strip().splitlines()[0][:300]) from exc
+
+    def _copy_csv(
+        self,
+        conn: sa.Connection,
+        table: str,
+        columns: Sequence[str],
+        send: Callable[[Callable[[bytes], None]], None],
+    ) -> None:
+        """PostgreSQL: one CSV COPY of `columns` into `table` (qualified) in `conn`."""
+        names = ", ".join(self.q(c) for c in columns)
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        with (
+            raw.cursor() as cur,
+            cur.copy(f"COPY {table} ({names}) FROM STDIN WITH (FORMAT csv)") as copy,
+        ):
+            send(copy.write)
 
     def _mark(self, conn: sa.Connection, task_id: str, rows: int) -> bool:
         """The marker row of the publish, in its transaction (False: already there, the
@@ -797,14 +810,7 @@ class Target:
             for send in feeds:
                 self.copy_csv(conn, columns, send)
 
-        if tx is None:
-            return self._publish_once(task_id, mode, rows, still_mine, load)
-        try:
-            load(tx.conn)
-        except BaseException:
-            tx.rollback()
-            raise
-        return tx.commit(rows, still_mine)
+        return self._publish_once(task_id, mode, rows, still_mine, load, tx)
 
     def stage_from_csv(
         self, name: str, columns: Sequence[str], send: Callable[[Callable[[bytes], None]], None]
@@ -814,15 +820,10 @@ class Target:
         md = sa.MetaData(schema=self.schema)
         cols = [sa.Column(c, self.sa_types[c], nullable=True) for c in columns]
         table = sa.Table(name, md, *cols, sa.Column(LINE_COLUMN, sa.BigInteger, nullable=False))
-        names = ", ".join(self.q(n) for n in [*columns, LINE_COLUMN])
-        sql = f"COPY {self.qualified(name)} ({names}) FROM STDIN WITH (FORMAT csv)"
         with self.engine.begin() as conn:
             table.drop(conn, checkfirst=True)
             table.create(conn)
-            raw = conn.connection.driver_connection
-            assert raw is not None
-            with raw.cursor() as cur, cur.copy(sql) as copy:
-                send(copy.write)
+            self._copy_csv(conn, self.qualified(name), [*columns, LINE_COLUMN], send)
 
     def before_commit(self) -> None:
         """A hook for fault-injection tests (see `debug_pause_in_publish`)."""

@@ -175,6 +175,17 @@ class TaskStore(OutboxStore):
             task.notifications = self.task_notifications(conn, task_id)
         return live_counts(task)
 
+    def partitions_of(self, task_id: str) -> tuple[TaskStatus, list[Partition]]:
+        """A task's status and its partitions (by index): what a coordinator waiting on
+        them looks at, without the files and notifications of `get_task`."""
+        with self.read() as conn:
+            status = conn.execute(
+                sa.select(tasks.c.status).where(tasks.c.task_id == task_id)
+            ).scalar()
+            if status is None:
+                raise NotFound(f"export task {task_id!r} not found", "TASK_NOT_FOUND")
+            return TaskStatus(status), self._partitions(conn, task_id)
+
     def task_version(self, project_id: str, task_id: str) -> int | None:
         with self.read() as conn:
             return conn.execute(

@@ -21,6 +21,7 @@ column left without a value."""
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 from collections.abc import Callable
@@ -149,6 +150,7 @@ _NATIVE_KINDS: dict[pa.DataType, str] = {
 }  # fmt: skip
 
 
+@functools.cache
 def _arrowcsv() -> ModuleType | None:
     """The C writer, or None where the package was built without it."""
     try:

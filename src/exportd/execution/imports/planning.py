@@ -3,6 +3,8 @@ partitions at record boundaries (byte ranges; row groups for Parquet)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from exportd.errors import ExportdError, SourceError
 from exportd.execution import kinds
 from exportd.execution.imports import streaming
@@ -53,7 +55,8 @@ def plan(rt: Runtime, task: Task, lease: Lease) -> None:
         total_count=found.records, total_is_estimate=False,
     )  # fmt: skip
     planned = [PlannedPartition(b, PartitionPhase.EXPORT) for b in found.ranges]
-    stream = streaming.wanted(rt, task, target, found.columns, len(planned))
+    planned_task = dataclasses.replace(task, columns=found.columns)
+    stream = streaming.wanted(rt, planned_task, target, len(planned))
     if not store.plan_task(
         task.task_id,
         lease.token,
@@ -65,4 +68,4 @@ def plan(rt: Runtime, task: Task, lease: Lease) -> None:
     ):  # canceled or timed out while planning: the cleanup is due
         store.release_coordinator(task.task_id, lease.token, due=True)
     elif stream:  # the publish begins beside the partitions, under this lease
-        streaming.start(rt, task, lease)
+        streaming.start(rt, planned_task, lease)

@@ -176,21 +176,19 @@ def _finish_files(
     started = time.monotonic()
     for r in results:
         staged.check_sizes(rt.storage, r)
-    dups = staged.duplicates(rt.storage, results, spec.key)
+    if stream is not None and not _streamed_all(stream, results):
+        log.warning("import %s: the streamed publish sent other files than the partitions'; "
+                    "published again from the start", task.task_id)  # fmt: skip
+        stream.tx.rollback()
+        stream = None
+    # the stream found the duplicates partition by partition as it sent them
+    dups = stream.found.found if stream else staged.duplicates(rt.storage, results, spec.key)
     found = time.monotonic()
     loaded = sum(r["loaded"] for r in results) - len(dups)
     rejected = sum(r["rejected"] for r in results) + len(dups)
     items = _items(results, dups)
     outcome = import_outcome(loaded, rejected, spec, task.allow_partial)
-    skip = {n for n, _ in dups}
-    if stream is not None and not _streamed_all(stream, results, skip):
-        log.warning("import %s: the streamed publish differs from the partitions' files; "
-                    "published again from the start", task.task_id)  # fmt: skip
-        stream.tx.rollback()
-        stream = None
-    if outcome.status is TaskStatus.FAILED:
-        if stream is not None:
-            stream.tx.rollback()
+    if outcome.status is TaskStatus.FAILED:  # (a stream is rolled back by its caller)
         if spec.mode is ImportMode.APPEND and spec.key:
             return False  # keys already in the table would be rejected rows too
         store.set_failed_items(task.task_id, lease.token, items)
@@ -199,6 +197,7 @@ def _finish_files(
     store.set_task_stage(task.task_id, lease.token, Stage.COMPLETING_UPLOAD)
     if not target.published(task.task_id):
         names = loaded_columns(task, target)
+        skip = {n for n, _ in dups}
         feeds = [] if stream else [staged.feed(rt.storage, r, names, skip) for r in results]
         try:
             done = target.publish_files(
@@ -228,10 +227,9 @@ def _finish_files(
     return True
 
 
-def _streamed_all(stream: Stream, results: list[dict[str, Any]], skip: set[int]) -> bool:
-    """Whether the stream sent exactly these files, less exactly these duplicates."""
-    sent = [r.get("data") for r in stream.results]
-    return sent == [r.get("data") for r in results] and stream.skipped == skip
+def _streamed_all(stream: Stream, results: list[dict[str, Any]]) -> bool:
+    """Whether the stream sent exactly these partitions' files (the same attempts)."""
+    return [r.get("data") for r in stream.found.results] == [r.get("data") for r in results]
 
 
 def _still_mine(rt: Runtime, task: Task, lease: Lease) -> Callable[[], bool]:

@@ -245,27 +245,29 @@ class PrefixDuplicates:
 
     def __init__(self, storage: Storage, key: Sequence[str]) -> None:
         self.storage, self.key = storage, list(key)
-        self.results: list[dict[str, Any]] = []
+        self.results: list[dict[str, Any]] = []  # the prefix
+        self.found: list[tuple[int, str]] = []  # its duplicates, as `duplicates` says them
         self.ranges: list[tuple[Any, Any]] = []
         self.apart = len(self.key) == 1
 
     def add(self, result: dict[str, Any]) -> set[int]:
         """The lines of the prefix, `result` its new last partition, that repeat a key."""
         self.results.append(result)
-        if not self.key:
-            return set()
-        if self.apart:
-            col = pc.drop_null(read_keys(self.storage, result)[self.key[0]])
-            if not len(col):
-                return set()
-            if not _repeats(col):
-                bounds = pc.min_max(col).as_py()
-                lo, hi = bounds["min"], bounds["max"]
-                if all(hi < a or lo > b for a, b in self.ranges):
-                    self.ranges.append((lo, hi))
-                    return set()
-            self.apart = False
-        return {n for n, _ in duplicates(self.storage, self.results, self.key)}
+        if self.key and not self._still_apart(result):
+            self.found = duplicates(self.storage, self.results, self.key)
+        return {n for n, _ in self.found}
+
+    def _still_apart(self, result: dict[str, Any]) -> bool:
+        """The prefix's single key repeats nothing, `result`'s keys seen alone."""
+        if not self.apart:
+            return False
+        col = pc.drop_null(read_keys(self.storage, result)[self.key[0]])
+        if len(col):
+            bounds = pc.min_max(col).as_py()
+            lo, hi = bounds["min"], bounds["max"]
+            self.apart = not _repeats(col) and all(hi < a or lo > b for a, b in self.ranges)
+            self.ranges.append((lo, hi))
+        return self.apart
 
 
 def _repeats(col: pa.ChunkedArray) -> bool:

@@ -19,12 +19,10 @@ the rows on its own core while the workers check the next partitions."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import orjson
 
@@ -42,27 +40,26 @@ POLL_SECONDS = 0.1  # how often the stream looks for the next committed partitio
 
 @dataclass
 class Stream:
-    """What a streamed publish has sent so far: the first `copied` partitions' files
-    (their results in `results`), without the duplicate lines in `skipped`."""
+    """What a streamed publish has sent so far: the files of the partitions in
+    `found.results`, without the duplicate lines `found.found` of those partitions."""
 
     tx: PublishTx
     names: list[str]
     found: staged.PrefixDuplicates
-    results: list[dict[str, Any]] = field(default_factory=list)
-    skipped: set[int] = field(default_factory=set)
 
     @property
     def copied(self) -> int:
-        return len(self.results)
+        return len(self.found.results)
 
 
 class GiveUp(Exception):
     """The stream stops: the task's next coordinator ends it without one."""
 
 
-def wanted(rt: Runtime, task: Task, target: Target, columns: list[str], parts: int) -> bool:
-    """Whether the planned import's publish is streamed: turned on, a PostgreSQL target,
-    more than one partition, and rows staged as files (the fast path, files not refused)."""
+def wanted(rt: Runtime, task: Task, target: Target, parts: int) -> bool:
+    """Whether the planned import's publish is streamed (`task`: with the file's columns):
+    turned on, a PostgreSQL target, more than one partition, and rows staged as files
+    (the fast path, files not refused)."""
     from exportd.execution.imports.loading import Checker, fast_path_refused
 
     spec = task.plan.imports
@@ -71,7 +68,7 @@ def wanted(rt: Runtime, task: Task, target: Target, columns: list[str], parts: i
     if target.engine.dialect.name != "postgresql":
         return False
     try:
-        checker = Checker.of(dataclasses.replace(task, columns=columns), target)
+        checker = Checker.of(task, target)
     except Exception:  # the partitions will say what is wrong
         return False
     if fast_path_refused(rt.settings.fast_paths, spec, target, checker) is not None:
@@ -91,7 +88,8 @@ _lock = threading.Lock()
 
 
 def start(rt: Runtime, task: Task, lease: Lease) -> None:
-    """The stream's thread, under the coordinator's lease (which `plan` kept)."""
+    """The stream's thread, under the coordinator's lease (which `plan` kept); `task`
+    with the file's columns."""
     stop = threading.Event()
 
     def run() -> None:
@@ -132,21 +130,18 @@ def _stream(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat, stop: threadin
     if tx is None:  # published already (a coordinator before this one)
         store.release_coordinator(task.task_id, lease.token, due=True)
         return
-    stream: Stream | None = None
     try:
-        current = store.get_task(task.project_id, task.task_id)
         stream = Stream(
-            tx, publishing.loaded_columns(current, target),
+            tx, publishing.loaded_columns(task, target),
             staged.PrefixDuplicates(rt.storage, spec.key),
         )  # fmt: skip
         while True:
             hb.check()
             if stop.is_set():
                 raise GiveUp("the process is shutting down")
-            current = store.get_task(task.project_id, task.task_id)
-            if current.status is not TaskStatus.RUNNING:
-                raise GiveUp(f"the task is {current.status.value}")
-            parts = sorted(current.partitions, key=lambda p: p.index)
+            status, parts = store.partitions_of(task.task_id)  # (by index)
+            if status is not TaskStatus.RUNNING:
+                raise GiveUp(f"the task is {status.value}")
             stopped = [p for p in parts if p.status in (PartitionStatus.FAILED, PartitionStatus.CANCELED)]  # fmt: skip
             if stopped:
                 raise GiveUp(f"partition {stopped[0].index} is {stopped[0].status.value}")
@@ -159,13 +154,13 @@ def _stream(rt: Runtime, task: Task, lease: Lease, hb: Heartbeat, stop: threadin
                 break
             time.sleep(POLL_SECONDS)
         log.info("import %s: %d files COPYed while the partitions ran", task.task_id, stream.copied)
-        publishing.finish(rt, current, lease, hb, stream)
+        publishing.finish(rt, store.get_task(task.project_id, task.task_id), lease, hb, stream)
     except (GiveUp, CopyRejected) as exc:
         log.info("import %s: publish not streamed further (%s)", task.task_id, exc)
-        tx.rollback()
+        tx.rollback()  # before the lease goes: the next coordinator's publish needs the marker
         store.release_coordinator(task.task_id, lease.token, due=True)
     finally:
-        tx.rollback()  # (nothing once committed)
+        tx.rollback()  # anything not committed (nothing once committed)
 
 
 def _send(rt: Runtime, target: Target, stream: Stream, part_key: str) -> None:
@@ -180,5 +175,3 @@ def _send(rt: Runtime, target: Target, stream: Stream, part_key: str) -> None:
     target.copy_csv(
         stream.tx.conn, stream.names, staged.feed(rt.storage, result, stream.names, dups)
     )
-    stream.results.append(result)
-    stream.skipped = dups
