@@ -36,5 +36,14 @@ setup(
             extra_compile_args=["-O2", "-std=c99", "-Wall"],
             optional=True,
         ),
+        # an import's CSV chunk checked and written as COPY text in one pass
+        # (execution/imports/native.py)
+        Extension(
+            "exportd.fastpaths._importcsv",
+            ["src/native/importcsv.c"],
+            depends=["src/native/cells.h"],
+            extra_compile_args=["-O2", "-std=c99", "-Wall"],
+            optional=True,
+        ),
     ],
 )

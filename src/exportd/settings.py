@@ -168,6 +168,11 @@ class Settings(BaseSettings):
         description="imports on the fast path into PostgreSQL stage their rows as files "
         "(COPYed into the target at the publish), not in staging tables",
     )
+    import_native_check: bool = Field(
+        default=True,
+        description="on the fast path, a CSV/TSV import's chunks are checked and written "
+        "as COPY text in C (one pass); false: by pyarrow.compute (the same outcome)",
+    )
     debug_pause_import_batch: float = Field(default=0.0, ge=0)
     debug_pause_in_publish: float = Field(default=0.0, ge=0)
 

@@ -76,25 +76,6 @@ static inline int bit(const Py_buffer *b, Py_ssize_t i) {
     return (((const uint8_t *)b->buf)[i >> 3] >> (i & 7)) & 1;
 }
 
-static int put_text(Buf *out, const char *s, size_t n) {
-    int quote = n == 0;
-    for (size_t i = 0; i < n && !quote; i++) {
-        char ch = s[i];
-        quote = ch == ',' || ch == '"' || ch == '\n' || ch == '\r' || ch == '\\';
-    }
-    if (!quote) return buf_put(out, s, n);
-    if (buf_reserve(out, 2 * n + 2)) return -1;
-    char *p = out->data + out->len;
-    *p++ = '"';
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '"') *p++ = '"';
-        *p++ = s[i];
-    }
-    *p++ = '"';
-    out->len = (size_t)(p - out->data);
-    return 0;
-}
-
 /* Days since 1970-01-01 as YYYY-MM-DD (Hinnant's civil_from_days); 0 outside 1-9999. */
 static size_t date_text(int32_t days, char *out) {
     long long z = (long long)days + 719468;

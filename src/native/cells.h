@@ -50,6 +50,28 @@ static inline int buf_put(Buf *b, const char *s, size_t n) {
 }
 
 
+/* Text as a field of PostgreSQL's CSV COPY: as it is, quoted (its quotes doubled) when
+ * it is empty or holds a comma, a quote, CR, LF or a backslash (so that neither NULL nor
+ * `\.`, COPY's end of data, can be read into it). */
+static inline int put_text(Buf *out, const char *s, size_t n) {
+    int quote = n == 0;
+    for (size_t i = 0; i < n && !quote; i++) {
+        char ch = s[i];
+        quote = ch == ',' || ch == '"' || ch == '\n' || ch == '\r' || ch == '\\';
+    }
+    if (!quote) return buf_put(out, s, n);
+    if (buf_reserve(out, 2 * n + 2)) return -1;
+    char *p = out->data + out->len;
+    *p++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '"') *p++ = '"';
+        *p++ = s[i];
+    }
+    *p++ = '"';
+    out->len = (size_t)(p - out->data);
+    return 0;
+}
+
 static const char DIGIT_PAIRS[201] =
     "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
     "40414243444546474849505152535455565758596061626364656667686970717273747576777879"

@@ -1,5 +1,5 @@
-"""The fast path of CSV imports into PostgreSQL (Arrow-read blocks, columns checked by
-`pyarrow.compute`, rows COPYed as CSV) against the Python path (record by record, every
+"""The fast paths of CSV imports into PostgreSQL (chunks checked and written in C, or
+Arrow-read blocks with columns checked by `pyarrow.compute`; rows COPYed as CSV) against the Python path (record by record, every
 value through `TargetColumn.convert`): the same awkward file, imported by a server with
 fast paths on and one with them off, gives the same rows in the table, the same failed
 items (line, column, reason) and the same error report. And the rows an import commits
@@ -52,6 +52,8 @@ POOLS: dict[str, tuple[list[str], list[str]]] = {
 }  # fmt: skip
 
 CONFIGS: dict[str, dict[str, Any]] = {
+    # no quoted field and no broken line: every chunk is checked in C (`native`)
+    "iso-utc-plain": {"null_values": ["", "NA"], "timezone": "UTC"},
     "iso-new-york": {"null_values": ["", "NA"], "timezone": "America/New_York"},
     "comma-decimals-paris": {
         "null_values": ["NA"], "timezone": "Europe/Paris", "decimal_separator": ",",
@@ -70,7 +72,8 @@ def _european(col: str, v: str) -> str:
     return v
 
 
-def awkward_csv(n: int, seed: int, european: bool) -> str:
+def awkward_csv(n: int, seed: int, european: bool, plain: bool = False) -> str:
+    """n rows of awkward values; `plain`: none that CSV quotes, and no broken line."""
     rnd = random.Random(seed)
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
@@ -79,11 +82,13 @@ def awkward_csv(n: int, seed: int, european: bool) -> str:
         key = str(rnd.randint(1, i)) if i > 10 and rnd.random() < 0.01 else str(i + 1)
         row = [key]
         for col in COLUMNS[1:]:
-            plain, odd = POOLS[col]
-            v = rnd.choice(odd if odd and rnd.random() < 0.02 else plain)
+            usual, odd = POOLS[col]
+            if plain:
+                odd = [v for v in odd if not any(c in v for c in ',"\n')]
+            v = rnd.choice(odd if odd and rnd.random() < 0.02 else usual)
             row.append(_european(col, v) if european else v)
         w.writerow(row)
-        if rnd.random() < 0.002:
+        if not plain and rnd.random() < 0.002:
             out.write(rnd.choice(["\n", "1,2\n", '"broken,3\n', "x,\xff,y\n"]))
     return out.getvalue()
 
@@ -109,7 +114,8 @@ def test_fast_path_imports_what_the_python_path_imports(
     pg_database: str, live_server: Any, config: str
 ) -> None:
     rules = CONFIGS[config]
-    text = awkward_csv(4000, seed=len(config), european="decimal_separator" in rules)
+    plain = config.endswith("-plain")
+    text = awkward_csv(4000, seed=len(config), european="decimal_separator" in rules, plain=plain)
     results = {}
     for fast in (True, False):
         table = "t_fast" if fast else "t_slow"
@@ -124,6 +130,7 @@ def test_fast_path_imports_what_the_python_path_imports(
         items = [(i["line"], i["column"], i["reason"]) for i in done["failed_items"]]
         manifest = api.http.get(f"/v1/projects/acme/imports/{task['task_id']}/manifest").json()
         paths = [(p["fast_path"], p["checked_in_python"]) for p in manifest["partitions"]]
+        in_c = {p["checked_in_c"] for p in manifest["partitions"]}
         checked = sum(n for _, n in paths)
         staged_as = {p["staged_as"] for p in manifest["partitions"]}
         if fast:  # Arrow vouched for the plain rows; Python saw the bad and the doubtful
@@ -131,8 +138,11 @@ def test_fast_path_imports_what_the_python_path_imports(
             # rows staged as files, COPYed into the target (the duplicates filtered out)
             assert manifest["published_from"] == "files" and staged_as == {"file"}, manifest
             assert checked - done["failed_count"] < 0.25 * done["finished_count"], paths
+            # in C where the time zone is UTC; else (a zone of its own) by pyarrow
+            assert in_c == {rules["timezone"] == "UTC"}, manifest
         else:
             assert not any(f for f, _ in paths) and checked >= 4000, paths
+            assert in_c == {False}
             assert manifest["published_from"] == "staging" and staged_as == {"table"}
         results[fast] = (done["finished_count"], done["failed_count"], items,
                          report_rows(api, done), _table(pg_database, table))  # fmt: skip

@@ -19,11 +19,12 @@ import io
 import itertools
 import json
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, TypeVar
 
+T = TypeVar("T")
 READ_CHUNK = 1 << 20
 MAX_JOINED_LINES = 200  # a quoted field may hold this many newlines
 MAX_RECORD_BYTES = 1 << 24
@@ -501,8 +502,8 @@ class Block:
 
 def delimited_blocks(
     path: Path, opts: ReadOptions, bounds: dict[str, Any], columns: list[str],
-    block_bytes: int = BLOCK_BYTES,
-) -> Iterator[Block]:  # fmt: skip
+    block_bytes: int = BLOCK_BYTES, plain: Callable[[bytes, int], T | None] | None = None,
+) -> Iterator[Block | T]:  # fmt: skip
     """The records of one partition of an uncompressed CSV/TSV file, in file order, as
     blocks of columns: exactly the records (same fields, same line numbers, same rejects)
     `read_records` gives, read faster where that can be proven safe.
@@ -513,7 +514,11 @@ def delimited_blocks(
     other chunk, or one Arrow refuses (a wrong number of fields, invalid UTF-8), is read
     by the record walker (`delimited_records`, the rules of the module's docstring):
     the chunk alone when every line of it has balanced quotes (no record can cross its
-    end), else everything from the chunk to the partition's end (a quoted newline may)."""
+    end), else everything from the chunk to the partition's end (a quoted newline may).
+
+    `plain(chunk, first line)`, when given, is offered each chunk of one record per line
+    first (the fields split at the separator, a CRLF's CR not in the last field): what it
+    returns is yielded instead of the chunk's Block; None lets the chunk go the Arrow way."""
     import pyarrow as pa
 
     start, end = int(bounds.get("start") or 0), bounds.get("end")
@@ -546,9 +551,12 @@ def delimited_blocks(
                     _lines(f, offset, stop), line, opts, columns, max(block_bytes // 64, 1000)
                 )
                 return
-            block = None
+            block: Block | T | None = None
             if (not q or q not in chunk) and _one_record_per_line(chunk) and len(opts.sep) == 1:
-                block = _arrow_block(chunk, line, n_lines, opts, width, pa)
+                if plain is not None:
+                    block = plain(chunk, line)
+                if block is None:
+                    block = _arrow_block(chunk, line, n_lines, opts, width, pa)
             if block is None:
                 block = next(
                     _walked_blocks(_chunk_lines(chunk, offset), line, opts, columns, n_lines + 1),

@@ -25,6 +25,7 @@ from exportd import metrics
 from exportd.execution.heartbeat import Heartbeat
 from exportd.execution.imports.columnar import ColumnarChecker, csv_payload, unsupported
 from exportd.execution.imports.files import read_options, source_file
+from exportd.execution.imports.native import Checked, NativeChecker
 from exportd.execution.imports.staged import DATA, KEYS, FileSink, file_sink, files_refused
 from exportd.execution.partition import PartitionRun, part_folder
 from exportd.formats.readers import Block, Record, delimited_blocks, read_records
@@ -157,21 +158,25 @@ def load_partition(run: PartitionRun, hb: Heartbeat) -> None:
     try:
         with source_file(rt, spec) as path, rt.storage.open_write(errors_key) as errors:
             if why_not is None:
-                fast = ColumnarChecker.of(
-                    target, [(t, p) for t, p, _ in checker.positions], checker.constants,
-                    checker.rules,
-                )  # fmt: skip
+                loaded = [(t, p) for t, p, _ in checker.positions]
+                fast = ColumnarChecker.of(target, loaded, checker.constants, checker.rules)
                 load.fast = True
+                opts = read_options(spec)
+                native = None
+                if rt.settings.import_native_check:
+                    key = spec.key if stage is None else []
+                    native = NativeChecker.of(target, loaded, checker.constants, checker.rules,
+                                              list(key), opts.sep, len(task.columns),
+                                              with_line=stage is not None)  # fmt: skip
+                load.native = native is not None
+                blocks = delimited_blocks(path, opts, part.bounds, list(task.columns), plain=native)
                 if stage is None:
                     with file_sink(rt.storage, folder, target, checker.loaded, spec.key) as sink:
-                        blocks = delimited_blocks(
-                            path, read_options(spec), part.bounds, list(task.columns)
-                        )
-                        _check_blocks(run, hb, blocks, fast, checker, sink.good, sink.python,
-                                      errors, load)  # fmt: skip
+                        _check_blocks(run, hb, blocks, fast, checker,
+                                      _Sink(sink.good, sink.text, sink.python), errors, load)  # fmt: skip
                     filed = sink
                 else:
-                    _load_blocks(run, hb, path, fast, checker, table, errors, load)
+                    _load_blocks(run, hb, blocks, fast, checker, table, errors, load)
             else:
                 log.debug("%s: the Python path (%s)", run.where, why_not)
                 _load_records(run, hb, path, target, checker, table, errors, load)
@@ -186,6 +191,7 @@ def load_partition(run: PartitionRun, hb: Heartbeat) -> None:
             "errors": errors_key,
             "items": load.items,
             "fast_path": load.fast,
+            "checked_in_c": load.native,
             "checked_in_python": load.by_python,
         }
         if filed is not None:
@@ -221,6 +227,7 @@ class _Load:
     rejected: int = 0
     items: list[dict[str, Any]] = field(default_factory=list)
     fast: bool = False
+    native: bool = False  # on the fast path: chunks checked in C (`native`)
     by_python: int = 0  # rows the Python checker looked at (on the fast path: the doubtful)
 
     def reject(self, out: BinaryIO, rec: Record, bad: list[dict[str, Any]]) -> None:
@@ -273,33 +280,41 @@ def _load_records(
 
 
 def _load_blocks(
-    run: PartitionRun, hb: Heartbeat, path: Path, fast: ColumnarChecker, checker: Checker,
-    table: sa.Table, errors: BinaryIO, load: _Load,
+    run: PartitionRun, hb: Heartbeat, blocks: Iterator[Block | Checked],
+    fast: ColumnarChecker, checker: Checker, table: sa.Table, errors: BinaryIO, load: _Load,
 ) -> None:  # fmt: skip
-    """The fast path: blocks of columns checked by Arrow (`columnar`), the rows it cannot
-    vouch for checked by `checker` one by one, the good rows COPYed in CSV."""
-    spec, task = run.task.plan.imports, run.task
-    assert spec is not None
+    """The fast path into a staging table: the good rows COPYed in CSV (with their lines),
+    the Python checker's by `Target.load`."""
     target = fast.target
     names = [c.name for c in table.columns]
-    blocks = delimited_blocks(path, read_options(spec), run.part.bounds, list(task.columns))
     with target.csv_copier(table.name, names) as copy:
 
         def good(rows: pa.Table) -> None:
             copy(csv_payload(rows.select(names)))
 
-        _check_blocks(run, hb, blocks, fast, checker, good,
-                      lambda rows: target.load(table, rows), errors, load)  # fmt: skip
+        sink = _Sink(good, lambda c: copy(c.data), lambda rows: target.load(table, rows))
+        _check_blocks(run, hb, blocks, fast, checker, sink, errors, load)
+
+
+@dataclass(frozen=True)
+class _Sink:
+    """Where the fast path's good rows go: Arrow's (a table with `exportd_line`), C's
+    (COPY text, `Checked`), the Python checker's (rows with `exportd_line`)."""
+
+    table: Callable[[pa.Table], None]
+    text: Callable[[Checked], None]
+    python: Callable[[list[dict[str, Any]]], None]
 
 
 def _check_blocks(
-    run: PartitionRun, hb: Heartbeat, blocks: Iterator[Block], fast: ColumnarChecker,
-    checker: Checker, good_rows: Callable[[pa.Table], None],
-    python_rows: Callable[[list[dict[str, Any]]], None], errors: BinaryIO, load: _Load,
+    run: PartitionRun, hb: Heartbeat, blocks: Iterator[Block | Checked], fast: ColumnarChecker,
+    checker: Checker, sink: _Sink, errors: BinaryIO, load: _Load,
 ) -> None:  # fmt: skip
-    """Each block's rows checked; the good ones handed to `good_rows` (an Arrow table,
-    the lines in `exportd_line`) and `python_rows` (what the Python checker accepted)."""
+    """Each block's rows checked; the good ones handed to the sink."""
     for block in blocks:
+        if isinstance(block, Checked):
+            _checked_chunk(run, hb, block, checker, sink, errors, load)
+            continue
         rejects: list[tuple[Record, list[dict[str, Any]]]] = []
         for rec in block.rejected:
             _row, bad = checker.row(rec)
@@ -313,7 +328,7 @@ def _check_blocks(
                 break
             cols = [c.slice(at, n) for c in block.columns]
             good, slow = fast.check(cols, block.lines.slice(at, n))
-            good_rows(good)
+            sink.table(good)
             rows = []
             doubtful = pc.indices_nonzero(slow).to_pylist()
             load.by_python += len(doubtful)
@@ -327,13 +342,41 @@ def _check_blocks(
                     rejects.append((rec, bad))
                 else:
                     rows.append(row)
-            python_rows(rows)
+            sink.python(rows)
             load.loaded += good.num_rows + len(rows)
             _tick(run, hb, load)
         for rec, bad in sorted(rejects, key=lambda r: r[0].line):
             load.reject(errors, rec, bad)
         if not block.rows:
             _tick(run, hb, load)
+
+
+def _checked_chunk(
+    run: PartitionRun, hb: Heartbeat, chunk: Checked, checker: Checker, sink: _Sink,
+    errors: BinaryIO, load: _Load,
+) -> None:  # fmt: skip
+    """A chunk checked in C: its good rows to the sink, its doubtful lines through the
+    Python checker (each split at the separator, as the C check split it)."""
+    sink.text(chunk)
+    rows, rejects = [], []
+    load.by_python += len(chunk.doubtful)
+    for i, start, end in chunk.doubtful:
+        text = chunk.chunk[start:end].decode()
+        rec = Record(chunk.first_line + i, text, None, None, text.split(chunk.sep))
+        row, bad = checker.row(rec)
+        if row is None:
+            rejects.append((rec, bad))
+        else:
+            rows.append(row)
+    sink.python(rows)
+    done = chunk.rows + len(rows)
+    # (with the fault tests' pause: a tick per `batch_size` rows, as on the other paths)
+    step = load.batch if run.rt.settings.debug_pause_import_batch else max(done, 1)
+    for at in range(0, max(done, 1), step):
+        load.loaded += min(step, done - at)
+        _tick(run, hb, load)
+    for rec, bad in rejects:
+        load.reject(errors, rec, bad)
 
 
 def bytes_read(path: Path, bounds: dict[str, Any]) -> int:

@@ -432,6 +432,7 @@ def _manifest(
                 "loaded": r["loaded"],
                 "rejected": r["rejected"],
                 "fast_path": r.get("fast_path", False),
+                "checked_in_c": r.get("checked_in_c", False),
                 "checked_in_python": r.get("checked_in_python"),
                 "staged_as": "file" if r.get("data") else "table",
             }

@@ -36,6 +36,7 @@ import pyarrow.csv as pacsv
 
 from exportd.errors import ExportdError
 from exportd.execution.imports.columnar import csv_payload
+from exportd.execution.imports.native import Checked
 from exportd.model.plan import ImportMode, ImportSpec
 from exportd.sources.targets import LINE_COLUMN, Target
 from exportd.storage import Storage
@@ -119,6 +120,15 @@ class FileSink:
         cols = {k: pc.cast(table[k], t) for k, t in zip(self.key, self.types, strict=True)}
         self.keys.append(pa.table({**cols, LINE_COLUMN: pc.cast(table[LINE_COLUMN], pa.int64())}))
         self.rows += table.num_rows
+
+    def text(self, checked: Checked) -> None:
+        """Rows the C checks accepted (COPY text, their keys and lines)."""
+        if not checked.rows:
+            return
+        self._write(checked.data)
+        keys = dict(zip(self.key, checked.keys, strict=True))
+        self.keys.append(pa.table({**keys, LINE_COLUMN: checked.lines}))
+        self.rows += checked.rows
 
     def python(self, rows: list[dict[str, Any]]) -> None:
         """Rows the Python checker accepted (with `exportd_line`)."""
