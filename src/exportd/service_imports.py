@@ -21,6 +21,7 @@ from exportd.model import Dataset, Task, TaskKind
 from exportd.model.plan import DatasetKind, ExportPlan, ImportMode, ImportSpec, OutputSpec
 from exportd.model.requests import IMPORT_FORMATS, ImportRequest
 from exportd.service import ExportService, NewTask, Principal, _fingerprint
+from exportd.settings import Settings
 from exportd.sources.policy import SourceNotAllowed
 from exportd.sources.targets import Target, ValueRules, full_mapping
 from exportd.storage.keys import check_prefix, output_prefix_for, project_root
@@ -144,7 +145,7 @@ class ImportService:
         source_key, source_path, name, size = self._source(project_id, req, who)
         fmt, compression = self._format(req, name)
         spec = self._spec(req, ds, target, fmt, compression, source_key, source_path, name, size)
-        parallelism = req.parallelism or settings.default_parallelism
+        parallelism = req.parallelism or default_partitions(settings, fmt, compression, size)
         if parallelism > settings.max_parallelism:
             raise BadRequest(
                 f"parallelism may be at most {settings.max_parallelism}", "INVALID_PARALLELISM"
@@ -367,3 +368,14 @@ class _NotifyOnly:
     def __init__(self, req: ImportRequest) -> None:
         object.__setattr__(self, "notify", req.notify)
         object.__setattr__(self, "destination", None)
+
+
+def default_partitions(settings: Settings, fmt: str, compression: str, size: int) -> int:
+    """An import's partitions when the request names none: the server's default, or more
+    for a large file that can be split (one per `import_partition_bytes`, at most the
+    server's maximum), so that a file's first rows are checked, and can be published,
+    soon after it starts."""
+    if not ReadOptions(fmt, compression).splittable:
+        return settings.default_parallelism
+    by_size = -(-size // settings.import_partition_bytes)
+    return max(settings.default_parallelism, min(by_size, settings.max_parallelism))

@@ -168,6 +168,13 @@ class Settings(BaseSettings):
         description="imports on the fast path into PostgreSQL stage their rows as files "
         "(COPYed into the target at the publish), not in staging tables",
     )
+    import_partition_bytes: int = Field(
+        default=8 << 20,
+        ge=1 << 16,
+        description="an import that names no parallelism of a file that can be split "
+        "(uncompressed CSV, TSV, JSON Lines) gets a partition per this many bytes (at least "
+        "default_parallelism, at most max_parallelism)",
+    )
     import_native_check: bool = Field(
         default=True,
         description="on the fast path, a CSV/TSV import's chunks are checked and written "

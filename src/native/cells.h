@@ -28,8 +28,7 @@ typedef struct {
     size_t len, cap;
 } Buf;
 
-static int buf_reserve(Buf *b, size_t more) {
-    if (b->len + more <= b->cap) return 0;
+static int buf_grow(Buf *b, size_t more) {
     size_t cap = b->cap ? b->cap : 1 << 16;
     while (cap < b->len + more) {
         if (cap > ((size_t)1 << 40)) return -1;
@@ -40,6 +39,10 @@ static int buf_reserve(Buf *b, size_t more) {
     b->data = p;
     b->cap = cap;
     return 0;
+}
+
+static inline int buf_reserve(Buf *b, size_t more) {
+    return b->len + more <= b->cap ? 0 : buf_grow(b, more);
 }
 
 static inline int buf_put(Buf *b, const char *s, size_t n) {

@@ -132,6 +132,13 @@ static int int_cell(const char *s, Py_ssize_t n, long long lo, long long hi, lon
     }
     if (j == n) return 0;
     unsigned long long v = 0;
+    if (n - j <= 18) { /* no overflow is possible */
+        for (; j < n; j++) {
+            unsigned d = (unsigned)(unsigned char)s[j] - '0';
+            if (d > 9) return 0;
+            v = v * 10 + d;
+        }
+    }
     for (; j < n; j++) {
         unsigned d = (unsigned)(unsigned char)s[j] - '0';
         if (d > 9) return 0;
@@ -335,7 +342,9 @@ static int timestamp_cell(Buf *out, const char *s, Py_ssize_t n, int aware) {
 
 static int is_null(const Spec *sp, const char *s, Py_ssize_t n) {
     for (Py_ssize_t k = 0; k < sp->nnulls; k++)
-        if (sp->nulls[k].n == n && !memcmp(sp->nulls[k].s, s, (size_t)n)) return 1;
+        if (sp->nulls[k].n == n && (!n || (sp->nulls[k].s[0] == s[0] &&
+                                           !memcmp(sp->nulls[k].s, s, (size_t)n))))
+            return 1;
     return 0;
 }
 
@@ -455,35 +464,22 @@ done:
 
 /* ---- scan: what the readers test of a chunk before they parse it ------------------ */
 
-/* How many bytes of s are c (eight at a time: a zero byte of s ^ c has no bit set). */
-static size_t count_byte(const unsigned char *s, size_t n, unsigned char c) {
-    const uint64_t low7 = 0x7F7F7F7F7F7F7F7FULL, high = 0x8080808080808080ULL;
-    const uint64_t pattern = 0x0101010101010101ULL * c;
-    size_t i = 0, k = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, s + i, 8);
-        uint64_t x = w ^ pattern;
-        uint64_t nonzero = ((x & low7) + low7) | x; /* high bit of each byte: it is not 0 */
-        k += (size_t)__builtin_popcountll(~nonzero & high);
-    }
-    for (; i < n; i++) k += s[i] == c;
-    return k;
-}
-
-/* One record per line (the test `check` and Arrow's quote-less parse need): no blank
- * line (nothing or a lone CR between two line ends, or at the start) and every CR right
- * before an LF. */
-static int one_record_per_line(const unsigned char *s, size_t n) {
-    if (!n) return 1;
-    if (s[0] == '\n' || (n >= 2 && s[0] == '\r' && s[1] == '\n')) return 0;
-    if (memmem(s, n, "\n\n", 2)) return 0;
+/* The LFs of s, and whether s has one record per line (the test `check` and Arrow's
+ * quote-less parse need): no blank line (nothing or a lone CR between two line ends, or
+ * at the start) and every CR right before an LF. One memchr per line, one for the CRs. */
+static size_t lines_of(const unsigned char *s, size_t n, int *one_per_line) {
     const unsigned char *p = s, *end = s + n;
-    while ((p = memchr(p, '\r', (size_t)(end - p)))) {
-        if (p + 1 >= end || p[1] != '\n' || (p > s && p[-1] == '\n')) return 0;
-        p += 2;
+    size_t k = 0;
+    int ok = !(n && (s[0] == '\n' || (n >= 2 && s[0] == '\r' && s[1] == '\n')));
+    while ((p = memchr(p, '\n', (size_t)(end - p)))) {
+        k++;
+        p++;
+        if (p < end && (*p == '\n' || (*p == '\r' && p + 1 < end && p[1] == '\n'))) ok = 0;
     }
-    return 1;
+    for (p = s; ok && (p = memchr(p, '\r', (size_t)(end - p))); p += 2)
+        if (p + 1 >= end || p[1] != '\n') ok = 0;
+    *one_per_line = ok;
+    return k;
 }
 
 static PyObject *scan(PyObject *self, PyObject *args) {
@@ -494,9 +490,10 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     const unsigned char *s = chunk.buf;
     size_t n = (size_t)chunk.len;
-    lines = count_byte(s, n, '\n');
-    plain = (!quote.len || !memmem(s, n, quote.buf, (size_t)quote.len)) &&
-            one_record_per_line(s, n);
+    const void *q = quote.len == 1 ? memchr(s, *(const char *)quote.buf, n)
+                    : quote.len ? memmem(s, n, quote.buf, (size_t)quote.len) : NULL;
+    lines = lines_of(s, n, &plain);
+    plain = plain && !q;
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&chunk);
     PyBuffer_Release(&quote);

@@ -9,6 +9,7 @@ constants and the staging tables' line column."""
 
 from __future__ import annotations
 
+import random
 import struct
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from exportd.execution.imports.native import NativeChecker
+from exportd.formats.readers import _one_record_per_line
 from exportd.sources.targets import Target, ValueRules
 
 pytest.importorskip("exportd.fastpaths._importcsv")
@@ -79,7 +81,7 @@ CASES: dict[str, tuple[str, list[str], list[str], list[str]]] = {
                     ["2013-02-29T10:00:00", "2013-01-01T10:00:60"]),
     "varchar3": ("varchar(3)", TEXTS, ["abc", "", "\u00e9\u20ac\U0001d11e", 'a"b', "a,b", "\\."],
                  ["abcd", "\u00e9\u20ac\U0001d11ex"]),
-    "text": ("text", TEXTS, TEXTS[:-2] + [" x "], []),
+    "text": ("text", TEXTS, [*TEXTS[:-2], " x "], []),
 }  # fmt: skip
 RULES = ValueRules(null_values=frozenset({"NA"}), date_format=None, datetime_format=None,
                    timezone="UTC", decimal_separator=".")  # fmt: skip
@@ -153,7 +155,9 @@ def test_the_chunk_lines_keys_constants_and_refusals(
     got = _check(target, "id", chunk, **kw)
     assert got.rows == 3 and got.lines.to_pylist() == [7, 9, 10]
     assert [k.to_pylist() for k in got.keys] == [[1, 3, 4], ["a", "", "d\u00e9"]]
-    assert got.data == b'1,a,10,"the ""file"""\n3,"",30,"the ""file"""\n4,d\xc3\xa9,,"the ""file"""\n'
+    assert (
+        got.data == b'1,a,10,"the ""file"""\n3,"",30,"the ""file"""\n4,d\xc3\xa9,,"the ""file"""\n'
+    )
     assert [(i, chunk[s:e]) for i, s, e in got.doubtful] == [(1, b"2,b,x")]
     # the staging tables' COPY: the line number last
     staged = _check(target, "id", b"5,e,50\n", **{**kw, "key": [], "with_line": True})
@@ -189,3 +193,23 @@ def test_the_c_check_is_not_offered_what_it_cannot_take(
     assert of([("at", -1), ("id", 0)]) is not None  # a nullable column without a field
     assert of([("r", 0)], decimal_separator=",") is not None
     assert of([("r", 0)], decimal_separator="\u066b") is None  # not one ASCII byte
+
+
+def test_the_c_scan_says_what_the_readers_bytes_methods_say() -> None:
+    """`_importcsv.scan` (LF count; no quote and one record per line) against the Python
+    test it replaces, on every short chunk of LF, CR, a quote and text, and random ones."""
+    from exportd.fastpaths._importcsv import scan
+
+    rnd = random.Random(7)
+    alphabet = [b"a", b"\n", b"\r", b'"', b","]
+    chunks = [
+        b"".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 12))) for _ in range(20000)
+    ]
+    chunks += [b"", b"\n", b"\r\n", b"a\n\r\nb", b"a\r\r\n", b"a\r", b"x" * 100 + b"\n\n"]
+    for chunk in chunks:
+        for quote in (b'"', b""):
+            want = (
+                chunk.count(b"\n"),
+                (not quote or quote not in chunk) and _one_record_per_line(chunk),
+            )
+            assert scan(chunk, quote) == want, (chunk, quote)

@@ -63,6 +63,26 @@ def test_csv_import_reads_back_equal(target_url: str, live_server: Any) -> None:
     assert table_rows(target_url) == Counter(data)
 
 
+def test_a_large_file_without_parallelism_gets_a_partition_per_import_partition_bytes(
+    pg_target_url: str, live_server: Any
+) -> None:
+    server: LiveServer = live_server(workers=2, import_partition_bytes=1 << 16)
+    api = setup(server, pg_target_url)
+    data = rows(N)
+    text = csv_text(data).encode()
+    up = upload(api, "flights.csv", text)
+    task = start_import(api, dataset_id="flights", upload_id=up["upload_id"], null_values=[NULL])
+    done = api.wait("acme", task["task_id"], timeout=120)
+    assert done["status"] == "COMPLETED" and done["finished_count"] == N, done
+    want = -(-len(text) // (1 << 16))
+    assert want > 4 and len(done["partitions"]) == want  # more than the default 4
+    assert table_rows(pg_target_url) == Counter(data)
+    # named, the parallelism is the request's
+    task = start_import(api, dataset_id="flights", upload_id=up["upload_id"],
+                        null_values=[NULL], parallelism=2, mode="replace")  # fmt: skip
+    assert len(api.wait("acme", task["task_id"], timeout=120)["partitions"]) == 2
+
+
 def test_jsonl_and_parquet_into_postgresql(
     pg_target_url: str, live_server: Any, tmp_path: Path
 ) -> None:

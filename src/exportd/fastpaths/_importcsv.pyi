@@ -7,7 +7,17 @@ from typing import Any
 Column = tuple[int, str, bool, int, int]
 
 def check(
-    chunk: bytes, first_line: int, sep: str, dec: str, width: int, columns: list[Column],
-    nulls: list[bytes], bools: tuple[list[bytes], list[bytes]], suffix: bytes,
-    keys: list[int], with_line: bool, /,
+    chunk: bytes,
+    first_line: int,
+    sep: str,
+    dec: str,
+    width: int,
+    columns: list[Column],
+    nulls: list[bytes],
+    bools: tuple[list[bytes], list[bytes]],
+    suffix: bytes,
+    keys: list[int],
+    with_line: bool,
+    /,
 ) -> tuple[bytes, int, bytes, list[Any], list[tuple[int, int, int]]] | None: ...
+def scan(chunk: bytes, quote: bytes, /) -> tuple[int, bool]: ...

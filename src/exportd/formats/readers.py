@@ -14,6 +14,7 @@ partition (a compressed stream cannot be entered in the middle)."""
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import io
 import itertools
@@ -292,10 +293,11 @@ def _plan_chunks(
             rest = chunk
             continue
         chunk, rest = chunk[:cut], chunk[cut:]
-        n_lines = chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
-        if q and q in chunk and any(ln.count(q) % 2 for ln in chunk.split(b"\n")):
+        newlines, plain = _scan(chunk, q)
+        n_lines = newlines + (0 if chunk.endswith(b"\n") else 1)
+        if not plain and _quotes_unbalanced(chunk, q):
             return pos, line, records
-        if (not q or q not in chunk) and _one_record_per_line(chunk):
+        if plain:
             while len(cuts) < parts:
                 at = cuts[-1]["start"] + step - pos  # the first line start at or after it
                 if at >= len(chunk):
@@ -543,16 +545,17 @@ def delimited_blocks(
                 rest = chunk
                 continue
             chunk, rest = chunk[:cut], chunk[cut:]
-            n_lines = chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
+            newlines, plain_chunk = _scan(chunk, q)
+            n_lines = newlines + (0 if chunk.endswith(b"\n") else 1)
             offset = pos - len(rest) - len(chunk)
-            if q and q in chunk and any(ln.count(q) % 2 for ln in chunk.split(b"\n")):
+            if not plain_chunk and _quotes_unbalanced(chunk, q):
                 f.seek(offset)  # a record may cross the chunk's end: walk to the end
                 yield from _walked_blocks(
                     _lines(f, offset, stop), line, opts, columns, max(block_bytes // 64, 1000)
                 )
                 return
             block: Block | T | None = None
-            if (not q or q not in chunk) and _one_record_per_line(chunk) and len(opts.sep) == 1:
+            if plain_chunk and len(opts.sep) == 1:
                 if plain is not None:
                     block = plain(chunk, line)
                 if block is None:
@@ -567,6 +570,29 @@ def delimited_blocks(
             line += n_lines
             if last:
                 return
+
+
+def _scan(chunk: bytes, q: bytes) -> tuple[int, bool]:
+    """(the chunk's LF count, whether it holds no quote and one record per line): in C
+    where the module was built (`_importcsv.scan`, one pass), else by bytes' methods."""
+    native = _native_scan()
+    if native is not None:
+        return native(chunk, q)
+    return chunk.count(b"\n"), (not q or q not in chunk) and _one_record_per_line(chunk)
+
+
+@functools.cache
+def _native_scan() -> Callable[[bytes, bytes], tuple[int, bool]] | None:
+    try:
+        from exportd.fastpaths._importcsv import scan
+    except ImportError:
+        return None
+    return scan
+
+
+def _quotes_unbalanced(chunk: bytes, q: bytes) -> bool:
+    """A line of the chunk holds an odd number of quotes: a record may cross its end."""
+    return bool(q) and q in chunk and any(ln.count(q) % 2 for ln in chunk.split(b"\n"))
 
 
 def _one_record_per_line(chunk: bytes) -> bool:

@@ -35,7 +35,7 @@ from exportd.sources.targets import CopyRejected, PublishTx, Target
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.1  # how often the stream looks for the next committed partition
+POLL_SECONDS = 0.05  # how often the stream looks for the next committed partition
 
 
 @dataclass
