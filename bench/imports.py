@@ -307,7 +307,8 @@ def main() -> None:
     ap.add_argument(
         "--tools",
         default="exportd,psql,duckdb",
-        help="also: exportd-python (fast paths off), exportd-tables (staging tables)",
+        help="also: exportd-python (fast paths off), exportd-tables (staging tables), "
+        "exportd-arrow (checks by pyarrow.compute, not in C)",
     )
     ap.add_argument(
         "--parallelism", type=int, help="the import's partitions (default: the server's)"
@@ -330,6 +331,10 @@ def main() -> None:
         # the fast path with staging tables (before rows were staged as files)
         "exportd-tables": lambda: exportd_import(
             url, path, args.work, {"EXPORTD_IMPORT_STAGED_FILES": "false"}, args.parallelism
+        )[0],
+        # the fast path checking with pyarrow.compute (before the one pass in C)
+        "exportd-arrow": lambda: exportd_import(
+            url, path, args.work, {"EXPORTD_IMPORT_NATIVE_CHECK": "false"}, args.parallelism
         )[0],
         "psql": lambda: psql_copy(url, path),
         "duckdb": lambda: duckdb_insert(url, path),
