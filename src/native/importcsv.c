@@ -71,44 +71,6 @@ typedef struct {
     Py_ssize_t good;
 } Result;
 
-/* ---- UTF-8 (as Python's strict decoder: no overlongs, surrogates or > U+10FFFF) ---- */
-
-static int utf8_ok(const unsigned char *s, size_t n) {
-    size_t i = 0;
-    while (i < n) {
-        if (i + 8 <= n) {
-            uint64_t w;
-            memcpy(&w, s + i, 8);
-            if (!(w & 0x8080808080808080ULL)) {
-                i += 8;
-                continue;
-            }
-        }
-        unsigned c = s[i];
-        if (c < 0x80) {
-            i++;
-        } else if (c >= 0xC2 && c <= 0xDF) {
-            if (i + 1 >= n || (s[i + 1] & 0xC0) != 0x80) return 0;
-            i += 2;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            if (i + 2 >= n || (s[i + 1] & 0xC0) != 0x80 || (s[i + 2] & 0xC0) != 0x80) return 0;
-            if (c == 0xE0 && s[i + 1] < 0xA0) return 0;  /* overlong */
-            if (c == 0xED && s[i + 1] >= 0xA0) return 0; /* surrogate */
-            i += 3;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            if (i + 3 >= n || (s[i + 1] & 0xC0) != 0x80 || (s[i + 2] & 0xC0) != 0x80 ||
-                (s[i + 3] & 0xC0) != 0x80)
-                return 0;
-            if (c == 0xF0 && s[i + 1] < 0x90) return 0; /* overlong */
-            if (c == 0xF4 && s[i + 1] >= 0x90) return 0; /* > U+10FFFF */
-            i += 4;
-        } else {
-            return 0;
-        }
-    }
-    return 1;
-}
-
 /* ---- the values: 1 good (written to out), 0 doubtful, -1 no memory ---------------- */
 
 static inline int is_digit(char c) { return c >= '0' && c <= '9'; }
@@ -355,7 +317,7 @@ static int put_i32(Buf *b, int32_t v) { return buf_put(b, (const char *)&v, 4); 
 /* 0 done, 1 refused (bad UTF-8, a wrong number of fields), -1 no memory */
 static int run(const Spec *sp, Result *r, PyThreadState **ts) {
     const char *p = sp->chunk, *end = sp->chunk + sp->len;
-    if (!utf8_ok((const unsigned char *)p, (size_t)sp->len)) return 1;
+    if (!valid_utf8((const unsigned char *)p, (size_t)sp->len)) return 1;
     const char **fs = malloc(sizeof(char *) * (size_t)sp->width);
     Py_ssize_t *fl = malloc(sizeof(Py_ssize_t) * (size_t)sp->width);
     long long *kv = malloc(sizeof(long long) * (size_t)(sp->nkeys ? sp->nkeys : 1));
@@ -418,8 +380,8 @@ static int run(const Spec *sp, Result *r, PyThreadState **ts) {
             }
             if (g < 0) goto done;
             good = g;
-            for (Py_ssize_t q = 0; q < sp->nkeys; q++)
-                if (sp->keys[q] == c) kv[q] = col->kind == 'i' ? v : (long long)c;
+            for (Py_ssize_t q = 0; q < sp->nkeys; q++) /* (a text key is read from its field) */
+                if (sp->keys[q] == c) kv[q] = v;
         }
         /* a NULL key is left to the Python checker (its key file takes it) */
         for (Py_ssize_t q = 0; q < sp->nkeys && good; q++) {

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -329,19 +329,14 @@ def _check_blocks(
             cols = [c.slice(at, n) for c in block.columns]
             good, slow = fast.check(cols, block.lines.slice(at, n))
             sink.table(good)
-            rows = []
             doubtful = pc.indices_nonzero(slow).to_pylist()
             load.by_python += len(doubtful)
-            for i in doubtful:
-                fields = [c[i].as_py() for c in cols]
-                rec = Record(
-                    int(block.lines[at + i].as_py()), block.raw(at + i), None, None, fields
-                )
-                row, bad = checker.row(rec)
-                if row is None:
-                    rejects.append((rec, bad))
-                else:
-                    rows.append(row)
+            records = (
+                Record(int(block.lines[at + i].as_py()), block.raw(at + i), None, None,
+                       [c[i].as_py() for c in cols])
+                for i in doubtful
+            )  # fmt: skip
+            rows = _python_rows(checker, records, rejects)
             sink.python(rows)
             load.loaded += good.num_rows + len(rows)
             _tick(run, hb, load)
@@ -351,6 +346,21 @@ def _check_blocks(
             _tick(run, hb, load)
 
 
+def _python_rows(
+    checker: Checker, records: Iterable[Record],
+    rejects: list[tuple[Record, list[dict[str, Any]]]],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The rows the Python checker accepts of `records`; the others go to `rejects`."""
+    rows = []
+    for rec in records:
+        row, bad = checker.row(rec)
+        if row is None:
+            rejects.append((rec, bad))
+        else:
+            rows.append(row)
+    return rows
+
+
 def _checked_chunk(
     run: PartitionRun, hb: Heartbeat, chunk: Checked, checker: Checker, sink: _Sink,
     errors: BinaryIO, load: _Load,
@@ -358,16 +368,11 @@ def _checked_chunk(
     """A chunk checked in C: its good rows to the sink, its doubtful lines through the
     Python checker (each split at the separator, as the C check split it)."""
     sink.text(chunk)
-    rows, rejects = [], []
+    rejects: list[tuple[Record, list[dict[str, Any]]]] = []
     load.by_python += len(chunk.doubtful)
-    for i, start, end in chunk.doubtful:
-        text = chunk.chunk[start:end].decode()
-        rec = Record(chunk.first_line + i, text, None, None, text.split(chunk.sep))
-        row, bad = checker.row(rec)
-        if row is None:
-            rejects.append((rec, bad))
-        else:
-            rows.append(row)
+    texts = ((i, chunk.chunk[start:end].decode()) for i, start, end in chunk.doubtful)
+    records = (Record(chunk.first_line + i, t, None, None, t.split(chunk.sep)) for i, t in texts)
+    rows = _python_rows(checker, records, rejects)
     sink.python(rows)
     done = chunk.rows + len(rows)
     # (with the fault tests' pause: a tick per `batch_size` rows, as on the other paths)

@@ -122,10 +122,8 @@ class NativeChecker:
         names = [n for n, _ in loaded]
         keys, types = [], []
         for k in key:
-            if k not in names or loaded[names.index(k)][1] < 0:
-                return None
-            i = names.index(k)
-            if columns[i][1] not in "is":
+            i = names.index(k) if k in names else -1
+            if i < 0 or loaded[i][1] < 0 or columns[i][1] not in "is":
                 return None
             keys.append(i)
             types.append(pa.int64() if columns[i][1] == "i" else pa.string())
