@@ -206,12 +206,20 @@ def test_plain_chunks_are_read_by_arrow(tmp_path: Path) -> None:
     assert last.lines.to_pylist()[-1] == 1002 and last.columns[0].to_pylist()[-1] == "q\n\tr"
 
 
-def _walker_plan(path: Path, opts: ReadOptions, parts: int) -> tuple[list[tuple[int, int]], int]:
-    """The split as the record walker alone makes it (planning's rule: a cut at the first
-    record at least a step past the previous cut)."""
+def _walker_plan(
+    path: Path, opts: ReadOptions, parts: int, sizes: list[int] | None = None
+) -> tuple[list[tuple[int, int]], int]:
+    """The split as the record walker alone makes it (planning's rule: the k-th cut at the
+    first record at or after k steps from the first record; with `sizes`, the first
+    ranges of those sizes and the steps after them even)."""
     text = path.read_bytes()
     start = text.index(b"\n") + 1
-    step = max((len(text) - start) // parts, 1)
+    goals = [start]
+    for size in sizes or []:
+        goals.append(goals[-1] + size)
+    step = max((len(text) - goals[-1]) // (parts - len(goals) + 1), 1)
+    while len(goals) < parts:
+        goals.append(goals[-1] + step)
     cuts, records, pos = [(start, 2)], 0, start
     lines = []
     for ln in text[start:].split(b"\n"):
@@ -220,7 +228,7 @@ def _walker_plan(path: Path, opts: ReadOptions, parts: int) -> tuple[list[tuple[
     if lines and lines[-1][1] == b"\n":
         lines.pop()
     for offset, line_no, _t, _f in delimited_records(lines, 2, opts, 3):
-        if offset >= cuts[-1][0] + step and len(cuts) < parts:
+        if len(cuts) < parts and offset >= goals[len(cuts)]:
             cuts.append((offset, line_no))
         records += 1
     return cuts, records
@@ -237,3 +245,50 @@ def test_chunked_planning_cuts_where_the_walker_cuts(tmp_path: Path, seed: int) 
             plan = plan_file(path, opts, parts, block_bytes)
             got = [(r["start"], r["first_line"]) for r in plan.ranges]
             assert (got, plan.records) == want, (seed, parts, block_bytes)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_planning_with_first_bytes_ramps_up_to_even_ranges(tmp_path: Path, seed: int) -> None:
+    """`first_bytes`: ranges of about 1x, 2x, 4x it while that is at most half the even
+    size of the rest, then even; cut where the walker cuts, every record once."""
+    path = tmp_path / "f.csv"
+    tricky_file(path, 3000, seed)
+    opts = ReadOptions("csv")
+    body = path.stat().st_size - path.read_bytes().index(b"\n") - 1
+    first = body // 128  # 1, 2, 4 (8 > half of (121 - 8) / 8): the rest in 9 even ranges
+    want = _walker_plan(path, opts, 12, [first, 2 * first, 4 * first])
+    for block_bytes in (64, 1001, 1 << 22):
+        plan = plan_file(path, opts, 12, block_bytes, first_bytes=first)
+        got = [(r["start"], r["first_line"]) for r in plan.ranges]
+        assert (got, plan.records) == want, (seed, block_bytes)
+    sizes = [(r["end"] or path.stat().st_size) - r["start"] for r in plan.ranges]
+    assert sizes[0] < sizes[1] < sizes[2] < sizes[3] and max(sizes[3:]) < 2 * min(sizes[3:])
+    rows = [r.fields for b in plan.ranges for r in read_records(path, opts, b, plan.columns)]
+    assert rows == [
+        r.fields for r in read_records(path, opts, plan.ranges[0] | {"end": None}, plan.columns)
+    ]
+    # few ranges: no ramp (1 and 2 are not at most half the even size of what is left)
+    two = plan_file(path, opts, 2, first_bytes=first)
+    assert [(r["start"], r["first_line"]) for r in two.ranges] == _walker_plan(path, opts, 2)[0]
+
+
+def test_line_chunks_end_at_newlines_and_cover_the_bytes_once(tmp_path: Path) -> None:
+    """The reader's chunks: views of one buffer, each ending at a newline (a line longer
+    than a block grows the buffer), together exactly the bytes from start to stop."""
+    from exportd.formats.readers import line_chunks
+
+    rnd = random.Random(7)
+    lines = [b"x" * rnd.choice([0, 1, 5, 40, 300]) + b"\n" for _ in range(400)]
+    data = b"".join(lines) + b"tail without newline"
+    path = tmp_path / "f.txt"
+    path.write_bytes(data)
+    for start, stop in ((0, None), (0, len(data)), (len(lines[0]), 5000), (3, 3)):
+        for block in (1, 7, 64, 1 << 20):
+            with path.open("rb") as f:
+                f.seek(start)
+                got = []
+                for offset, chunk, last in line_chunks(f, start, stop, block):
+                    assert offset == start + sum(len(c) for c in got)
+                    assert last or chunk[-1:] == b"\n"
+                    got.append(bytes(chunk))
+            assert b"".join(got) == data[start:stop], (start, stop, block)

@@ -7,7 +7,7 @@ from typing import Any
 Column = tuple[int, str, bool, int, int]
 
 def check(
-    chunk: bytes,
+    chunk: bytes | memoryview,
     first_line: int,
     sep: str,
     dec: str,
@@ -20,4 +20,4 @@ def check(
     with_line: bool,
     /,
 ) -> tuple[bytes, int, bytes, list[Any], list[tuple[int, int, int]]] | None: ...
-def scan(chunk: bytes, quote: bytes, /) -> tuple[int, bool]: ...
+def scan(chunk: bytes | memoryview, quote: bytes, /) -> tuple[int, bool]: ...

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO, TypeVar
+from typing import IO, Any, BinaryIO, TypeVar, cast
 
 T = TypeVar("T")
 READ_CHUNK = 1 << 20
@@ -232,10 +232,14 @@ def _header(path: Path, opts: ReadOptions) -> tuple[list[str], int, int]:
 
 
 def plan_file(
-    path: Path, opts: ReadOptions, parts: int, block_bytes: int | None = None
-) -> FilePlan:
+    path: Path, opts: ReadOptions, parts: int, block_bytes: int | None = None,
+    first_bytes: int | None = None,
+) -> FilePlan:  # fmt: skip
     """Split a file into at most `parts` ranges that start on record boundaries, and
-    count its records (stage 10)."""
+    count its records (stage 10). The ranges are of even size; with `first_bytes`, the
+    first ones grow from that size to the even size of the rest (`_cut_goals`): a streamed
+    publish's first COPY starts once the first range is loaded, and each next range is
+    loaded while the ones before it are COPYed."""
     if opts.format == "parquet":
         return _plan_parquet(path, parts)
     columns, start, first_line = _header(path, opts)
@@ -245,7 +249,7 @@ def plan_file(
         )
         return FilePlan([{"start": start, "end": None, "first_line": first_line}], columns, n)
     size = path.stat().st_size
-    step = max((size - start) // max(parts, 1), 1)
+    goal = _cut_goals(start, size, parts, first_bytes)
     cuts: list[dict[str, Any]] = [{"start": start, "first_line": first_line}]
     records = 0
     with path.open("rb") as f:
@@ -255,14 +259,14 @@ def plan_file(
         line = first_line
         if opts.delimited and len(opts.sep) == 1:
             pos, line, records = _plan_chunks(
-                f, start, first_line, opts, width, cuts, step, parts, block_bytes or BLOCK_BYTES
+                f, start, first_line, opts, width, cuts, goal, parts, block_bytes or BLOCK_BYTES
             )
         if pos is not None:  # from a chunk a record may cross: the walker to the end
             f.seek(pos)
             for offset, line_no, _text, _fields in _records_of(
                 _lines(f, pos, None), line, opts, width
             ):
-                if offset >= cuts[-1]["start"] + step and len(cuts) < parts:
+                if offset >= goal(len(cuts)) and len(cuts) < parts:
                     cuts.append({"start": offset, "first_line": line_no})
                 records += 1
     for a, b in itertools.pairwise(cuts):
@@ -271,55 +275,93 @@ def plan_file(
     return FilePlan(cuts, columns, records)
 
 
+def _cut_goals(start: int, size: int, parts: int, first: int | None) -> Callable[[int], int]:
+    """Where the k-th range (k >= 1) should start (its cut: the first record start at or
+    after it): even ranges; with `first`, a ramp before them of `first`, twice that, and
+    so on while a ramp range is at most half the even size of what is left."""
+    parts = max(parts, 1)
+    left = size - start
+    starts = [start]
+    grow = first or 0
+    while grow and len(starts) < parts - 1 and 2 * grow <= (left - grow) // (parts - len(starts)):
+        starts.append(starts[-1] + grow)
+        left -= grow
+        grow *= 2
+    ramp = len(starts) - 1
+    step = max(left // (parts - ramp), 1)
+    return lambda k: starts[k] if k <= ramp else starts[ramp] + (k - ramp) * step
+
+
 def _plan_chunks(
-    f: BinaryIO, start: int, line: int, opts: ReadOptions, width: int | None,
-    cuts: list[dict[str, Any]], step: int, parts: int, block_bytes: int,
+    f: io.BufferedIOBase, start: int, line: int, opts: ReadOptions, width: int | None,
+    cuts: list[dict[str, Any]], goal: Callable[[int], int], parts: int, block_bytes: int,
 ) -> tuple[int | None, int, int]:  # fmt: skip
     """Planning's walk in chunks (the rules of `delimited_blocks`): a chunk of one record
-    per line is counted and cut by its newlines, one whose lines all balance their quotes
-    by the walker on it alone; at a chunk where a record may cross the chunk's end, stop:
-    (where the walker must go on, or None at the end; its line number; records so far)."""
+    per line is counted and cut by its newlines (the k-th cut at the first line start at
+    or after `goal(k)`), one whose lines all balance their quotes by the walker on it
+    alone; at a chunk where a record may cross the chunk's end, stop: (where the walker
+    must go on, or None at the end; its line number; records so far)."""
     q = opts.quote.encode()
     records = 0
-    pos = start
-    rest = b""
-    while True:
-        data = f.read(block_bytes)
-        chunk = rest + data
-        if not chunk:
-            return None, line, records
-        cut = len(chunk) if not data else chunk.rfind(b"\n") + 1
-        if cut == 0:
-            rest = chunk
-            continue
-        chunk, rest = chunk[:cut], chunk[cut:]
+    for pos, chunk, _last in line_chunks(f, start, None, block_bytes):
         newlines, plain = _scan(chunk, q)
-        n_lines = newlines + (0 if chunk.endswith(b"\n") else 1)
-        if not plain and _quotes_unbalanced(chunk, q):
+        n_lines = newlines + (0 if chunk[-1] == 0x0A else 1)
+        if not plain and _quotes_unbalanced(bytes(chunk), q):
             return pos, line, records
         if plain:
+            buf, size = cast(bytearray, chunk.obj), len(chunk)  # (a view of its start)
             while len(cuts) < parts:
-                at = cuts[-1]["start"] + step - pos  # the first line start at or after it
-                if at >= len(chunk):
+                at = goal(len(cuts)) - pos  # the first line start at or after it
+                if at >= size:
                     break
-                begin = 0 if at <= 0 else chunk.find(b"\n", at - 1) + 1
-                if (begin <= 0 and at > 0) or begin >= len(chunk):
+                begin = 0 if at <= 0 else buf.find(b"\n", at - 1, size) + 1
+                if (begin <= 0 and at > 0) or begin >= size:
                     break
-                cuts.append(
-                    {"start": pos + begin, "first_line": line + chunk.count(b"\n", 0, begin)}
-                )
+                cuts.append({"start": pos + begin, "first_line": line + buf.count(b"\n", 0, begin)})
             records += n_lines
         else:
             for offset, line_no, _t, _f in delimited_records(
-                _chunk_lines(chunk, pos), line, opts, width
+                _chunk_lines(bytes(chunk), pos), line, opts, width
             ):
-                if offset >= cuts[-1]["start"] + step and len(cuts) < parts:
+                if offset >= goal(len(cuts)) and len(cuts) < parts:
                     cuts.append({"start": offset, "first_line": line_no})
                 records += 1
-        pos += len(chunk)
         line += n_lines
-        if not data:
-            return None, line, records
+    return None, line, records
+
+
+def line_chunks(
+    f: io.BufferedIOBase, start: int, stop: int | None, block_bytes: int
+) -> Iterator[tuple[int, memoryview, bool]]:
+    """The bytes of `f` from `start` (its position) to `stop` (None: the end) in chunks
+    of about `block_bytes` that end at a newline (the last one: where the bytes end), as
+    (offset, chunk, last). The chunks are views of one buffer refilled in place (no copy
+    nor fresh pages per chunk): each is valid until the next one is asked for."""
+    buf = bytearray(block_bytes)
+    offset = read_to = start  # the file offsets of buf[0] and of the next read
+    have = 0  # the bytes in buf of a line not ended yet
+    while True:
+        want = block_bytes if stop is None else max(min(block_bytes, stop - read_to), 0)
+        if have + want > len(buf):  # a line longer than a block: a larger buffer
+            grown = bytearray(have + want)  # (not resized: a view of it may still live)
+            grown[:have] = memoryview(buf)[:have]
+            buf = grown
+        n = f.readinto(memoryview(buf)[have : have + want]) if want else 0
+        read_to += n
+        end = have + n
+        if not end:
+            return
+        last = not n
+        cut = end if last else buf.rfind(b"\n", 0, end) + 1
+        if not cut:  # no newline yet: read on
+            have = end
+            continue
+        yield offset, memoryview(buf)[:cut], last
+        if last:
+            return
+        have = end - cut
+        buf[:have] = memoryview(buf)[cut:end]  # (same size: no resize)
+        offset += cut
 
 
 def _records_of(
@@ -504,7 +546,7 @@ class Block:
 
 def delimited_blocks(
     path: Path, opts: ReadOptions, bounds: dict[str, Any], columns: list[str],
-    block_bytes: int = BLOCK_BYTES, plain: Callable[[bytes, int], T | None] | None = None,
+    block_bytes: int = BLOCK_BYTES, plain: Callable[[memoryview, int], T | None] | None = None,
 ) -> Iterator[Block | T]:  # fmt: skip
     """The records of one partition of an uncompressed CSV/TSV file, in file order, as
     blocks of columns: exactly the records (same fields, same line numbers, same rejects)
@@ -520,7 +562,9 @@ def delimited_blocks(
 
     `plain(chunk, first line)`, when given, is offered each chunk of one record per line
     first (the fields split at the separator, a CRLF's CR not in the last field): what it
-    returns is yielded instead of the chunk's Block; None lets the chunk go the Arrow way."""
+    returns is yielded instead of the chunk's Block; None lets the chunk go the Arrow way.
+    The chunk is a view of the reader's buffer, valid until the next block is asked for:
+    what is yielded must not keep it beyond."""
     import pyarrow as pa
 
     start, end = int(bounds.get("start") or 0), bounds.get("end")
@@ -530,25 +574,10 @@ def delimited_blocks(
     width = len(columns)
     with path.open("rb") as f:
         f.seek(start)
-        pos = start
-        rest = b""
-        while True:
-            want = block_bytes if stop is None else min(block_bytes, stop - pos)
-            data = f.read(want) if want > 0 else b""
-            pos += len(data)
-            chunk = rest + data
-            if not chunk:
-                return
-            last = not data
-            cut = len(chunk) if last else chunk.rfind(b"\n") + 1
-            if cut == 0:  # no newline yet in a huge line: read on
-                rest = chunk
-                continue
-            chunk, rest = chunk[:cut], chunk[cut:]
+        for offset, chunk, last in line_chunks(f, start, stop, block_bytes):
             newlines, plain_chunk = _scan(chunk, q)
-            n_lines = newlines + (0 if chunk.endswith(b"\n") else 1)
-            offset = pos - len(rest) - len(chunk)
-            if not plain_chunk and _quotes_unbalanced(chunk, q):
+            n_lines = newlines + (0 if chunk[-1] == 0x0A else 1)
+            if not plain_chunk and _quotes_unbalanced(bytes(chunk), q):
                 f.seek(offset)  # a record may cross the chunk's end: walk to the end
                 yield from _walked_blocks(
                     _lines(f, offset, stop), line, opts, columns, max(block_bytes // 64, 1000)
@@ -559,10 +588,12 @@ def delimited_blocks(
                 if plain is not None:
                     block = plain(chunk, line)
                 if block is None:
-                    block = _arrow_block(chunk, line, n_lines, opts, width, pa)
+                    block = _arrow_block(bytes(chunk), line, n_lines, opts, width, pa)
             if block is None:
                 block = next(
-                    _walked_blocks(_chunk_lines(chunk, offset), line, opts, columns, n_lines + 1),
+                    _walked_blocks(
+                        _chunk_lines(bytes(chunk), offset), line, opts, columns, n_lines + 1
+                    ),
                     None,
                 )
             if block is not None:
@@ -572,17 +603,18 @@ def delimited_blocks(
                 return
 
 
-def _scan(chunk: bytes, q: bytes) -> tuple[int, bool]:
+def _scan(chunk: bytes | memoryview, q: bytes) -> tuple[int, bool]:
     """(the chunk's LF count, whether it holds no quote and one record per line): in C
     where the module was built (`_importcsv.scan`, one pass), else by bytes' methods."""
     native = _native_scan()
     if native is not None:
         return native(chunk, q)
+    chunk = bytes(chunk)
     return chunk.count(b"\n"), (not q or q not in chunk) and _one_record_per_line(chunk)
 
 
 @functools.cache
-def _native_scan() -> Callable[[bytes, bytes], tuple[int, bool]] | None:
+def _native_scan() -> Callable[[bytes | memoryview, bytes], tuple[int, bool]] | None:
     try:
         from exportd.fastpaths._importcsv import scan
     except ImportError:

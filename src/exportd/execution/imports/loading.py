@@ -370,7 +370,7 @@ def _checked_chunk(
     sink.text(chunk)
     rejects: list[tuple[Record, list[dict[str, Any]]]] = []
     load.by_python += len(chunk.doubtful)
-    texts = ((i, chunk.chunk[start:end].decode()) for i, start, end in chunk.doubtful)
+    texts = ((i, bytes(chunk.chunk[start:end]).decode()) for i, start, end in chunk.doubtful)
     records = (Record(chunk.first_line + i, t, None, None, t.split(chunk.sep)) for i, t in texts)
     rows = _python_rows(checker, records, rejects)
     sink.python(rows)

@@ -55,7 +55,7 @@ class Checked:
     lines: pa.Array  # int64
     keys: list[pa.Array]  # per key column: int64 or string
     doubtful: list[tuple[int, int, int]]  # (index in the chunk, start, end of its text)
-    chunk: bytes
+    chunk: memoryview  # (valid until the reader's next chunk)
     first_line: int
     sep: str  # the chunk's field separator
 
@@ -132,7 +132,7 @@ class NativeChecker:
         return cls(module, sep, rules.decimal_separator, width, columns, nulls,
                    suffix.encode(), keys, types, with_line)  # fmt: skip
 
-    def __call__(self, chunk: bytes, first_line: int) -> Checked | None:
+    def __call__(self, chunk: memoryview, first_line: int) -> Checked | None:
         got = self.module.check(
             chunk, first_line, self.sep, self.dec, self.width, self.columns, self.nulls,
             _BOOLS, self.suffix, self.keys, self.with_line,
