@@ -9,6 +9,8 @@ the commit) finds the record and does nothing, so each valid row lands exactly o
 
 from __future__ import annotations
 
+import functools
+
 import re
 import struct
 import threading
@@ -469,6 +471,11 @@ class PublishTx:
             self.conn.close()
 
 
+@functools.lru_cache(maxsize=32)
+def _reflected(engine: sa.Engine, table: str, task_id: str) -> Target:
+    return Target.reflect(engine, table)  # (an error is not kept: the next call tries again)
+
+
 @dataclass
 class Target:
     """A target table: its columns, its key, and the statements that load into it."""
@@ -509,6 +516,13 @@ class Target:
             [_column(dict(c), engine.dialect) for c in cols], list(pk),
             {c["name"]: c["type"] for c in cols}, [tuple(pk), *uniques] if pk else uniques,
         )  # fmt: skip
+
+    @classmethod
+    def reflect_for(cls, engine: sa.Engine, table: str, task_id: str) -> Target:
+        """The table as one task's partitions see it: reflected once per task in a process
+        (a few catalog queries, 10-90 ms, on every partition otherwise; a task's
+        partitions must check against one table anyway)."""
+        return _reflected(engine, table, task_id)
 
     def column(self, name: str) -> TargetColumn | None:
         return next((c for c in self.columns if c.name == name), None)

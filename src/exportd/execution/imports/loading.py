@@ -137,8 +137,9 @@ def load_partition(run: PartitionRun, hb: Heartbeat) -> None:
     rt, task, part = run.rt, run.task, run.part
     spec = task.plan.imports
     assert spec is not None
-    target = Target.reflect(
-        rt.targets.get(rt.connections.dataset_url(run.dataset)), run.dataset.table or ""
+    target = Target.reflect_for(
+        rt.targets.get(rt.connections.dataset_url(run.dataset)), run.dataset.table or "",
+        task.task_id,
     )
     checker = Checker.of(task, target)
     why_not = fast_path_refused(rt.settings.fast_paths, spec, target, checker)
