@@ -76,6 +76,9 @@ def test_a_large_file_without_parallelism_gets_a_partition_per_import_partition_
     assert done["status"] == "COMPLETED" and done["finished_count"] == N, done
     want = -(-len(text) // (1 << 16))
     assert want > 4 and len(done["partitions"]) == want  # more than the default 4
+    # a streamed publish's first ranges ramp up (an eighth, a quarter, ... of 64 KB)
+    counts = [p["finished_count"] for p in done["partitions"]]
+    assert counts[0] < counts[1] < counts[2] and 4 * counts[0] <= min(counts[3:-1]), counts
     assert table_rows(pg_target_url) == Counter(data)
     # named, the parallelism is the request's
     task = start_import(api, dataset_id="flights", upload_id=up["upload_id"],
