@@ -267,9 +267,12 @@ def test_planning_with_first_bytes_ramps_up_to_even_ranges(tmp_path: Path, seed:
     assert rows == [
         r.fields for r in read_records(path, opts, plan.ranges[0] | {"end": None}, plan.columns)
     ]
-    # few ranges: no ramp (1 and 2 are not at most half the even size of what is left)
-    two = plan_file(path, opts, 2, first_bytes=first)
-    assert [(r["start"], r["first_line"]) for r in two.ranges] == _walker_plan(path, opts, 2)[0]
+    # few ranges: no ramp (it would take all but the last range, most of the file)
+    for parts in (2, 3, 4):
+        few = plan_file(path, opts, parts, first_bytes=first)
+        assert [(r["start"], r["first_line"]) for r in few.ranges] == _walker_plan(
+            path, opts, parts
+        )[0]
 
 
 def test_line_chunks_end_at_newlines_and_cover_the_bytes_once(tmp_path: Path) -> None:

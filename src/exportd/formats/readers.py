@@ -278,7 +278,9 @@ def plan_file(
 def _cut_goals(start: int, size: int, parts: int, first: int | None) -> Callable[[int], int]:
     """Where the k-th range (k >= 1) should start (its cut: the first record start at or
     after it): even ranges; with `first`, a ramp before them of `first`, twice that, and
-    so on while a ramp range is at most half the even size of what is left."""
+    so on while a ramp range is at most half the even size of what is left (so the even
+    ones are at most 4x the ramp's last). Even ranges only when the ramp would take all
+    but one range (too few ranges: the last would be most of the file)."""
     parts = max(parts, 1)
     left = size - start
     starts = [start]
@@ -287,6 +289,8 @@ def _cut_goals(start: int, size: int, parts: int, first: int | None) -> Callable
         starts.append(starts[-1] + grow)
         left -= grow
         grow *= 2
+    if len(starts) >= parts - 1 and len(starts) > 1:  # the ramp was cut short
+        starts, left = [start], size - start
     ramp = len(starts) - 1
     step = max(left // (parts - ramp), 1)
     return lambda k: starts[k] if k <= ramp else starts[ramp] + (k - ramp) * step
@@ -577,7 +581,8 @@ def delimited_blocks(
         for offset, chunk, last in line_chunks(f, start, stop, block_bytes):
             newlines, plain_chunk = _scan(chunk, q)
             n_lines = newlines + (0 if chunk[-1] == 0x0A else 1)
-            if not plain_chunk and _quotes_unbalanced(bytes(chunk), q):
+            raw = None if plain_chunk else bytes(chunk)  # (for the walker: bytes' methods)
+            if raw is not None and _quotes_unbalanced(raw, q):
                 f.seek(offset)  # a record may cross the chunk's end: walk to the end
                 yield from _walked_blocks(
                     _lines(f, offset, stop), line, opts, columns, max(block_bytes // 64, 1000)
@@ -590,12 +595,8 @@ def delimited_blocks(
                 if block is None:
                     block = _arrow_block(bytes(chunk), line, n_lines, opts, width, pa)
             if block is None:
-                block = next(
-                    _walked_blocks(
-                        _chunk_lines(bytes(chunk), offset), line, opts, columns, n_lines + 1
-                    ),
-                    None,
-                )
+                lines = _chunk_lines(raw or bytes(chunk), offset)
+                block = next(_walked_blocks(lines, line, opts, columns, n_lines + 1), None)
             if block is not None:
                 yield block
             line += n_lines

@@ -10,7 +10,6 @@ the commit) finds the record and does nothing, so each valid row lands exactly o
 from __future__ import annotations
 
 import functools
-
 import re
 import struct
 import threading

@@ -138,7 +138,8 @@ def load_partition(run: PartitionRun, hb: Heartbeat) -> None:
     spec = task.plan.imports
     assert spec is not None
     target = Target.reflect_for(
-        rt.targets.get(rt.connections.dataset_url(run.dataset)), run.dataset.table or "",
+        rt.targets.get(rt.connections.dataset_url(run.dataset)),
+        run.dataset.table or "",
         task.task_id,
     )
     checker = Checker.of(task, target)

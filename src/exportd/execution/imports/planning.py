@@ -29,7 +29,7 @@ def plan(rt: Runtime, task: Task, lease: Lease) -> None:
         )
         target.ensure_marker()
         with source_file(rt, spec) as path:
-            first = streaming.first_range_bytes(rt, target, path.stat().st_size, task.parallelism)
+            first = streaming.first_range_bytes(rt, target)
             found = plan_file(path, read_options(spec), task.parallelism, first_bytes=first)
     except ReadError as exc:
         store.fail_task(task.task_id, lease.token, "INVALID_FILE", str(exc)[:2000])

@@ -56,15 +56,13 @@ class GiveUp(Exception):
     """The stream stops: the task's next coordinator ends it without one."""
 
 
-def first_range_bytes(rt: Runtime, target: Target, size: int, parts: int) -> int | None:
-    """The size the first ranges of the file grow from (`plan_file`'s `first_bytes`) when
-    its publish may be streamed and its ranges are small (a few partition_bytes): the
-    first COPY starts once an eighth of a range is loaded, not a whole one. None: even
-    ranges (a ramp before a few large ones would leave the COPYs waiting on them)."""
+def first_range_bytes(rt: Runtime, target: Target) -> int | None:
+    """The size the file's first ranges grow from (`plan_file`'s `first_bytes`) when its
+    publish may be streamed: the first COPY starts once an eighth of partition_bytes is
+    loaded, not a whole range. None: even ranges."""
     if not rt.settings.import_stream_publish or target.engine.dialect.name != "postgresql":
         return None
-    step = rt.settings.import_partition_bytes
-    return step // 8 if parts >= 4 and size // max(parts, 1) <= 2 * step else None
+    return rt.settings.import_partition_bytes // 8
 
 
 def wanted(rt: Runtime, task: Task, target: Target, parts: int) -> bool:
