@@ -518,9 +518,9 @@ class Target:
 
     @classmethod
     def reflect_for(cls, engine: sa.Engine, table: str, task_id: str) -> Target:
-        """The table as one task's partitions see it: reflected once per task in a process
-        (a few catalog queries, 10-90 ms, on every partition otherwise; a task's
-        partitions must check against one table anyway)."""
+        """The table as one task sees it: reflected once per task in a process (a few
+        catalog queries, 10-90 ms, on every partition, the plan and the publish otherwise;
+        a task's partitions must check against one table anyway)."""
         return _reflected(engine, table, task_id)
 
     def column(self, name: str) -> TargetColumn | None:

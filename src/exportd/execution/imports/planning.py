@@ -24,8 +24,8 @@ def plan(rt: Runtime, task: Task, lease: Lease) -> None:
         return
     try:
         dataset = store.get_dataset(task.project_id, task.dataset_id)
-        target = Target.reflect(
-            rt.targets.get(rt.connections.dataset_url(dataset)), dataset.table or ""
+        target = Target.reflect_for(
+            rt.targets.get(rt.connections.dataset_url(dataset)), dataset.table or "", task.task_id
         )
         target.ensure_marker()
         with source_file(rt, spec) as path:

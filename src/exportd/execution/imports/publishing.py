@@ -75,7 +75,7 @@ def import_outcome(loaded: int, rejected: int, spec: ImportSpec, allow_partial: 
 def target_of(rt: Runtime, task: Task) -> Target:
     dataset = rt.store.get_dataset(task.project_id, task.dataset_id)
     engine = rt.targets.get(rt.connections.dataset_url(dataset))
-    return Target.reflect(engine, dataset.table or "")
+    return Target.reflect_for(engine, dataset.table or "", task.task_id)
 
 
 def clean_up(rt: Runtime, task: Task) -> None:

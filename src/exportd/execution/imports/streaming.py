@@ -60,9 +60,11 @@ def first_range_bytes(rt: Runtime, target: Target) -> int | None:
     """The size the file's first ranges grow from (`plan_file`'s `first_bytes`) when its
     publish may be streamed: the first COPY starts once an eighth of partition_bytes is
     loaded, not a whole range. None: even ranges."""
-    if not rt.settings.import_stream_publish or target.engine.dialect.name != "postgresql":
-        return None
-    return rt.settings.import_partition_bytes // 8
+    return rt.settings.import_partition_bytes // 8 if _may_stream(rt, target) else None
+
+
+def _may_stream(rt: Runtime, target: Target) -> bool:
+    return rt.settings.import_stream_publish and target.engine.dialect.name == "postgresql"
 
 
 def wanted(rt: Runtime, task: Task, target: Target, parts: int) -> bool:
@@ -72,9 +74,7 @@ def wanted(rt: Runtime, task: Task, target: Target, parts: int) -> bool:
     from exportd.execution.imports.loading import Checker, fast_path_refused
 
     spec = task.plan.imports
-    if spec is None or not rt.settings.import_stream_publish or parts < 2:
-        return False
-    if target.engine.dialect.name != "postgresql":
+    if spec is None or parts < 2 or not _may_stream(rt, target):
         return False
     try:
         checker = Checker.of(task, target)
