@@ -45,5 +45,14 @@ setup(
             extra_compile_args=["-O2", "-std=c99", "-Wall"],
             optional=True,
         ),
+        # a chunk of JSON Lines documents -> its flattened paths and CSV cells (the header
+        # pass of a documents export, fastpaths/jsonl_csv.py); yyjson (MIT) is vendored
+        Extension(
+            "exportd.fastpaths._jsoncells",
+            ["src/native/jsoncells.c", "src/native/yyjson/yyjson.c"],
+            depends=["src/native/cells.h", "src/native/yyjson/yyjson.h"],
+            extra_compile_args=["-O2", "-std=c99", "-Wall"],
+            optional=True,
+        ),
     ],
 )

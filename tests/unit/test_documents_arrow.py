@@ -1,6 +1,7 @@
-"""JSON Lines documents through Arrow (both passes) against the Python path: the same
-header and the same CSV bytes on tricky documents, whatever the chunk size and the split
-into partitions; chunks Arrow cannot read exactly take the Python path."""
+"""JSON Lines documents through the C reader or Arrow (both passes) against the Python path:
+the same header and the same CSV bytes on tricky documents, whatever the chunk size and
+the split into partitions; chunks the C reader declines go to Arrow, chunks Arrow cannot
+read exactly take the Python path."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 import exportd.fastpaths.jsonl_csv as docs_arrow
@@ -59,11 +61,30 @@ TRICKY: dict[str, list[Any]] = {
     "key text inside a value": [{"s": '"a": "y"', "a": 1}, {"a": 2}, {"a": "z", "s": ""}],
     "rare object for a scalar": [{"a": 1}, {"a": 2}, {"a": {"b": 3}}],
     "several keys change": [{"a": 1, "b": "t"}, {"a": "x", "b": "u"}, {"a": 2, "b": 7}],
+    "texts like the null text": [{"s": "NULL"}, {"s": ""}, {"s": "'=x"}, {"s": "=x"}, {"n": 1}],
+    "keys given twice with objects": [{"a": {"x": 1}, "b": 1}, {"a": 2}],
+    "arrays of arrays and text": [{"t": [[1, "a"], [], [True, None]]}, {"t": ["\u2028é\x7f"]}],
 }
 
 
+@pytest.fixture(params=["c", "arrow"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Chunks first through the C reader (as served), or with it off: Arrow and Python."""
+    if request.param == "c":
+        assert docs_arrow._jsoncells() is not None, "the C reader is not built"
+    else:
+        monkeypatch.setattr(docs_arrow, "NATIVE", False)
+    return str(request.param)
+
+
+@pytest.fixture
+def arrow_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What Arrow's read does, with the C reader off (it would take these chunks)."""
+    monkeypatch.setattr(docs_arrow, "NATIVE", False)
+
+
 def python_csv(data: bytes, opts: CsvOptions) -> tuple[list[str], int, bytes]:
-    docs = [json.loads(line) for line in data.split(b"\n") if line.strip()]
+    docs = [orjson.loads(line) for line in data.split(b"\n") if line.strip()]  # as the service
     keys = KeyCollector("json")
     keys.add([(d,) for d in docs])
     rows = [r for b in flat_rows([[(d,) for d in docs]], keys.keys, "json", True) for r in b]
@@ -103,7 +124,9 @@ def write(path: Path, docs: list[Any], blank: bool = False) -> bytes:
     "opts", [CsvOptions(), CsvOptions(delimiter=";", null="NULL", line_ending="\r\n")]
 )
 @pytest.mark.parametrize("case", list(TRICKY))
-def test_tricky_documents_give_the_same_bytes(tmp_path: Path, case: str, opts: CsvOptions) -> None:
+def test_tricky_documents_give_the_same_bytes(
+    tmp_path: Path, case: str, opts: CsvOptions, reader: str
+) -> None:
     data = write(tmp_path / "d.jsonl", TRICKY[case], blank=True)
     assert arrow_csv(tmp_path, tmp_path / "d.jsonl", opts) == python_csv(data, opts)
 
@@ -111,7 +134,7 @@ def test_tricky_documents_give_the_same_bytes(tmp_path: Path, case: str, opts: C
 @pytest.mark.parametrize("chunk", [200, 1500, 30_000, 8 << 20])
 @pytest.mark.parametrize("parts", [1, 3, 7])
 def test_any_chunk_size_and_split_give_the_same_bytes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int, parts: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int, parts: int, reader: str
 ) -> None:
     """Chunks of clean documents go through Arrow, the others through Python, mixed
     within one partition; the header is the tree order of all documents."""
@@ -126,6 +149,7 @@ def test_any_chunk_size_and_split_give_the_same_bytes(
     assert (header, n, out) == want
 
 
+@pytest.mark.usefixtures("arrow_only")
 def test_clean_documents_go_through_arrow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fallback must not hide that Arrow does the work: count Python chunks."""
     calls: list[int] = []
@@ -148,7 +172,7 @@ def test_clean_documents_go_through_arrow(tmp_path: Path, monkeypatch: pytest.Mo
 @pytest.mark.parametrize(
     "line", [b'{"a":1} {"a":2}', b'{"a":1', b'{"a":"\xff"}', b'{"a":"\\ud800"}', b'{"a":1,"a":2}x']
 )
-def test_bad_lines_fail_as_in_the_python_path(tmp_path: Path, line: bytes) -> None:
+def test_bad_lines_fail_as_in_the_python_path(tmp_path: Path, line: bytes, reader: str) -> None:
     path = tmp_path / "d.jsonl"
     path.write_bytes(b'{"a":0}\n' + line + b"\n")
     with pytest.raises(SourceError) as err:
@@ -213,6 +237,7 @@ def issue_docs(n: int) -> list[dict[str, Any]]:
     return out
 
 
+@pytest.mark.usefixtures("arrow_only")
 @pytest.mark.parametrize("chunk", [700, 5000, 60_000])
 @pytest.mark.parametrize("parts", [1, 4])
 def test_a_key_changing_type_keeps_arrow_for_the_other_lines(
@@ -232,6 +257,7 @@ def test_a_key_changing_type_keeps_arrow_for_the_other_lines(
     assert sum(flattened) < len(docs) // 20, sum(flattened)  # 1 % of rare lines, and a few
 
 
+@pytest.mark.usefixtures("arrow_only")
 def test_a_key_spelt_with_escapes_takes_the_python_path(tmp_path: Path) -> None:
     """The rare lines are found in the raw text: a key spelt with an escape is not, and
     Arrow refuses the rest again, so the chunk goes through Python, exactly."""
@@ -241,6 +267,7 @@ def test_a_key_spelt_with_escapes_takes_the_python_path(tmp_path: Path) -> None:
     assert arrow_csv(tmp_path, tmp_path / "d.jsonl", CsvOptions()) == python_csv(data, CsvOptions())
 
 
+@pytest.mark.usefixtures("arrow_only")
 def test_a_rare_line_bringing_a_key_first_splits_its_chunk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -259,3 +286,77 @@ def test_a_rare_line_bringing_a_key_first_splits_its_chunk(
     assert header == oracle_header(docs)
     assert (header, n, out) == python_csv(data, CsvOptions())
     assert sum(flattened) <= 4, flattened  # the two rare lines, not the 300 documents
+
+
+def count_arrow_and_python(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Which other reader each chunk needed: Arrow's reads and the Python path's cells."""
+    used: list[str] = []
+    read, cells = docs_arrow._read, docs_arrow._python_cells
+    monkeypatch.setattr(docs_arrow, "_read", lambda *a: used.append("arrow") or read(*a))  # type: ignore[func-returns-value]
+    monkeypatch.setattr(docs_arrow, "_python_cells", lambda *a: used.append("python") or cells(*a))  # type: ignore[func-returns-value]
+    return used
+
+
+@pytest.mark.parametrize("chunk", [700, 60_000, 8 << 20])
+def test_the_c_reader_takes_every_chunk_of_uneven_documents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """Issue 13's documents (a key that is text in 1 %, keys in the last 5 % only, `{}`
+    where objects are elsewhere, arrays, nulls): the C reader reads every chunk, neither
+    Arrow nor Python is asked, and the bytes are the Python path's."""
+    monkeypatch.setattr(docs_arrow, "CHUNK_BYTES", chunk)
+    used = count_arrow_and_python(monkeypatch)
+    docs = issue_docs(2000) + make_docs(300)
+    data = write(tmp_path / "d.jsonl", docs, blank=True)
+    for opts in (CsvOptions(), CsvOptions(delimiter="\t", null="-", spreadsheet_safe=False)):
+        assert arrow_csv(tmp_path, tmp_path / "d.jsonl", opts, 3) == python_csv(data, opts)
+    assert used == []
+
+
+RAW_LINES = [
+    b'{"a": -0, "b": -0.0, "c": 1E2, "d": 0.1e1, "e": 5e-324, "f": 1.7976931348623157e308}',
+    b'  {"a" : 1 , "s":"\\u00e9\\u0041\\n\\"", "t": ["\\ud83d\\ude00", "\\u0000"]}  \r',
+    b'{"a": 18446744073709551615, "b": -9223372036854775808, "c": 123456789012345678}',
+    b'{"a": 2.5e15, "b": 1e16, "c": 0.0001, "d": 0.00001, "e": 123456789.125}',
+    b'{"\\u0061.b": {"c\\\\": [{"k": 1, "l": [null, {}]}]}, "": {"x": 1}}',
+    b"null",
+    b"[]",
+]
+DECLINED = [
+    b'{"a": [1.5]}',  # orjson's own float text inside an array
+    b'{"a": 18446744073709551616}',  # beyond 64 bits: orjson makes a float of it
+    b'{"a": 1, "a": 2}',
+    b'{"a": {"x": 1}, "a": 2}',
+    b'{"a": [{"k": 1, "k": 2}]}',
+    b'{"a": "\\udc00"}',
+    b"\xef\xbb\xbf{}",
+    b'{"a": ' * 200 + b"1" + b"}" * 200,
+]
+
+
+@pytest.mark.parametrize("line", RAW_LINES + DECLINED)
+def test_numbers_escapes_and_what_the_c_reader_declines(
+    tmp_path: Path, line: bytes, reader: str
+) -> None:
+    """Lines as JSON writers other than Python's spell them, and lines the C reader
+    declines (it returns None: Arrow or Python read them): the Python path's bytes."""
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"a": 0}\n' + line + b"\n")
+    data = path.read_bytes()
+    try:
+        want = python_csv(data, CsvOptions())
+    except ValueError:
+        with pytest.raises(SourceError):  # a BOM: INVALID_DOCUMENT
+            arrow_csv(tmp_path, path, CsvOptions())
+        return
+    assert arrow_csv(tmp_path, path, CsvOptions()) == want
+    cache = CellCache(LocalStorage(tmp_path / "s"), "parts/x/", CsvOptions())
+    assert (docs_arrow._native_chunk(line, cache) is None) == (line in DECLINED or reader != "c")
+
+
+def test_the_c_reader_declines_more_paths_than_the_widest_header(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(docs_arrow, "MAX_COLUMNS", 3)
+    assert docs_arrow._native_chunk(b'{"a": 1, "b": {"c": 2}}\n', None) == (["a", "b.c"], 1, {})
+    assert docs_arrow._native_chunk(b'{"a": 1, "b": {"c": 2, "d": 3, "e": 4}}\n', None) is None

@@ -1,5 +1,11 @@
-"""JSON Lines documents through Arrow (pyarrow.json, in C++) for a CSV/TSV export with the
-merged header, byte-identical to the Python path (`Flattener` and the generic CSV writer).
+"""JSON Lines documents in C (yyjson) or through Arrow (pyarrow.json, in C++) for a CSV/TSV
+export with the merged header, byte-identical to the Python path (`Flattener` and the
+generic CSV writer).
+
+Each chunk is first read by the C reader (`_jsoncells`, src/native/jsoncells.c): it parses
+every line, flattens it and renders its cells by the Python path's rules in one pass,
+without the GIL; a chunk it cannot give exactly (its docstring says which) comes back
+None and is read the ways below, which also give the Python path's errors.
 
 The header pass reads the partition in chunks of whole lines (about CHUNK_BYTES): each
 chunk's inferred schema gives its paths (Arrow adds an object's keys in order of first
@@ -39,12 +45,14 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import orjson
@@ -52,7 +60,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from exportd.documents.flatten import Flattener, check_width, escape_key, merge_headers
+from exportd.documents.flatten import (
+    MAX_COLUMNS,
+    Flattener,
+    check_width,
+    escape_key,
+    merge_headers,
+)
 from exportd.errors import SourceError
 from exportd.formats.arrow_csv import ArrowCsv, Unsupported
 from exportd.formats.text import CsvEncoder, CsvOptions
@@ -509,6 +523,46 @@ def _mixed(
 
 
 MAX_RARE_SPLITS = 16  # a chunk split around at most this many rare lines
+NATIVE = True  # chunks first through the C reader where it is built (tests turn it off)
+
+
+@functools.cache
+def _jsoncells() -> ModuleType | None:
+    try:
+        from exportd.fastpaths import _jsoncells
+    except ImportError:  # not built (a checkout without a compiler): Arrow and Python
+        return None
+    return _jsoncells
+
+
+def _native_chunk(
+    chunk: bytes, cache: CellCache | None
+) -> tuple[list[str], int, dict[str, pa.Array]] | None:
+    """(paths, documents, cells) of a chunk by the C reader (no cells without a cache);
+    None where it does not give the Python path's result exactly."""
+    native = _jsoncells() if NATIVE else None
+    if native is None:
+        return None
+    opts = cache.opts if cache is not None else CsvOptions()
+    delimiter, quote = opts.delimiter.encode(), opts.quote.encode()
+    if len(delimiter) != 1 or len(quote) != 1:
+        return None
+    got = native.cells(
+        chunk, delimiter, quote, opts.null.encode(), opts.spreadsheet_safe, cache is not None,
+        MAX_COLUMNS,
+    )  # fmt: skip
+    if got is None:
+        return None
+    paths, rows, columns = got
+    if cache is None:  # the paths only
+        return paths, rows, {}
+    cells = {
+        path: pa.Array.from_buffers(
+            pa.string(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+        )
+        for path, (offsets, data) in zip(paths, columns, strict=True)
+    }
+    return paths, rows, cells
 
 
 @dataclass
@@ -552,6 +606,10 @@ def _chunk_results(
     if not chunk:
         return
     cache = state.cache
+    native = _native_chunk(chunk, cache)
+    if native is not None:
+        yield native
+        return
     opts = cache.opts if cache else None
     csv = ArrowCsv(cache.opts, 2) if cache else None
     cells: dict[str, pa.Array] = {}
