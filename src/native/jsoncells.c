@@ -22,13 +22,14 @@
  * twice in one object, an integer beyond 64 bits or a real beyond a double (orjson makes
  * a float of the one and refuses the other), a float or an object with more than 64 keys
  * inside an array (orjson's own float text), nesting deeper than MAX_DEPTH, more than
- * max_paths paths, or cells beyond what an int32 offset or MAX_CELLS hold.
+ * max_paths paths, or more cells (documents x paths) than MAX_CELLS or than int32
+ * offsets hold.
  */
 #include "cells.h"
 #include "yyjson/yyjson.h"
 
 #define MAX_DEPTH 128
-#define MAX_CELLS ((size_t)1 << 25)
+#define MAX_CELLS ((size_t)1 << 23)
 #define MAX_ARRAY_KEYS 64
 
 enum { OK = 0, NOT_EXACT = 1, NO_MEMORY = -1 };
@@ -133,7 +134,9 @@ static Col *column(State *s, int *rc) {
         c->hash = h;
         c->path_at = s->names.len;
         c->path_len = n;
-        if (buf_put(&s->names, p, n)) {
+        c->data.cap = 256; /* small: a wide chunk has many sparse columns */
+        if (!(c->data.data = malloc(c->data.cap)) || buf_put(&s->names, p, n)) {
+            free(c->data.data);
             *rc = NO_MEMORY;
             return NULL;
         }
@@ -429,6 +432,10 @@ static int run(State *s, const char *chunk, size_t len) {
             }
             if (rc) break;
             s->doc++;
+            if (s->render && s->ncols && (size_t)s->doc > MAX_CELLS / s->ncols) {
+                rc = NOT_EXACT; /* cells beyond MAX_CELLS: the ways that bound them */
+                break;
+            }
         }
         p = stop + 1;
     }

@@ -360,3 +360,16 @@ def test_the_c_reader_declines_more_paths_than_the_widest_header(
     monkeypatch.setattr(docs_arrow, "MAX_COLUMNS", 3)
     assert docs_arrow._native_chunk(b'{"a": 1, "b": {"c": 2}}\n', None) == (["a", "b.c"], 1, {})
     assert docs_arrow._native_chunk(b'{"a": 1, "b": {"c": 2, "d": 3, "e": 4}}\n', None) is None
+
+
+def test_the_c_reader_declines_more_cells_than_it_holds(tmp_path: Path) -> None:
+    """Documents x paths beyond 2**23 cells: the C reader gives the paths but no cells
+    (the Arrow and Python ways bound a chunk's memory); one document fewer, it gives both."""
+    wide = orjson.dumps({f"k{i}": i for i in range(128)}) + b"\n"
+    cache = CellCache(LocalStorage(tmp_path / "s"), "parts/x/", CsvOptions())
+    over = wide + b"{}\n" * ((1 << 23) // 128)
+    assert docs_arrow._native_chunk(over, None) == ([f"k{i}" for i in range(128)], 65537, {})
+    assert docs_arrow._native_chunk(over, cache) is None
+    got = docs_arrow._native_chunk(over[:-3], cache)
+    assert got is not None and got[1] == 65536
+    assert got[2]["k5"][0].as_py() == "5" and got[2]["k5"][65535].as_py() == ""
