@@ -210,14 +210,17 @@ WHY = """## Where the time goes (profiled with py-spy in an earlier run, issue 3
   machine were too noisy to rank (11.1-41.6 s against 18.4-46.2 s; the median of 11
   alternated pairs' ratios 1.10x, from 0.61x to 2.61x). Before it, ADBC read a partition on one thread while pyarrow.compute
   rendered the CSV on another; reading was the slower side.
-- Documents -> CSV: the header pass reads each partition once with `pyarrow.json`
-  (one thread per worker) and renders every chunk's cells at once; the export pass only
-  joins them in the merged header's order. The 1 % of lines whose `gate` is text are
-  taken out of each chunk and go through the Python path, Arrow reads the rest
-  (docs/documents.md); before that, every chunk went through Python (0.20x DuckDB in
-  issue 13's run). One worker uses one core, so two workers scale while DuckDB uses both
-  cores from one process. CPU seconds measured in this session: exportd's workers about
-  10.5 s in all, DuckDB about 8 s.
+- Documents -> CSV: the header pass reads each partition once, in C
+  (`src/native/jsoncells.c`, the GIL released): yyjson parses every line, the document
+  is flattened and its cells rendered by the Python path's rules in the same pass; the
+  export pass only joins each chunk's cells in the merged header's order. The 1 % of
+  documents whose `gate` is text cost nothing more (a cell's text depends on its value
+  alone). A chunk the C reader declines (docs/documents.md) goes through `pyarrow.json`,
+  or the Python path. In one process, a quarter's header pass (254,340 documents,
+  88 MB) costs 0.44-0.64 CPU s in C against 1.6-1.9 s through `pyarrow.json` and
+  `pyarrow.compute` before it (0.81x DuckDB then) and far more through Python alone
+  (0.20x DuckDB in issue 13's run). One worker uses one core, so two workers scale while
+  DuckDB uses both cores from one process.
 - Where the missed ratios come from (CPU seconds, this session, 1M rows in one
   process): reading PostgreSQL into Arrow costs about 1.0 s per million rows of these 20
   columns with ADBC (connectorx 0.4.6: the same 1.03 s), and writing them as zstd
@@ -283,8 +286,10 @@ saturates it with back-to-back clients; `h2load --rps 1` paces 200 pollers at on
 a second each and times every request: 40 h2load processes of 5 connections started
 25 ms apart (one h2load's connections all send in the same instant; 200 dashboards do
 not), polling the documents export while documents exports run back to back for the
-whole window (the row says how many ran). Without them the
-bench falls back to httpx, whose own CPU on the same two cores is then part of what is
+whole window (the row says how many ran). h2load sends the same `If-None-Match` (the
+tag of the export's first status) every time and the export moves on at once, so every
+poll is answered with a full 200: no 304 in that row. Without these tools the bench
+falls back to httpx, whose own CPU on the same two cores is then part of what is
 measured.
 
 {_md_table(STATUS_HEADERS, status_rows(loads))}
