@@ -134,14 +134,18 @@ static Col *column(State *s, int *rc) {
         c->hash = h;
         c->path_at = s->names.len;
         c->path_len = n;
-        c->data.cap = 256; /* small: a wide chunk has many sparse columns */
-        if (!(c->data.data = malloc(c->data.cap)) || buf_put(&s->names, p, n)) {
-            free(c->data.data);
+        if (buf_put(&s->names, p, n)) {
             *rc = NO_MEMORY;
             return NULL;
         }
         s->slots[i] = (uint32_t)(++s->ncols);
-        if (s->render && (*rc = push_offset(c))) return NULL;
+        if (s->render) { /* a small buffer: a wide chunk has many sparse columns */
+            if (!(c->data.data = malloc(c->data.cap = 256))) {
+                *rc = NO_MEMORY;
+                return NULL;
+            }
+            if ((*rc = push_offset(c))) return NULL;
+        }
     }
     if (c->last == s->doc) { /* a key given twice: orjson keeps one of them */
         *rc = NOT_EXACT;
@@ -432,7 +436,7 @@ static int run(State *s, const char *chunk, size_t len) {
             }
             if (rc) break;
             s->doc++;
-            if (s->render && s->ncols && (size_t)s->doc > MAX_CELLS / s->ncols) {
+            if (s->render && (size_t)s->doc * s->ncols > MAX_CELLS) {
                 rc = NOT_EXACT; /* cells beyond MAX_CELLS: the ways that bound them */
                 break;
             }
@@ -442,7 +446,6 @@ static int run(State *s, const char *chunk, size_t len) {
     free(pool);
     if (rc) return rc;
     if (s->render) {
-        if (s->ncols && (size_t)s->doc > MAX_CELLS / s->ncols) return NOT_EXACT;
         for (size_t c = 0; c < s->ncols; c++) { /* null cells to the end */
             Col *col = &s->cols[c];
             while ((Py_ssize_t)col->noffs <= s->doc) {
