@@ -24,6 +24,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 typedef struct pg_conn PGconn;
@@ -39,7 +40,7 @@ static PyObject *Unrepresentable; /* a value Arrow cannot hold as ADBC would */
 
 /* ---- libpq binding ------------------------------------------------------------- */
 
-static PyObject *bind(PyObject *self, PyObject *arg) {
+static PyObject *bind_libpq(PyObject *self, PyObject *arg) {
     (void)self;
     const char *path = PyUnicode_AsUTF8(arg);
     if (path == NULL)
@@ -70,11 +71,48 @@ static double now(void) {
 
 enum { MSG = 1, LATER = 0, END = -1, FAILED = -2 };
 
+/* Waiting on the server. A client that parses faster than the server sends drains the
+ * socket at every segment (~8 KB: PostgreSQL's send buffer) and sleeps in poll again: a
+ * wake-up, two context switches, per 8 KB (16,000 for 110 MB, most of the reader's CPU).
+ * While a call drains the COPY, the socket's SO_RCVLOWAT is raised to LOWAT, so poll
+ * wakes once per LOWAT bytes instead; the value is put back before the call returns
+ * (psycopg waits on the same socket). poll's wait is short then (WAIT_MS, doubled while
+ * nothing comes, up to WAIT_MAX_MS): the COPY's last bytes, fewer than LOWAT, are read
+ * when it runs out. A socket that does not honour it (a Unix socket's poll) wakes as
+ * before. */
+#define LOWAT (256 * 1024)
+#define WAIT_MS 1
+#define WAIT_MAX_MS 64
+
+typedef struct {
+    PGconn *c;
+    int fd, lowat, saved, wait_ms;
+} Drain;
+
+static void drain_begin(Drain *d, PGconn *c) {
+    d->c = c;
+    d->fd = f_socket(c);
+    d->wait_ms = WAIT_MS;
+    d->lowat = 0;
+    socklen_t n = sizeof d->saved;
+    int v = LOWAT;
+    if (d->fd >= 0 && getsockopt(d->fd, SOL_SOCKET, SO_RCVLOWAT, &d->saved, &n) == 0 &&
+        setsockopt(d->fd, SOL_SOCKET, SO_RCVLOWAT, &v, sizeof v) == 0)
+        d->lowat = 1;
+}
+
+static void drain_end(Drain *d) {
+    if (d->lowat)
+        setsockopt(d->fd, SOL_SOCKET, SO_RCVLOWAT, &d->saved, sizeof d->saved);
+}
+
 /* The next CopyData message (MSG; freed with f_freemem), LATER when the deadline passed
- * first, END at the end of the COPY, FAILED when libpq reports an error. No GIL. */
-static int next_msg(PGconn *c, char **msg, int *len, double deadline) {
+ * first, END at the end of the COPY, FAILED when libpq reports an error. What the socket
+ * holds already is read before poll waits. No GIL. */
+static int next_msg(Drain *d, char **msg, int *len, double deadline) {
+    int consumed = 0;
     for (;;) {
-        int n = f_getcopydata(c, msg, 1);
+        int n = f_getcopydata(d->c, msg, 1);
         if (n > 0) {
             *len = n;
             return MSG;
@@ -83,17 +121,30 @@ static int next_msg(PGconn *c, char **msg, int *len, double deadline) {
             return END;
         if (n < -1)
             return FAILED;
+        if (!consumed) {
+            consumed = 1;
+            if (f_consume(d->c) == 0)
+                return FAILED;
+            continue;
+        }
+        consumed = 0;
         double left = deadline - now();
         if (left <= 0)
             return LATER;
-        struct pollfd p = {f_socket(c), POLLIN, 0};
-        if (p.fd < 0)
+        if (d->fd < 0)
             return FAILED;
-        int r = poll(&p, 1, (int)(left * 1000) + 1);
+        int ms = (int)(left * 1000) + 1;
+        if (d->lowat && ms > d->wait_ms)
+            ms = d->wait_ms;
+        struct pollfd p = {d->fd, POLLIN, 0};
+        int r = poll(&p, 1, ms);
         if (r < 0 && errno != EINTR)
             return FAILED;
-        if (f_consume(c) == 0)
+        if (d->lowat)
+            d->wait_ms = r != 0 ? WAIT_MS : d->wait_ms < WAIT_MAX_MS ? d->wait_ms * 2 : WAIT_MAX_MS;
+        if (f_consume(d->c) == 0)
             return FAILED;
+        consumed = 1;
     }
 }
 
@@ -254,11 +305,13 @@ static PyObject *copy_chunk(PyObject *self, PyObject *args) {
     Buf b = {NULL, 0, 0};
     int st = LATER, nomem = 0;
     Py_BEGIN_ALLOW_THREADS;
+    Drain d;
+    drain_begin(&d, c);
     double deadline = now() + timeout;
     while (b.len < (size_t)want) {
         char *msg = NULL;
         int len = 0;
-        st = next_msg(c, &msg, &len, deadline);
+        st = next_msg(&d, &msg, &len, deadline);
         if (st != MSG)
             break;
         if (rewrite) {
@@ -274,6 +327,7 @@ static PyObject *copy_chunk(PyObject *self, PyObject *args) {
         if (nomem)
             break;
     }
+    drain_end(&d);
     Py_END_ALLOW_THREADS;
     if (nomem) {
         free(b.p);
@@ -727,6 +781,8 @@ static PyObject *reader_read(Reader *r, PyObject *args) {
         return PyErr_NoMemory();
     }
     Py_BEGIN_ALLOW_THREADS;
+    Drain d;
+    drain_begin(&d, c);
     double deadline = now() + timeout;
     while (rows < (size_t)max_rows) {
         size_t bytes = 0;
@@ -736,7 +792,7 @@ static PyObject *reader_read(Reader *r, PyObject *args) {
             break;
         char *msg = NULL;
         int len = 0;
-        st = next_msg(c, &msg, &len, deadline);
+        st = next_msg(&d, &msg, &len, deadline);
         if (st != MSG)
             break;
         res = parse(r, (const unsigned char *)msg, (size_t)len, &rows, (size_t)max_rows, why,
@@ -745,6 +801,7 @@ static PyObject *reader_read(Reader *r, PyObject *args) {
         if (res != P_OK)
             break;
     }
+    drain_end(&d);
     Py_END_ALLOW_THREADS;
     if (res < 0) {
         free_cols(r);
@@ -784,7 +841,7 @@ static PyTypeObject ReaderType = {
 };
 
 static PyMethodDef methods[] = {
-    {"bind", bind, METH_O,
+    {"bind", bind_libpq, METH_O,
      "bind(path) -> PQlibVersion() of the libpq already loaded from path, or None"},
     {"copy_chunk", copy_chunk, METH_VARARGS,
      "copy_chunk(ptr, want, timeout[, kinds, delim, quote]) -> (state, bytes)"},

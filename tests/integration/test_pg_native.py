@@ -11,6 +11,9 @@ import hashlib
 import io
 import logging
 import math
+import os
+import socket
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -246,6 +249,56 @@ def test_csv_drain_chunks_and_counts(typed_db: str) -> None:
         loop._end()
     assert b"".join(chunks) == expected == looped and copy.rows == loop.rows == 150_004
     assert len(chunks) > 5 and max(len(c) for c in chunks[:-1]) < 4 << 20
+
+
+def _low_water(conn: psycopg.Connection[Any]) -> int:
+    with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)
+
+
+@pytest.mark.parametrize("fmt", ["binary", "csv"])
+def test_the_readers_raise_the_low_water_mark_while_they_read_and_put_it_back(
+    pg_database: str, fmt: str
+) -> None:
+    """While a C reader waits on the server its socket's SO_RCVLOWAT is raised (poll
+    wakes per 256 KB, not per 8 KB segment); when the call returns it is what it was, and
+    psycopg's next query on the connection is answered. Rows that trickle in (fewer bytes
+    than the mark, a pause before each; each more than the server's 8 KB send buffer, so
+    that it is sent before the pause) all arrive."""
+    trickle = """SELECT g, t FROM (SELECT g, repeat('r', 20000) || g AS t, pg_sleep(0.4)
+                 FROM generate_series(1, 4) g) q"""
+    texts = ["r" * 20000 + str(g) for g in range(1, 5)]
+    sql = f"COPY ({trickle}) TO STDOUT (FORMAT {fmt})".encode()
+    with psycopg.connect(pg_database) as conn:
+        before, seen, stop = _low_water(conn), set(), threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                seen.add(_low_water(conn))
+                time.sleep(0.01)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            copy = CopyOut(conn)
+            if fmt == "csv":
+                got = b"".join(copy.chunks(sql)).decode()
+                assert got.splitlines() == [f"{g},{t}" for g, t in enumerate(texts, 1)]
+            else:
+                with conn.cursor() as cur:
+                    cur.execute(f"SELECT * FROM ({trickle}) AS q LIMIT 0")
+                    how, why = pg_binary.plan(cur.description or [], conn.info.encoding)
+                assert how is not None, why
+                batches = [b for b in pg_binary.record_batches(copy, sql, how) if b is not None]
+                got_rows = pa.Table.from_batches(batches).to_pydict()
+                assert got_rows == {"g": [1, 2, 3, 4], "t": texts}
+            conn.rollback()
+        finally:
+            stop.set()
+            watcher.join()
+        assert before == _low_water(conn) == 1
+        assert max(seen) >= 128 << 10, seen  # raised while the server paused
+        assert conn.execute("SELECT 41 + 1").fetchone() == (42,)
 
 
 def test_server_errors_mid_copy_and_timeouts_are_the_generic_paths(

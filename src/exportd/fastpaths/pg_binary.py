@@ -5,7 +5,10 @@ The C module drives the connection's PGconn with the functions of the very libpq
 loaded (dlopen of that file with RTLD_NOLOAD, dlsym): never another build's, and no
 connection outside the engine's pool (a dataset's `max_connections` counts it). It
 releases the GIL while it waits on the socket (poll, at most FLUSH_SECONDS: the caller
-checks its heartbeat and cancel in between) and while it parses. When the COPY ends or
+checks its heartbeat and cancel in between) and while it parses. While a call waits, the
+socket's SO_RCVLOWAT is 256 KB (put back before the call returns): poll wakes once per
+256 KB rather than at every 8 KB the server sends, which halved the reader's CPU (16,000
+wake-ups for 760,000 flights rows, 500 now). When the COPY ends or
 libpq reports an error, psycopg reads the command's result: a server error (a statement
 timeout, a cancel) raises exactly as on psycopg's own path.
 
