@@ -5,7 +5,7 @@ PostgreSQL backends of the source database (/proc), per run and per 1M rows.
     python -m bench.pg_native_cpu [DB] [--rows 1000000] [--repeat 3]
 
 Readers: Parquet through the native binary COPY reader or ADBC; CSV through the C drain
-of the COPY or the Python loop (`CopyOut._data`)."""
+of the COPY."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from typing import Any
 from bench.__main__ import pg_url
 from bench.parquet_cpu import Backends
 from exportd.execution.heartbeat import Heartbeat
-from exportd.fastpaths import fast_path, pg_binary
+from exportd.fastpaths import fast_path
 from exportd.fastpaths.adbc_parquet import AdbcParquet
 from exportd.fastpaths.pg_copy_csv import PgCopyCsv
 from exportd.formats import Column, get_format
@@ -73,23 +73,17 @@ def one(db: str, src: SqlSource, fmt_name: str, native: bool, rows: int, tmp: Pa
     export: Callable[..., None] = path.export
     if isinstance(path, AdbcParquet) and not native:
         export = path._export_adbc
-    saved = pg_binary.native
-    if isinstance(path, PgCopyCsv) and not native:
-        pg_binary.native = lambda: None  # type: ignore[assignment]
     bounds = {"lo": 0, "hi": rows, "nulls": False, "kind": "int"}
     storage = LocalStorage(tmp / f"{fmt_name}{native}{time.monotonic_ns()}")
-    try:
-        backends = BackendCpu(db)
-        c0, t0 = cpu(), time.monotonic()
-        with (
-            Heartbeat(lambda r, b: TaskStatus.RUNNING, 30, TaskStatus.RUNNING) as hb,
-            PartOutput(storage, "parts/x/", fmt, cols, Layout()) as out,
-        ):
-            export(Selection(names, []), bounds, out, hb)
-            result = out.finish()
-        secs, client, pg = time.monotonic() - t0, cpu() - c0, backends.stop()
-    finally:
-        pg_binary.native = saved  # type: ignore[method-assign]
+    backends = BackendCpu(db)
+    c0, t0 = cpu(), time.monotonic()
+    with (
+        Heartbeat(lambda r, b: TaskStatus.RUNNING, 30, TaskStatus.RUNNING) as hb,
+        PartOutput(storage, "parts/x/", fmt, cols, Layout()) as out,
+    ):
+        export(Selection(names, []), bounds, out, hb)
+        result = out.finish()
+    secs, client, pg = time.monotonic() - t0, cpu() - c0, backends.stop()
     return {"secs": secs, "cpu": client, "pg": pg, "rows": result.rows}
 
 
@@ -107,7 +101,7 @@ def main() -> None:
         "b", "p", "flights", "sql", url, "flights", None, "id", fields, {}, datetime.now(UTC)
     )
     src = SqlSource(ds, engine)
-    modes = [("parquet", True), ("parquet", False), ("csv", True), ("csv", False)]
+    modes = [("parquet", True), ("parquet", False), ("csv", True)]
     seen: dict[tuple[str, bool], list[Any]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory(prefix="bench-pgn-") as tmp:
         for _ in range(args.repeat):
@@ -116,7 +110,7 @@ def main() -> None:
     for (fmt, native), runs in seen.items():
         n = runs[0]["rows"] / 1e6
         name = {("parquet", True): "native binary COPY", ("parquet", False): "ADBC",
-                ("csv", True): "C drain", ("csv", False): "Python loop"}[(fmt, native)]  # fmt: skip
+                ("csv", True): "C drain"}[(fmt, native)]  # fmt: skip
         print(
             f"{fmt:8} {name:19} rows {runs[0]['rows']:>9,}  wall {median(r['secs'] for r in runs):5.2f} s"
             f"  cpu/1M {median(r['cpu'] for r in runs) / n:5.2f} s"
