@@ -233,3 +233,25 @@ def test_page_indexes_and_bloom_filters_move_with_their_row_groups(tmp_path: Pat
         query = f"SELECT count(*) FROM read_parquet('{path}') WHERE name = '{name}'"
         [(n,)] = duckdb.sql(query).fetchall()
         assert n == want
+
+
+def test_a_column_of_distinct_values_leaves_its_dictionary_at_the_limit(tmp_path: Path) -> None:
+    """A key column (every value distinct) stops filling its dictionary at
+    `parquet.DICTIONARY_PAGE_LIMIT` (128 KB) and goes on in plain pages (pyarrow's 1 MB would hold the whole
+    row group's 131,072 int64s); a column of few values keeps its small dictionary. The
+    values read back are the rows written."""
+    storage = LocalStorage(tmp_path)
+    written = rows(0, 131_072)
+    [segment] = write_parts(storage, get_format("parquet"), [written])
+    pf = pq.ParquetFile(storage.local_path(segment.key))
+    chunk = pf.metadata.row_group(0).column(0)
+    few = pf.metadata.row_group(0).column(1)
+    assert (chunk.path_in_schema, few.path_in_schema) == ("id", "name")
+    assert chunk.has_dictionary_page and few.has_dictionary_page
+    # the dictionary page (compressed) is what lies before the first data page: 17 KB
+    # here, 134 KB when it holds all 131,072 keys (the 1 MB limit)
+    assert chunk.data_page_offset - chunk.dictionary_page_offset < 64_000
+    assert few.data_page_offset - few.dictionary_page_offset < 2_000  # 97 names
+    table = pf.read()
+    assert table.column("id").to_pylist() == [r[0] for r in written]
+    assert table.column("name").to_pylist() == [r[1] for r in written]

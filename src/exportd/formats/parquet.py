@@ -35,6 +35,11 @@ _CODE = "INVALID_FORMAT_OPTIONS"
 OPTIONS = ("compression", "compression_level", "row_group_size")
 CODECS = ("zstd", "snappy", "gzip", "lz4", "none")
 DEFAULT_ROW_GROUP = 131_072
+# A column chunk's dictionary, at most (pyarrow's default: 1 MB); past it the chunk goes on
+# in plain pages. A column of distinct values (a key) never fills 1 MB in a row group of
+# 131,072 int64s, so it was dictionary-encoded at a hash per value for nothing: 128 KB
+# wrote 760,000 flights in 0.26 s instead of 0.36 s, 9% smaller (bench/pg_native_cpu.py).
+DICTIONARY_PAGE_LIMIT = 128 << 10
 _NUMERIC = re.compile(r"^\s*(?:NUMERIC|DECIMAL)\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)", re.IGNORECASE)
 _TZ = re.compile(r"WITH TIME ZONE|TIMESTAMPTZ", re.IGNORECASE)
 _NAIVE = re.compile(r"^\s*(TIMESTAMP|DATETIME)\b(?!.*WITH TIME ZONE)", re.IGNORECASE)
@@ -107,6 +112,7 @@ class ParquetOptions:
         return pq.ParquetWriter(
             out, schema, compression=self.codec, compression_level=self.level,
             use_dictionary=final, write_statistics=final,
+            dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT,
         )  # fmt: skip
 
 
