@@ -160,14 +160,20 @@ with psycopg's C implementation (whose libpq it cannot name), the earlier paths 
   dates), which `allow_partial` isolates row by row. A dataset with `max_connections`
   now takes this path too (a pooled connection); where the reader steps aside, the
   generic rows, never ADBC's own connection.
+- Waiting on the server: while a call waits, the socket's SO_RCVLOWAT is 256 KB (put
+  back before the call returns, for psycopg), so poll wakes once per 256 KB instead of
+  at every 8 KB segment the server's send buffer flushes; poll's wait is short meanwhile
+  (1 ms, doubling to 64 ms) so a COPY's last bytes, fewer than the mark, arrive. One
+  partition of 760,000 flights rows: 16,000 context switches of the reader became 500,
+  its CPU 0.29 s -> 0.14 s.
 - CPU seconds per 1M rows of the flights table, one partition in one process
-  (`python -m bench.pg_native_cpu`, medians of 3 alternated rounds, load 0.5): this
-  process / PostgreSQL backends / both, wall. Parquet (read, zstd encoding): native
-  1.51 / 2.13 / 3.76 s, 2.44 s against ADBC's 3.34 / 2.17 / 5.51 s, 3.21 s. CSV: C drain
-  0.39 / 2.06 / 2.45 s, 2.08 s against the Python loop's 0.82 / 2.00 / 2.82 s, 2.04 s
-  (the server's COPY sets the pace). Reading alone (load 7-8): native 0.54-0.62 s
-  against ADBC's 2.57-2.72 s. The server's side is now most of either path's CPU: the
-  partition's `id` range read of the binary COPY costs its backend 2.1 s per 1M rows.
+  (`python -m bench.pg_native_cpu --rows 1000000`, medians of 3 alternated rounds, load
+  0.4): this process / PostgreSQL backends / both, wall. Parquet (read, zstd encoding):
+  native 0.58 / 0.84 / 1.42 s, 0.95 s against ADBC's 1.34 / 0.81 / 2.15 s, 1.25 s (before
+  the low-water mark and the 128 KB dictionaries, the same day: native 0.87 / 0.98 /
+  1.87 s). CSV: C drain 0.24 / 0.98 / 1.22 s, 0.99 s (0.35 / 1.17 / 1.52 s before). The
+  server's side is most of either path's CPU now: the binary COPY of an `id` range costs
+  its backend 0.84 s per 1M rows, our reading and encoding 0.58 s.
 """
 
 
@@ -190,11 +196,17 @@ WHY = """## Where the time goes (profiled with py-spy in an earlier run, issue 3
   The row "spreadsheet_safe false" shows what the default safety costs.
 - PostgreSQL -> Parquet: parts are written with the final codec and the single file is
   assembled by copying their row groups byte for byte behind one merged footer (about
-  0.3 s). ADBC's reader fills the next record batches on a second thread while the
-  current ones are encoded, so one worker already uses about 1.5 cores, and the
-  server's binary COPY takes a good part of the rest: two workers cannot be 1.6x faster
-  than one on two cores (`python -m bench.parquet_cpu` measures the CPU seconds of the
-  workers and of the PostgreSQL backends).
+  0.3 s). The native reader fills the next record batches on a second thread while the
+  current ones are encoded, and the server's binary COPY takes about as much CPU as the
+  worker: two workers cannot be 1.6x faster than one on two cores
+  (`python -m bench.parquet_cpu` measures the CPU seconds of the workers and of the
+  PostgreSQL backends). One warm `exportd serve` export of the 3,030,984 rows (4
+  partitions, 2 worker processes; `/proc` read around it): 2.63-2.70 s wall, the two
+  workers 2.2 CPU s, the backends 2.4-2.6 s, the API 0.15 s (its 20 status answers a
+  second included), the machine's cores idle 4-7% of the time; DuckDB's run of the same
+  table at the same hour: 3.5-4.1 s wall, 3.7-4.7 CPU s of its own beside the backends'
+  2.9 s. The ratio is the CPU per row: a worker's wall time is mostly waiting for the
+  server's COPY.
 - SQLite -> CSV: a C reader (`exportd.fastpaths._sqlitecsv`, `src/native/sqlitecsv.c`)
   opens the file read-only, steps the partition's SELECT and writes every cell as CSV
   text itself, with the GIL released, in 1 MB chunks (the rule is in
@@ -221,7 +233,7 @@ WHY = """## Where the time goes (profiled with py-spy in an earlier run, issue 3
   `pyarrow.compute` before it (0.81x DuckDB then) and far more through Python alone
   (0.20x DuckDB in issue 13's run). One worker uses one core, so two workers scale while
   DuckDB uses both cores from one process.
-- Where the missed ratios come from (CPU seconds, this session, 1M rows in one
+- Where the missed ratios came from (CPU seconds, an earlier session, 1M rows in one
   process): reading PostgreSQL into Arrow costs about 1.0 s per million rows of these 20
   columns with ADBC (connectorx 0.4.6: the same 1.03 s), and writing them as zstd
   Parquet 0.38 s; DuckDB's whole PostgreSQL -> Parquet run (its own scan, the sort, the
